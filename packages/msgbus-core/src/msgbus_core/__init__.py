@@ -1,0 +1,84 @@
+"""msgbus core: the domain model, validation and limits, errors, and the storage contract.
+
+This package uses the standard library only. The daemon and every store package build on it:
+
+- `model`: NodeId, Message, TopicHead, TombstoneRange, FifoMessage, PeerSyncState;
+- `validation` and `limits`: the rules every request and every replicated message obeys;
+- `errors`: the error hierarchy the daemon maps to gRPC status codes;
+- `ops` and `store`: the `MsgbusStore` protocol and the write operations it applies;
+- `replication`: the rules for accepting messages from peers, shared by every backend;
+- `memory`: the in-memory reference store;
+- `testing`: the conformance suite every backend runs.
+"""
+
+from msgbus_core.errors import (
+    ConflictError,
+    GapError,
+    InvalidArgumentError,
+    MsgbusError,
+    NotFoundError,
+    PermissionDeniedError,
+    SchemaError,
+    StorageError,
+    StorageFullError,
+)
+from msgbus_core.memory import MemoryStore
+from msgbus_core.model import (
+    FifoMessage,
+    LogKey,
+    Message,
+    NodeId,
+    PeerSyncState,
+    TombstoneRange,
+    TopicHead,
+)
+from msgbus_core.ops import (
+    AckOp,
+    AppendOp,
+    DeleteRangeOp,
+    DeleteResult,
+    EnqueueOp,
+    Outcome,
+    RecordSyncStateOp,
+    RejectOp,
+    ReplicateOp,
+    ReplicateResult,
+    WriteOp,
+    WriteResult,
+)
+from msgbus_core.store import ENTRY_POINT_GROUP, MsgbusStore, StoreFactory
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AckOp",
+    "AppendOp",
+    "ConflictError",
+    "DeleteRangeOp",
+    "DeleteResult",
+    "EnqueueOp",
+    "FifoMessage",
+    "GapError",
+    "InvalidArgumentError",
+    "LogKey",
+    "MemoryStore",
+    "Message",
+    "MsgbusError",
+    "MsgbusStore",
+    "NodeId",
+    "NotFoundError",
+    "Outcome",
+    "PeerSyncState",
+    "PermissionDeniedError",
+    "RecordSyncStateOp",
+    "RejectOp",
+    "ReplicateOp",
+    "ReplicateResult",
+    "SchemaError",
+    "StorageError",
+    "StorageFullError",
+    "StoreFactory",
+    "TombstoneRange",
+    "TopicHead",
+    "WriteOp",
+    "WriteResult",
+]

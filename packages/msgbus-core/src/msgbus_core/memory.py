@@ -1,0 +1,260 @@
+"""The in-memory reference store: the model every backend is tested against.
+
+It is deliberately simple (lists and dicts behind one lock) so that it can serve as the
+specification of the storage contract. It keeps nothing across restarts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+
+from msgbus_core.errors import InvalidArgumentError, MsgbusError
+from msgbus_core.limits import DELETE_TOPIC
+from msgbus_core.model import (
+    FifoMessage,
+    Message,
+    NodeId,
+    PeerSyncState,
+    TombstoneRange,
+    TopicHead,
+)
+from msgbus_core.ops import (
+    AckOp,
+    AppendOp,
+    DeleteRangeOp,
+    DeleteResult,
+    EnqueueOp,
+    Outcome,
+    RecordSyncStateOp,
+    RejectOp,
+    ReplicateOp,
+    ReplicateResult,
+    WriteOp,
+    WriteResult,
+)
+from msgbus_core.replication import (
+    Decision,
+    apply_tombstones,
+    check_replicated,
+    decide,
+    marker_tombstone,
+)
+
+LogId = tuple[str, NodeId]
+
+
+class MemoryStore:
+    """A `MsgbusStore` held in process memory."""
+
+    schema_version = 1
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # A log is contiguous from head 1, so a list indexed by head - 1 holds it.
+        self._logs: dict[LogId, list[Message]] = {}
+        self._tombstones: dict[LogId, list[TombstoneRange]] = {}
+        self._queues: dict[str, list[FifoMessage]] = {}
+        self._sequences: dict[str, int] = {}
+        self._sync_states: dict[tuple[str, str, str], PeerSyncState] = {}
+
+    @classmethod
+    def open(cls, path: str) -> MemoryStore:
+        """Return a new empty store; `path` is ignored."""
+        del path
+        return cls()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def write(self, ops: Sequence[WriteOp]) -> list[Outcome]:
+        """Apply each op in order; a failing op returns its error and changes nothing."""
+        with self._lock:
+            outcomes: list[Outcome] = []
+            for op in ops:
+                try:
+                    outcomes.append(self._apply(op))
+                except MsgbusError as error:
+                    outcomes.append(error)
+            return outcomes
+
+    def _apply(self, op: WriteOp) -> WriteResult:
+        match op:
+            case AppendOp():
+                return self._append(op)
+            case ReplicateOp():
+                return self._replicate(op)
+            case DeleteRangeOp():
+                return self._delete_range(op)
+            case EnqueueOp():
+                return self._enqueue(op)
+            case AckOp():
+                return self._ack(op)
+            case RejectOp():
+                return self._reject(op)
+            case RecordSyncStateOp():
+                state = op.state
+                self._sync_states[state.sort_key] = state
+                return None
+
+    def _append(self, op: AppendOp) -> Message:
+        log = self._logs.setdefault((op.topic, op.origin), [])
+        message = Message(
+            id=op.id,
+            topic=op.topic,
+            origin=op.origin,
+            head_id=len(log) + 1,
+            payload=op.payload,
+            headers=dict(op.headers),
+            created_at_ms=op.created_at_ms,
+        )
+        message = apply_tombstones(message, self._tombstones.get((op.topic, op.origin), ()))
+        log.append(message)
+        return message
+
+    def _replicate(self, op: ReplicateOp) -> ReplicateResult:
+        changed: list[Message] = []
+        unchanged = 0
+        for raw in op.messages:
+            try:
+                incoming = check_replicated(raw)
+                log_id = (incoming.topic, incoming.origin)
+                incoming = apply_tombstones(incoming, self._tombstones.get(log_id, ()))
+                log = self._logs.get(log_id, [])
+                existing = log[incoming.head_id - 1] if incoming.head_id <= len(log) else None
+                decision = decide(existing, incoming, len(log))
+            except MsgbusError as error:
+                return ReplicateResult(changed, unchanged, error)
+            if decision is Decision.UNCHANGED:
+                unchanged += 1
+                continue
+            log = self._logs.setdefault(log_id, [])
+            if decision is Decision.INSERT:
+                log.append(incoming)
+                if incoming.topic == DELETE_TOPIC and not incoming.deleted:
+                    self._record_tombstone(marker_tombstone(incoming))
+            else:
+                log[incoming.head_id - 1] = incoming
+            changed.append(incoming)
+        return ReplicateResult(changed, unchanged)
+
+    def _record_tombstone(self, tombstone: TombstoneRange) -> int:
+        """Record a tombstone (first one kept on duplicates) and erase what it covers."""
+        log_id = (tombstone.topic, tombstone.origin)
+        recorded = self._tombstones.setdefault(log_id, [])
+        if not any(
+            (t.from_head_id, t.to_head_id) == (tombstone.from_head_id, tombstone.to_head_id)
+            for t in recorded
+        ):
+            recorded.append(tombstone)
+        log = self._logs.get(log_id, [])
+        count = 0
+        for index in range(tombstone.from_head_id - 1, min(tombstone.to_head_id, len(log))):
+            if not log[index].deleted:
+                log[index] = log[index].erased()
+                count += 1
+        return count
+
+    def _delete_range(self, op: DeleteRangeOp) -> DeleteResult:
+        if op.from_head_id > op.to_head_id:
+            raise InvalidArgumentError(
+                f"from_head_id must be <= to_head_id, got {op.from_head_id} > {op.to_head_id}"
+            )
+        log = self._logs.get((op.topic, op.origin), [])
+        first, last = max(op.from_head_id, 1), min(op.to_head_id, len(log))
+        if first > last:
+            return DeleteResult(0)
+        tombstone = TombstoneRange(op.topic, op.origin, first, last, op.created_at_ms)
+        count = self._record_tombstone(tombstone)
+        markers = self._logs.setdefault((DELETE_TOPIC, op.origin), [])
+        marker = Message(
+            id=op.marker_id,
+            topic=DELETE_TOPIC,
+            origin=op.origin,
+            head_id=len(markers) + 1,
+            payload=tombstone.to_marker_payload(),
+            headers={},
+            created_at_ms=op.created_at_ms,
+        )
+        markers.append(marker)
+        return DeleteResult(count, marker, tombstone)
+
+    def _enqueue(self, op: EnqueueOp) -> FifoMessage:
+        sequence = self._sequences.get(op.queue, 0) + 1
+        self._sequences[op.queue] = sequence
+        message = FifoMessage(
+            id=op.id,
+            queue=op.queue,
+            topic=op.topic,
+            source=op.source,
+            target=op.target,
+            payload=op.payload,
+            headers=dict(op.headers),
+            created_at_ms=op.created_at_ms,
+            sequence=sequence,
+        )
+        self._queues.setdefault(op.queue, []).append(message)
+        return message
+
+    def _ack(self, op: AckOp) -> bool:
+        queue = self._queues.get(op.queue)
+        if not queue or queue[0].id != op.message_id:
+            return False
+        queue.pop(0)
+        return True
+
+    def _reject(self, op: RejectOp) -> bool:
+        queue = self._queues.get(op.queue)
+        if not queue or queue[0].id != op.message_id:
+            return False
+        queue[0] = replace(queue[0], attempts=min(queue[0].attempts + 1, 2**32 - 1))
+        return True
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def fetch(self, topic: str, origin: NodeId, from_head_id: int, limit: int) -> list[Message]:
+        """Up to `limit` messages from `from_head_id`, in head order."""
+        with self._lock:
+            log = self._logs.get((topic, origin), [])
+            start = max(from_head_id, 1) - 1
+            return log[start : start + max(limit, 0)]
+
+    def get_head(self, topic: str, origin: NodeId) -> int:
+        """The log's highest head, or 0."""
+        with self._lock:
+            return len(self._logs.get((topic, origin), []))
+
+    def list_heads(self) -> list[TopicHead]:
+        """Every non-empty log's head, by topic then origin key."""
+        with self._lock:
+            heads = [
+                TopicHead(topic, origin, len(log))
+                for (topic, origin), log in self._logs.items()
+                if log
+            ]
+        return sorted(heads, key=lambda h: (h.topic, h.origin.key))
+
+    def list_tombstones(self) -> list[TombstoneRange]:
+        """Every tombstone, by topic, origin key, from and to."""
+        with self._lock:
+            tombstones = [t for ts in self._tombstones.values() for t in ts]
+        return sorted(
+            tombstones, key=lambda t: (t.topic, t.origin.key, t.from_head_id, t.to_head_id)
+        )
+
+    def peek_fifo(self, queue: str) -> FifoMessage | None:
+        """The front of the queue, or None."""
+        with self._lock:
+            messages = self._queues.get(queue)
+            return messages[0] if messages else None
+
+    def list_sync_states(self) -> list[PeerSyncState]:
+        """Every sync state, by peer, topic and origin key."""
+        with self._lock:
+            return [self._sync_states[key] for key in sorted(self._sync_states)]
+
+    def check(self) -> None:
+        """Memory always answers."""
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,91 @@
+"""The rules for accepting a message from a peer, shared by every store.
+
+A store calls `check_replicated` on each incoming message, looks up what it already holds at
+that head, and asks `decide` what to do. Keeping the rules here means no backend can differ.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from msgbus_core.errors import ConflictError, GapError, InvalidArgumentError, PermissionDeniedError
+from msgbus_core.limits import DELETE_TOPIC
+from msgbus_core.model import Message, TombstoneRange
+from msgbus_core.validation import validate_name, validate_stored_int, validate_topic
+
+
+class Decision(enum.Enum):
+    """What a store does with an incoming replicated message."""
+
+    INSERT = "insert"
+    """No row at that head: insert it."""
+    UNCHANGED = "unchanged"
+    """The stored row already says the same (or is deleted, and deleted wins)."""
+    MARK_DELETED = "mark_deleted"
+    """The incoming copy is deleted and the stored one is not: mark the row deleted and erase it."""
+
+
+def check_replicated(message: Message) -> Message:
+    """Validate a message received from a peer and return it in stored form.
+
+    A deleted message is returned erased. A delete marker is parsed here too, so a malformed
+    marker is refused before anything is stored.
+    """
+    validate_name("message.id", message.id)
+    validate_topic(message.topic, "message.topic")
+    message.origin.validate("message.origin")
+    if message.head_id == 0:
+        raise InvalidArgumentError("message.head_id must be greater than zero")
+    validate_stored_int("message.head_id", message.head_id)
+    validate_stored_int("message.created_at_ms", message.created_at_ms)
+    if message.deleted:
+        return message.erased()
+    if message.topic == DELETE_TOPIC:
+        marker_tombstone(message)
+    return message
+
+
+def marker_tombstone(marker: Message) -> TombstoneRange:
+    """Parse the tombstone a delete marker carries; a node may only delete its own log."""
+    tombstone = TombstoneRange.from_marker_payload(marker.payload)
+    if tombstone.origin != marker.origin:
+        raise PermissionDeniedError(
+            f"delete marker from {marker.origin.key} names the log of {tombstone.origin.key}: "
+            "a delete marker origin must match its tombstone origin"
+        )
+    return tombstone
+
+
+def apply_tombstones(message: Message, tombstones: Iterable[TombstoneRange]) -> Message:
+    """The message as stored: erased when any tombstone of its log covers its head."""
+    if not message.deleted and any(t.covers(message.head_id) for t in tombstones):
+        return message.erased()
+    return message
+
+
+def decide(existing: Message | None, incoming: Message, current_head: int) -> Decision:
+    """Decide how to store `incoming` (already checked and tombstoned) given the stored row.
+
+    Raises `GapError` when the message would leave a gap, and `ConflictError` when the stored
+    row differs in anything but the deleted flag.
+    """
+    if existing is None:
+        if incoming.head_id > current_head + 1:
+            raise GapError(
+                f"replicated message would create a gap at topic={incoming.topic} "
+                f"origin={incoming.origin.key} local_head={current_head} "
+                f"incoming_head={incoming.head_id}"
+            )
+        return Decision.INSERT
+    if existing == incoming:
+        return Decision.UNCHANGED
+    same_identity = existing.id == incoming.id and existing.created_at_ms == incoming.created_at_ms
+    if same_identity and existing.deleted:
+        return Decision.UNCHANGED
+    if same_identity and incoming.deleted:
+        return Decision.MARK_DELETED
+    raise ConflictError(
+        f"message conflict at topic={incoming.topic} origin={incoming.origin.key} "
+        f"head_id={incoming.head_id}: the peer's copy differs from the stored one"
+    )

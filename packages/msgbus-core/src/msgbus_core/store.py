@@ -1,0 +1,79 @@
+"""`MsgbusStore`: the storage contract every backend implements.
+
+Methods block; the daemon owns the concurrency. Exactly one thread at a time calls `write` (the
+daemon's commit pipeline); reads may come from any thread, concurrently with the writer, and a
+backend gives them their own connections. Every backend passes the conformance suite in
+`msgbus_core.testing`, so clients cannot tell which one a daemon uses.
+
+Backends are found through the `msgbus.stores` entry point group: the entry point names a class
+(or any object) whose `open(path)` returns a store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
+from msgbus_core.ops import Outcome, WriteOp
+
+ENTRY_POINT_GROUP = "msgbus.stores"
+"""The entry point group under which store packages register themselves."""
+
+
+class MsgbusStore(Protocol):
+    """A durable home for logs, tombstones, FIFO queues and peer sync state."""
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database."""
+        ...
+
+    def write(self, ops: Sequence[WriteOp]) -> list[Outcome]:
+        """Apply `ops` in order, in one durable transaction, and return one outcome per op.
+
+        An op that fails returns its `MsgbusError` and has no effect; the others still apply.
+        When the transaction itself fails (for instance the disk is full) nothing is applied and
+        a `StorageError` is raised.
+        """
+        ...
+
+    def fetch(self, topic: str, origin: NodeId, from_head_id: int, limit: int) -> list[Message]:
+        """Up to `limit` messages of a log with head >= `from_head_id`, in head order."""
+        ...
+
+    def get_head(self, topic: str, origin: NodeId) -> int:
+        """The highest head of a log, or 0 when it has no message."""
+        ...
+
+    def list_heads(self) -> list[TopicHead]:
+        """Every log's head, ordered by topic and then origin key."""
+        ...
+
+    def list_tombstones(self) -> list[TombstoneRange]:
+        """Every recorded tombstone, ordered by topic, origin key, from and to."""
+        ...
+
+    def peek_fifo(self, queue: str) -> FifoMessage | None:
+        """The front (lowest sequence) of a queue, or None when it is empty."""
+        ...
+
+    def list_sync_states(self) -> list[PeerSyncState]:
+        """Every sync state, ordered by peer, topic and origin key."""
+        ...
+
+    def check(self) -> None:
+        """Raise `StorageError` unless the database answers a trivial query."""
+        ...
+
+    def close(self) -> None:
+        """Close every connection. The store must not be used afterwards."""
+        ...
+
+
+class StoreFactory(Protocol):
+    """What a `msgbus.stores` entry point refers to."""
+
+    def open(self, path: str) -> MsgbusStore:
+        """Open or create the database at `path`; raise `SchemaError` for a foreign file."""
+        ...

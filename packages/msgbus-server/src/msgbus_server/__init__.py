@@ -1,0 +1,1 @@
+"""msgbus server."""

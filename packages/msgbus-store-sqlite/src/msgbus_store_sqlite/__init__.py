@@ -1,0 +1,1 @@
+"""msgbus store sqlite."""
