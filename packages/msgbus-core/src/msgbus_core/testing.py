@@ -1,0 +1,587 @@
+"""The store conformance suite: every `MsgbusStore` backend runs it with a few lines of pytest.
+
+    from msgbus_core.testing import StoreConformance
+    from my_store import MyStore
+
+    class TestMyStore(StoreConformance):
+        factory = MyStore
+
+It holds example tests for every rule of the storage contract, a Hypothesis stateful test that
+runs random operation sequences against the backend and `MemoryStore` side by side and compares
+every observable result, and a reopen test. Install `msgbus-core[testing]` for pytest and
+Hypothesis.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from msgbus_core.errors import (
+    ConflictError,
+    GapError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    SchemaError,
+)
+from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT, U64_MAX
+from msgbus_core.memory import MemoryStore
+from msgbus_core.model import Message, NodeId, PeerSyncState, TombstoneRange
+from msgbus_core.ops import (
+    AckOp,
+    AppendOp,
+    DeleteRangeOp,
+    DeleteResult,
+    EnqueueOp,
+    Outcome,
+    RecordSyncStateOp,
+    RejectOp,
+    ReplicateOp,
+    ReplicateResult,
+    WriteOp,
+)
+from msgbus_core.store import MsgbusStore, StoreFactory
+
+LOCAL = NodeId("tenant", "default", "local")
+REMOTE = NodeId("tenant", "default", "remote")
+TARGET = NodeId("tenant", "default", "worker")
+
+
+def append_op(topic: str, payload: bytes, n: int, origin: NodeId = LOCAL) -> AppendOp:
+    """An AppendOp with a deterministic id and timestamp derived from `n`."""
+    return AppendOp(topic, origin, payload, {"n": str(n)}, f"id-{topic}-{n}", 1_000 + n)
+
+
+def remote_message(head_id: int, payload: bytes = b"r", *, topic: str = "events") -> Message:
+    """A message as a peer would send it for the REMOTE origin."""
+    return Message(
+        id=f"remote-{topic}-{head_id}",
+        topic=topic,
+        origin=REMOTE,
+        head_id=head_id,
+        payload=payload,
+        headers={"h": "v"},
+        created_at_ms=5_000 + head_id,
+    )
+
+
+def marker(head_id: int, tombstone: TombstoneRange, origin: NodeId = REMOTE) -> Message:
+    """A delete marker message carrying `tombstone`."""
+    return Message(
+        id=f"marker-{origin.device_id}-{head_id}",
+        topic=DELETE_TOPIC,
+        origin=origin,
+        head_id=head_id,
+        payload=tombstone.to_marker_payload(),
+        headers={},
+        created_at_ms=9_000 + head_id,
+    )
+
+
+def write_one(store: MsgbusStore, op: WriteOp) -> Any:
+    """Apply one op; return its result or raise its error."""
+    [outcome] = store.write([op])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def snapshot(store: MsgbusStore, queues: Sequence[str] = ("jobs",)) -> dict[str, Any]:
+    """Everything a client can observe of a store."""
+    heads = store.list_heads()
+    return {
+        "heads": heads,
+        "logs": {(h.topic, h.origin): store.fetch(h.topic, h.origin, 1, 100_000) for h in heads},
+        "tombstones": store.list_tombstones(),
+        "fronts": {queue: store.peek_fifo(queue) for queue in queues},
+        "sync": store.list_sync_states(),
+    }
+
+
+def comparable(outcome: Outcome) -> object:
+    """An outcome in a form two stores can be compared by: errors by class and message."""
+    if isinstance(outcome, Exception):
+        return (type(outcome).__name__, str(outcome))
+    if isinstance(outcome, ReplicateResult):
+        return ("replicate", outcome.changed, outcome.unchanged, comparable(outcome.error))
+    return outcome
+
+
+class StoreConformance:
+    """Subclass in a test module and set `factory` to the backend's StoreFactory."""
+
+    factory: ClassVar[StoreFactory]
+    persistent: ClassVar[bool] = True
+    """False for stores that keep nothing across close (skips the reopen tests)."""
+    hypothesis_examples: ClassVar[int] = 40
+    """How many random operation sequences the stateful test runs."""
+
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        """Where the database file goes."""
+        return tmp_path / "msgbus.db"
+
+    @pytest.fixture
+    def store(self, path: Path) -> Iterator[MsgbusStore]:
+        """A fresh, empty store."""
+        store = self.factory.open(str(path))
+        yield store
+        store.close()
+
+    # -- appends and reads ------------------------------------------------------------------------
+
+    def test_append_assigns_gap_free_heads_from_one_per_log(self, store: MsgbusStore) -> None:
+        outcomes = store.write(
+            [
+                append_op("events", b"a", 1),
+                append_op("events", b"b", 2),
+                append_op("other", b"c", 3),
+                append_op("events", b"d", 4, origin=REMOTE),
+            ]
+        )
+        heads = [o.head_id for o in outcomes if isinstance(o, Message)]
+        assert heads == [1, 2, 1, 1]
+        assert store.get_head("events", LOCAL) == 2
+        assert store.get_head("missing", LOCAL) == 0
+
+    def test_append_returns_the_stored_message(self, store: MsgbusStore) -> None:
+        message = write_one(store, append_op("events", b"hello", 7))
+        assert message == Message("id-events-7", "events", LOCAL, 1, b"hello", {"n": "7"}, 1007)
+        assert store.fetch("events", LOCAL, 1, 10) == [message]
+
+    def test_fetch_pages_in_head_order_from_a_head(self, store: MsgbusStore) -> None:
+        store.write([append_op("events", bytes([n]), n) for n in range(1, 11)])
+        page = store.fetch("events", LOCAL, 4, 3)
+        assert [m.head_id for m in page] == [4, 5, 6]
+        assert [m.payload for m in page] == [bytes([4]), bytes([5]), bytes([6])]
+        assert store.fetch("events", LOCAL, 0, 2)[0].head_id == 1
+        assert store.fetch("events", LOCAL, 11, 10) == []
+        assert store.fetch("events", LOCAL, U64_MAX, 10) == []
+        assert store.fetch("events", REMOTE, 1, 10) == []
+
+    def test_empty_payload_and_headers_round_trip(self, store: MsgbusStore) -> None:
+        stored = write_one(store, AppendOp("e", LOCAL, b"", {}, "x", 0))
+        assert store.fetch("e", LOCAL, 1, 1) == [stored]
+        assert stored.payload == b""
+        assert dict(stored.headers) == {}
+
+    def test_unicode_names_and_binary_payloads_round_trip(self, store: MsgbusStore) -> None:
+        origin = NodeId("tënant", "bl ü", "dévice ✓")
+        headers = {"ключ": "значение", "k": "✓"}
+        op = AppendOp("tópico/ñ ✓", origin, bytes(range(256)), headers, "i", 1)
+        stored = write_one(store, op)
+        assert store.fetch(op.topic, origin, 1, 1) == [stored]
+        assert store.list_heads()[0].origin == origin
+
+    def test_list_heads_orders_by_topic_then_origin_key(self, store: MsgbusStore) -> None:
+        a, b = NodeId("a", "a", "a"), NodeId("b", "a", "a")
+        store.write(
+            [
+                append_op("zeta", b"", 1, origin=b),
+                append_op("alpha", b"", 2, origin=b),
+                append_op("alpha", b"", 3, origin=a),
+                append_op("Beta", b"", 4, origin=a),
+                append_op("alpha", b"", 5, origin=a),
+            ]
+        )
+        heads = [(h.topic, h.origin.key, h.head_id) for h in store.list_heads()]
+        assert heads == [
+            ("Beta", "a/a/a", 1),
+            ("alpha", "a/a/a", 2),
+            ("alpha", "b/a/a", 1),
+            ("zeta", "b/a/a", 1),
+        ]
+
+    def test_origins_that_share_a_joined_string_stay_apart(self, store: MsgbusStore) -> None:
+        # Parts cannot contain "/", but a backend that joins parts naively could still collide
+        # on other separators; distinct NodeIds must always be distinct logs.
+        one, two = NodeId("a b", "c", "d"), NodeId("a", "b c", "d")
+        store.write([append_op("t", b"1", 1, origin=one), append_op("t", b"2", 2, origin=two)])
+        assert store.get_head("t", one) == 1
+        assert store.get_head("t", two) == 1
+
+    # -- deletes ----------------------------------------------------------------------------------
+
+    def test_delete_range_erases_rows_and_appends_a_marker(self, store: MsgbusStore) -> None:
+        store.write([append_op("events", b"p%d" % n, n) for n in range(1, 4)])
+        result = write_one(store, DeleteRangeOp("events", LOCAL, 2, 3, "m1", 50))
+        assert isinstance(result, DeleteResult)
+        assert result.deleted_count == 2
+        tombstone = TombstoneRange("events", LOCAL, 2, 3, 50)
+        assert result.tombstone == tombstone
+        assert result.marker == Message(
+            "m1", DELETE_TOPIC, LOCAL, 1, tombstone.to_marker_payload(), {}, 50
+        )
+        rows = store.fetch("events", LOCAL, 1, 10)
+        assert [(m.deleted, m.payload, dict(m.headers)) for m in rows] == [
+            (False, b"p1", {"n": "1"}),
+            (True, b"", {}),
+            (True, b"", {}),
+        ]
+        assert store.get_head("events", LOCAL) == 3
+        assert store.fetch(DELETE_TOPIC, LOCAL, 1, 10) == [result.marker]
+        assert store.list_tombstones() == [tombstone]
+
+    def test_delete_range_is_clamped_to_the_current_head(self, store: MsgbusStore) -> None:
+        store.write([append_op("events", b"x", n) for n in range(1, 3)])
+        result = write_one(store, DeleteRangeOp("events", LOCAL, 0, U64_MAX, "m", 1))
+        assert result.deleted_count == 2
+        assert result.tombstone == TombstoneRange("events", LOCAL, 1, 2, 1)
+        later = write_one(store, append_op("events", b"new", 3))
+        assert later.head_id == 3
+        assert not later.deleted
+        assert later.payload == b"new"
+
+    def test_delete_range_past_the_head_records_nothing(self, store: MsgbusStore) -> None:
+        write_one(store, append_op("events", b"x", 1))
+        result = write_one(store, DeleteRangeOp("events", LOCAL, 5, 9, "m", 1))
+        assert result == DeleteResult(0)
+        empty = write_one(store, DeleteRangeOp("nothing", LOCAL, 1, 9, "m2", 1))
+        assert empty == DeleteResult(0)
+        assert store.list_tombstones() == []
+        assert store.get_head(DELETE_TOPIC, LOCAL) == 0
+
+    def test_delete_range_counts_only_newly_deleted_rows(self, store: MsgbusStore) -> None:
+        store.write([append_op("events", b"x", n) for n in range(1, 5)])
+        assert write_one(store, DeleteRangeOp("events", LOCAL, 1, 2, "m1", 1)).deleted_count == 2
+        again = write_one(store, DeleteRangeOp("events", LOCAL, 1, 3, "m2", 2))
+        assert again.deleted_count == 1
+        assert again.marker.head_id == 2
+
+    def test_delete_range_rejects_reversed_bounds(self, store: MsgbusStore) -> None:
+        write_one(store, append_op("events", b"x", 1))
+        with pytest.raises(InvalidArgumentError, match="from_head_id"):
+            write_one(store, DeleteRangeOp("events", LOCAL, 3, 2, "m", 1))
+        assert store.get_head(DELETE_TOPIC, LOCAL) == 0
+
+    def test_duplicate_tombstone_keeps_the_first(self, store: MsgbusStore) -> None:
+        store.write([append_op("events", b"x", n) for n in range(1, 3)])
+        write_one(store, DeleteRangeOp("events", LOCAL, 1, 2, "m1", 10))
+        write_one(store, DeleteRangeOp("events", LOCAL, 1, 2, "m2", 20))
+        assert store.list_tombstones() == [TombstoneRange("events", LOCAL, 1, 2, 10)]
+        assert store.get_head(DELETE_TOPIC, LOCAL) == 2
+
+    # -- replication ------------------------------------------------------------------------------
+
+    def test_replicated_messages_keep_their_heads_ids_and_times(self, store: MsgbusStore) -> None:
+        messages = [remote_message(1), remote_message(2)]
+        result = write_one(store, ReplicateOp(messages))
+        assert result == ReplicateResult(messages, 0)
+        assert store.fetch("events", REMOTE, 1, 10) == messages
+        assert store.get_head("events", REMOTE) == 2
+
+    def test_identical_replicated_message_is_a_no_op(self, store: MsgbusStore) -> None:
+        write_one(store, ReplicateOp([remote_message(1)]))
+        result = write_one(store, ReplicateOp([remote_message(1)]))
+        assert result == ReplicateResult([], 1)
+
+    def test_replicated_gap_is_rejected_and_earlier_messages_kept(self, store: MsgbusStore) -> None:
+        result = write_one(store, ReplicateOp([remote_message(1), remote_message(3)]))
+        assert result.changed == [remote_message(1)]
+        assert isinstance(result.error, GapError)
+        assert "local_head=1" in str(result.error)
+        assert store.get_head("events", REMOTE) == 1
+
+    def test_replicated_conflict_is_reported(self, store: MsgbusStore) -> None:
+        write_one(store, ReplicateOp([remote_message(1, b"one")]))
+        result = write_one(store, ReplicateOp([remote_message(1, b"two")]))
+        assert isinstance(result.error, ConflictError)
+        assert store.fetch("events", REMOTE, 1, 1)[0].payload == b"one"
+
+    def test_replicated_deleted_copy_wins_and_is_erased(self, store: MsgbusStore) -> None:
+        write_one(store, ReplicateOp([remote_message(1, b"secret")]))
+        deleted = Message(**{**_fields(remote_message(1, b"secret")), "deleted": True})
+        result = write_one(store, ReplicateOp([deleted]))
+        assert result.changed == [deleted.erased()]
+        stored = store.fetch("events", REMOTE, 1, 1)[0]
+        assert stored.deleted
+        assert stored.payload == b""
+        # The live copy arriving again after the delete changes nothing: deleted wins.
+        assert write_one(store, ReplicateOp([remote_message(1, b"secret")])).unchanged == 1
+
+    def test_replicated_head_zero_and_out_of_range_values_are_refused(
+        self, store: MsgbusStore
+    ) -> None:
+        bad_head = write_one(store, ReplicateOp([remote_message(0)]))
+        assert isinstance(bad_head.error, InvalidArgumentError)
+        huge_time = Message(**{**_fields(remote_message(1)), "created_at_ms": MAX_STORED_INT + 1})
+        result = write_one(store, ReplicateOp([huge_time]))
+        assert isinstance(result.error, InvalidArgumentError)
+        assert "created_at_ms" in str(result.error)
+        assert store.list_heads() == []
+
+    def test_marker_before_data_tombstones_data_that_arrives_later(
+        self, store: MsgbusStore
+    ) -> None:
+        tombstone = TombstoneRange("events", REMOTE, 1, 1, 1)
+        assert write_one(store, ReplicateOp([marker(1, tombstone)])).error is None
+        result = write_one(store, ReplicateOp([remote_message(1, b"x"), remote_message(2)]))
+        assert result.error is None
+        rows = store.fetch("events", REMOTE, 1, 10)
+        assert [(m.deleted, m.payload) for m in rows] == [(True, b""), (False, b"r")]
+
+    def test_marker_after_data_tombstones_stored_rows(self, store: MsgbusStore) -> None:
+        write_one(store, ReplicateOp([remote_message(1), remote_message(2)]))
+        tombstone = TombstoneRange("events", REMOTE, 2, 2, 1)
+        write_one(store, ReplicateOp([marker(1, tombstone)]))
+        rows = store.fetch("events", REMOTE, 1, 10)
+        assert [m.deleted for m in rows] == [False, True]
+        assert store.list_tombstones() == [tombstone]
+
+    def test_malformed_marker_is_refused_before_anything_is_stored(
+        self, store: MsgbusStore
+    ) -> None:
+        bad = Message("m", DELETE_TOPIC, REMOTE, 1, b"{not json", {}, 1)
+        result = write_one(store, ReplicateOp([bad]))
+        assert isinstance(result.error, InvalidArgumentError)
+        assert store.get_head(DELETE_TOPIC, REMOTE) == 0
+
+    def test_forged_marker_for_another_origin_is_refused(self, store: MsgbusStore) -> None:
+        write_one(store, append_op("events", b"mine", 1))
+        forged = marker(1, TombstoneRange("events", LOCAL, 1, 1, 1), origin=REMOTE)
+        result = write_one(store, ReplicateOp([forged]))
+        assert isinstance(result.error, PermissionDeniedError)
+        assert store.fetch("events", LOCAL, 1, 1)[0].payload == b"mine"
+        assert store.list_tombstones() == []
+
+    # -- FIFO -------------------------------------------------------------------------------------
+
+    def _enqueue(self, store: MsgbusStore, name: str, queue: str = "jobs") -> Any:
+        return write_one(
+            store, EnqueueOp(queue, "work", LOCAL, TARGET, name.encode(), {"k": name}, name, 7)
+        )
+
+    def test_fifo_enqueue_and_peek_return_the_front(self, store: MsgbusStore) -> None:
+        assert store.peek_fifo("jobs") is None
+        first = self._enqueue(store, "a")
+        self._enqueue(store, "b")
+        assert (first.sequence, first.attempts, first.target) == (1, 0, TARGET)
+        assert store.peek_fifo("jobs") == first
+
+    def test_fifo_ack_only_accepts_the_front(self, store: MsgbusStore) -> None:
+        self._enqueue(store, "a")
+        self._enqueue(store, "b")
+        assert write_one(store, AckOp("jobs", "b")) is False
+        assert write_one(store, AckOp("jobs", "unknown")) is False
+        assert write_one(store, AckOp("jobs", "a")) is True
+        front = store.peek_fifo("jobs")
+        assert front is not None
+        assert front.id == "b"
+        assert write_one(store, AckOp("empty", "a")) is False
+
+    def test_fifo_reject_bumps_attempts_and_keeps_the_front(self, store: MsgbusStore) -> None:
+        self._enqueue(store, "a")
+        self._enqueue(store, "b")
+        assert write_one(store, RejectOp("jobs", "b")) is False
+        assert write_one(store, RejectOp("jobs", "a")) is True
+        assert write_one(store, RejectOp("jobs", "a")) is True
+        front = store.peek_fifo("jobs")
+        assert front is not None
+        assert (front.id, front.attempts, front.sequence) == ("a", 2, 1)
+
+    def test_fifo_sequences_are_never_reused(self, store: MsgbusStore) -> None:
+        self._enqueue(store, "a")
+        write_one(store, AckOp("jobs", "a"))
+        assert self._enqueue(store, "b").sequence == 2
+        assert self._enqueue(store, "c", queue="other").sequence == 1
+
+    # -- sync state and batches -------------------------------------------------------------------
+
+    def test_sync_states_upsert_and_list_in_order(self, store: MsgbusStore) -> None:
+        peer_level = PeerSyncState("http://b", last_attempt_at_ms=1, consecutive_failures=2)
+        log_level = PeerSyncState("http://b", "events", REMOTE, 3, 4, 3, 5, 5, 0, "")
+        other = PeerSyncState("http://a", last_error="boom")
+        store.write([RecordSyncStateOp(s) for s in (log_level, peer_level, other)])
+        assert store.list_sync_states() == [other, peer_level, log_level]
+        updated = PeerSyncState("http://b", last_attempt_at_ms=9)
+        write_one(store, RecordSyncStateOp(updated))
+        assert store.list_sync_states() == [other, updated, log_level]
+
+    def test_a_failing_op_does_not_affect_the_rest_of_its_batch(self, store: MsgbusStore) -> None:
+        outcomes = store.write(
+            [
+                append_op("events", b"1", 1),
+                DeleteRangeOp("events", LOCAL, 5, 1, "m", 1),
+                append_op("events", b"2", 2),
+            ]
+        )
+        assert isinstance(outcomes[1], InvalidArgumentError)
+        assert [m.payload for m in store.fetch("events", LOCAL, 1, 10)] == [b"1", b"2"]
+
+    def test_check_and_schema_version(self, store: MsgbusStore) -> None:
+        store.check()
+        assert store.schema_version >= 1
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def test_reopen_keeps_everything(self, path: Path) -> None:
+        if not self.persistent:
+            pytest.skip("this store keeps nothing across close")
+        store = self.factory.open(str(path))
+        store.write([append_op("events", b"x%d" % n, n) for n in range(1, 6)])
+        store.write([DeleteRangeOp("events", LOCAL, 2, 3, "m", 1)])
+        store.write([ReplicateOp([remote_message(1), remote_message(2)])])
+        self._enqueue(store, "a")
+        self._enqueue(store, "b")
+        store.write([RejectOp("jobs", "a"), RecordSyncStateOp(PeerSyncState("p", "events"))])
+        before = snapshot(store)
+        store.close()
+        reopened = self.factory.open(str(path))
+        try:
+            assert snapshot(reopened) == before
+            assert write_one(reopened, append_op("events", b"next", 9)).head_id == 6
+            assert self._enqueue(reopened, "c").sequence == 3
+        finally:
+            reopened.close()
+
+    def test_a_file_that_is_not_a_msgbus_database_is_refused(self, path: Path) -> None:
+        if not self.persistent:
+            pytest.skip("this store has no file")
+        path.write_bytes(b"this is not a database, it is a text file\n" * 200)
+        with pytest.raises(SchemaError):
+            self.factory.open(str(path))
+
+    # -- the model --------------------------------------------------------------------------------
+
+    def test_behaves_like_the_reference_store(self) -> None:
+        factory = self.factory
+
+        class Machine(_ReferenceComparison):
+            def open_backend(self, directory: Path) -> MsgbusStore:
+                return factory.open(str(directory / "msgbus.db"))
+
+        run_state_machine_as_test(
+            Machine,
+            settings=settings(
+                max_examples=self.hypothesis_examples,
+                stateful_step_count=25,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+
+
+def _fields(message: Message) -> dict[str, Any]:
+    return {name: getattr(message, name) for name in Message.__slots__}
+
+
+_TOPICS = st.sampled_from(["a", "b"])
+_ORIGINS = st.sampled_from([LOCAL, REMOTE])
+_PAYLOADS = st.sampled_from([b"", b"x", b"y"])
+_QUEUES = st.sampled_from(["q1", "q2"])
+
+
+class _ReferenceComparison(RuleBasedStateMachine):
+    """Applies the same random operations to a backend and to MemoryStore and compares."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = Path(tempfile.mkdtemp(prefix="msgbus-conformance-"))
+        self.model = MemoryStore()
+        self.backend = self.open_backend(self.directory)
+        self.counter = 0
+
+    def open_backend(self, directory: Path) -> MsgbusStore:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        self.backend.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _next(self) -> int:
+        self.counter += 1
+        return self.counter
+
+    def _both(self, ops: list[WriteOp]) -> None:
+        expected = [comparable(o) for o in self.model.write(ops)]
+        actual = [comparable(o) for o in self.backend.write(ops)]
+        assert actual == expected
+
+    def _append(self, topic: str, origin: NodeId, payload: bytes) -> AppendOp:
+        n = self._next()
+        return AppendOp(topic, origin, payload, {"n": str(n % 3)}, f"id{n}", n)
+
+    @rule(topic=_TOPICS, origin=_ORIGINS, payload=_PAYLOADS, count=st.integers(1, 4))
+    def append(self, topic: str, origin: NodeId, payload: bytes, count: int) -> None:
+        self._both([self._append(topic, origin, payload) for _ in range(count)])
+
+    @rule(
+        topic=_TOPICS,
+        start=st.integers(0, 6),
+        length=st.integers(-1, 6),
+        huge=st.booleans(),
+    )
+    def delete_range(self, topic: str, start: int, length: int, huge: bool) -> None:
+        n = self._next()
+        end = U64_MAX if huge else start + length
+        self._both([DeleteRangeOp(topic, LOCAL, start, end, f"m{n}", n)])
+
+    @rule(
+        topic=_TOPICS,
+        heads=st.lists(st.integers(1, 7), min_size=1, max_size=4),
+        variant=st.sampled_from(["same", "other-payload", "deleted", "other-id"]),
+    )
+    def replicate(self, topic: str, heads: list[int], variant: str) -> None:
+        messages = []
+        for head in heads:
+            payload = b"other" if variant == "other-payload" else b"p%d" % head
+            message_id = f"x{head}" if variant == "other-id" else f"r{topic}{head}"
+            deleted = variant == "deleted"
+            messages.append(
+                Message(message_id, topic, REMOTE, head, payload, {}, 100 + head, deleted)
+            )
+        self._both([ReplicateOp(messages)])
+
+    @rule(
+        head=st.integers(1, 3),
+        topic=_TOPICS,
+        start=st.integers(1, 5),
+        length=st.integers(0, 3),
+        kind=st.sampled_from(["valid", "forged", "malformed"]),
+    )
+    def replicate_marker(self, head: int, topic: str, start: int, length: int, kind: str) -> None:
+        owner = LOCAL if kind == "forged" else REMOTE
+        payload = TombstoneRange(topic, owner, start, start + length, 1).to_marker_payload()
+        if kind == "malformed":
+            payload = payload[:-3]
+        message = Message(f"mk{head}", DELETE_TOPIC, REMOTE, head, payload, {}, head)
+        self._both([ReplicateOp([message])])
+
+    @rule(queue=_QUEUES, payload=_PAYLOADS)
+    def enqueue(self, queue: str, payload: bytes) -> None:
+        n = self._next()
+        self._both([EnqueueOp(queue, "t", LOCAL, TARGET, payload, {}, f"f{n}", n)])
+
+    @rule(queue=_QUEUES, front=st.booleans(), reject=st.booleans())
+    def ack_or_reject(self, queue: str, front: bool, reject: bool) -> None:
+        head = self.model.peek_fifo(queue)
+        message_id = head.id if (front and head is not None) else "nope"
+        op: WriteOp = RejectOp(queue, message_id) if reject else AckOp(queue, message_id)
+        self._both([op])
+
+    @rule(peer=st.sampled_from(["p1", "p2"]), topic=st.sampled_from(["", "a"]), n=st.integers(0, 3))
+    def record_sync_state(self, peer: str, topic: str, n: int) -> None:
+        origin = REMOTE if topic else None
+        state = PeerSyncState(peer, topic, origin, n, n + 1, n, n, n, n, "e" * n)
+        self._both([RecordSyncStateOp(state)])
+
+    @rule(topic=_TOPICS, origin=_ORIGINS, start=st.integers(0, 8), limit=st.integers(1, 5))
+    def fetch(self, topic: str, origin: NodeId, start: int, limit: int) -> None:
+        assert self.backend.fetch(topic, origin, start, limit) == self.model.fetch(
+            topic, origin, start, limit
+        )
+
+    @invariant()
+    def observable_state_matches(self) -> None:
+        assert snapshot(self.backend, ("q1", "q2")) == snapshot(self.model, ("q1", "q2"))
+
+
+__all__ = ["StoreConformance", "comparable", "snapshot"]
