@@ -224,12 +224,19 @@ class FetchRequest(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     FROM_HEAD_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """Required; same rules as PublishRequest.topic, but `$msgbus.` topics may be read."""
     from_head_id: _builtins.int
     """First head_id to return; 0 is treated as 1."""
     limit: _builtins.int
     """Page size: 0 means 100, values above 10,000 are capped at 10,000."""
+    max_messages_per_response: _builtins.int
+    """Extension (opt-in packing): when > 0, each response carries up to this many messages in
+    `FetchResponse.messages` instead of one in `message`, also bounded by a byte budget below
+    the gRPC message limit. 0 (the default, and what original clients send) means one message
+    per response.
+    """
     @_builtins.property
     def origin(self) -> Global___NodeId:
         """The log's origin. Absent or all-empty means the local node."""
@@ -241,10 +248,11 @@ class FetchRequest(_message.Message):
         origin: Global___NodeId | None = ...,
         from_head_id: _builtins.int = ...,
         limit: _builtins.int = ...,
+        max_messages_per_response: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_head_id", b"from_head_id", "limit", b"limit", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_head_id", b"from_head_id", "limit", b"limit", "max_messages_per_response", b"max_messages_per_response", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,23 +260,31 @@ Global___FetchRequest: _TypeAlias = FetchRequest  # noqa: Y015
 
 @_typing.final
 class FetchResponse(_message.Message):
-    """FetchResponse carries one message of the page."""
+    """FetchResponse carries the next message(s) of the page."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___MessageEnvelope:
-        """The next message, in ascending head_id order."""
+        """The next message, in ascending head_id order. Unset when the request asked for packing."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEnvelope]:
+        """Extension: consecutive messages in ascending head_id order, set only when the request's
+        max_messages_per_response is > 0.
+        """
 
     def __init__(
         self,
         *,
         message: Global___MessageEnvelope | None = ...,
+        messages: _abc.Iterable[Global___MessageEnvelope] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,6 +300,7 @@ class SubscribeRequest(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     FROM_HEAD_ID_FIELD_NUMBER: _builtins.int
     REPLAY_LIMIT_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """Required; same rules as FetchRequest.topic."""
     from_head_id: _builtins.int
@@ -291,6 +308,11 @@ class SubscribeRequest(_message.Message):
     replay_limit: _builtins.int
     """Replay page size (0 means 100, capped at 10,000). It is not a cap on delivery: the whole
     backlog is replayed page by page before the stream goes live.
+    """
+    max_messages_per_response: _builtins.int
+    """Extension (opt-in packing): when > 0, each response carries up to this many messages in
+    `SubscribeResponse.messages`, also bounded by a byte budget below the gRPC message limit.
+    0 (the default, and what original clients send) means one message per response.
     """
     @_builtins.property
     def origin(self) -> Global___NodeId:
@@ -303,10 +325,11 @@ class SubscribeRequest(_message.Message):
         origin: Global___NodeId | None = ...,
         from_head_id: _builtins.int = ...,
         replay_limit: _builtins.int = ...,
+        max_messages_per_response: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_head_id", b"from_head_id", "origin", b"origin", "replay_limit", b"replay_limit", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_head_id", b"from_head_id", "max_messages_per_response", b"max_messages_per_response", "origin", b"origin", "replay_limit", b"replay_limit", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,23 +337,31 @@ Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
 @_typing.final
 class SubscribeResponse(_message.Message):
-    """SubscribeResponse carries one message of the subscription."""
+    """SubscribeResponse carries the next message(s) of the subscription."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___MessageEnvelope:
-        """The next message; head_ids arrive contiguous and in order."""
+        """The next message; head_ids arrive contiguous and in order. Unset when packing was asked for."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEnvelope]:
+        """Extension: consecutive messages in ascending head_id order, set only when the request's
+        max_messages_per_response is > 0.
+        """
 
     def __init__(
         self,
         *,
         message: Global___MessageEnvelope | None = ...,
+        messages: _abc.Iterable[Global___MessageEnvelope] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1007,6 +1038,56 @@ class ReadyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadyRequest: _TypeAlias = ReadyRequest  # noqa: Y015
+
+@_typing.final
+class PublishBatchRequest(_message.Message):
+    """PublishBatchRequest publishes several messages atomically."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishRequest]:
+        """One to 10,000 entries, each validated exactly like a Publish request. Entries for the same
+        topic get consecutive head_ids in request order.
+        """
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___PublishRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBatchRequest: _TypeAlias = PublishBatchRequest  # noqa: Y015
+
+@_typing.final
+class PublishBatchResponse(_message.Message):
+    """PublishBatchResponse carries the stored messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEnvelope]:
+        """One durable envelope per entry, in request order."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___MessageEnvelope] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBatchResponse: _TypeAlias = PublishBatchResponse  # noqa: Y015
 
 @_typing.final
 class ReadyResponse(_message.Message):

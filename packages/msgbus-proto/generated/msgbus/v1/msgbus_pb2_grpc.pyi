@@ -90,6 +90,12 @@ class MsgbusServiceStub:
     """
     Ready: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.ReadyRequest, _msgbus_pb2.ReadyResponse]
     """Ready checks the store and answers "READY", or "NOT_READY" with the error."""
+    PublishBatch: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.PublishBatchRequest, _msgbus_pb2.PublishBatchResponse]
+    """PublishBatch publishes many messages, to one or several topics of the local node, in one
+    atomic durable transaction. It answers one envelope per entry, in request order. If any entry
+    is invalid the whole batch is rejected (the error message names the entry's index) and
+    nothing is stored. An extension of this project; original daemons answer UNIMPLEMENTED.
+    """
 
 @_typing.type_check_only
 class MsgbusServiceAsyncStub(MsgbusServiceStub):
@@ -148,6 +154,12 @@ class MsgbusServiceAsyncStub(MsgbusServiceStub):
     """
     Ready: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.ReadyRequest, _msgbus_pb2.ReadyResponse]  # type: ignore[assignment]
     """Ready checks the store and answers "READY", or "NOT_READY" with the error."""
+    PublishBatch: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.PublishBatchRequest, _msgbus_pb2.PublishBatchResponse]  # type: ignore[assignment]
+    """PublishBatch publishes many messages, to one or several topics of the local node, in one
+    atomic durable transaction. It answers one envelope per entry, in request order. If any entry
+    is invalid the whole batch is rejected (the error message names the entry's index) and
+    nothing is stored. An extension of this project; original daemons answer UNIMPLEMENTED.
+    """
 
 class MsgbusServiceServicer(metaclass=_abc_1.ABCMeta):
     """MsgbusService is served by every msgbusd daemon, normally on 127.0.0.1:50051.
@@ -281,5 +293,17 @@ class MsgbusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_msgbus_pb2.ReadyResponse, _abc.Awaitable[_msgbus_pb2.ReadyResponse]]:
         """Ready checks the store and answers "READY", or "NOT_READY" with the error."""
+
+    @_abc_1.abstractmethod
+    def PublishBatch(
+        self,
+        request: _msgbus_pb2.PublishBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.PublishBatchResponse, _abc.Awaitable[_msgbus_pb2.PublishBatchResponse]]:
+        """PublishBatch publishes many messages, to one or several topics of the local node, in one
+        atomic durable transaction. It answers one envelope per entry, in request order. If any entry
+        is invalid the whole batch is rejected (the error message names the entry's index) and
+        nothing is stored. An extension of this project; original daemons answer UNIMPLEMENTED.
+        """
 
 def add_MsgbusServiceServicer_to_server(servicer: MsgbusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,6 +26,8 @@ __all__ = (
     "PeekFifoRequest",
     "PeekFifoResponse",
     "PeerSyncState",
+    "PublishBatchRequest",
+    "PublishBatchResponse",
     "PublishRequest",
     "PublishResponse",
     "ReadyRequest",
@@ -213,6 +215,14 @@ class FetchRequest(betterproto2.Message):
     Page size: 0 means 100, values above 10,000 are capped at 10,000.
     """
 
+    max_messages_per_response: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    Extension (opt-in packing): when > 0, each response carries up to this many messages in
+    `FetchResponse.messages` instead of one in `message`, also bounded by a byte budget below
+    the gRPC message limit. 0 (the default, and what original clients send) means one message
+    per response.
+    """
+
 
 default_message_pool.register_message("msgbus.v1", "FetchRequest", FetchRequest)
 
@@ -220,14 +230,22 @@ default_message_pool.register_message("msgbus.v1", "FetchRequest", FetchRequest)
 @dataclass(eq=False, repr=False)
 class FetchResponse(betterproto2.Message):
     """
-    FetchResponse carries one message of the page.
+    FetchResponse carries the next message(s) of the page.
     """
 
     message: "MessageEnvelope | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
     """
-    The next message, in ascending head_id order.
+    The next message, in ascending head_id order. Unset when the request asked for packing.
+    """
+
+    messages: "list[MessageEnvelope]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Extension: consecutive messages in ascending head_id order, set only when the request's
+    max_messages_per_response is > 0.
     """
 
 
@@ -601,6 +619,41 @@ default_message_pool.register_message("msgbus.v1", "PeerSyncState", PeerSyncStat
 
 
 @dataclass(eq=False, repr=False)
+class PublishBatchRequest(betterproto2.Message):
+    """
+    PublishBatchRequest publishes several messages atomically.
+    """
+
+    entries: "list[PublishRequest]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One to 10,000 entries, each validated exactly like a Publish request. Entries for the same
+    topic get consecutive head_ids in request order.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PublishBatchRequest", PublishBatchRequest)
+
+
+@dataclass(eq=False, repr=False)
+class PublishBatchResponse(betterproto2.Message):
+    """
+    PublishBatchResponse carries the stored messages.
+    """
+
+    messages: "list[MessageEnvelope]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One durable envelope per entry, in request order.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PublishBatchResponse", PublishBatchResponse)
+
+
+@dataclass(eq=False, repr=False)
 class PublishRequest(betterproto2.Message):
     """
     PublishRequest appends one message to the local log of `topic`.
@@ -757,6 +810,13 @@ class SubscribeRequest(betterproto2.Message):
     backlog is replayed page by page before the stream goes live.
     """
 
+    max_messages_per_response: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    Extension (opt-in packing): when > 0, each response carries up to this many messages in
+    `SubscribeResponse.messages`, also bounded by a byte budget below the gRPC message limit.
+    0 (the default, and what original clients send) means one message per response.
+    """
+
 
 default_message_pool.register_message("msgbus.v1", "SubscribeRequest", SubscribeRequest)
 
@@ -764,14 +824,22 @@ default_message_pool.register_message("msgbus.v1", "SubscribeRequest", Subscribe
 @dataclass(eq=False, repr=False)
 class SubscribeResponse(betterproto2.Message):
     """
-    SubscribeResponse carries one message of the subscription.
+    SubscribeResponse carries the next message(s) of the subscription.
     """
 
     message: "MessageEnvelope | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
     """
-    The next message; head_ids arrive contiguous and in order.
+    The next message; head_ids arrive contiguous and in order. Unset when packing was asked for.
+    """
+
+    messages: "list[MessageEnvelope]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Extension: consecutive messages in ascending head_id order, set only when the request's
+    max_messages_per_response is > 0.
     """
 
 
