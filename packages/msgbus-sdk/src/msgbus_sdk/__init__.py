@@ -1,1 +1,89 @@
-"""msgbus sdk."""
+"""msgbus-sdk: the Python SDK for msgbus, a local-first message bus.
+
+Applications talk to the ``msgbusd`` daemon on their device (``127.0.0.1:50051`` by default)
+through :class:`AsyncMsgbusClient` (asyncio) or :class:`MsgbusClient` (blocking); both have the
+same methods. Messages are the contract's own types (:class:`MessageEnvelope`,
+:class:`FifoMessage`, ...), and every failure is a :class:`MsgbusError`.
+"""
+
+from ._async_client import AsyncMsgbusClient
+from ._config import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ReconnectPolicy, parse_target
+from ._convert import NodeLike, Payload, node_key, parse_node_id
+from ._errors import (
+    AbortedError,
+    AlreadyExistsError,
+    CancelledError,
+    ConfigurationError,
+    ConflictError,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    MsgbusError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    ResourceExhaustedError,
+    StatusCode,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    UnknownError,
+)
+from ._generated.msgbus.v1 import (
+    FifoMessage,
+    GetHeadResponse,
+    HealthResponse,
+    MessageEnvelope,
+    NodeId,
+    PeerSyncState,
+    ReadyResponse,
+    TopicHead,
+)
+from ._subscription import AsyncSubscription, Subscription
+from ._sync_client import MsgbusClient
+from ._tls import TlsConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_TIMEOUT",
+    "AbortedError",
+    "AlreadyExistsError",
+    "AsyncMsgbusClient",
+    "AsyncSubscription",
+    "CancelledError",
+    "ConfigurationError",
+    "ConflictError",
+    "DeadlineExceededError",
+    "FifoMessage",
+    "GetHeadResponse",
+    "HealthResponse",
+    "InternalError",
+    "InvalidArgumentError",
+    "MessageEnvelope",
+    "MsgbusClient",
+    "MsgbusError",
+    "NodeId",
+    "NodeLike",
+    "NotFoundError",
+    "Payload",
+    "PeerSyncState",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "ReadyResponse",
+    "ReconnectPolicy",
+    "ResourceExhaustedError",
+    "StatusCode",
+    "Subscription",
+    "TlsConfig",
+    "TopicHead",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "UnknownError",
+    "__version__",
+    "node_key",
+    "parse_node_id",
+    "parse_target",
+]

@@ -1,0 +1,141 @@
+"""Connection settings shared by both clients: the target, channel options, reconnect policy."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import tenacity
+
+from ._errors import ConfigurationError
+from ._tls import TlsConfig
+
+__all__ = ["DEFAULT_ENDPOINT", "DEFAULT_TIMEOUT", "ReconnectPolicy", "Target", "parse_target"]
+
+DEFAULT_ENDPOINT: Final = "127.0.0.1:50051"
+"""Where msgbusd listens unless configured otherwise."""
+
+DEFAULT_TIMEOUT: Final = 10.0
+"""Seconds allowed for connecting and for each unary call, unless the caller says otherwise."""
+
+_DEFAULT_PORT: Final = 50051
+_SCHEME_PORTS: Final = {"http": 80, "https": 443}
+
+# host:port where host is a name, an IPv4 address or a bracketed IPv6 address.
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^:/\[\]\s]+)(?::(?P<port>\d{1,5}))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A parsed endpoint: where to connect and whether the scheme asked for TLS."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the form grpc dials."""
+        return f"{self.host}:{self.port}"
+
+
+def parse_target(target: str) -> Target:
+    """Parse ``host:port``, ``http://host:port`` or ``https://host:port``.
+
+    These are the forms the original Go (``host:port``) and Rust (``http://...``) SDKs accept.
+    A bare host gets port 50051; a URL without a port gets its scheme's default port.
+    ``https`` asks for TLS; the other forms are plaintext unless TLS options are given.
+
+    Raises:
+        ConfigurationError: the target is malformed.
+    """
+    text = target.strip()
+    tls = False
+    default_port = _DEFAULT_PORT
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        scheme = scheme.lower()
+        if scheme not in _SCHEME_PORTS:
+            raise ConfigurationError(
+                f"invalid endpoint {target!r}: scheme must be http or https, not {scheme!r}"
+            )
+        tls = scheme == "https"
+        default_port = _SCHEME_PORTS[scheme]
+        text = text.rstrip("/")
+        if "/" in text:
+            raise ConfigurationError(f"invalid endpoint {target!r}: a path is not allowed")
+    match = _HOST_PORT.match(text)
+    if match is None:
+        raise ConfigurationError(f"invalid endpoint {target!r}: expected host:port")
+    port = int(match["port"]) if match["port"] is not None else default_port
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"invalid endpoint {target!r}: port must be 1-65535")
+    return Target(host=match["host"], port=port, tls=tls)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """How a reconnecting subscription waits between attempts to reopen its stream.
+
+    Waits grow exponentially with full jitter (a random wait between 0 and
+    ``min(max_delay, initial_delay * 2 ** (attempt - 1))``), so many subscribers that lose
+    the same daemon do not come back in lockstep. Attempts count consecutive failures: every
+    delivered message resets the count and the backoff.
+
+    Attributes:
+        initial_delay: the upper bound of the first wait, in seconds.
+        max_delay: the cap on any single wait, in seconds.
+        max_attempts: give up (re-raising the last error) after this many consecutive failed
+            attempts; ``None`` retries forever.
+    """
+
+    initial_delay: float = 0.1
+    max_delay: float = 5.0
+    max_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.initial_delay < 0 or self.max_delay < 0:
+            raise ConfigurationError("reconnect delays must not be negative")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1 (or None for unlimited)")
+
+    def wait_strategy(self) -> tenacity.wait.wait_base:
+        """The tenacity wait strategy for this policy."""
+        return tenacity.wait_random_exponential(multiplier=self.initial_delay, max=self.max_delay)
+
+    def stop_strategy(self) -> tenacity.stop.stop_base:
+        """The tenacity stop strategy for this policy."""
+        if self.max_attempts is None:
+            return tenacity.stop_never
+        return tenacity.stop_after_attempt(self.max_attempts)
+
+
+NO_RECONNECT: Final = ReconnectPolicy(initial_delay=0.0, max_delay=0.0, max_attempts=1)
+
+
+def resolve_reconnect(reconnect: bool | ReconnectPolicy) -> ReconnectPolicy:
+    """``True`` → the default policy, ``False`` → a single attempt, a policy → itself."""
+    if isinstance(reconnect, ReconnectPolicy):
+        return reconnect
+    return ReconnectPolicy() if reconnect else NO_RECONNECT
+
+
+def channel_options(tls: TlsConfig | None, reconnect_cap: float) -> list[tuple[str, str | int]]:
+    """grpc channel options common to both clients."""
+    options: list[tuple[str, str | int]] = [
+        # The daemon's payload limit is configurable (default 1 MiB); never let the client's
+        # own 4 MiB default be the thing that rejects a large message or a packed page.
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        # grpc's own reconnect backoff starts at 1 s and grows to 120 s; a daemon restarted on
+        # the same port would then stay unreachable long after it is back. Keep the channel's
+        # backoff short and let the subscription's policy do the pacing.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", max(100, int(reconnect_cap * 1000))),
+        ("grpc.enable_retries", 0),
+    ]
+    if tls is not None:
+        options.extend(tls.channel_options())
+    return options

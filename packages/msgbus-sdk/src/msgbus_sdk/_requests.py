@@ -1,0 +1,100 @@
+"""Request builders shared by the async and the blocking client, so both send the same bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from msgbus_proto import pb
+
+from ._convert import NodeLike, Payload, to_payload, to_pb_node
+from ._errors import ConfigurationError
+
+MAX_PAGE = 10_000
+"""The daemon caps Fetch ``limit`` and Subscribe ``replay_limit`` at this value."""
+
+
+def _u64(name: str, value: int) -> int:
+    # Checked here so that a negative number is a clear error instead of protobuf's ValueError.
+    if value < 0 or value >= 1 << 64:
+        raise ConfigurationError(f"{name} must be between 0 and 2**64-1, got {value}")
+    return value
+
+
+def _u32(name: str, value: int) -> int:
+    if value < 0 or value >= 1 << 32:
+        raise ConfigurationError(f"{name} must be between 0 and 2**32-1, got {value}")
+    return value
+
+
+def publish(
+    topic: str, payload: Payload, headers: Mapping[str, str] | None, origin: NodeLike | None
+) -> pb.PublishRequest:
+    """A PublishRequest."""
+    return pb.PublishRequest(
+        topic=topic, origin=to_pb_node(origin), payload=to_payload(payload), headers=headers
+    )
+
+
+def fetch(topic: str, origin: NodeLike | None, from_head_id: int, limit: int) -> pb.FetchRequest:
+    """A FetchRequest."""
+    return pb.FetchRequest(
+        topic=topic,
+        origin=to_pb_node(origin),
+        from_head_id=_u64("from_head_id", from_head_id),
+        limit=_u32("limit", limit),
+    )
+
+
+def subscribe(
+    topic: str, origin: NodeLike | None, from_head_id: int, replay_limit: int
+) -> pb.SubscribeRequest:
+    """A SubscribeRequest."""
+    return pb.SubscribeRequest(
+        topic=topic,
+        origin=to_pb_node(origin),
+        from_head_id=_u64("from_head_id", from_head_id),
+        replay_limit=_u32("replay_limit", replay_limit),
+    )
+
+
+def get_head(topic: str, origin: NodeLike | None) -> pb.GetHeadRequest:
+    """A GetHeadRequest."""
+    return pb.GetHeadRequest(topic=topic, origin=to_pb_node(origin))
+
+
+def delete_range(
+    topic: str, origin: NodeLike | None, from_head_id: int, to_head_id: int
+) -> pb.DeleteRangeRequest:
+    """A DeleteRangeRequest."""
+    return pb.DeleteRangeRequest(
+        topic=topic,
+        origin=to_pb_node(origin),
+        from_head_id=_u64("from_head_id", from_head_id),
+        to_head_id=_u64("to_head_id", to_head_id),
+    )
+
+
+def enqueue_fifo(
+    queue: str,
+    topic: str,
+    target: NodeLike,
+    payload: Payload,
+    headers: Mapping[str, str] | None,
+    source: NodeLike | None,
+) -> pb.EnqueueFifoRequest:
+    """An EnqueueFifoRequest."""
+    return pb.EnqueueFifoRequest(
+        queue=queue,
+        topic=topic,
+        source=to_pb_node(source),
+        target=to_pb_node(target),
+        payload=to_payload(payload),
+        headers=headers,
+    )
+
+
+def page_size(value: int) -> int:
+    """Validate an ``iter_fetch`` page size."""
+    if not 1 <= value <= MAX_PAGE:
+        raise ConfigurationError(f"page_size must be between 1 and {MAX_PAGE}, got {value}")
+    return value
