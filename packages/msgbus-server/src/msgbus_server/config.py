@@ -1,0 +1,50 @@
+"""The daemon configuration, as built by the CLI from flags and environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
+from msgbus_core.model import NodeId
+from msgbus_server.peers import PeerSpec, PeerTlsConfig
+
+
+class ConfigError(Exception):
+    """A configuration problem: msgbusd prints `str(error)` as one line and exits with 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """PEM material for the server side: TLS, or mTLS when `client_ca` is set."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Everything msgbusd needs to run; validated before anything is opened."""
+
+    node: NodeId
+    listen_host: str
+    listen_port: int
+    data: str = "./msgbus.sqlite"
+    storage: str = "sqlite"
+    peers: tuple[PeerSpec, ...] = ()
+    peer_tls: PeerTlsConfig | None = None
+    tls: ServerTls | None = None
+    sync_interval_s: float = 1.0
+    sync_batch_limit: int = 100
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    log_format: str = "text"
+    log_level: str = "INFO"
+    allow_insecure: bool = False
+    grace_s: float = 2.0
+    """How long in-flight unary calls get to finish on shutdown."""
+
+    @property
+    def listen(self) -> str:
+        """The listen address as gRPC expects it (`host:port`, IPv6 in brackets)."""
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"

@@ -1,0 +1,271 @@
+"""Assembles msgbusd: store, commit pipeline, gRPC server, peer sync, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib
+import logging
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from msgbus_core.limits import MAX_HEADER_BYTES
+from msgbus_core.store import MsgbusStore
+from msgbus_proto import SERVICE_NAME, rpc
+from msgbus_server.config import ConfigError, DaemonConfig
+from msgbus_server.notify import LogNotifier
+from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.service import MsgbusService
+from msgbus_server.sync import PeerSync
+from msgbus_server.tls import server_credentials
+
+logger = logging.getLogger("msgbus_server.daemon")
+
+# grpcio-health-checking's asyncio servicer has no type stubs (grpc-stubs covers the sync one).
+_health_aio: Any = importlib.import_module("grpc_health.v1._async")
+
+READER_THREADS = 4
+"""Threads (and so store read connections) serving reads; the writer has its own thread."""
+HEALTH_CHECK_INTERVAL_S = 2.0
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+"""Room for topic, origin, ids and protobuf framing on top of payload and headers."""
+SHUTDOWN_BUDGET_S = 4.5
+"""Everything after the signal must fit in this, to exit within 5 s even with subscribers."""
+
+
+def run(config: DaemonConfig, store: MsgbusStore) -> int:
+    """Serve until SIGINT/SIGTERM; return the exit code. The store is closed on return.
+
+    Raises `ConfigError` when the listen address cannot be bound.
+    """
+    return asyncio.run(Daemon(config, store).serve())
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Bind the address once ourselves, for a clear error instead of gRPC's generic one."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # gRPC binds with SO_REUSEADDR too, so a port in TIME_WAIT is not "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(f"cannot listen on {host}:{port}: address in use") from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {error.strerror or error}"
+            ) from None
+
+
+class Daemon:
+    """One msgbusd instance inside a running event loop."""
+
+    def __init__(self, config: DaemonConfig, store: MsgbusStore) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = LogNotifier()
+        self.pipeline = CommitPipeline(store, self.notifier)
+        self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="msgbus-reader")
+        self.service = MsgbusService(
+            node=config.node,
+            store=store,
+            pipeline=self.pipeline,
+            notifier=self.notifier,
+            readers=self.readers,
+            max_payload_bytes=config.max_payload_bytes,
+        )
+        self.health: Any = _health_aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.sync: PeerSync | None = None
+        self._stop = asyncio.Event()
+        self._monitor: asyncio.Task[None] | None = None
+
+    async def serve(self) -> int:
+        """Start everything, wait for a signal, shut down; always closes the store."""
+        started = time.monotonic()
+        try:
+            await self.pipeline.start()
+            port = await self._start_server()
+            await self._start_sync()
+            self._install_signal_handlers()
+            self._monitor = asyncio.create_task(self._health_monitor(), name="health-monitor")
+            host = self.config.listen_host
+            shown = f"[{host}]" if ":" in host else host
+            logger.info(
+                "listening on %s:%d (node %s, storage %s, tls %s, startup %.0f ms)",
+                shown,
+                port,
+                self.config.node.key,
+                self.config.storage,
+                "mtls"
+                if self.config.tls and self.config.tls.client_ca
+                else ("on" if self.config.tls else "off"),
+                (time.monotonic() - started) * 1000,
+            )
+            await self._stop.wait()
+            logger.info("shutdown signal received")
+            await self._shutdown()
+        finally:
+            await self._release()
+        logger.info("msgbusd stopped")
+        return 0
+
+    async def _start_server(self) -> int:
+        config = self.config
+        receive_limit = config.max_payload_bytes + MAX_HEADER_BYTES + MESSAGE_OVERHEAD_BYTES
+        server = grpc.aio.server(
+            options=[
+                # Without this, a second daemon on the same port would silently share it.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", receive_limit),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        self.server = server
+        rpc.add_MsgbusServiceServicer_to_server(self.service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        _check_bindable(config.listen_host, config.listen_port)
+        try:
+            if config.tls is not None:
+                port = server.add_secure_port(config.listen, server_credentials(config.tls))
+            else:
+                port = server.add_insecure_port(config.listen)
+        except RuntimeError:
+            raise ConfigError(
+                f"cannot listen on {config.listen}: address in use or not available"
+            ) from None
+        await server.start()
+        await self._set_health(serving=True)
+        return port
+
+    async def _start_sync(self) -> None:
+        config = self.config
+        if not config.peers:
+            return
+        try:
+            module = importlib.import_module("msgbus_server.sync")
+        except ImportError as error:
+            raise ConfigError(
+                f"--peer: peer sync is not available in this build ({error})"
+            ) from None
+        self.sync = module.PeerSync(
+            local_node=config.node,
+            peers=config.peers,
+            store=self.store,
+            pipeline=self.pipeline,
+            interval_s=config.sync_interval_s,
+            batch_limit=config.sync_batch_limit,
+            tls=config.peer_tls,
+        )
+        logger.info(
+            "starting peer sync with %d peer(s) every %.0f ms",
+            len(config.peers),
+            config.sync_interval_s * 1000,
+        )
+        await self.sync.start()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._stop.set)
+
+    def request_stop(self) -> None:
+        """Begin graceful shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _health_monitor(self) -> None:
+        """Keep Health and grpc.health.v1 truthful: NOT_SERVING while the store fails."""
+        loop = asyncio.get_running_loop()
+        last = True
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+            try:
+                await loop.run_in_executor(self.readers, self.store.check)
+                self.service.store_ok = True
+            except Exception as error:
+                if self.service.store_ok:
+                    logger.error("store check failed: %s", error)
+                self.service.store_ok = False
+            serving = self.service.serving
+            if serving != last:
+                logger.warning("health is now %s", "SERVING" if serving else "NOT_SERVING")
+                await self._set_health(serving=serving)
+                last = serving
+
+    async def _shutdown(self) -> None:
+        """Stop accepting calls, end subscriptions, finish writes, stop sync."""
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        self.service.shutting_down = True
+        await self.health.enter_graceful_shutdown()
+        # Subscribe streams see the closed notifier and end with UNAVAILABLE right away, so
+        # SDKs reconnect (to us after a restart, or elsewhere).
+        self.notifier.close()
+        tasks = []
+        if self.server is not None:
+            tasks.append(self.server.stop(self.config.grace_s))
+        if self.sync is not None:
+            tasks.append(self._stop_sync())
+        await asyncio.gather(*tasks)
+        remaining = max(deadline - time.monotonic(), 0.5)
+        try:
+            await asyncio.wait_for(self.pipeline.stop(), remaining)
+        except TimeoutError:
+            logger.error("writes still running at the shutdown deadline; exiting anyway")
+
+    async def _stop_sync(self) -> None:
+        if self.sync is None:
+            return
+        try:
+            await asyncio.wait_for(self.sync.stop(), 1.5)
+        except TimeoutError:
+            logger.warning("peer sync did not stop in time")
+        except Exception:
+            logger.exception("peer sync failed while stopping")
+
+    async def _release(self) -> None:
+        """Release everything, whatever state startup or shutdown reached."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self.server is not None and not self.service.shutting_down:
+            await self.server.stop(None)
+        if self.sync is not None and not self.service.shutting_down:
+            await self._stop_sync()
+        self.notifier.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.pipeline.stop(), 2.0)
+        self.readers.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.store.close()
+        except Exception:
+            logger.exception("closing the store failed")

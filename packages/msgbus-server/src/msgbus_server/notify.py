@@ -1,0 +1,153 @@
+"""Per-log wake-up signals for live subscribers.
+
+A notification says "log (topic, origin) now reaches head N". It carries no payload: a woken
+subscriber reads the new messages from the store, so order and completeness come from the log
+itself and a slow subscriber costs no memory.
+
+Everything here runs on the event loop thread (the commit pipeline calls `notify` through
+`loop.call_soon_threadsafe`), so no locks are needed. State exists only for logs that someone
+watches; the last watcher to leave removes it.
+
+The race that matters: a subscriber reads the store, finds nothing new, and then waits. A commit
+that lands after its read but whose notification runs before it starts waiting must still wake
+it. `watch()` solves this: register first, read second, wait third. Every notification delivered
+after registration is remembered in the watch's log state, so `wait_beyond` returns at once when
+the head already moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from msgbus_core.model import NodeId
+
+LogId = tuple[str, NodeId]
+
+
+class _LogState:
+    """What is known about one watched log since its first watcher registered."""
+
+    __slots__ = ("event", "head", "watchers")
+
+    def __init__(self) -> None:
+        self.head = 0
+        self.watchers = 0
+        # Replaced on every notify that finds waiters; created only when someone waits, so a
+        # busy log with no idle subscriber allocates nothing per commit.
+        self.event: asyncio.Event | None = None
+
+
+class LogWatch:
+    """A registration for one log; use as a context manager around the subscriber's loop."""
+
+    __slots__ = ("_log_id", "_notifier", "_state")
+
+    def __init__(self, notifier: LogNotifier, log_id: LogId, state: _LogState) -> None:
+        self._notifier = notifier
+        self._log_id = log_id
+        self._state: _LogState | None = state
+
+    async def wait_beyond(self, head_id: int) -> bool:
+        """Wait until a commit advanced the log beyond `head_id`.
+
+        Returns True when it did (possibly before this call, but after `watch()`), False when
+        the notifier is closed (daemon shutdown).
+        """
+        state = self._state
+        if state is None:
+            raise RuntimeError("LogWatch used after it was closed")
+        notifier = self._notifier
+        while not notifier.closed:
+            if state.head > head_id:
+                return True
+            event = state.event
+            if event is None:
+                event = state.event = asyncio.Event()
+            await event.wait()
+        return False
+
+    def close(self) -> None:
+        """Unregister; the log's state goes away with its last watcher."""
+        if self._state is not None:
+            self._notifier._release(self._log_id, self._state)
+            self._state = None
+
+    def __enter__(self) -> LogWatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LogNotifier:
+    """Wake-up signals per log, for any number of subscribers on any number of logs."""
+
+    def __init__(self) -> None:
+        self._logs: dict[LogId, _LogState] = {}
+        self._closed = False
+        self._closed_event = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` ran: every wait returns False from then on."""
+        return self._closed
+
+    @property
+    def watched_logs(self) -> int:
+        """How many logs have at least one watcher (for tests and metrics)."""
+        return len(self._logs)
+
+    def notify(self, topic: str, origin: NodeId, head_id: int) -> None:
+        """Record that the log reaches `head_id` and wake its waiters. O(1) when unwatched."""
+        state = self._logs.get((topic, origin))
+        if state is None:
+            return
+        if head_id > state.head:
+            state.head = head_id
+        event = state.event
+        if event is not None:
+            state.event = None
+            event.set()
+
+    def watch(self, topic: str, origin: NodeId) -> LogWatch:
+        """Register interest in a log. Register BEFORE reading the store (see module doc)."""
+        log_id = (topic, origin)
+        state = self._logs.get(log_id)
+        if state is None:
+            state = self._logs[log_id] = _LogState()
+        state.watchers += 1
+        return LogWatch(self, log_id, state)
+
+    async def wait_beyond(self, topic: str, origin: NodeId, head_id: int) -> bool:
+        """Wait for the next commit that takes the log beyond `head_id` (False on shutdown).
+
+        Only commits notified after this call starts count, so a caller that learned `head_id`
+        from the store must use `watch()` instead to avoid missing a commit in between.
+        """
+        with self.watch(topic, origin) as watch:
+            return await watch.wait_beyond(head_id)
+
+    async def wait_closed(self) -> None:
+        """Return once the notifier is closed."""
+        await self._closed_event.wait()
+
+    def close(self) -> None:
+        """Shut down: wake every waiter; all waits return False from now on."""
+        self._closed = True
+        self._closed_event.set()
+        for state in self._logs.values():
+            event = state.event
+            if event is not None:
+                state.event = None
+                event.set()
+
+    def _release(self, log_id: LogId, state: _LogState) -> None:
+        state.watchers -= 1
+        if state.watchers <= 0 and self._logs.get(log_id) is state:
+            del self._logs[log_id]

@@ -1,0 +1,174 @@
+"""The commit pipeline: one writer thread owns the store's write side.
+
+Handlers `await pipeline.submit(op)`. The writer thread takes everything pending, applies it in
+ONE `store.write(ops)` transaction (one fsync however many publishers are waiting: group
+commit), and then, on the event loop, notifies every log that advanced in commit order and
+resolves the callers' futures. No caller hears about its write before the transaction is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from msgbus_core.errors import MsgbusError, StorageError
+from msgbus_core.limits import DELETE_TOPIC
+from msgbus_core.model import Message
+from msgbus_core.ops import DeleteResult, Outcome, ReplicateResult, WriteOp, WriteResult
+from msgbus_core.store import MsgbusStore
+from msgbus_server.notify import LogNotifier
+
+logger = logging.getLogger("msgbus_server.pipeline")
+
+MAX_OPS_PER_TRANSACTION = 8192
+"""Bound on one transaction; a backlog larger than this is committed in several."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    ops: Sequence[WriteOp]
+    future: asyncio.Future[list[Outcome]]
+
+
+_STOP = object()
+
+
+class CommitPipeline:
+    """Serialises every write through one thread and groups concurrent writes per transaction."""
+
+    def __init__(self, store: MsgbusStore, notifier: LogNotifier) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._accepting = False
+        self.healthy = True
+        """False after a failed transaction, until one succeeds again."""
+        self.transactions = 0
+        self.ops_committed = 0
+
+    async def start(self) -> None:
+        """Start the writer thread."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopped = loop.create_future()
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="msgbus-writer", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Refuse new writes, commit everything already submitted, then stop the thread."""
+        if self._thread is None or self._stopped is None:
+            return
+        if self._accepting:
+            self._accepting = False
+            self._queue.put(_STOP)
+        await asyncio.shield(self._stopped)
+        self._thread.join()
+        self._thread = None
+
+    async def submit(self, op: WriteOp) -> WriteResult:
+        """Apply one op durably and return its result; raise its error if it failed."""
+        outcome = (await self._enqueue((op,)))[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def submit_many(self, ops: Sequence[WriteOp]) -> list[Outcome]:
+        """Apply `ops` in one transaction (never split); one outcome per op, errors included."""
+        if not ops:
+            return []
+        return await self._enqueue(ops)
+
+    def _enqueue(self, ops: Sequence[WriteOp]) -> asyncio.Future[list[Outcome]]:
+        if not self._accepting or self._loop is None:
+            raise StorageError("msgbusd is shutting down; writes are no longer accepted")
+        future: asyncio.Future[list[Outcome]] = self._loop.create_future()
+        self._queue.put(_Pending(ops, future))
+        return future
+
+    # -- writer thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[_Pending] = []
+            size = 0
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                assert isinstance(item, _Pending)
+                batch.append(item)
+                size += len(item.ops)
+                if size >= MAX_OPS_PER_TRANSACTION:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(batch)
+        # _STOP is queued after the last accepted submit, so nothing is left behind.
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._set_stopped)
+
+    def _set_stopped(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        ops: list[WriteOp] = [op for pending in batch for op in pending.ops]
+        failure: Exception | None = None
+        outcomes: list[Outcome] = []
+        try:
+            outcomes = self._store.write(ops)
+            if len(outcomes) != len(ops):
+                raise StorageError(f"store returned {len(outcomes)} outcomes for {len(ops)} ops")
+        except MsgbusError as error:
+            failure = error
+            logger.error("write transaction of %d ops failed: %s", len(ops), error)
+        except Exception as error:
+            logger.exception("write transaction of %d ops failed unexpectedly", len(ops))
+            failure = StorageError(f"write transaction failed: {error}")
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._finish, batch, outcomes, failure)
+
+    # -- event loop -----------------------------------------------------------------------------
+
+    def _finish(
+        self, batch: list[_Pending], outcomes: list[Outcome], failure: Exception | None
+    ) -> None:
+        """Notify advanced logs in commit order, then resolve the futures (loop thread)."""
+        if failure is not None:
+            self.healthy = False
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            return
+        self.healthy = True
+        self.transactions += 1
+        self.ops_committed += len(outcomes)
+        notify = self._notifier.notify
+        for outcome in outcomes:
+            if isinstance(outcome, Message):
+                notify(outcome.topic, outcome.origin, outcome.head_id)
+            elif isinstance(outcome, DeleteResult):
+                if outcome.marker is not None:
+                    notify(DELETE_TOPIC, outcome.marker.origin, outcome.marker.head_id)
+            elif isinstance(outcome, ReplicateResult):
+                for message in outcome.changed:
+                    notify(message.topic, message.origin, message.head_id)
+        start = 0
+        for pending in batch:
+            end = start + len(pending.ops)
+            if not pending.future.done():
+                pending.future.set_result(outcomes[start:end])
+            start = end

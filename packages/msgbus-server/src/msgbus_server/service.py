@@ -1,0 +1,502 @@
+"""The `msgbus.v1.MsgbusService` gRPC service (grpc.aio).
+
+Handlers validate, then write through the commit pipeline or read through a dedicated reader
+executor, so the event loop never blocks on the database. Every `MsgbusError` becomes its status
+code (see `status.py`); anything else is a bug and is answered INTERNAL and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from msgbus_core.errors import (
+    InvalidArgumentError,
+    MsgbusError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+)
+from msgbus_core.limits import DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT, MAX_STORED_INT
+from msgbus_core.model import FifoMessage, Message, NodeId
+from msgbus_core.ops import AckOp, AppendOp, DeleteRangeOp, DeleteResult, EnqueueOp, RejectOp
+from msgbus_core.store import MsgbusStore
+from msgbus_core.validation import (
+    clamp_stored,
+    ensure_application_topic,
+    validate_headers,
+    validate_name,
+    validate_payload,
+    validate_topic,
+)
+from msgbus_proto import pb, rpc
+from msgbus_server import convert
+from msgbus_server.notify import LogNotifier
+from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.status import status_code
+
+logger = logging.getLogger("msgbus_server.service")
+
+T = TypeVar("T")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+READ_BUDGET_BYTES = 8 * 1024 * 1024
+"""Rough bound on the payload bytes one Fetch/Subscribe read holds in memory at once."""
+MIN_CHUNK = 16
+MAX_CHUNK = 512
+
+MAX_BATCH_ENTRIES = 10_000
+PACK_BUDGET_BYTES = 3 * 1024 * 1024
+"""Bytes per packed response: below the 4 MiB default receive limit of gRPC clients."""
+
+SHUTTING_DOWN = "msgbusd is shutting down; reconnect later"
+
+
+def now_ms() -> int:
+    """Wall clock in milliseconds since the epoch (0 before the epoch, as the original)."""
+    return max(time.time_ns() // 1_000_000, 0)
+
+
+def new_id() -> str:
+    """A server-assigned message id: a random UUID v4, canonical lowercase form."""
+    return str(uuid.uuid4())
+
+
+class _ChunkSizer:
+    """Picks how many messages the next store read may return.
+
+    Small messages are read in large chunks (few executor round trips); large ones in small
+    chunks, so a stream holds roughly READ_BUDGET_BYTES at most whatever the payload size.
+    """
+
+    __slots__ = ("size",)
+
+    def __init__(self, initial: int) -> None:
+        self.size = initial
+
+    def observe(self, messages: list[Message]) -> None:
+        total = sum(len(m.payload) for m in messages) + 256 * len(messages)
+        average = max(total // max(len(messages), 1), 1)
+        self.size = max(MIN_CHUNK, min(MAX_CHUNK, READ_BUDGET_BYTES // average))
+
+
+def _packed(messages: list[Message], pack: int) -> Iterator[list[pb.MessageEnvelope]]:
+    """Group consecutive envelopes: at most `pack` per response and about PACK_BUDGET_BYTES.
+
+    A single message larger than the budget still travels, alone.
+    """
+    group: list[pb.MessageEnvelope] = []
+    size = 0
+    for message in messages:
+        estimate = len(message.payload) + 200
+        if message.headers:
+            estimate += sum(len(k) + len(v) + 4 for k, v in message.headers.items())
+        if group and (len(group) >= pack or size + estimate > PACK_BUDGET_BYTES):
+            yield group
+            group = []
+            size = 0
+        group.append(convert.envelope(message))
+        size += estimate
+    if group:
+        yield group
+
+
+class MsgbusService(rpc.MsgbusServiceServicer):
+    """All 13 RPCs of msgbus.v1 for one daemon."""
+
+    def __init__(
+        self,
+        *,
+        node: NodeId,
+        store: MsgbusStore,
+        pipeline: CommitPipeline,
+        notifier: LogNotifier,
+        readers: Executor,
+        max_payload_bytes: int,
+    ) -> None:
+        self._node = node
+        self._node_pb = convert.node_to_pb(node)
+        self._store = store
+        self._pipeline = pipeline
+        self._notifier = notifier
+        self._readers = readers
+        self._max_payload = max_payload_bytes
+        self.store_ok = True
+        """Set by the daemon's health monitor and by Ready; False while the store fails."""
+        self.shutting_down = False
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        """True while the daemon accepts work and its store answers."""
+        return not self.shutting_down and self.store_ok and self._pipeline.healthy
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        """Run a blocking store read on the reader executor."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn)
+
+    async def _fail(
+        self, context: grpc.aio.ServicerContext[Req, Resp], error: Exception
+    ) -> NoReturn:
+        """Answer the call with the status code of `error`."""
+        code = status_code(error)
+        if code is grpc.StatusCode.INTERNAL:
+            logger.error("internal error (a bug): %r", error, exc_info=error)
+            await context.abort(code, f"internal error: {type(error).__name__}: {error}")
+        if isinstance(error, StorageError):
+            logger.warning("storage error answered %s: %s", code.name, error)
+        await context.abort(code, str(error))
+
+    def _origin(self, present: bool, value: pb.NodeId, field: str = "origin") -> NodeId:
+        return convert.node_or_local(present, value, self._node, field)
+
+    def _owned(self, present: bool, value: pb.NodeId, field: str = "origin") -> NodeId:
+        """A write's origin: it must resolve to the local node."""
+        origin = convert.node_or_local(present, value, self._node, field)
+        if origin != self._node:
+            raise PermissionDeniedError(
+                f"writes must use the local daemon origin {self._node.key}; "
+                f"{field} {origin.key} belongs to another node"
+            )
+        return origin
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    def _append_op(self, request: pb.PublishRequest, prefix: str = "") -> AppendOp:
+        """Validate one publish (in the original's order) and build its append op."""
+        topic = validate_topic(request.topic, f"{prefix}topic")
+        ensure_application_topic(topic, f"{prefix}topic")
+        origin = self._owned(request.HasField("origin"), request.origin, f"{prefix}origin")
+        validate_payload(request.payload, self._max_payload, f"{prefix}payload")
+        headers = validate_headers(request.headers, f"{prefix}headers") if request.headers else {}
+        return AppendOp(topic, origin, request.payload, headers, new_id(), now_ms())
+
+    async def Publish(
+        self,
+        request: pb.PublishRequest,
+        context: grpc.aio.ServicerContext[pb.PublishRequest, pb.PublishResponse],
+    ) -> pb.PublishResponse:
+        """Append one message to a local log; answered after the commit is durable."""
+        try:
+            message = await self._pipeline.submit(self._append_op(request))
+            assert isinstance(message, Message)
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.PublishResponse(message=convert.envelope(message))
+
+    async def PublishBatch(
+        self,
+        request: pb.PublishBatchRequest,
+        context: grpc.aio.ServicerContext[pb.PublishBatchRequest, pb.PublishBatchResponse],
+    ) -> pb.PublishBatchResponse:
+        """Publish up to 10,000 entries in one durable transaction, all or nothing.
+
+        Every entry is validated before anything is submitted, so an invalid entry (named by its
+        index) rejects the whole batch and nothing is stored.
+        """
+        try:
+            count = len(request.entries)
+            if not 1 <= count <= MAX_BATCH_ENTRIES:
+                raise InvalidArgumentError(
+                    f"entries has {count} items; a batch holds 1 to {MAX_BATCH_ENTRIES}"
+                )
+            ops = [
+                self._append_op(entry, f"entries[{index}].")
+                for index, entry in enumerate(request.entries)
+            ]
+            outcomes = await self._pipeline.submit_many(ops)
+            messages: list[pb.MessageEnvelope] = []
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                assert isinstance(outcome, Message)
+                messages.append(convert.envelope(outcome))
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.PublishBatchResponse(messages=messages)
+
+    async def Fetch(
+        self,
+        request: pb.FetchRequest,
+        context: grpc.aio.ServicerContext[pb.FetchRequest, pb.FetchResponse],
+    ) -> AsyncIterator[pb.FetchResponse]:
+        """Stream up to `limit` messages (0 → 100, capped at 10,000) in head order.
+
+        The page is read in chunks, so memory stays bounded whatever the limit.
+        """
+        try:
+            topic = validate_topic(request.topic)
+            origin = self._origin(request.HasField("origin"), request.origin)
+        except Exception as error:
+            await self._fail(context, error)
+        remaining = min(request.limit or DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT)
+        pack = request.max_messages_per_response
+        next_head = max(request.from_head_id, 1)
+        sizer = _ChunkSizer(min(remaining, 128))
+        store = self._store
+        while remaining > 0 and next_head <= MAX_STORED_INT:
+            chunk = min(remaining, sizer.size)
+            try:
+                messages = await self._read(
+                    functools.partial(store.fetch, topic, origin, next_head, chunk)
+                )
+            except Exception as error:
+                await self._fail(context, error)
+            if pack:
+                for group in _packed(messages, pack):
+                    yield pb.FetchResponse(messages=group)
+            else:
+                for message in messages:
+                    yield pb.FetchResponse(message=convert.envelope(message))
+            if len(messages) < chunk:
+                return
+            remaining -= len(messages)
+            next_head = messages[-1].head_id + 1
+            sizer.observe(messages)
+
+    async def Subscribe(
+        self,
+        request: pb.SubscribeRequest,
+        context: grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse],
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        """Replay from `from_head_id` page by page, then follow the log live.
+
+        The log is the source of truth: after catching up the stream waits for the log's
+        notification and reads the store again from the next head. So there is no gap, no
+        duplicate, no lag disconnect, and memory stays bounded for a slow client. The stream
+        ends only when the client goes away, or with UNAVAILABLE at daemon shutdown.
+        """
+        try:
+            topic = validate_topic(request.topic)
+            origin = self._origin(request.HasField("origin"), request.origin)
+        except Exception as error:
+            await self._fail(context, error)
+        if self._notifier.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        page = min(request.replay_limit or DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT)
+        pack = request.max_messages_per_response
+        next_head = max(request.from_head_id, 1)
+        sizer = _ChunkSizer(min(page, 128))
+        store = self._store
+        notifier = self._notifier
+        # Watch BEFORE the first read: a commit that the read misses is still remembered.
+        with notifier.watch(topic, origin) as watch:
+            while True:
+                if next_head > MAX_STORED_INT:
+                    # No message can ever have this head; just wait for shutdown.
+                    await notifier.wait_closed()
+                    break
+                chunk = min(page, sizer.size)
+                try:
+                    messages = await self._read(
+                        functools.partial(store.fetch, topic, origin, next_head, chunk)
+                    )
+                except Exception as error:
+                    await self._fail(context, error)
+                if pack:
+                    for group in _packed(messages, pack):
+                        yield pb.SubscribeResponse(messages=group)
+                else:
+                    for message in messages:
+                        yield pb.SubscribeResponse(message=convert.envelope(message))
+                if messages:
+                    next_head = messages[-1].head_id + 1
+                    sizer.observe(messages)
+                if notifier.closed:
+                    break
+                if len(messages) < chunk and not await watch.wait_beyond(next_head - 1):
+                    break
+        await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+    async def GetHead(
+        self,
+        request: pb.GetHeadRequest,
+        context: grpc.aio.ServicerContext[pb.GetHeadRequest, pb.GetHeadResponse],
+    ) -> pb.GetHeadResponse:
+        """The log's head, or `{0, false}` for an unknown log."""
+        try:
+            topic = validate_topic(request.topic)
+            origin = self._origin(request.HasField("origin"), request.origin)
+            head = await self._read(functools.partial(self._store.get_head, topic, origin))
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.GetHeadResponse(head_id=head, found=head > 0)
+
+    async def ListHeads(
+        self,
+        request: pb.ListHeadsRequest,
+        context: grpc.aio.ServicerContext[pb.ListHeadsRequest, pb.ListHeadsResponse],
+    ) -> pb.ListHeadsResponse:
+        """Every log's head, by topic then origin key."""
+        try:
+            heads = await self._read(self._store.list_heads)
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.ListHeadsResponse(heads=[convert.head_to_pb(head) for head in heads])
+
+    async def ListPeerSyncStates(
+        self,
+        request: pb.ListPeerSyncStatesRequest,
+        context: grpc.aio.ServicerContext[
+            pb.ListPeerSyncStatesRequest, pb.ListPeerSyncStatesResponse
+        ],
+    ) -> pb.ListPeerSyncStatesResponse:
+        """Every recorded peer sync state."""
+        try:
+            states = await self._read(self._store.list_sync_states)
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.ListPeerSyncStatesResponse(
+            states=[convert.sync_state_to_pb(state) for state in states]
+        )
+
+    async def DeleteRange(
+        self,
+        request: pb.DeleteRangeRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteRangeRequest, pb.DeleteRangeResponse],
+    ) -> pb.DeleteRangeResponse:
+        """Tombstone a range of a local log, clamped to its head, erasing payload and headers."""
+        try:
+            topic = validate_topic(request.topic)
+            ensure_application_topic(topic)
+            origin = self._owned(request.HasField("origin"), request.origin)
+            if request.from_head_id > request.to_head_id:
+                raise InvalidArgumentError(
+                    "from_head_id must be <= to_head_id, got "
+                    f"{request.from_head_id} > {request.to_head_id}"
+                )
+            # The store clamps to [1, head]; clamp here too so u64 values beyond what a store
+            # can hold never reach it.
+            op = DeleteRangeOp(
+                topic,
+                origin,
+                clamp_stored(request.from_head_id),
+                clamp_stored(request.to_head_id),
+                new_id(),
+                now_ms(),
+            )
+            result = await self._pipeline.submit(op)
+            assert isinstance(result, DeleteResult)
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.DeleteRangeResponse(deleted_count=result.deleted_count)
+
+    # -- FIFO -----------------------------------------------------------------------------------
+
+    async def EnqueueFifo(
+        self,
+        request: pb.EnqueueFifoRequest,
+        context: grpc.aio.ServicerContext[pb.EnqueueFifoRequest, pb.EnqueueFifoResponse],
+    ) -> pb.EnqueueFifoResponse:
+        """Append to the back of a local FIFO queue."""
+        try:
+            queue = validate_name("queue", request.queue)
+            topic = validate_topic(request.topic)
+            ensure_application_topic(topic)
+            source = self._owned(request.HasField("source"), request.source, "source")
+            target = convert.required_node(request.HasField("target"), request.target, "target")
+            validate_payload(request.payload, self._max_payload)
+            headers = validate_headers(request.headers) if request.headers else {}
+            op = EnqueueOp(
+                queue, topic, source, target, request.payload, headers, new_id(), now_ms()
+            )
+            message = await self._pipeline.submit(op)
+            assert isinstance(message, FifoMessage)
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.EnqueueFifoResponse(message=convert.fifo_to_pb(message))
+
+    async def PeekFifo(
+        self,
+        request: pb.PeekFifoRequest,
+        context: grpc.aio.ServicerContext[pb.PeekFifoRequest, pb.PeekFifoResponse],
+    ) -> pb.PeekFifoResponse:
+        """The front of a queue; NOT_FOUND when it is empty."""
+        try:
+            queue = validate_name("queue", request.queue)
+            message = await self._read(functools.partial(self._store.peek_fifo, queue))
+            if message is None:
+                raise NotFoundError("fifo queue is empty")
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.PeekFifoResponse(message=convert.fifo_to_pb(message))
+
+    async def AckFifo(
+        self,
+        request: pb.AckFifoRequest,
+        context: grpc.aio.ServicerContext[pb.AckFifoRequest, pb.AckFifoResponse],
+    ) -> pb.AckFifoResponse:
+        """Remove the front if it is `message_id`; otherwise `accepted=false`."""
+        try:
+            op = AckOp(
+                validate_name("queue", request.queue),
+                validate_name("message_id", request.message_id),
+            )
+            accepted = await self._pipeline.submit(op)
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.AckFifoResponse(accepted=bool(accepted))
+
+    async def RejectFifo(
+        self,
+        request: pb.RejectFifoRequest,
+        context: grpc.aio.ServicerContext[pb.RejectFifoRequest, pb.RejectFifoResponse],
+    ) -> pb.RejectFifoResponse:
+        """Count a failed attempt on the front if it is `message_id`; it stays at the front."""
+        try:
+            op = RejectOp(
+                validate_name("queue", request.queue),
+                validate_name("message_id", request.message_id),
+            )
+            accepted = await self._pipeline.submit(op)
+        except Exception as error:
+            await self._fail(context, error)
+        return pb.RejectFifoResponse(accepted=bool(accepted))
+
+    # -- health ---------------------------------------------------------------------------------
+
+    async def Health(
+        self,
+        request: pb.HealthRequest,
+        context: grpc.aio.ServicerContext[pb.HealthRequest, pb.HealthResponse],
+    ) -> pb.HealthResponse:
+        """ "SERVING", or "NOT_SERVING" while the store fails or the daemon shuts down."""
+        status = "SERVING" if self.serving else "NOT_SERVING"
+        return pb.HealthResponse(status=status, node=self._node_pb)
+
+    async def Ready(
+        self,
+        request: pb.ReadyRequest,
+        context: grpc.aio.ServicerContext[pb.ReadyRequest, pb.ReadyResponse],
+    ) -> pb.ReadyResponse:
+        """Ask the store a trivial query (not a scan): READY, or NOT_READY with the error."""
+        error = ""
+        try:
+            await self._read(self._store.check)
+            self.store_ok = True
+        except MsgbusError as failure:
+            self.store_ok = False
+            error = f"storage error: {failure}"
+        except Exception as failure:
+            logger.exception("store check failed unexpectedly")
+            self.store_ok = False
+            error = f"storage error: {type(failure).__name__}: {failure}"
+        if not error and self.shutting_down:
+            error = SHUTTING_DOWN
+        if not error and not self._pipeline.healthy:
+            error = "storage error: the last write transaction failed"
+        if error:
+            return pb.ReadyResponse(
+                ready=False, status="NOT_READY", error=error, node=self._node_pb
+            )
+        return pb.ReadyResponse(ready=True, status="READY", node=self._node_pb)

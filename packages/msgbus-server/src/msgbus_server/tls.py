@@ -1,0 +1,48 @@
+"""Server TLS: certificates from PEM files, and mTLS when a client CA is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from msgbus_server.config import ConfigError, ServerTls
+
+if TYPE_CHECKING:
+    import grpc
+
+
+def read_pem(path: str, flag: str) -> bytes:
+    """Read a PEM file; a missing, unreadable or non-PEM file is a `ConfigError`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{flag}: cannot read {path}: {error.strerror or error}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{flag}: {path} is not a PEM file")
+    return data
+
+
+def load_server_tls(cert: str | None, key: str | None, client_ca: str | None) -> ServerTls | None:
+    """Build the server TLS settings from the --tls-* flags (None: plaintext)."""
+    if bool(cert) != bool(key):
+        raise ConfigError("server TLS cert and key must be configured together")
+    if client_ca and not cert:
+        raise ConfigError("MSGBUS_TLS_CLIENT_CA requires MSGBUS_TLS_CERT and MSGBUS_TLS_KEY")
+    if not cert or not key:
+        return None
+    return ServerTls(
+        cert_chain=read_pem(cert, "--tls-cert"),
+        private_key=read_pem(key, "--tls-key"),
+        client_ca=read_pem(client_ca, "--tls-client-ca") if client_ca else None,
+    )
+
+
+def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """gRPC server credentials; with a client CA, a client certificate is required (mTLS)."""
+    import grpc
+
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
