@@ -109,14 +109,16 @@ def _message_from_pb(envelope: pb.MessageEnvelope) -> Message:
 
 
 def envelopes(response: pb.FetchResponse) -> Iterable[pb.MessageEnvelope]:
-    """The envelopes one Fetch response carries.
+    """The envelopes one Fetch response carries, in head order.
 
-    Today that is the single `message` field (a response without one is skipped, as in the
-    original). When a packed field is added (issue 7), yield its envelopes here as well; the
-    rest of the fetch code already accepts any number of envelopes per response.
+    An original peer sends one in `message`; a peer that honours the opt-in packing extension
+    (`FetchRequest.max_messages_per_response`) sends many in `messages`. Both are accepted, so
+    turning packing on is only a matter of setting the request field. A response with neither
+    is skipped, as in the original.
     """
     if response.HasField("message"):
         yield response.message
+    yield from response.messages
 
 
 def _rpc_error(endpoint: str, what: str, error: aio.AioRpcError) -> Exception:
@@ -148,6 +150,7 @@ class PeerSync:
         rpc_timeout_s: float = 10.0,
         fetch_timeout_s: float = 60.0,
         backoff_cap_s: float | None = None,
+        fetch_packing: int = 0,
     ) -> None:
         self._local_node = local_node
         # One task per endpoint: a peer listed twice is synced once.
@@ -165,6 +168,9 @@ class PeerSync:
         self._tls = tls
         self._rpc_timeout_s = rpc_timeout_s
         self._fetch_timeout_s = fetch_timeout_s
+        # Messages per Fetch response to ask for (the packing extension); 0 asks for the
+        # original one-per-response stream. Peers that do not know the field ignore it.
+        self._fetch_packing = max(fetch_packing, 0)
         # Default cap: 30 intervals, at most a minute (30 s with the default 1 s interval).
         self._backoff_cap_s = (
             backoff_cap_s
@@ -357,7 +363,11 @@ class _PeerWorker:
         """One batch: at most `batch_limit` messages from `from_head_id`."""
         limit = self._owner._batch_limit
         request = pb.FetchRequest(
-            topic=topic, origin=_node_to_pb(origin), from_head_id=from_head_id, limit=limit
+            topic=topic,
+            origin=_node_to_pb(origin),
+            from_head_id=from_head_id,
+            limit=limit,
+            max_messages_per_response=self._owner._fetch_packing,
         )
         # The deadline covers the whole stream, so a peer that stalls mid-stream cannot hold
         # this task longer than fetch_timeout_s.
@@ -450,7 +460,8 @@ class _PeerWorker:
                         f"peer {self.endpoint} lists head {remote_head} for topic={topic} "
                         f"origin={origin.key} but served nothing from head {expected}"
                     )
-                batch, problem = self._contiguous_prefix(batch, topic, origin, expected)
+                batch, problem = self._one_log_prefix(batch, topic, origin)
+                before = local_head
                 if batch:
                     result = await self._replicate(batch)
                     accepted = len(result.changed) + result.unchanged
@@ -465,6 +476,16 @@ class _PeerWorker:
                         ) from result.error
                 if problem is not None:
                     raise LogSyncError(problem)
+                if local_head <= before:
+                    # Only heads we already had: without this, a peer that keeps serving old
+                    # heads would keep this loop going forever.
+                    raise LogSyncError(
+                        f"peer {self.endpoint} made no progress on topic={topic} "
+                        f"origin={origin.key}: asked from head {expected}, got heads "
+                        f"{batch[0].head_id}..{batch[-1].head_id}"
+                        if batch
+                        else f"peer {self.endpoint} made no progress on topic={topic}"
+                    )
         except LogSyncError as error:
             self._log_failed(
                 key,
@@ -510,15 +531,19 @@ class _PeerWorker:
         self._log_recovered(key)
         return progressed
 
-    def _contiguous_prefix(
-        self, batch: list[Message], topic: str, origin: NodeId, expected: int
+    def _one_log_prefix(
+        self, batch: list[Message], topic: str, origin: NodeId
     ) -> tuple[list[Message], str | None]:
-        """The part of a batch that continues the log without a gap, and what is wrong after it.
+        """The part of a batch that is one log in strictly ascending head order, and the problem
+        after it, if any.
 
-        ReplicateOp takes messages of one log in ascending order. Checking that here means a
-        peer that serves another log's messages, repeats or skips heads is caught with a clear
-        error; the store still checks the gap and everything else independently.
+        ReplicateOp takes messages of one log in ascending order, so a peer that mixes in another
+        log's messages or repeats heads is stopped here with a clear error. Everything else (a
+        gap, a copy that differs from a stored row, a malformed marker) is for the store's accept
+        rules to judge; a batch that starts below the requested head is judged there too, so a
+        peer whose history diverged from ours shows up as a conflict.
         """
+        previous = 0
         for index, message in enumerate(batch):
             if message.topic != topic or message.origin != origin:
                 return batch[:index], (
@@ -526,13 +551,12 @@ class _PeerWorker:
                     f"origin={origin.key}: got topic={message.topic} "
                     f"origin={message.origin.key}"
                 )
-            want = expected + index
-            if message.head_id != want:
-                kind = "a gap" if message.head_id > want else "an out-of-order message"
+            if message.head_id <= previous:
                 return batch[:index], (
-                    f"peer {self.endpoint} served {kind} for topic={topic} origin={origin.key}: "
-                    f"head_id {message.head_id} where {want} was expected"
+                    f"peer {self.endpoint} served topic={topic} origin={origin.key} out of "
+                    f"order: head_id {message.head_id} after {previous}"
                 )
+            previous = message.head_id
         return batch, None
 
     async def _replicate(self, batch: list[Message]) -> ReplicateResult:
