@@ -1,0 +1,33 @@
+"""How domain values become DuckDB column values and back, and how DuckDB errors are reported."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import duckdb
+
+from msgbus_core.errors import StorageError, StorageFullError
+
+
+def encode_headers(headers: Mapping[str, str]) -> str | None:
+    """Headers as compact JSON (insertion order kept), or NULL when there are none."""
+    if not headers:
+        return None
+    return json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_headers(raw: str | None) -> dict[str, str]:
+    """The inverse of `encode_headers`."""
+    if not raw:
+        return {}
+    headers: dict[str, str] = json.loads(raw)
+    return headers
+
+
+def storage_error(error: duckdb.Error, path: str, doing: str) -> StorageError:
+    """Wrap a DuckDB error; a full disk gets its own class so the daemon can say so."""
+    text = str(error)
+    if "No space left on device" in text or "disk is full" in text.lower():
+        return StorageFullError(f"{path}: the disk is full while {doing}: {text}")
+    return StorageError(f"{path}: DuckDB failed while {doing}: {text}")

@@ -1,0 +1,32 @@
+"""How domain values become SQLite column values and back."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+
+from msgbus_core.errors import StorageError, StorageFullError
+
+
+def encode_headers(headers: Mapping[str, str]) -> str | None:
+    """Headers as compact JSON (insertion order kept), or NULL when there are none."""
+    if not headers:
+        return None
+    return json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_headers(raw: str | None) -> dict[str, str]:
+    """The inverse of `encode_headers`."""
+    if not raw:
+        return {}
+    headers: dict[str, str] = json.loads(raw)
+    return headers
+
+
+def storage_error(error: sqlite3.Error, path: str, doing: str) -> StorageError:
+    """Wrap an sqlite3 error; a full disk gets its own class so the daemon can say so."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in str(error):
+        return StorageFullError(f"{path}: the disk is full while {doing}: {error}")
+    return StorageError(f"{path}: SQLite failed while {doing}: {error}")

@@ -1,0 +1,170 @@
+"""The SQLite schema: its version, the marker that says a file is ours, and how a file is opened.
+
+A file is accepted only when its `meta` table says it is a msgbus database of a schema version
+this code knows. Anything else (random bytes, another application's database, a newer msgbus)
+raises `SchemaError` before a single byte of the file is changed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from msgbus_core.errors import SchemaError
+
+APPLICATION: Final = "msgbus"
+"""The `meta.application` value every msgbus SQLite database carries."""
+
+SCHEMA_VERSION: Final = 1
+"""The schema this code writes. Older versions would be migrated here; newer ones are refused."""
+
+APPLICATION_ID: Final = 0x6D736762
+"""`PRAGMA application_id` ("msgb"): lets `file(1)` and other tools tell what the file is."""
+
+# Integers are signed 64-bit in SQLite; the core refuses larger stored values before they get
+# here. Logs get a small integer id so that messages carry 8 bytes, not four strings, per row.
+_TABLES: Final = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # One row per (topic, origin) log. The parts of the origin are separate columns, so two
+    # different NodeIds can never collide the way a joined string could. `head` is the highest
+    # head_id stored, kept here so that get_head and list_heads never scan messages.
+    """CREATE TABLE logs (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        bl_name TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        head INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (topic, tenant_id, bl_name, device_id)
+    )""",
+    # A rowid table (appends land at the end of the b-tree) with a unique (log, head_id) index:
+    # the index serves every range read and makes a duplicate head impossible.
+    """CREATE TABLE messages (
+        log INTEGER NOT NULL REFERENCES logs (id),
+        head_id INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        headers TEXT,
+        created_at_ms INTEGER NOT NULL,
+        deleted INTEGER NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX messages_by_log_head ON messages (log, head_id)",
+    """CREATE TABLE tombstones (
+        log INTEGER NOT NULL REFERENCES logs (id),
+        from_head_id INTEGER NOT NULL,
+        to_head_id INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (log, from_head_id, to_head_id)
+    ) WITHOUT ROWID""",
+    # The last sequence handed out per queue; it survives acks so sequences are never reused.
+    "CREATE TABLE fifo_queues (queue TEXT PRIMARY KEY, last_sequence INTEGER NOT NULL)",
+    """CREATE TABLE fifo_messages (
+        queue TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        source_tenant_id TEXT NOT NULL,
+        source_bl_name TEXT NOT NULL,
+        source_device_id TEXT NOT NULL,
+        target_tenant_id TEXT NOT NULL,
+        target_bl_name TEXT NOT NULL,
+        target_device_id TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        headers TEXT,
+        created_at_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        PRIMARY KEY (queue, sequence)
+    )""",
+    # Keyed like the model: (peer, topic, origin key, "" for a peer-level record). The origin
+    # parts are kept separately (NULL for a peer-level record) so the NodeId reads back exactly.
+    """CREATE TABLE sync_states (
+        peer TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        origin_key TEXT NOT NULL,
+        origin_tenant_id TEXT,
+        origin_bl_name TEXT,
+        origin_device_id TEXT,
+        local_head INTEGER NOT NULL,
+        remote_head INTEGER NOT NULL,
+        last_synced_head INTEGER NOT NULL,
+        last_attempt_at_ms INTEGER NOT NULL,
+        last_success_at_ms INTEGER NOT NULL,
+        consecutive_failures INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        PRIMARY KEY (peer, topic, origin_key)
+    )""",
+)
+
+EXPECTED_TABLES: Final = frozenset(
+    {"meta", "logs", "messages", "tombstones", "fifo_queues", "fifo_messages", "sync_states"}
+)
+
+
+def _table_names(con: sqlite3.Connection, path: str) -> set[str]:
+    try:
+        rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.DatabaseError as error:
+        # "file is not a database" and friends: random bytes, a truncated or encrypted file.
+        raise SchemaError(f"{path} is not a msgbus database: {error}") from None
+    return {str(name) for (name,) in rows}
+
+
+def _read_meta(con: sqlite3.Connection, path: str) -> dict[str, str]:
+    try:
+        rows = con.execute("SELECT key, value FROM meta").fetchall()
+    except sqlite3.DatabaseError as error:
+        raise SchemaError(
+            f"{path} is not a msgbus database: its meta table is unreadable ({error})"
+        ) from None
+    return {str(key): str(value) for key, value in rows}
+
+
+def verify(con: sqlite3.Connection, path: str) -> int | None:
+    """Return the schema version of an existing msgbus database, or None for an empty file.
+
+    Raises `SchemaError`, naming `path`, for anything that is not a msgbus database this code
+    can read. Nothing is written.
+    """
+    tables = _table_names(con, path)
+    if not tables:
+        return None
+    if "meta" not in tables:
+        raise SchemaError(
+            f"{path} is an SQLite database but not a msgbus database "
+            f"(it has the tables {', '.join(sorted(tables))} and no msgbus meta table)"
+        )
+    meta = _read_meta(con, path)
+    if meta.get("application") != APPLICATION:
+        raise SchemaError(
+            f"{path} is not a msgbus database: its meta table names the application "
+            f"{meta.get('application')!r}, expected {APPLICATION!r}"
+        )
+    raw_version = meta.get("schema_version", "")
+    if not raw_version.isdigit():
+        raise SchemaError(f"{path} has an unreadable msgbus schema version {raw_version!r}")
+    version = int(raw_version)
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} was written by msgbus schema version {version}, newer than the version "
+            f"{SCHEMA_VERSION} this msgbus understands; upgrade msgbus to open it"
+        )
+    if version < 1:
+        raise SchemaError(f"{path} has an invalid msgbus schema version {version}")
+    missing = EXPECTED_TABLES - tables
+    if missing:
+        raise SchemaError(
+            f"{path} is a damaged msgbus database: the tables {', '.join(sorted(missing))} "
+            "are missing"
+        )
+    return version
+
+
+def create(con: sqlite3.Connection) -> None:
+    """Create every table and the meta rows. The caller holds a write transaction."""
+    for statement in _TABLES:
+        con.execute(statement)
+    con.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?)",
+        [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+    )
+    con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
