@@ -6,11 +6,13 @@ with a description of what was still missing.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -216,3 +218,67 @@ def converged(stubs: Sequence[rpc.MsgbusServiceStub], expect_logs: int) -> LogDu
     if all(d == first for d in dumps[1:]):
         return first
     return None
+
+
+class FakePeer:
+    """A grpc.aio server written in the test, run on its own event loop in a thread.
+
+    The test body stays synchronous (it polls daemons with blocking stubs), while the fake peer
+    keeps answering the daemon under test from its own loop.
+    """
+
+    def __init__(self, servicer: rpc.MsgbusServiceServicer) -> None:
+        self._servicer = servicer
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        """`127.0.0.1:PORT`."""
+        return f"127.0.0.1:{self.port}"
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the fake peer's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+
+    async def _start(self, port: int) -> int:
+        self._server = grpc.aio.server()
+        rpc.add_MsgbusServiceServicer_to_server(self._servicer, self._server)
+        bound = self._server.add_insecure_port(f"127.0.0.1:{port}")
+        await self._server.start()
+        return bound
+
+    def __enter__(self) -> FakePeer:
+        self._thread.start()
+        self.port = self.run(self._start(0))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self.run(self._server.stop(None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+def envelope(
+    topic: str,
+    origin: NodeId,
+    head_id: int,
+    payload: bytes,
+    *,
+    id: str | None = None,
+    deleted: bool = False,
+) -> pb.MessageEnvelope:
+    """A message as a peer would serve it."""
+    return pb.MessageEnvelope(
+        id=id or f"{topic}-{origin.device_id}-{head_id}-{payload.hex()[:16]}",
+        topic=topic,
+        origin=to_pb(origin),
+        head_id=head_id,
+        payload=payload,
+        created_at_ms=1_700_000_000_000 + head_id,
+        deleted=deleted,
+    )

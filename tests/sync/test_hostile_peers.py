@@ -1,0 +1,218 @@
+"""Peers that lie, hang or break the rules: a real msgbusd against fake peers written here."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from sync_helpers import (
+    FakePeer,
+    envelope,
+    fetch_all,
+    heads,
+    log_state,
+    node_id,
+    peer_state,
+    publish,
+    start_node,
+    sync_states,
+    to_pb,
+    wait_for,
+)
+
+from msgbus_core import NodeId, TombstoneRange
+from msgbus_proto import pb, rpc
+
+DELETE = "$msgbus.delete"
+LogKey = tuple[str, str]
+
+
+class ScriptedPeer(rpc.MsgbusServiceServicer):
+    """Serves whatever the test puts in `logs`, honestly or not."""
+
+    def __init__(self, node: NodeId) -> None:
+        self.node = node
+        self.logs: dict[LogKey, list[pb.MessageEnvelope]] = {}
+        self.listed: dict[LogKey, int] = {}
+        """Heads to announce instead of the last served one."""
+        self.from_start: set[LogKey] = set()
+        """Logs whose Fetch ignores from_head_id and starts at head 1."""
+        self.health_hangs = False
+        self.fetch_hangs = False
+        self.fetch_started = threading.Event()
+
+    def put(self, topic: str, origin: NodeId, messages: list[pb.MessageEnvelope]) -> None:
+        # Replace the whole list: the server loop runs in another thread.
+        self.logs[(topic, origin.key)] = list(messages)
+
+    async def Health(  # type: ignore[override]
+        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HealthResponse:
+        if self.health_hangs:
+            await asyncio.Event().wait()
+        return pb.HealthResponse(status="SERVING", node=to_pb(self.node))
+
+    async def ListHeads(  # type: ignore[override]
+        self, request: pb.ListHeadsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListHeadsResponse:
+        result = []
+        for (topic, key), messages in sorted(self.logs.items()):
+            head = self.listed.get((topic, key), max((m.head_id for m in messages), default=0))
+            result.append(
+                pb.TopicHead(topic=topic, origin=to_pb(NodeId.from_key(key)), head_id=head)
+            )
+        return pb.ListHeadsResponse(heads=result)
+
+    async def Fetch(  # type: ignore[override]
+        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FetchResponse]:
+        origin = request.origin
+        key = (request.topic, f"{origin.tenant_id}/{origin.bl_name}/{origin.device_id}")
+        self.fetch_started.set()
+        start = 1 if key in self.from_start else request.from_head_id
+        limit = request.limit or 100
+        sent = 0
+        for message in self.logs.get(key, []):
+            if message.head_id >= start and sent < limit:
+                yield pb.FetchResponse(message=message)
+                sent += 1
+        if self.fetch_hangs:
+            await asyncio.Event().wait()
+
+
+def _error_of(stub: rpc.MsgbusServiceStub, peer: str, topic: str, origin: NodeId) -> str:
+    state = log_state(stub, peer, topic, origin)
+    return state.last_error if state else ""
+
+
+def test_malicious_peer_is_refused_log_by_log_and_the_daemon_restarts(tmp_path: Path) -> None:
+    a_id, m_id, zed = node_id("a"), node_id("mallory"), node_id("zed")
+    peer = ScriptedPeer(m_id)
+    # Forged messages "from" the daemon under test.
+    peer.put("events", a_id, [envelope("events", a_id, h, b"forged") for h in (1, 2, 3)])
+    # A marker that is not JSON.
+    peer.put(DELETE, m_id, [envelope(DELETE, m_id, 1, b"{not json")])
+    # A well-formed marker from zed that deletes a's log: a node may only delete its own.
+    forged_delete = TombstoneRange("events", a_id, 1, 3, 1_700_000_000_000).to_marker_payload()
+    peer.put(DELETE, zed, [envelope(DELETE, zed, 1, forged_delete)])
+    # A log with a hole at head 3.
+    peer.put("gappy", m_id, [envelope("gappy", m_id, h, b"g") for h in (1, 2, 4, 5)])
+    # A log that will later be rewritten under the daemon's feet.
+    original = envelope("conflict", m_id, 1, b"first version")
+    peer.put("conflict", m_id, [original])
+    # And an honest log, which must keep flowing whatever the others do.
+    peer.put("good", m_id, [envelope("good", m_id, h, b"ok") for h in (1, 2, 3)])
+
+    with FakePeer(peer) as fake:
+        a = start_node(tmp_path, "a", peers=[(fake.endpoint, m_id.key)], batch_limit=10)
+        try:
+            stub = a.stub()
+            publish(stub, "events", 2, "mine")
+            wait_for(lambda: len(fetch_all(stub, "good", m_id)) == 3, "the honest log")
+            wait_for(lambda: len(fetch_all(stub, "conflict", m_id)) == 1, "conflict #1")
+
+            # The log rewrites its own history: a different #1 (served again, as if the peer
+            # ignored from_head_id) and a #2.
+            peer.from_start.add(("conflict", m_id.key))
+            peer.put(
+                "conflict",
+                m_id,
+                [
+                    envelope("conflict", m_id, 1, b"second version", id="rewritten-1"),
+                    envelope("conflict", m_id, 2, b"more"),
+                ],
+            )
+            peer.put("good", m_id, [envelope("good", m_id, h, b"ok") for h in range(1, 7)])
+
+            expected_errors = {
+                ("events", a_id): "never accepted from a peer",
+                (DELETE, m_id): "invalid tombstone payload",
+                (DELETE, zed): "must match its tombstone origin",
+                ("gappy", m_id): "gap",
+                ("conflict", m_id): "conflict",
+            }
+            wait_for(
+                lambda: all(
+                    text in _error_of(stub, fake.endpoint, topic, origin)
+                    for (topic, origin), text in expected_errors.items()
+                ),
+                "every rejection to be recorded",
+            )
+            wait_for(lambda: len(fetch_all(stub, "good", m_id)) == 6, "the honest log to go on")
+
+            def check_store() -> None:
+                local = heads(stub)
+                # Nothing forged was stored: a's own log is a's, no marker from the peer got in.
+                mine = fetch_all(stub, "events", a_id)
+                assert [r.payload for r in mine] == [b"mine-0", b"mine-1"]
+                assert not any(r.deleted for r in mine)
+                assert (DELETE, m_id.key) not in local
+                assert (DELETE, zed.key) not in local
+                # The gap stopped the log before the hole; the conflict kept the first version.
+                assert local[("gappy", m_id.key)] == 2
+                conflict = fetch_all(stub, "conflict", m_id)
+                assert [r.payload for r in conflict] == [b"first version"]
+
+            check_store()
+            gap_state = log_state(stub, fake.endpoint, "gappy", m_id)
+            assert gap_state is not None
+            assert (gap_state.local_head, gap_state.remote_head) == (2, 5)
+            assert gap_state.last_synced_head == 2
+            assert gap_state.consecutive_failures >= 1
+            refused = log_state(stub, fake.endpoint, "events", a_id)
+            assert refused is not None
+            assert refused.consecutive_failures == 1  # a refusal is not retried, so not counted
+            peer_level = peer_state(stub, fake.endpoint)
+            assert peer_level is not None
+            assert (peer_level.consecutive_failures, peer_level.last_error) == (0, "")
+
+            # The daemon restarts cleanly: nothing bad was stored, the records are still there,
+            # and the honest log still flows.
+            states_before = {(s.topic, s.origin.device_id) for s in sync_states(stub)}
+            a.restart()
+            stub = a.stub()
+            check_store()
+            assert {(s.topic, s.origin.device_id) for s in sync_states(stub)} >= states_before
+            peer.put("good", m_id, [envelope("good", m_id, h, b"ok") for h in range(1, 8)])
+            wait_for(lambda: len(fetch_all(stub, "good", m_id)) == 7, "sync after the restart")
+        finally:
+            a.kill()
+
+
+def test_hung_peers_stall_nothing_and_shutdown_is_prompt(tmp_path: Path) -> None:
+    """A peer that hangs in Health and one that hangs mid-Fetch: the third peer still syncs,
+    and SIGTERM ends the daemon at once, sync task in the middle of a Fetch included."""
+    b_id = node_id("b")
+    stuck_health = ScriptedPeer(node_id("stuck1"))
+    stuck_health.health_hangs = True
+    stuck_fetch = ScriptedPeer(node_id("stuck2"))
+    stuck_fetch.fetch_hangs = True
+    stuck_fetch.put("slow", stuck_fetch.node, [envelope("slow", stuck_fetch.node, 1, b"x")])
+    with (
+        FakePeer(stuck_health) as hung1,
+        FakePeer(stuck_fetch) as hung2,
+        start_node(tmp_path, "b") as b,
+    ):
+        publish(b.stub(), "fine", 20)
+        a = start_node(
+            tmp_path,
+            "a",
+            peers=[
+                (hung1.endpoint, stuck_health.node.key),
+                (hung2.endpoint, stuck_fetch.node.key),
+                (b.endpoint, b_id.key),
+            ],
+        )
+        try:
+            stub = a.stub()
+            wait_for(lambda: len(fetch_all(stub, "fine", b_id)) == 20, "the healthy peer's data")
+            assert stuck_fetch.fetch_started.wait(30), "the daemon never fetched from stuck2"
+            publish(b.stub(), "fine", 5, "later")
+            wait_for(lambda: len(fetch_all(stub, "fine", b_id)) == 25, "more of it, still")
+            assert a.stop(timeout=20) == 0
+            assert "did not stop in time" not in a.stderr_text() + a.stdout_text()
+        finally:
+            a.kill()
