@@ -37,6 +37,8 @@ READER_THREADS = 4
 HEALTH_CHECK_INTERVAL_S = 2.0
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 """Room for topic, origin, ids and protobuf framing on top of payload and headers."""
+MIN_RECEIVE_LIMIT = 32 * 1024 * 1024
+"""Smallest gRPC receive limit, so a PublishBatch of small messages is not refused."""
 SHUTDOWN_BUDGET_S = 4.5
 """Everything after the signal must fit in this, to exit within 5 s even with subscribers."""
 
@@ -122,7 +124,11 @@ class Daemon:
 
     async def _start_server(self) -> int:
         config = self.config
-        receive_limit = config.max_payload_bytes + MAX_HEADER_BYTES + MESSAGE_OVERHEAD_BYTES
+        # One message must fit; PublishBatch requests of many small messages get some room too.
+        receive_limit = max(
+            config.max_payload_bytes + MAX_HEADER_BYTES + MESSAGE_OVERHEAD_BYTES,
+            MIN_RECEIVE_LIMIT,
+        )
         server = grpc.aio.server(
             options=[
                 # Without this, a second daemon on the same port would silently share it.
