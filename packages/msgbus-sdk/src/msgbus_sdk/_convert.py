@@ -6,7 +6,9 @@ per envelope, against 50-90 µs for betterproto2's own ``Message.parse``. Never 
 path through ``bytes(msg)`` or ``Message.parse``.
 
 Every streaming response goes through an ``*_envelopes`` function that returns the envelopes
-a response carries, so a packed response (many envelopes per message) only changes those.
+a response carries: one in ``message`` (the original contract), or many in ``messages`` when
+the request opted in to packing (``max_messages_per_response``). A daemon that does not know
+the extension ignores the request field and answers one per response; both forms are read.
 """
 
 from __future__ import annotations
@@ -117,14 +119,18 @@ def envelope(p: pb.MessageEnvelope) -> MessageEnvelope:
 
 
 def fetch_envelopes(response: pb.FetchResponse) -> list[MessageEnvelope]:
-    """The envelopes one Fetch response carries (one today; a packed response will carry more)."""
+    """The envelopes one Fetch response carries, packed or not."""
+    if response.messages:
+        return [envelope(m) for m in response.messages]
     if not response.HasField("message"):
         return []
     return [envelope(response.message)]
 
 
 def subscribe_envelopes(response: pb.SubscribeResponse) -> list[MessageEnvelope]:
-    """The envelopes one Subscribe response carries."""
+    """The envelopes one Subscribe response carries, packed or not."""
+    if response.messages:
+        return [envelope(m) for m in response.messages]
     if not response.HasField("message"):
         raise ProtocolError("server returned an empty subscribe response")
     return [envelope(response.message)]

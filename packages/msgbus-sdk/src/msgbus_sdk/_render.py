@@ -1,0 +1,185 @@
+"""How the `msgbus` command shows messages: tables for people, JSON lines for programs."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ._convert import node_key
+from ._generated.msgbus.v1 import (
+    FifoMessage,
+    HealthResponse,
+    MessageEnvelope,
+    NodeId,
+    PeerSyncState,
+    ReadyResponse,
+    TopicHead,
+)
+
+# Characters that would break a table row or a terminal; shown escaped instead.
+_ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\x1b"): "\\x1b"}
+_TABLE_PAYLOAD_WIDTH = 60
+
+
+def payload_text(payload: bytes) -> tuple[str, str]:
+    """``(text, encoding)``: the payload as UTF-8 when it is valid UTF-8, else base64."""
+    try:
+        return payload.decode("utf-8"), "utf8"
+    except UnicodeDecodeError:
+        return base64.b64encode(payload).decode("ascii"), "base64"
+
+
+def payload_cell(payload: bytes, width: int = _TABLE_PAYLOAD_WIDTH) -> str:
+    """A payload for a table cell: escaped, truncated, base64 marked with a ``base64:`` prefix."""
+    text, encoding = payload_text(payload)
+    if encoding == "base64":
+        text = f"base64:{text}"
+    else:
+        text = "".join(
+            _ESCAPES.get(ord(c), f"\\x{ord(c):02x}" if ord(c) < 0x20 else c) for c in text
+        )
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def timestamp(ms: int) -> str:
+    """Milliseconds since the epoch as an ISO-8601 UTC time."""
+    if ms <= 0:
+        return "-"
+    try:
+        when = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _node(node: NodeId | None) -> str | None:
+    return node_key(node) if node is not None else None
+
+
+def envelope_json(env: MessageEnvelope) -> dict[str, Any]:
+    """A message as a JSON object."""
+    text, encoding = payload_text(env.payload)
+    return {
+        "id": env.id,
+        "topic": env.topic,
+        "origin": _node(env.origin),
+        "head_id": env.head_id,
+        "payload": text,
+        "payload_encoding": encoding,
+        "headers": dict(env.headers),
+        "created_at_ms": env.created_at_ms,
+        "deleted": env.deleted,
+    }
+
+
+def fifo_json(msg: FifoMessage) -> dict[str, Any]:
+    """A FIFO message as a JSON object."""
+    text, encoding = payload_text(msg.payload)
+    return {
+        "id": msg.id,
+        "queue": msg.queue,
+        "topic": msg.topic,
+        "source": _node(msg.source),
+        "target": _node(msg.target),
+        "payload": text,
+        "payload_encoding": encoding,
+        "headers": dict(msg.headers),
+        "created_at_ms": msg.created_at_ms,
+        "sequence": msg.sequence,
+        "attempts": msg.attempts,
+    }
+
+
+def head_json(head: TopicHead) -> dict[str, Any]:
+    """A log head as a JSON object."""
+    return {"topic": head.topic, "origin": _node(head.origin), "head_id": head.head_id}
+
+
+def sync_state_json(state: PeerSyncState) -> dict[str, Any]:
+    """A peer sync state as a JSON object."""
+    return {
+        "peer": state.peer,
+        "topic": state.topic,
+        "origin": _node(state.origin),
+        "local_head": state.local_head,
+        "remote_head": state.remote_head,
+        "last_synced_head": state.last_synced_head,
+        "last_attempt_at_ms": state.last_attempt_at_ms,
+        "last_success_at_ms": state.last_success_at_ms,
+        "consecutive_failures": state.consecutive_failures,
+        "last_error": state.last_error,
+    }
+
+
+def health_json(health: HealthResponse) -> dict[str, Any]:
+    """A Health answer as a JSON object."""
+    return {"status": health.status, "node": _node(health.node)}
+
+
+def ready_json(ready: ReadyResponse) -> dict[str, Any]:
+    """A Ready answer as a JSON object."""
+    return {
+        "ready": ready.ready,
+        "status": ready.status,
+        "error": ready.error,
+        "node": _node(ready.node),
+    }
+
+
+def write_json(out: TextIO, obj: object) -> None:
+    """One JSON line."""
+    out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+ENVELOPE_COLUMNS = ("HEAD_ID", "CREATED", "DELETED", "HEADERS", "PAYLOAD")
+
+
+def envelope_row(env: MessageEnvelope) -> list[str]:
+    """A message as a table row (see ``ENVELOPE_COLUMNS``)."""
+    headers = ",".join(f"{k}={v}" for k, v in sorted(env.headers.items())) or "-"
+    return [
+        str(env.head_id),
+        timestamp(env.created_at_ms),
+        "yes" if env.deleted else "no",
+        payload_cell(headers.encode(), 30),
+        payload_cell(env.payload),
+    ]
+
+
+FIFO_COLUMNS = ("SEQUENCE", "ID", "TOPIC", "TARGET", "ATTEMPTS", "PAYLOAD")
+
+
+def fifo_row(msg: FifoMessage) -> list[str]:
+    """A FIFO message as a table row (see ``FIFO_COLUMNS``)."""
+    return [
+        str(msg.sequence),
+        msg.id,
+        msg.topic,
+        _node(msg.target) or "-",
+        str(msg.attempts),
+        payload_cell(msg.payload),
+    ]
+
+
+# Fixed widths for tables that are printed row by row as messages arrive (subscribe).
+STREAM_WIDTHS = (8, 24, 7, 16)
+
+
+def stream_line(cells: Sequence[str], widths: Sequence[int] = STREAM_WIDTHS) -> str:
+    """One row of a streamed table: fixed-width columns, the last one unpadded."""
+    padded = [cell.ljust(widths[i]) for i, cell in enumerate(cells[:-1])]
+    return "  ".join([*padded, cells[-1]]).rstrip() + "\n"
+
+
+def write_table(out: TextIO, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns aligned to their widest cell; the last column is not padded."""
+    widths = [len(c) for c in columns]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    for row in [list(columns), *rows]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
