@@ -13,6 +13,7 @@ so ``max_attempts`` counts consecutive failures.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -49,6 +50,14 @@ class _GapError(ProtocolError):
     """A head_id arrived above the next expected one: reopen at the missing head_id."""
 
     retryable = True
+
+
+class _Closed(Exception):
+    """The subscription or its client was closed while (re)opening the stream.
+
+    Raised instead of StopIteration/StopAsyncIteration inside tenacity's loop, which would
+    otherwise read them as the end of its own iteration.
+    """
 
 
 class _Cursor:
@@ -138,6 +147,8 @@ class AsyncSubscription:
             # The common path: a healthy stream, no tenacity involved.
             try:
                 return await self._read()
+            except _Closed:
+                raise StopAsyncIteration from None
             except MsgbusError as exc:
                 if self._is_closed():
                     raise StopAsyncIteration from None
@@ -149,15 +160,21 @@ class AsyncSubscription:
             # Without reconnect the first stream is the only one.
             if self._opened_once:
                 raise StopAsyncIteration
-            return await self._open_and_read()
-        async for attempt in self._retrying:
-            with attempt:
+            try:
                 return await self._open_and_read()
+            except _Closed:
+                raise StopAsyncIteration from None
+        try:
+            async for attempt in self._retrying:
+                with attempt:
+                    return await self._open_and_read()
+        except _Closed:
+            raise StopAsyncIteration from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _open_and_read(self) -> MessageEnvelope:
         if self._is_closed():
-            raise StopAsyncIteration
+            raise _Closed
         if self._call is None:
             self._opened_once = True
             self._call = self._stub.Subscribe(self._make_request(self._cursor.next_head_id))
@@ -171,7 +188,17 @@ class AsyncSubscription:
                 response = await call.read()
             except grpc.aio.AioRpcError as exc:
                 self._drop_call()
+                if self._is_closed():
+                    raise _Closed from None
                 raise translate_rpc_error(exc) from None
+            except asyncio.CancelledError:
+                self._drop_call()
+                # Closing the channel cancels its calls with asyncio.CancelledError; that ends
+                # the iteration. A cancellation of the consuming task itself still propagates.
+                task = asyncio.current_task()
+                if self._is_closed() and (task is None or not task.cancelling()):
+                    raise _Closed from None
+                raise
             except BaseException:
                 self._drop_call()
                 raise
@@ -262,6 +289,8 @@ class Subscription:
         if self._call is not None:
             try:
                 return self._read()
+            except _Closed:
+                raise StopIteration from None
             except MsgbusError as exc:
                 if self._is_closed():
                     raise StopIteration from None
@@ -273,15 +302,21 @@ class Subscription:
             # Without reconnect the first stream is the only one.
             if self._opened_once:
                 raise StopIteration
-            return self._open_and_read()
-        for attempt in self._retrying:
-            with attempt:
+            try:
                 return self._open_and_read()
+            except _Closed:
+                raise StopIteration from None
+        try:
+            for attempt in self._retrying:
+                with attempt:
+                    return self._open_and_read()
+        except _Closed:
+            raise StopIteration from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _open_and_read(self) -> MessageEnvelope:
         if self._is_closed():
-            raise StopIteration
+            raise _Closed
         if self._call is None:
             self._opened_once = True
             self._call = self._stub.Subscribe(self._make_request(self._cursor.next_head_id))
@@ -294,12 +329,12 @@ class Subscription:
             except StopIteration:
                 self._drop_call()
                 if self._is_closed():
-                    raise
+                    raise _Closed from None
                 raise _StreamEnded() from None
             except grpc.RpcError as exc:
                 self._drop_call()
                 if self._is_closed():
-                    raise StopIteration from None
+                    raise _Closed from None
                 raise translate_rpc_error(exc) from None
             except BaseException:
                 self._drop_call()
