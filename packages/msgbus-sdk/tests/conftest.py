@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,3 @@ def fresh_daemon(tmp_path: Path) -> Iterator[Daemon]:
 def topic(request: pytest.FixtureRequest) -> str:
     """A topic no other test uses."""
     return f"sdk.{request.node.name[:40]}.{next(_topics)}".replace("[", ".").replace("]", "")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Poll `condition` until it holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.02)

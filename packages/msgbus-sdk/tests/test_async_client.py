@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,10 +23,9 @@ OTHER = NodeId(tenant_id="tenant", bl_name="default", device_id="elsewhere")
 
 
 @pytest.fixture
-async def bus(daemon: Daemon) -> AsyncMsgbusClient:
-    client = await AsyncMsgbusClient.connect(daemon.endpoint)
-    yield client  # type: ignore[misc]
-    await client.close()
+async def bus(daemon: Daemon) -> AsyncIterator[AsyncMsgbusClient]:
+    async with await AsyncMsgbusClient.connect(daemon.endpoint) as client:
+        yield client
 
 
 async def test_connect_reports_the_daemons_node_and_accepts_url_targets(daemon: Daemon) -> None:
@@ -202,14 +202,17 @@ async def test_fifo_enqueue_peek_reject_ack(bus: AsyncMsgbusClient, topic: str) 
     assert (first.sequence, second.sequence) == (1, 2)
     assert (first.source, first.target, first.headers) == (LOCAL, OTHER, {"kind": "test"})
     front = await bus.peek_fifo(queue)
-    assert front is not None and front.id == first.id
+    assert front is not None
+    assert front.id == first.id
     assert await bus.ack_fifo(queue, second.id) is False
     assert await bus.reject_fifo(queue, first.id) is True
     again = await bus.peek_fifo(queue)
-    assert again is not None and (again.id, again.attempts) == (first.id, 1)
+    assert again is not None
+    assert (again.id, again.attempts) == (first.id, 1)
     assert await bus.ack_fifo(queue, first.id) is True
     front = await bus.peek_fifo(queue)
-    assert front is not None and front.id == second.id
+    assert front is not None
+    assert front.id == second.id
     assert await bus.ack_fifo(queue, second.id) is True
     assert await bus.peek_fifo(queue) is None
     with pytest.raises(InvalidArgumentError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -17,7 +18,15 @@ from msgbus_sdk import (
 )
 from msgbus_server.testing import Daemon
 
-from .conftest import wait_until
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll `condition` until it holds, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
 
 FAST = ReconnectPolicy(initial_delay=0.05, max_delay=0.5)
 

@@ -113,11 +113,13 @@ def test_fifo(bus: MsgbusClient, topic: str) -> None:
     queue = f"q.{topic}"
     assert bus.peek_fifo(queue) is None
     job = bus.enqueue_fifo(queue, topic, OTHER, b"job", {"a": "b"})
-    assert job.sequence == 1 and job.target == OTHER
+    assert job.sequence == 1
+    assert job.target == OTHER
     assert bus.reject_fifo(queue, "not-the-front") is False
     assert bus.reject_fifo(queue, job.id) is True
     front = bus.peek_fifo(queue)
-    assert front is not None and front.attempts == 1
+    assert front is not None
+    assert front.attempts == 1
     assert bus.ack_fifo(queue, job.id) is True
     assert bus.peek_fifo(queue) is None
     with pytest.raises(InvalidArgumentError):
