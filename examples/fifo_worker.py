@@ -31,8 +31,8 @@ def main() -> None:
         me = bus.node
         assert me is not None
         for payload in (b"resize image", b"flaky", b"send email"):
-            job = bus.enqueue_fifo(queue, "jobs.demo", me, payload, {"kind": "demo"})
-            print(f"enqueued sequence={job.sequence} payload={payload.decode()}")
+            queued = bus.enqueue_fifo(queue, "jobs.demo", me, payload, {"kind": "demo"})
+            print(f"enqueued sequence={queued.sequence} payload={payload.decode()}")
 
         while (job := bus.peek_fifo(queue)) is not None:
             try:
