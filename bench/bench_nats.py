@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import nats
+from nats.aio.client import Client as NatsClient
 from nats.js import api
 
 from bench_common import PAYLOAD_SIZE, free_port, latency_from_payload, payload_with_timestamp
@@ -57,11 +58,14 @@ class NatsServer:
         if hub_leaf_port is None:
             leaf = f"leafnodes {{ listen: 127.0.0.1:{self.leaf_port} }}"
         else:
-            leaf = f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{hub_leaf_port}" }} ] }}'
+            leaf = (
+                f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{hub_leaf_port}" }} ] }}'
+            )
         config = self.workdir / "server.conf"
         config.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
-            f"jetstream {{ store_dir: {str(self.workdir / 'js')!r}, domain: {self.domain}{sync} }}\n"
+            f"jetstream {{ store_dir: {str(self.workdir / 'js')!r}, "
+            f"domain: {self.domain}{sync} }}\n"
             f"{leaf}\n"
         )
         log = (self.workdir / "server.log").open("ab")
@@ -78,7 +82,7 @@ class NatsServer:
         assert self.process is not None
         return self.process.pid
 
-    async def connect(self) -> nats.NATS:
+    async def connect(self) -> NatsClient:
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -125,7 +129,7 @@ class NatsTarget:
     def pids(self) -> list[int]:
         return [s.pid for s in self.servers if s.process and s.process.poll() is None]
 
-    async def _fresh(self) -> tuple[NatsServer, nats.NATS, object]:
+    async def _fresh(self) -> tuple[NatsServer, NatsClient, object]:
         self.close()
         server = self._server()
         server.start()
@@ -229,7 +233,7 @@ class NatsTarget:
             return 0
         return int(info.state.messages)
 
-    async def _follower(self, hub: NatsServer) -> tuple[NatsServer, nats.NATS, object]:
+    async def _follower(self, hub: NatsServer) -> tuple[NatsServer, NatsClient, object]:
         follower = self._server("leaf")
         follower.start(hub_leaf_port=hub.leaf_port)
         connection = await follower.connect()
@@ -252,8 +256,8 @@ class NatsTarget:
                     raise
                 await asyncio.sleep(0.1)
 
-    async def _wait_mirror(self, js: object, count: int, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
+    async def _wait_mirror(self, js: object, count: int) -> None:
+        deadline = time.monotonic() + 600
         while await self._mirror_head(js) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError("the mirror did not catch up")
