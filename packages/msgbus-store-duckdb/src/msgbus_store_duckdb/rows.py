@@ -9,19 +9,27 @@ import duckdb
 
 from msgbus_core.errors import StorageError, StorageFullError
 
+# Built once: `json.dumps`/`json.loads` with options build a new encoder or decoder per call,
+# which costs more than encoding a message's few headers.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_decode = json.JSONDecoder().raw_decode
+
 
 def encode_headers(headers: Mapping[str, str]) -> str | None:
-    """Headers as compact JSON (insertion order kept), or NULL when there are none."""
+    """Headers as compact JSON (insertion order kept), or NULL when there are none.
+
+    JSON keeps the column readable by other tools (`json_extract(headers, '$.key')`).
+    """
     if not headers:
         return None
-    return json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":"))
+    return _encode(dict(headers))
 
 
 def decode_headers(raw: str | None) -> dict[str, str]:
     """The inverse of `encode_headers`."""
     if not raw:
         return {}
-    headers: dict[str, str] = json.loads(raw)
+    headers: dict[str, str] = _decode(raw)[0]
     return headers
 
 

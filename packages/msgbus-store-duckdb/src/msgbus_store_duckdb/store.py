@@ -157,6 +157,7 @@ class DuckdbStore:
         self._readers_lock = threading.Lock()
         self._closed = False
         self._released = False
+        self._in_transaction = False
         self._load()
 
     @classmethod
@@ -228,12 +229,16 @@ class DuckdbStore:
         """Apply `ops` in order in one durable transaction; see `MsgbusStore.write`."""
         with self._write_lock:
             self._ensure_open()
-            con = self._writer
+            self._in_transaction = False
             try:
-                con.begin()
                 outcomes = [self._apply_one(op) for op in ops]
-                self._flush()
-                con.commit()
+                if self._in_transaction:
+                    self._flush()
+                    self._writer.commit()
+                else:
+                    # Only buffered rows: one appender flush is a transaction of its own, and
+                    # saves the BEGIN and COMMIT statements on the hot path.
+                    self._flush_rows()
             except BaseException as error:
                 self._abort()
                 if isinstance(error, duckdb.Error):
@@ -246,15 +251,24 @@ class DuckdbStore:
             return outcomes
 
     def _abort(self) -> None:
-        with contextlib.suppress(duckdb.Error):
-            self._writer.rollback()
+        if self._in_transaction:
+            with contextlib.suppress(duckdb.Error):
+                self._writer.rollback()
+            self._in_transaction = False
         # The in-memory view may hold heads and tombstones of the failed transaction.
         try:
             self._load()
         except duckdb.Error:
-            # Leave the store unusable rather than wrong: every later write fails loudly.
+            # Leave the store unusable rather than wrong: every later call fails loudly.
             self._logs.clear()
             self._closed = True
+
+    def _sql(self, sql: str, parameters: Sequence[object] = ()) -> duckdb.DuckDBPyConnection:
+        """Run one statement of the write transaction, opening the transaction first if needed."""
+        if not self._in_transaction:
+            self._writer.begin()
+            self._in_transaction = True
+        return self._writer.execute(sql, parameters)
 
     def _apply_one(self, op: WriteOp) -> Outcome:
         # Invariant: an op raises its MsgbusError before it changes anything, so a failed op
@@ -283,6 +297,13 @@ class DuckdbStore:
                 return None
 
     def _flush(self) -> None:
+        """Write the buffered rows inside the transaction, before a statement that reads them."""
+        if self._pending and not self._in_transaction:
+            self._writer.begin()
+            self._in_transaction = True
+        self._flush_rows()
+
+    def _flush_rows(self) -> None:
         """Write the buffered message rows with one appender flush (one statement)."""
         if not self._pending:
             return
@@ -298,7 +319,7 @@ class DuckdbStore:
         log = self._logs.get(key)
         if log is None:
             log = _Log(self._next_log_id, 0)
-            self._writer.execute(
+            self._sql(
                 "INSERT INTO logs VALUES (?, ?, ?, ?, ?)",
                 [log.id, topic, origin.tenant_id, origin.bl_name, origin.device_id],
             )
@@ -385,7 +406,7 @@ class DuckdbStore:
             (m.head_id for m in op.messages if (m.topic, m.origin) == (like.topic, like.origin)),
             default=like.head_id,
         )
-        rows = self._writer.execute(
+        rows = self._sql(
             _FETCH_SQL, [log.id, like.head_id, min(max(last, like.head_id), log.head)]
         ).fetchall()
         for head_id, message_id, payload, headers, created_at_ms, deleted in rows:
@@ -403,7 +424,7 @@ class DuckdbStore:
 
     def _erase(self, log: _Log, first: int, last: int) -> int:
         self._flush()
-        row = self._writer.execute(_ERASE_SQL, [log.id, first, last]).fetchone()
+        row = self._sql(_ERASE_SQL, [log.id, first, last]).fetchone()
         return 0 if row is None else int(row[0])
 
     def _record_tombstone(self, tombstone: TombstoneRange) -> int:
@@ -411,7 +432,7 @@ class DuckdbStore:
         log = self._log(tombstone.topic, tombstone.origin)
         span = (tombstone.from_head_id, tombstone.to_head_id)
         if not any((t.from_head_id, t.to_head_id) == span for t in log.tombstones):
-            self._writer.execute(
+            self._sql(
                 "INSERT INTO tombstones VALUES (?, ?, ?, ?)",
                 [log.id, *span, tombstone.created_at_ms],
             )
@@ -449,8 +470,7 @@ class DuckdbStore:
 
     def _enqueue(self, op: EnqueueOp) -> FifoMessage:
         validate_stored_int("created_at_ms", op.created_at_ms)
-        con = self._writer
-        row = con.execute(
+        row = self._sql(
             "INSERT INTO fifo_queues VALUES (?, 1) "
             "ON CONFLICT (queue) DO UPDATE SET last_sequence = last_sequence + 1 "
             "RETURNING last_sequence",
@@ -468,7 +488,7 @@ class DuckdbStore:
             created_at_ms=op.created_at_ms,
             sequence=int(row[0]),
         )
-        con.execute(
+        self._sql(
             f"INSERT INTO fifo_messages ({_FIFO_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -492,7 +512,7 @@ class DuckdbStore:
 
     def _front(self, queue: str, message_id: str) -> int | None:
         """The front's sequence when the front of `queue` has id `message_id`, else None."""
-        row = self._writer.execute(
+        row = self._sql(
             "SELECT sequence, id FROM fifo_messages WHERE queue = ? ORDER BY sequence LIMIT 1",
             [queue],
         ).fetchone()
@@ -504,7 +524,7 @@ class DuckdbStore:
         sequence = self._front(op.queue, op.message_id)
         if sequence is None:
             return False
-        self._writer.execute(
+        self._sql(
             "DELETE FROM fifo_messages WHERE queue = ? AND sequence = ?", [op.queue, sequence]
         )
         return True
@@ -513,7 +533,7 @@ class DuckdbStore:
         sequence = self._front(op.queue, op.message_id)
         if sequence is None:
             return False
-        self._writer.execute(
+        self._sql(
             "UPDATE fifo_messages SET attempts = least(attempts + 1, ?) "
             "WHERE queue = ? AND sequence = ?",
             [MAX_ATTEMPTS, op.queue, sequence],
@@ -533,7 +553,7 @@ class DuckdbStore:
             validate_stored_int(name, value)
         origin = state.origin
         peer, topic, origin_key = state.sort_key
-        self._writer.execute(
+        self._sql(
             f"INSERT OR REPLACE INTO sync_states ({_SYNC_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
