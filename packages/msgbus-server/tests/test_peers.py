@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from msgbus_core import NodeId
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, parse_peer_spec, peer_target
 

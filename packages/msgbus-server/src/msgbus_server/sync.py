@@ -150,7 +150,7 @@ class PeerSync:
         rpc_timeout_s: float = 10.0,
         fetch_timeout_s: float = 60.0,
         backoff_cap_s: float | None = None,
-        fetch_packing: int = 0,
+        fetch_packing: int | None = None,
     ) -> None:
         self._local_node = local_node
         # One task per endpoint: a peer listed twice is synced once.
@@ -168,9 +168,12 @@ class PeerSync:
         self._tls = tls
         self._rpc_timeout_s = rpc_timeout_s
         self._fetch_timeout_s = fetch_timeout_s
-        # Messages per Fetch response to ask for (the packing extension); 0 asks for the
-        # original one-per-response stream. Peers that do not know the field ignore it.
-        self._fetch_packing = max(fetch_packing, 0)
+        # Messages per Fetch response to ask for (the opt-in packing extension); None means a
+        # whole batch, 0 the original one-message-per-response stream. Original peers do not
+        # know the field and answer one per response, which `envelopes` accepts as well.
+        # Packing makes catch-up several times faster (one message per response is the
+        # streaming bottleneck).
+        self._fetch_packing = self._batch_limit if fetch_packing is None else max(fetch_packing, 0)
         # Default cap: 30 intervals, at most a minute (30 s with the default 1 s interval).
         self._backoff_cap_s = (
             backoff_cap_s
