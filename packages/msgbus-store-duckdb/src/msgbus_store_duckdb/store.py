@@ -231,7 +231,7 @@ class DuckdbStore:
             self._ensure_open()
             self._in_transaction = False
             try:
-                outcomes = [self._apply_one(op) for op in ops]
+                outcomes = self._apply_all(ops)
                 if self._in_transaction:
                     self._flush()
                     self._writer.commit()
@@ -270,13 +270,20 @@ class DuckdbStore:
             self._in_transaction = True
         return self._writer.execute(sql, parameters)
 
-    def _apply_one(self, op: WriteOp) -> Outcome:
+    def _apply_all(self, ops: Sequence[WriteOp]) -> list[Outcome]:
         # Invariant: an op raises its MsgbusError before it changes anything, so a failed op
         # leaves no trace and the batch can go on.
-        try:
-            return self._apply(op)
-        except MsgbusError as error:
-            return error
+        outcomes: list[Outcome] = []
+        for op in ops:
+            try:
+                # Appends are the hot path: skip the dispatch.
+                if type(op) is AppendOp:
+                    outcomes.append(self._append(op))
+                else:
+                    outcomes.append(self._apply(op))
+            except MsgbusError as error:
+                outcomes.append(error)
+        return outcomes
 
     def _apply(self, op: WriteOp) -> WriteResult:
         match op:
@@ -334,7 +341,7 @@ class DuckdbStore:
                 log.id,
                 message.head_id,
                 message.id,
-                bytes(message.payload),
+                message.payload,
                 encode_headers(message.headers),
                 message.created_at_ms,
                 message.deleted,
@@ -344,16 +351,11 @@ class DuckdbStore:
         self._dirty[log.id] = ((message.topic, message.origin), log)
 
     def _append(self, op: AppendOp) -> Message:
-        validate_stored_int("created_at_ms", op.created_at_ms)
-        log = self._log(op.topic, op.origin)
+        if not 0 <= op.created_at_ms <= MAX_STORED_INT:
+            validate_stored_int("created_at_ms", op.created_at_ms)
+        log = self._logs.get((op.topic, op.origin)) or self._log(op.topic, op.origin)
         message = Message(
-            id=op.id,
-            topic=op.topic,
-            origin=op.origin,
-            head_id=log.head + 1,
-            payload=bytes(op.payload),
-            headers=dict(op.headers),
-            created_at_ms=op.created_at_ms,
+            op.id, op.topic, op.origin, log.head + 1, op.payload, dict(op.headers), op.created_at_ms
         )
         if log.tombstones:
             message = apply_tombstones(message, log.tombstones)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from msgbus_core.errors import InvalidArgumentError, MsgbusError, StorageError
-from msgbus_core.limits import DELETE_TOPIC
+from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.model import (
     FifoMessage,
     Message,
@@ -126,6 +126,8 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._logs: dict[tuple[str, NodeId], _Log] = {}
         self._dirty: dict[int, _Log] = {}
+        # Message rows of the current transaction not yet inserted: one executemany per batch.
+        self._pending: list[tuple[object, ...]] = []
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -196,7 +198,8 @@ class SqliteStore:
             con = self._writer
             try:
                 con.execute("BEGIN IMMEDIATE")
-                outcomes = [self._apply_one(op) for op in ops]
+                outcomes = self._apply_all(ops)
+                self._flush()
                 for log in self._dirty.values():
                     con.execute("UPDATE logs SET head = ? WHERE id = ?", (log.head, log.id))
                 con.execute("COMMIT")
@@ -212,18 +215,32 @@ class SqliteStore:
         # The cache may hold heads and tombstones of the failed transaction: drop it whole.
         self._logs.clear()
         self._dirty.clear()
+        self._pending.clear()
         if self._writer.in_transaction:
             # SQLite may already have rolled back by itself, as it does after some I/O errors.
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("ROLLBACK")
 
-    def _apply_one(self, op: WriteOp) -> Outcome:
-        # Invariant: an op raises its MsgbusError before its first statement, so a failed op
+    def _apply_all(self, ops: Sequence[WriteOp]) -> list[Outcome]:
+        # Invariant: an op raises its MsgbusError before its first change, so a failed op
         # has written nothing and the batch can go on without a savepoint per op.
-        try:
-            return self._apply(op)
-        except MsgbusError as error:
-            return error
+        outcomes: list[Outcome] = []
+        for op in ops:
+            try:
+                # Appends are the hot path: skip the dispatch.
+                if type(op) is AppendOp:
+                    outcomes.append(self._append(op))
+                else:
+                    outcomes.append(self._apply(op))
+            except MsgbusError as error:
+                outcomes.append(error)
+        return outcomes
+
+    def _flush(self) -> None:
+        """Insert the buffered message rows (one executemany) before anything reads them."""
+        if self._pending:
+            self._writer.executemany(_INSERT_MESSAGE_SQL, self._pending)
+            self._pending.clear()
 
     def _apply(self, op: WriteOp) -> WriteResult:
         match op:
@@ -274,8 +291,7 @@ class SqliteStore:
         return log
 
     def _insert(self, log: _Log, message: Message) -> None:
-        self._writer.execute(
-            _INSERT_MESSAGE_SQL,
+        self._pending.append(
             (
                 log.id,
                 message.head_id,
@@ -284,23 +300,18 @@ class SqliteStore:
                 encode_headers(message.headers),
                 message.created_at_ms,
                 message.deleted,
-            ),
+            )
         )
         log.head = message.head_id
         self._dirty[log.id] = log
 
     def _append(self, op: AppendOp) -> Message:
-        validate_stored_int("created_at_ms", op.created_at_ms)
-        log = self._log(op.topic, op.origin, create=True)
+        if not 0 <= op.created_at_ms <= MAX_STORED_INT:
+            validate_stored_int("created_at_ms", op.created_at_ms)
+        log = self._logs.get((op.topic, op.origin)) or self._log(op.topic, op.origin, create=True)
         assert log is not None
         message = Message(
-            id=op.id,
-            topic=op.topic,
-            origin=op.origin,
-            head_id=log.head + 1,
-            payload=bytes(op.payload),
-            headers=dict(op.headers),
-            created_at_ms=op.created_at_ms,
+            op.id, op.topic, op.origin, log.head + 1, op.payload, dict(op.headers), op.created_at_ms
         )
         if log.tombstones:
             message = apply_tombstones(message, log.tombstones)
@@ -339,6 +350,7 @@ class SqliteStore:
         return ReplicateResult(changed, unchanged)
 
     def _stored(self, log: _Log, like: Message) -> Message | None:
+        self._flush()
         row = self._writer.execute(
             "SELECT id, payload, headers, created_at_ms, deleted FROM messages "
             "WHERE log = ? AND head_id = ?",
@@ -359,6 +371,7 @@ class SqliteStore:
         )
 
     def _erase(self, log: _Log, first: int, last: int) -> int:
+        self._flush()
         return self._writer.execute(_ERASE_SQL, (log.id, first, last)).rowcount
 
     def _record_tombstone(self, tombstone: TombstoneRange) -> int:
