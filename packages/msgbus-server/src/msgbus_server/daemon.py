@@ -39,6 +39,9 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 """Room for topic, origin, ids and protobuf framing on top of payload and headers."""
 MIN_RECEIVE_LIMIT = 32 * 1024 * 1024
 """Smallest gRPC receive limit, so a PublishBatch of small messages is not refused."""
+MAX_PENDING_CALLS = 10_000
+"""gRPC core's backlog of calls that arrived but that the server has not picked up yet (see
+`_start_server`); above it, new calls are shed at random, and all of them above twice it."""
 SHUTDOWN_BUDGET_S = 4.5
 """Everything after the signal must fit in this, to exit within 5 s even with subscribers."""
 
@@ -137,6 +140,14 @@ class Daemon:
                 ("grpc.max_send_message_length", -1),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # grpc.aio picks new calls up one at a time on the event loop, so a burst of
+                # calls waits in gRPC core's pending backlog meanwhile. Its defaults (1,000,
+                # then random early drop up to a hard 3,000) killed calls of a client with
+                # ~2,000 publishes in flight: they ended CANCELLED without reaching a handler,
+                # while 64 in flight never did. A pending call costs little (its bytes are
+                # bounded by HTTP/2 flow control), so allow bursts ten times larger.
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
             ]
         )
         self.server = server
