@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from msgbus_core import (
 )
 from msgbus_core.limits import MAX_STORED_INT, U64_MAX
 from msgbus_store_duckdb import SCHEMA_VERSION, DuckdbStore
+from msgbus_store_duckdb.rows import new_message
 from msgbus_store_duckdb.store import CONFIG
 
 LOCAL = NodeId("tenant", "default", "local")
@@ -237,3 +239,12 @@ def test_a_closed_store_refuses_every_call(path: Path) -> None:
 def test_the_store_is_registered_as_the_duckdb_entry_point() -> None:
     [entry] = [e for e in entry_points(group="msgbus.stores") if e.name == "duckdb"]
     assert entry.load() is DuckdbStore
+
+
+def test_rows_build_messages_identical_to_the_constructor() -> None:
+    args = ("id", "topic", LOCAL, 7, b"payload", {"k": "v"}, 123, True)
+    built = new_message(*args)
+    assert built == Message(*args)
+    assert repr(built) == repr(Message(*args))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.head_id = 8  # type: ignore[misc]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from msgbus_core import (
 )
 from msgbus_core.limits import MAX_STORED_INT, U64_MAX
 from msgbus_store_sqlite import SCHEMA_VERSION, SqliteStore
+from msgbus_store_sqlite.rows import new_message
 
 LOCAL = NodeId("tenant", "default", "local")
 
@@ -223,3 +225,12 @@ def test_a_closed_store_refuses_every_call(path: Path) -> None:
 def test_the_store_is_registered_as_the_sqlite_entry_point() -> None:
     [entry] = [e for e in entry_points(group="msgbus.stores") if e.name == "sqlite"]
     assert entry.load() is SqliteStore
+
+
+def test_rows_build_messages_identical_to_the_constructor() -> None:
+    args = ("id", "topic", LOCAL, 7, b"payload", {"k": "v"}, 123, True)
+    built = new_message(*args)
+    assert built == Message(*args)
+    assert repr(built) == repr(Message(*args))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.head_id = 8  # type: ignore[misc]

@@ -32,9 +32,11 @@ _TABLES: Final = (
         device_id VARCHAR NOT NULL,
         UNIQUE (topic, tenant_id, bl_name, device_id)
     )""",
-    # The primary key makes a duplicate head impossible. Range reads do not use its ART index
-    # (DuckDB uses ART for point lookups only); they are served by the row groups' zone maps on
-    # (log_id, head_id), which stay tight because rows are appended in head order.
+    # No primary key on (log_id, head_id), on purpose. DuckDB would keep an ART index over every
+    # row in memory and update it on every insert (measured: +40% time per 100-row append), yet
+    # never use it for range reads: those are served by the row groups' zone maps on log_id and
+    # head_id, which stay tight because rows are appended in head order. Uniqueness comes from
+    # the single writer, which assigns every head from the log's in-memory head.
     """CREATE TABLE messages (
         log_id BIGINT NOT NULL,
         head_id BIGINT NOT NULL,
@@ -42,8 +44,7 @@ _TABLES: Final = (
         payload BLOB NOT NULL,
         headers VARCHAR,
         created_at_ms BIGINT NOT NULL,
-        deleted BOOLEAN NOT NULL,
-        PRIMARY KEY (log_id, head_id)
+        deleted BOOLEAN NOT NULL
     )""",
     """CREATE TABLE tombstones (
         log_id BIGINT NOT NULL,

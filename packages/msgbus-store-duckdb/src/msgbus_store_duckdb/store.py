@@ -50,7 +50,7 @@ from msgbus_core.replication import (
 )
 from msgbus_core.validation import clamp_stored, validate_stored_int
 from msgbus_store_duckdb import schema
-from msgbus_store_duckdb.rows import decode_headers, encode_headers, storage_error
+from msgbus_store_duckdb.rows import decode_headers, encode_headers, new_message, storage_error
 
 MAX_ATTEMPTS: Final = 2**32 - 1
 """FIFO attempts are a uint32 on the wire and saturate there."""
@@ -610,7 +610,7 @@ class DuckdbStore:
             return []
         rows = self._query(_FETCH_SQL, (log_id, first, last))
         return [
-            Message(
+            new_message(
                 message_id,
                 topic,
                 origin,

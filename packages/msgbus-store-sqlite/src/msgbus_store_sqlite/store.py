@@ -47,7 +47,7 @@ from msgbus_core.replication import (
 )
 from msgbus_core.validation import clamp_stored, validate_stored_int
 from msgbus_store_sqlite import schema
-from msgbus_store_sqlite.rows import decode_headers, encode_headers, storage_error
+from msgbus_store_sqlite.rows import decode_headers, encode_headers, new_message, storage_error
 
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a connection waits for a lock (another process's checkpoint, say) before failing."""
@@ -570,7 +570,7 @@ class SqliteStore:
         except sqlite3.Error as error:
             raise storage_error(error, self._path, "fetching") from None
         return [
-            Message(
+            new_message(
                 message_id,
                 topic,
                 origin,
