@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # mypy --strict over every hand-written Python file. Generated folders are excluded by the
 # configuration in pyproject.toml. Test folders are checked one at a time because several of
-# them hold modules with the same name (test_conformance.py ...), which mypy would refuse in one run.
+# them hold modules with the same name (conftest.py, test_conformance.py ...), which mypy would
+# refuse in one run. Each test folder is also its own import root: its conftest puts the folder
+# on sys.path so the tests can import their `*_helpers` module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,6 @@ uv run mypy packages/*/src tools
 for dir in tests/* packages/*/tests bench examples; do
   [ -d "$dir" ] || continue
   if compgen -G "$dir/*.py" >/dev/null || compgen -G "$dir/**/*.py" >/dev/null; then
-    uv run mypy "$dir"
+    MYPYPATH="$dir" uv run mypy "$dir"
   fi
 done

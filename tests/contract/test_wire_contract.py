@@ -208,8 +208,8 @@ def test_official_and_betterproto2_encodings_are_byte_identical() -> None:
     kwargs = _sample_envelope_kwargs()
     official = pb.MessageEnvelope(origin=pb.NodeId(tenant_id="t", bl_name="b", device_id="d"))
     for key, value in kwargs.items():
-        if key == "headers":
-            official.headers.update(value)
+        if isinstance(value, dict):
+            official.headers.update({str(k): str(v) for k, v in value.items()})
         else:
             setattr(official, key, value)
     dataclass = bp.MessageEnvelope(origin=bp.NodeId(tenant_id="t", bl_name="b", device_id="d"))

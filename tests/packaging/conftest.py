@@ -11,7 +11,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,10 +18,7 @@ _HERE = str(Path(__file__).parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-if TYPE_CHECKING:  # mypy sees the file by its path; pytest imports it by name
-    from tests.packaging.packaging_helpers import PACKAGES, ROOT, Dist, Venv, make_venv, uv
-else:
-    from packaging_helpers import PACKAGES, ROOT, Dist, Venv, make_venv, uv
+from packaging_helpers import PACKAGES, ROOT, Dist, Venv, make_venv, uv  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

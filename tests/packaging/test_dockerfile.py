@@ -19,14 +19,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-
-if TYPE_CHECKING:  # mypy sees the file by its path; pytest imports it by name
-    from tests.packaging.packaging_helpers import ROOT, VERSION, Msgbusd, Venv, uv
-else:
-    from packaging_helpers import ROOT, VERSION, Msgbusd, Venv, uv
+from packaging_helpers import ROOT, VERSION, Msgbusd, Venv, uv
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

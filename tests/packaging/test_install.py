@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
-
-if TYPE_CHECKING:  # mypy sees the file by its path; pytest imports it by name
-    from tests.packaging.packaging_helpers import VERSION, Msgbusd, Venv
-else:
-    from packaging_helpers import VERSION, Msgbusd, Venv
+from packaging_helpers import VERSION, Msgbusd, Venv
 
 SERVER_STACK = {"msgbus-server", "msgbus-core", "msgbus-proto", "msgbus-store-sqlite"}
 

@@ -14,14 +14,10 @@ import tomllib
 import zipfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
-
-if TYPE_CHECKING:  # mypy sees the file by its path; pytest imports it by name
-    from tests.packaging.packaging_helpers import PACKAGES, ROOT, VERSION, Dist, uv
-else:
-    from packaging_helpers import PACKAGES, ROOT, VERSION, Dist, uv
+from packaging_helpers import PACKAGES, ROOT, VERSION, Dist, uv
 
 HOME = "https://github.com/msgbus-py/msgbus"
 LICENSES = ("LICENSE-MIT", "LICENSE-APACHE")

@@ -10,14 +10,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from typing import TYPE_CHECKING
 
 import pytest
-
-if TYPE_CHECKING:  # mypy sees the file by its path; pytest imports it by name
-    from tests.packaging.packaging_helpers import ROOT
-else:
-    from packaging_helpers import ROOT
+from packaging_helpers import ROOT
 
 from msgbus_server.cli import parse_config
 
