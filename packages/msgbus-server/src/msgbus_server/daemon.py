@@ -19,8 +19,9 @@ from grpc_reflection.v1alpha import reflection
 
 from msgbus_core.limits import MAX_HEADER_BYTES
 from msgbus_core.store import MsgbusStore
-from msgbus_proto import SERVICE_NAME, rpc
+from msgbus_proto import SERVICE_NAME
 from msgbus_server.config import ConfigError, DaemonConfig
+from msgbus_server.decoding import add_msgbus_service
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.service import MsgbusService
@@ -151,7 +152,7 @@ class Daemon:
             ]
         )
         self.server = server
-        rpc.add_MsgbusServiceServicer_to_server(self.service, server)
+        add_msgbus_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
