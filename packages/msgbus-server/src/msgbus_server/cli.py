@@ -8,9 +8,11 @@ operators should never have to read a traceback to learn that a path is wrong.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -196,6 +198,24 @@ def parse_config(argv: Sequence[str] | None = None) -> DaemonConfig:
     )
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Bind the address once ourselves, for a clear error instead of gRPC's generic one."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # gRPC binds with SO_REUSEADDR too, so a port in TIME_WAIT is not "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(f"cannot listen on {host}:{port}: address in use") from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {error.strerror or error}"
+            ) from None
+
+
 def installed_stores() -> dict[str, Any]:
     """Installed store backends by entry point name."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
@@ -234,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     setup_logging(config.log_format, config.log_level)
     try:
+        # Before opening the store: a taken port must not create or recover a database.
+        check_bindable(config.listen_host, config.listen_port)
         opening = time.monotonic()
         store = open_store(config.storage, config.data)
         # Opening includes crash recovery (WAL replay), which the daemon's own "startup" figure

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import importlib
 import logging
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -53,24 +51,6 @@ def run(config: DaemonConfig, store: MsgbusStore) -> int:
     Raises `ConfigError` when the listen address cannot be bound.
     """
     return asyncio.run(Daemon(config, store).serve())
-
-
-def _check_bindable(host: str, port: int) -> None:
-    """Bind the address once ourselves, for a clear error instead of gRPC's generic one."""
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # gRPC binds with SO_REUSEADDR too, so a port in TIME_WAIT is not "in use".
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise ConfigError(f"cannot listen on {host}:{port}: address in use") from None
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {error.strerror or error}"
-            ) from None
 
 
 class Daemon:
@@ -162,7 +142,6 @@ class Daemon:
             ),
             server,
         )
-        _check_bindable(config.listen_host, config.listen_port)
         try:
             if config.tls is not None:
                 port = server.add_secure_port(config.listen, server_credentials(config.tls))
