@@ -209,6 +209,13 @@ def test_bench_reports_every_phase(daemon: Daemon) -> None:
     assert [r["phase"] for r in rows] == ["publish", "subscribe", "fetch"]
     assert all(r["messages"] == 100 for r in rows)
     assert "p99_ms" in rows[0]
+    assert rows[0]["coalesced"] is True
+
+
+def test_bench_can_publish_without_coalescing(daemon: Daemon) -> None:
+    args = ("bench", "--count", "50", "--concurrency", "8", "--no-coalesce")
+    rows = json_lines(ok(daemon, *args, "--json"))
+    assert (rows[0]["phase"], rows[0]["messages"], rows[0]["coalesced"]) == ("publish", 50, False)
 
 
 def test_probe_actions_follow_the_original(daemon: Daemon) -> None:

@@ -22,6 +22,7 @@ from msgbus_sdk import (
     NodeId,
     NotFoundError,
     PeerSyncState,
+    PublishEntry,
     ReadyResponse,
     ReconnectPolicy,
     StatusCode,
@@ -35,11 +36,17 @@ from msgbus_sdk import (
 
 async def use_async(endpoint: str) -> int:
     tls: TlsConfig | None = None
-    async with await AsyncMsgbusClient.connect(endpoint, tls=tls, timeout=5.0) as bus:
+    async with await AsyncMsgbusClient.connect(
+        endpoint, tls=tls, timeout=5.0, coalesce_publishes=True
+    ) as bus:
         health: HealthResponse = await bus.health()
         ready: ReadyResponse = await bus.ready()
         node: NodeId | None = bus.node
         sent: MessageEnvelope = await bus.publish("typing.demo", b"x", {"k": "v"})
+        batch: list[MessageEnvelope] = await bus.publish_batch(
+            [PublishEntry("typing.demo", b"a", {"k": "v"}), ("typing.other", "b")]
+        )
+        coalescing: bool = bus.coalesces_publishes
         page: list[MessageEnvelope] = await bus.fetch("typing.demo", node, sent.head_id, 10)
         total = 0
         async for message in bus.iter_fetch("typing.demo", page_size=100):
@@ -65,7 +72,7 @@ async def use_async(endpoint: str) -> int:
             assert rejected
             assert acked
         print(health.status, ready.ready, len(page), total, head.head_id, len(heads))
-        print(len(states), deleted, node_key(node))
+        print(len(states), deleted, node_key(node), len(batch), coalescing)
         return total
 
 
@@ -80,6 +87,7 @@ def use_sync(endpoint: str) -> int:
         health: HealthResponse = bus.health()
         ready: ReadyResponse = bus.ready()
         sent: MessageEnvelope = bus.publish("typing.demo", "text payload")
+        batch: list[MessageEnvelope] = bus.publish_batch([("typing.demo", b"one", None)])
         page: list[MessageEnvelope] = bus.fetch("typing.demo", limit=1)
         count = sum(1 for _ in bus.iter_fetch("typing.demo", None, 1, sent.head_id))
         subscription: Subscription = bus.subscribe("typing.demo", from_head_id=sent.head_id)
@@ -99,7 +107,7 @@ def use_sync(endpoint: str) -> int:
         acked: bool = bus.ack_fifo("typing.q", job.id)
         rejected: bool = bus.reject_fifo("typing.q", job.id)
         print(health.status, ready.ready, len(page), count, first.head_id, head.found)
-        print(len(heads), len(states), deleted, front is not None, acked, rejected)
+        print(len(heads), len(states), deleted, front is not None, acked, rejected, len(batch))
         return count
 
 

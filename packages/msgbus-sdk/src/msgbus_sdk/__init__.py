@@ -39,6 +39,7 @@ from ._generated.msgbus.v1 import (
     ReadyResponse,
     TopicHead,
 )
+from ._requests import BatchEntry, PublishEntry
 from ._subscription import AsyncSubscription, Subscription
 from ._sync_client import MsgbusClient
 from ._tls import TlsConfig
@@ -52,6 +53,7 @@ __all__ = [
     "AlreadyExistsError",
     "AsyncMsgbusClient",
     "AsyncSubscription",
+    "BatchEntry",
     "CancelledError",
     "ConfigurationError",
     "ConflictError",
@@ -71,6 +73,7 @@ __all__ = [
     "PeerSyncState",
     "PermissionDeniedError",
     "ProtocolError",
+    "PublishEntry",
     "ReadyResponse",
     "ReconnectPolicy",
     "ResourceExhaustedError",

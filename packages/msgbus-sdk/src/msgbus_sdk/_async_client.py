@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
@@ -13,6 +13,7 @@ from msgbus_proto import pb, rpc
 
 from . import _convert as convert
 from . import _requests as requests
+from ._coalescing import PublishCoalescer
 from ._config import (
     DEFAULT_ENDPOINT,
     DEFAULT_TIMEOUT,
@@ -22,7 +23,7 @@ from ._config import (
     resolve_reconnect,
 )
 from ._convert import NodeLike, Payload
-from ._errors import ConfigurationError, translate_rpc_error
+from ._errors import ConfigurationError, ProtocolError, translate_rpc_error
 from ._generated.msgbus.v1 import (
     FifoMessage,
     GetHeadResponse,
@@ -33,6 +34,7 @@ from ._generated.msgbus.v1 import (
     ReadyResponse,
     TopicHead,
 )
+from ._requests import BatchEntry
 from ._subscription import AsyncSubscription
 from ._tls import TlsConfig
 
@@ -56,6 +58,9 @@ class AsyncMsgbusClient:
             message = await bus.publish("demo.events", b"hello msgbus")
 
     Every method raises a subclass of :class:`MsgbusError` on failure, never a grpc error.
+
+    Concurrent :meth:`publish` calls are coalesced into PublishBatch calls unless the client
+    was connected with ``coalesce_publishes=False``; see :meth:`publish`.
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class AsyncMsgbusClient:
         default_origin: NodeId | None,
         timeout: float | None,
         reconnect_cap: float,
+        coalesce_publishes: bool = True,
     ) -> None:
         """Wrap an open channel; prefer :meth:`connect`, which also checks the daemon answers."""
         self._channel = channel
@@ -75,6 +81,11 @@ class AsyncMsgbusClient:
         self._timeout = timeout
         self._closed = False
         self._node: NodeId | None = None
+        self._coalescer = (
+            PublishCoalescer(self._publish_rpc, self._publish_batch_rpc)
+            if coalesce_publishes
+            else None
+        )
 
     @classmethod
     async def connect(
@@ -86,6 +97,7 @@ class AsyncMsgbusClient:
         # A default deadline for every call the client makes, not a limit on connect() alone.
         timeout: float | None = DEFAULT_TIMEOUT,  # noqa: ASYNC109
         reconnect_cap: float = ReconnectPolicy().max_delay,
+        coalesce_publishes: bool = True,
     ) -> AsyncMsgbusClient:
         """Connect to a daemon and check that it answers (one Health call).
 
@@ -99,6 +111,8 @@ class AsyncMsgbusClient:
             timeout: seconds allowed to connect and for each unary call (``None``: no limit).
                 Streams (``subscribe``) are not limited.
             reconnect_cap: the longest the channel waits between its own reconnect attempts.
+            coalesce_publishes: gather concurrent :meth:`publish` calls into PublishBatch
+                calls (the default); ``False`` sends one Publish per call.
 
         Raises:
             UnavailableError: the daemon cannot be reached.
@@ -125,6 +139,7 @@ class AsyncMsgbusClient:
             default_origin=origin,
             timeout=timeout,
             reconnect_cap=reconnect_cap,
+            coalesce_publishes=coalesce_publishes,
         )
         try:
             # An eager check, like the original SDKs: a wrong port or a dead daemon fails here,
@@ -156,10 +171,21 @@ class AsyncMsgbusClient:
         """Whether :meth:`close` was called."""
         return self._closed
 
+    @property
+    def coalesces_publishes(self) -> bool:
+        """Whether :meth:`publish` calls are currently gathered into PublishBatch calls.
+
+        ``False`` when connected with ``coalesce_publishes=False``, and also once the daemon
+        answered that it does not implement PublishBatch (an original daemon).
+        """
+        return self._coalescer is not None and self._coalescer.batching
+
     async def close(self) -> None:
-        """Close the channel; open subscriptions end."""
+        """Close the channel; open subscriptions end, and publishes still queued fail."""
         if not self._closed:
             self._closed = True
+            if self._coalescer is not None:
+                self._coalescer.close()
             await self._channel.close(grace=None)
 
     async def __aenter__(self) -> Self:
@@ -197,14 +223,60 @@ class AsyncMsgbusClient:
     ) -> MessageEnvelope:
         """Append a message to the local log of ``topic``; returns it once durably stored.
 
+        Publishes that run concurrently on this client are coalesced: the ones issued while
+        earlier ones are in flight travel together in one PublishBatch call, which the daemon
+        commits in one transaction. A publish on an otherwise idle client goes out at once as
+        a plain Publish, so a sequential publisher never waits for company. Either way each
+        call returns its own envelope or raises its own error, exactly as a lone Publish
+        would: an invalid message fails alone and the others are stored. Publishes awaited
+        one after the other keep their order in the log.
+
         Raises:
             InvalidArgumentError: a malformed topic, or a payload or headers over the limits.
             PermissionDeniedError: a ``$msgbus.`` topic, or a default origin that is not the
                 daemon's node.
         """
         request = requests.publish(topic, payload, headers, self._default_origin)
-        response = await self._unary(self._stub.Publish, request)
-        return convert.require_envelope(response)
+        if self._closed:
+            raise ConfigurationError("the client is closed")
+        if self._coalescer is not None:
+            return await self._coalescer.publish(request)
+        return convert.require_envelope(await self._publish_rpc(request))
+
+    async def publish_batch(self, entries: Iterable[BatchEntry]) -> list[MessageEnvelope]:
+        """Publish several messages, to one or several topics, in one atomic transaction.
+
+        ``entries`` are :class:`PublishEntry` values or plain ``(topic, payload)`` and
+        ``(topic, payload, headers)`` tuples, validated like :meth:`publish`. Returns one
+        envelope per entry, in order; entries for the same topic get consecutive head_ids in
+        that order. All or nothing: if any entry is invalid nothing is stored, and the error's
+        message names the entry (``entries[3].topic ...``). An empty ``entries`` returns
+        ``[]`` without calling the daemon. The daemon accepts up to 10,000 entries and, by
+        default, 32 MiB per call.
+
+        Raises:
+            InvalidArgumentError: an entry is malformed or over the limits, or there are more
+                than 10,000 entries.
+            PermissionDeniedError: an entry's topic is reserved, or the default origin is not
+                the daemon's node.
+            UnimplementedError: the daemon predates PublishBatch (an original daemon).
+        """
+        request = requests.publish_batch(entries, self._default_origin)
+        if not request.entries:
+            return []
+        response = await self._publish_batch_rpc(request)
+        if len(response.messages) != len(request.entries):
+            raise ProtocolError(
+                f"server answered {len(response.messages)} envelopes "
+                f"for a batch of {len(request.entries)}"
+            )
+        return [convert.envelope(message) for message in response.messages]
+
+    async def _publish_rpc(self, request: pb.PublishRequest) -> pb.PublishResponse:
+        return await self._unary(self._stub.Publish, request)
+
+    async def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+        return await self._unary(self._stub.PublishBatch, request)
 
     async def fetch(
         self,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from msgbus_proto import pb
 
@@ -38,6 +39,44 @@ def publish(
     return pb.PublishRequest(
         topic=topic, origin=to_pb_node(origin), payload=to_payload(payload), headers=headers
     )
+
+
+class PublishEntry(NamedTuple):
+    """One message of :meth:`~msgbus_sdk.AsyncMsgbusClient.publish_batch`.
+
+    A named tuple, so a plain ``(topic, payload)`` or ``(topic, payload, headers)`` tuple is an
+    entry too. The fields follow the rules of ``publish``.
+    """
+
+    topic: str
+    """The topic of the local log to append to."""
+    payload: Payload
+    """Payload bytes; a ``str`` is encoded as UTF-8."""
+    headers: Mapping[str, str] | None = None
+    """Application headers, or ``None`` for none."""
+
+
+BatchEntry = PublishEntry | tuple[str, Payload] | tuple[str, Payload, Mapping[str, str] | None]
+"""What ``publish_batch`` accepts per entry: a :class:`PublishEntry` or a plain tuple."""
+
+
+def publish_batch(entries: Iterable[BatchEntry], origin: NodeLike | None) -> pb.PublishBatchRequest:
+    """A PublishBatchRequest; every entry gets the client's default origin, like ``publish``."""
+    node = to_pb_node(origin)
+    built: list[pb.PublishRequest] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, tuple) or len(entry) not in (2, 3):
+            raise ConfigurationError(
+                f"entries[{index}] must be (topic, payload) or (topic, payload, headers), "
+                f"got {entry!r:.80}"
+            )
+        headers = entry[2] if len(entry) == 3 else None
+        built.append(
+            pb.PublishRequest(
+                topic=entry[0], origin=node, payload=to_payload(entry[1]), headers=headers
+            )
+        )
+    return pb.PublishBatchRequest(entries=built)
 
 
 def fetch(topic: str, origin: NodeLike | None, from_head_id: int, limit: int) -> pb.FetchRequest:

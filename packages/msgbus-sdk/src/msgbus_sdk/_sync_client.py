@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
@@ -21,7 +21,7 @@ from ._config import (
     resolve_reconnect,
 )
 from ._convert import NodeLike, Payload
-from ._errors import ConfigurationError, translate_rpc_error
+from ._errors import ConfigurationError, ProtocolError, translate_rpc_error
 from ._generated.msgbus.v1 import (
     FifoMessage,
     GetHeadResponse,
@@ -32,6 +32,7 @@ from ._generated.msgbus.v1 import (
     ReadyResponse,
     TopicHead,
 )
+from ._requests import BatchEntry
 from ._subscription import Subscription
 from ._tls import TlsConfig
 
@@ -204,6 +205,35 @@ class MsgbusClient:
         request = requests.publish(topic, payload, headers, self._default_origin)
         response = self._unary(self._stub.Publish, request)
         return convert.require_envelope(response)
+
+    def publish_batch(self, entries: Iterable[BatchEntry]) -> list[MessageEnvelope]:
+        """Publish several messages, to one or several topics, in one atomic transaction.
+
+        ``entries`` are :class:`PublishEntry` values or plain ``(topic, payload)`` and
+        ``(topic, payload, headers)`` tuples, validated like :meth:`publish`. Returns one
+        envelope per entry, in order; entries for the same topic get consecutive head_ids in
+        that order. All or nothing: if any entry is invalid nothing is stored, and the error's
+        message names the entry (``entries[3].topic ...``). An empty ``entries`` returns
+        ``[]`` without calling the daemon. The daemon accepts up to 10,000 entries and, by
+        default, 32 MiB per call.
+
+        Raises:
+            InvalidArgumentError: an entry is malformed or over the limits, or there are more
+                than 10,000 entries.
+            PermissionDeniedError: an entry's topic is reserved, or the default origin is not
+                the daemon's node.
+            UnimplementedError: the daemon predates PublishBatch (an original daemon).
+        """
+        request = requests.publish_batch(entries, self._default_origin)
+        if not request.entries:
+            return []
+        response = self._unary(self._stub.PublishBatch, request)
+        if len(response.messages) != len(request.entries):
+            raise ProtocolError(
+                f"server answered {len(response.messages)} envelopes "
+                f"for a batch of {len(request.entries)}"
+            )
+        return [convert.envelope(message) for message in response.messages]
 
     def fetch(
         self,

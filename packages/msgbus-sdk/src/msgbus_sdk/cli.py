@@ -380,10 +380,17 @@ async def _bench(args: argparse.Namespace, io: _Io) -> list[dict[str, object]]:
     topic = args.topic or f"bench.{uuid.uuid4().hex[:8]}"
     payload = os.urandom(args.size // 2).hex().encode()[: args.size].ljust(args.size, b"x")
     results: list[dict[str, object]] = []
-    bus = await AsyncMsgbusClient.connect(_endpoint(args), tls=_tls(args), timeout=args.timeout)
+    bus = await AsyncMsgbusClient.connect(
+        _endpoint(args),
+        tls=_tls(args),
+        timeout=args.timeout,
+        coalesce_publishes=not args.no_coalesce,
+    )
     async with bus:
         start_head = (await bus.get_head(topic)).head_id + 1
-        # Publish: `concurrency` publishers share the daemon's group commit.
+        # Publish: `concurrency` publishers, as independent tasks of one application. The
+        # client coalesces their concurrent publishes into PublishBatch calls (unless
+        # --no-coalesce), and the daemon's group commit shares each fsync among them.
         latencies: list[float] = []
         progress = _Progress(io.err, "publish", args.count)
         remaining = iter(range(args.count))
@@ -422,6 +429,8 @@ async def _bench(args: argparse.Namespace, io: _Io) -> list[dict[str, object]]:
         result["topic"] = topic
         result["payload_bytes"] = args.size
         result["concurrency"] = args.concurrency if result["phase"] == "publish" else 1
+        if result["phase"] == "publish":
+            result["coalesced"] = bus.coalesces_publishes
     return results
 
 
@@ -462,7 +471,8 @@ def _cmd_bench(args: argparse.Namespace, io: _Io) -> int:
         render.write_table(io.out, columns, rows)
         io.out.write(
             f"topic={results[0]['topic']} payload={args.size}B "
-            f"publish concurrency={args.concurrency}\n"
+            f"publish concurrency={args.concurrency} "
+            f"coalescing={'on' if results[0].get('coalesced') else 'off'}\n"
         )
     return EXIT_OK
 
@@ -673,6 +683,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="payload bytes (default 256)")
     p.add_argument("--concurrency", type=int, default=64, help="publishers (default 64)")
     p.add_argument("--topic", help="topic to use (default: a fresh bench.<random> topic)")
+    p.add_argument(
+        "--no-coalesce",
+        action="store_true",
+        help="one Publish call per message instead of coalescing concurrent publishes",
+    )
 
     command(
         "probe",
