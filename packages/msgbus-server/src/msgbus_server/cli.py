@@ -42,8 +42,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> NoReturn:
-    """Print one configuration error line and exit 2."""
-    sys.stderr.write(f"msgbusd: error: {message}\n")
+    """Print one configuration error line and exit 2.
+
+    Messages from libraries can span lines (DuckDB's do); they are joined so the promise of
+    one line holds whatever the cause.
+    """
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    sys.stderr.write(f"msgbusd: error: {line}\n")
     sys.stderr.flush()
     raise SystemExit(EXIT_CONFIG)
 
