@@ -248,3 +248,11 @@ def test_rows_build_messages_identical_to_the_constructor() -> None:
     assert repr(built) == repr(Message(*args))
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.head_id = 8  # type: ignore[misc]
+
+
+def test_a_path_that_cannot_be_opened_is_a_storage_error_not_a_schema_error(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(StorageError) as raised:
+        DuckdbStore.open(str(tmp_path / "missing-directory" / "msgbus.db"))
+    assert not isinstance(raised.value, SchemaError)

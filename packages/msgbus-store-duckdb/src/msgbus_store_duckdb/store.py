@@ -120,6 +120,7 @@ def _connect(path: str) -> duckdb.DuckDBPyConnection:
         text = str(error)
         foreign = (
             "lock" not in text.lower()
+            and "permission" not in text.lower()
             and os.path.isfile(path)
             and os.path.getsize(path) > 0
             and isinstance(

@@ -100,12 +100,18 @@ EXPECTED_TABLES: Final = frozenset(
 )
 
 
+_NOT_A_DATABASE: Final = frozenset({sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT})
+
+
 def _table_names(con: sqlite3.Connection, path: str) -> set[str]:
     try:
         rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     except sqlite3.DatabaseError as error:
-        # "file is not a database" and friends: random bytes, a truncated or encrypted file.
-        raise SchemaError(f"{path} is not a msgbus database: {error}") from None
+        # Random bytes, a truncated or an encrypted file. Anything else (a locked file, a
+        # missing directory, no permission) is a storage problem, not a foreign file.
+        if getattr(error, "sqlite_errorcode", None) in _NOT_A_DATABASE:
+            raise SchemaError(f"{path} is not a msgbus database: {error}") from None
+        raise
     return {str(name) for (name,) in rows}
 
 
