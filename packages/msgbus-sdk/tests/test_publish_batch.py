@@ -227,6 +227,24 @@ async def test_one_invalid_publish_among_many_fails_alone(
     assert max(spy.sizes) > 1
 
 
+async def test_an_invalid_publish_that_echoes_another_index_still_fails_alone(
+    bus: AsyncMsgbusClient, topic: str
+) -> None:
+    # The daemon's message names this entry first, then echoes the key "entries[0]".
+    bad_headers = {"entries[0]": "nul\x00"}
+    results = await asyncio.gather(
+        *(bus.publish(topic, str(i), bad_headers if i == 20 else None) for i in range(50)),
+        return_exceptions=True,
+    )
+    error = results[20]
+    assert isinstance(error, InvalidArgumentError)
+    assert "NUL" in error.message
+    assert "entries[" not in error.message.split("headers")[0]
+    envelopes = [r for i, r in enumerate(results) if i != 20]
+    assert all(isinstance(r, MessageEnvelope) for r in envelopes)
+    assert (await bus.get_head(topic)).head_id == 49
+
+
 async def test_publishes_without_coalescing_still_work(daemon: Daemon, topic: str) -> None:
     async with await AsyncMsgbusClient.connect(daemon.endpoint, coalesce_publishes=False) as client:
         assert not client.coalesces_publishes

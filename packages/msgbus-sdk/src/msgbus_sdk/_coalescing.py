@@ -12,14 +12,15 @@ publishes of one client are gathered into batches, without a timed linger:
   accumulates and goes out as the next batch when one completes. So batches grow with load
   and stay at one entry when the client is idle;
 - a batch holds at most :data:`MAX_BATCH_ENTRIES` entries and about :data:`MAX_BATCH_BYTES`,
-  far below the daemon's receive limit (at least 32 MiB).
+  far below the daemon's receive limit (at least 32 MiB) and below gRPC's default 4 MiB.
 
 Each caller still gets its own envelope or its own error. The daemon rejects a whole batch, and
 stores nothing, when an entry is invalid, naming the entry (``entries[7].topic ...``): that entry
 is then re-sent alone as a plain Publish, so its caller gets exactly the error a lone publish
-gets, and the others are re-sent as a batch. Re-sending is safe only because a rejected batch
-stored nothing; errors after which the outcome is unknown (UNAVAILABLE, DEADLINE_EXCEEDED, ...)
-are never retried, they go to every caller of the batch, as they would with one RPC per publish.
+gets, and the others are re-sent as a batch. Re-sending is safe only because the daemon
+validates every entry before it stores anything, so a batch rejected for a named entry stored
+nothing. Any other error is never retried, so a publish is never duplicated: it goes to every
+caller of the batch, as it would with one RPC per publish (UNAVAILABLE, DEADLINE_EXCEEDED, ...).
 A daemon without PublishBatch (UNIMPLEMENTED) switches the client to plain Publish for good.
 """
 
@@ -50,8 +51,9 @@ __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_ENTRIES", "MAX_IN_FLIGHT", "PublishCoal
 MAX_BATCH_ENTRIES: Final = 4096
 """Entries per coalesced batch (the daemon accepts up to 10,000)."""
 
-MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
-"""Encoded bytes per coalesced batch; an entry larger than this travels alone."""
+MAX_BATCH_BYTES: Final = 3 * 1024 * 1024
+"""Encoded bytes per coalesced batch; an entry larger than this travels alone. Below gRPC's
+default 4 MiB receive limit, so a batch never fails for a size its entries would not."""
 
 MAX_IN_FLIGHT: Final = 2
 """Coalesced RPCs outstanding at once: one commits while the next one is on the wire."""
@@ -79,11 +81,16 @@ def _copy(error: MsgbusError) -> MsgbusError:
 
 
 def _failing_index(error: MsgbusError, size: int) -> int | None:
-    """The entry a batch rejection names, if it names exactly one that exists."""
-    indexes = {int(found) for found in _ENTRY_INDEX.findall(error.message)}
-    if len(indexes) != 1:
+    """The entry a batch rejection names: the first ``entries[i]`` of its message.
+
+    The daemon's field name comes before any echoed value (a topic or header key could itself
+    read ``entries[9]``). A wrong guess would cost only an extra round: that entry is sent
+    alone and the batch again, and a rejected batch stored nothing.
+    """
+    found = _ENTRY_INDEX.search(error.message)
+    if found is None:
         return None
-    index = indexes.pop()
+    index = int(found.group(1))
     return index if index < size else None
 
 
@@ -192,18 +199,18 @@ class PublishCoalescer:
                 self.batching = False
                 break
             except (InvalidArgumentError, PermissionDeniedError) as error:
-                # Validation rejects the whole batch before anything is stored.
                 index = _failing_index(error, len(batch))
-                if index is None:
-                    break  # no entry named: let every entry find out alone
-                alone.append(batch.pop(index))
-                continue
+                if index is not None:
+                    # Validation of a named entry rejects the batch before anything is stored.
+                    alone.append(batch.pop(index))
+                    continue
+                self._fail(batch, error)
+                batch = []
+                break
             except MsgbusError as error:
                 # The outcome is unknown (or the store failed as a whole): no retry, every
                 # caller gets the error, as with one Publish each.
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(_copy(error))
+                self._fail(batch, error)
                 batch = []
                 break
             self._resolve(batch, response)
@@ -212,15 +219,19 @@ class PublishCoalescer:
         await self._publish_each([*alone, *batch])
 
     @staticmethod
+    def _fail(batch: list[_Pending], error: MsgbusError) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(_copy(error))
+
+    @staticmethod
     def _resolve(batch: list[_Pending], response: pb.PublishBatchResponse) -> None:
         messages = response.messages
         if len(messages) != len(batch):
             error = ProtocolError(
                 f"server answered {len(messages)} envelopes for a batch of {len(batch)}"
             )
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(_copy(error))
+            PublishCoalescer._fail(batch, error)
             return
         for pending, message in zip(batch, messages, strict=True):
             if not pending.future.done():
