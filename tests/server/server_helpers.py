@@ -51,7 +51,7 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
 
 def code_of(call: Callable[[], Any]) -> grpc.StatusCode:
     """The status code of a call that must fail."""
-    code: grpc.StatusCode = rpc_error(call).code()  # type: ignore[attr-defined]
+    code: grpc.StatusCode = rpc_error(call).code()
     return code
 
 

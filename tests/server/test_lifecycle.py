@@ -38,7 +38,7 @@ def test_sigterm_with_open_subscribers_exits_0_and_keeps_data(
                 for response in streams[index]:
                     received[index].append(response.message.head_id)
             except grpc.RpcError as error:
-                endings[index] = error.code()  # type: ignore[attr-defined]
+                endings[index] = error.code()
 
         threads = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(4)]
         for thread in threads:
@@ -146,7 +146,7 @@ def test_environment_variables_configure_the_node(tmp_path: Path) -> None:
         assert (node.tenant_id, node.bl_name, node.device_id) == ("acme", "sales", "pos-1")
         with pytest.raises(grpc.RpcError) as info:
             stub.Publish(pb.PublishRequest(topic="t", payload=b"x" * 11))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         daemon.stop()
     # --log-level warning: the info line "listening on" is not printed.
     assert "listening on" not in daemon.stderr_text()

@@ -226,13 +226,14 @@ def test_subscribe_replays_then_goes_live(
     publish(stub, topic, b"1")
     publish(stub, topic, b"2")
     stream = stub.Subscribe(pb.SubscribeRequest(topic=topic, from_head_id=2), timeout=60)
+    responses = iter(stream)
     try:
-        assert next(stream).message.payload == b"2"
+        assert next(responses).message.payload == b"2"
         publish(stub, topic, b"3")
-        message = next(stream).message
+        message = next(responses).message
         assert (message.head_id, message.payload) == (3, b"3")
     finally:
-        stream.cancel()
+        stream.cancel()  # type: ignore[no-untyped-call]
 
 
 def test_standard_health_service(shared_daemon: Daemon) -> None:

@@ -155,6 +155,7 @@ async def test_many_idle_subscribers_and_disconnects(
         await stub.Publish(pb.PublishRequest(topic=topics[3], payload=b"x"))
         survivors = calls[1::2]
         first = await asyncio.wait_for(survivors[3 * 5].read(), 60)
+        assert isinstance(first, pb.SubscribeResponse)
         assert first.message.topic == topics[3]
         for call in survivors:
             call.cancel()

@@ -156,7 +156,7 @@ def test_tls(tmp_path: Path, pki: Pki) -> None:
         with grpc.secure_channel(daemon.endpoint, untrusting) as channel:
             with pytest.raises(grpc.RpcError) as info:
                 _health(channel)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "tls on" in daemon.stderr_text()
 
 
@@ -198,6 +198,6 @@ def test_mtls_requires_a_client_certificate(tmp_path: Path, pki: Pki) -> None:
         with grpc.secure_channel(daemon.endpoint, without_cert) as channel:
             with pytest.raises(grpc.RpcError) as info:
                 _health(channel)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "mtls" in daemon.stderr_text()
         assert daemon.stop() == 0
