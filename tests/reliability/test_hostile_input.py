@@ -505,14 +505,6 @@ def test_undecodable_bodies_are_invalid_argument_not_unknown(daemon: Daemon) -> 
         assert status_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_report_inputs_tried() -> None:
-    """Not a check: prints how many hostile requests this worker sent (for the README)."""
-    print(
-        f"hostile requests tried on this worker: {inputs_tried}; "
-        f"messages accepted from the fuzzing peer and checked: {peer_messages_checked}"
-    )
-
-
 # -- what a peer sends ----------------------------------------------------------------------------
 
 PEER = NodeId("tenant", "default", "fuzzpeer")
@@ -524,7 +516,8 @@ class Scenario:
     """What the fake peer serves during one example."""
 
     heads: list[pb.TopicHead] = field(default_factory=list)
-    messages: list[pb.MessageEnvelope] = field(default_factory=list)
+    messages: dict[tuple[str, str], list[pb.MessageEnvelope]] = field(default_factory=dict)
+    """What Fetch serves for each requested (topic, origin key), hostile fields included."""
 
 
 class FuzzPeer(rpc.MsgbusServiceServicer):
@@ -553,7 +546,7 @@ class FuzzPeer(rpc.MsgbusServiceServicer):
     async def Fetch(
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.FetchResponse]:
-        messages = self.scenario.messages
+        messages = self.scenario.messages.get((request.topic, key_of(request.origin)), [])
         if request.max_messages_per_response and len(messages) > 1:
             yield pb.FetchResponse(messages=messages[: len(messages) // 2])
             messages = messages[len(messages) // 2 :]
@@ -617,7 +610,11 @@ def peer_rig(
 peer_origins = st.sampled_from(
     [PEER, THIRD, NodeId("tenant", "default", "device"), NodeId("", "default", "x")]
 )
-peer_topics = st.one_of(st.sampled_from(["p1", "p2", "$msgbus.delete", "$msgbus.other"]), nasty)
+peer_topics = st.one_of(
+    st.sampled_from(["p1", "p2"]),
+    st.sampled_from(["p1", "p2", "$msgbus.delete", "$msgbus.other"]),
+    nasty,
+)
 
 
 def marker_payloads(origin: NodeId) -> st.SearchStrategy[bytes]:
@@ -654,29 +651,58 @@ def scenarios(draw: st.DrawFn) -> tuple[Scenario, int]:
         if topic in ("p1", "p2"):
             topic = f"{topic}-{salt}"  # fresh logs per example: no backoff from earlier ones
         origin = draw(peer_origins)
-        count = draw(st.integers(0, 4))
-        listed = draw(st.one_of(st.just(count), u64))
+        count = draw(st.integers(1, 4))
+        listed = draw(st.one_of(st.just(count), st.just(count), u64))
         head = pb.TopicHead(topic=topic, head_id=listed)
         if draw(st.booleans()) or origin.tenant_id:
             head.origin.CopyFrom(_pb_node(origin))
         scenario.heads.append(head)
+        served = scenario.messages.setdefault((topic, origin.key), [])
         for n in range(1, count + 1):
-            head_id = draw(st.one_of(st.just(n), u64))
-            deleted = draw(st.booleans())
-            payload = draw(marker_payloads(origin)) if topic == "$msgbus.delete" else draw(payloads)
+            marker = topic == "$msgbus.delete"
             message = pb.MessageEnvelope(
-                id=draw(st.one_of(st.just(f"id-{salt}-{topic}-{n}"), nasty)),
-                topic=draw(st.one_of(st.just(topic), peer_topics)),
-                head_id=head_id,
-                payload=payload,
-                headers=draw(header_maps),
-                created_at_ms=draw(u64),
-                deleted=deleted,
+                id=f"id-{salt}-{topic}-{n}",
+                topic=topic,
+                head_id=n,
+                payload=draw(marker_payloads(origin)) if marker else b"%d" % n,
+                headers={"n": str(n)},
+                created_at_ms=1_700_000_000_000 + n,
+                deleted=False,
             )
-            if draw(st.integers(0, 9)):
-                message.origin.CopyFrom(_pb_node(draw(st.one_of(st.just(origin), peer_origins))))
-            scenario.messages.append(message)
+            message.origin.CopyFrom(_pb_node(origin))
+            # Half the messages are honest; the others get one or more hostile fields.
+            if draw(st.booleans()):
+                for name in draw(st.lists(st.sampled_from(HOSTILE_FIELDS), min_size=1, max_size=3)):
+                    _spoil(draw, message, name)
+            served.append(message)
     return scenario, salt
+
+
+HOSTILE_FIELDS = ("id", "topic", "origin", "head_id", "payload", "headers", "created", "deleted")
+
+
+def _spoil(draw: st.DrawFn, message: pb.MessageEnvelope, name: str) -> None:
+    """Replace one field of an honest message with something generated."""
+    if name == "id":
+        message.id = draw(nasty)
+    elif name == "topic":
+        message.topic = draw(peer_topics)
+    elif name == "origin":
+        if draw(st.booleans()):
+            message.ClearField("origin")
+        else:
+            message.origin.CopyFrom(_pb_node(draw(peer_origins)))
+    elif name == "head_id":
+        message.head_id = draw(u64)
+    elif name == "payload":
+        message.payload = draw(payloads)
+    elif name == "headers":
+        message.headers.clear()
+        message.headers.update(draw(header_maps))
+    elif name == "created":
+        message.created_at_ms = draw(u64)
+    else:
+        message.deleted = True
 
 
 def _pb_node(node: NodeId) -> pb.NodeId:
@@ -722,5 +748,32 @@ def test_what_a_peer_sends(peer_rig: PeerRig, case: tuple[Scenario, int]) -> Non
     seen = rig.peer.list_calls
     wait_for(lambda: rig.peer.list_calls >= seen + 2, "a sync pass over the scenario")
     assert rig.daemon.poll() is None, "the daemon died"
-    peer_messages_checked = check_stored_rules(stub)
+    peer_messages_checked = max(peer_messages_checked, check_stored_rules(stub))
     stub.ListPeerSyncStates(pb.ListPeerSyncStatesRequest(), timeout=30)
+
+
+def test_an_honest_peer_scenario_is_stored(peer_rig: PeerRig) -> None:
+    """The control for the fuzzing peer: honest data does get in, and the checks see it."""
+    topic = "honest-control"
+    messages = []
+    for n in (1, 2, 3):
+        message = pb.MessageEnvelope(
+            id=f"honest-{n}", topic=topic, head_id=n, payload=b"%d" % n, created_at_ms=n
+        )
+        message.origin.CopyFrom(_pb_node(PEER))
+        messages.append(message)
+    head = pb.TopicHead(topic=topic, origin=_pb_node(PEER), head_id=3)
+    peer_rig.peer.scenario = Scenario(heads=[head], messages={(topic, PEER.key): messages})
+    stub = peer_rig.daemon.stub()
+    wait_for(lambda: len(fetch_log(stub, topic, PEER)) == 3, "the honest log")
+    rows = fetch_log(stub, topic, PEER)
+    assert [r.payload for r in rows] == [b"1", b"2", b"3"]
+    assert check_stored_rules(stub) >= 3
+
+
+def test_report_inputs_tried() -> None:
+    """Not a check: prints how many hostile requests this worker sent (for the README)."""
+    print(
+        f"hostile requests tried on this worker: {inputs_tried}; "
+        f"messages accepted from the fuzzing peer and checked: {peer_messages_checked}"
+    )
