@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 uv run mypy packages/*/src tools
-for dir in tests/* packages/*/tests bench examples; do
+for dir in tests/* packages/*/tests bench examples scripts; do
   [ -d "$dir" ] || continue
   if compgen -G "$dir/*.py" >/dev/null || compgen -G "$dir/**/*.py" >/dev/null; then
     MYPYPATH="$dir" uv run mypy "$dir"

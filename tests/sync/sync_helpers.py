@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -30,7 +30,10 @@ SYNC_ARGS = ("--sync-interval-ms", "100")
 
 
 def wait_for(
-    condition: Callable[[], T | None], what: str, timeout: float = WAIT_S, poll: float = 0.05
+    condition: Callable[[], T | bool | None],
+    what: str,
+    timeout: float = WAIT_S,
+    poll: float = 0.05,
 ) -> T:
     """Poll `condition` until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout
@@ -39,7 +42,8 @@ def wait_for(
         try:
             result = condition()
             if result:
-                return result
+                # A bare `True` only comes from conditions whose callers ignore the result.
+                return cast(T, result)
         except grpc.RpcError as error:  # a daemon restarting answers UNAVAILABLE for a moment
             last_error = error
         if time.monotonic() > deadline:
@@ -181,6 +185,12 @@ def peer_state(stub: rpc.MsgbusServiceStub, peer: str) -> pb.PeerSyncState | Non
         if state.peer == peer and not state.topic:
             return state
     return None
+
+
+def failed_peer_state(stub: rpc.MsgbusServiceStub, peer: str) -> pb.PeerSyncState | None:
+    """The peer-level sync state of `peer` once it records an error, else None."""
+    state = peer_state(stub, peer)
+    return state if state is not None and state.last_error else None
 
 
 def log_state(

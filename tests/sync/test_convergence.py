@@ -9,6 +9,7 @@ from sync_helpers import (
     check_log_shape,
     converged,
     dump,
+    failed_peer_state,
     fetch_all,
     heads,
     log_state,
@@ -134,8 +135,9 @@ def test_sync_state_is_written_only_when_it_changes(tmp_path: Path) -> None:
             # Another log moves; once A has it, A has run at least one more full pass.
             for round_ in range(3):
                 publish(b_stub, "busy", 1, f"r{round_}")
+                expected = round_ + 1
                 wait_for(
-                    lambda r=round_: len(fetch_all(a_stub, "busy", b_id)) == r + 1,
+                    lambda: len(fetch_all(a_stub, "busy", b_id)) == expected,  # noqa: B023
                     "busy/b on A",
                 )
             after = log_state(a_stub, b.endpoint, "quiet", b_id)
@@ -226,7 +228,7 @@ def test_pinned_identity_mismatch_replicates_nothing(tmp_path: Path) -> None:
         with start_node(tmp_path, "a", peers=[(b.endpoint, "tenant/default/someone-else")]) as a:
             a_stub = a.stub()
             state = wait_for(
-                lambda: (s := peer_state(a_stub, b.endpoint)) and s.last_error and s,
+                lambda: failed_peer_state(a_stub, b.endpoint),
                 "the identity error in ListPeerSyncStates",
             )
             assert "identity mismatch" in state.last_error
@@ -245,7 +247,7 @@ def test_a_peer_naming_the_local_node_is_refused(tmp_path: Path) -> None:
         a_stub = a.stub()
         publish(a_stub, "mine", 2)
         state = wait_for(
-            lambda: (s := peer_state(a_stub, a.endpoint)) and s.last_error and s,
+            lambda: failed_peer_state(a_stub, a.endpoint),
             "the self-peer error",
         )
         assert "local node identity" in state.last_error

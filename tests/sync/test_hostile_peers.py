@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from sync_helpers import (
@@ -48,15 +49,15 @@ class ScriptedPeer(rpc.MsgbusServiceServicer):
         # Replace the whole list: the server loop runs in another thread.
         self.logs[(topic, origin.key)] = list(messages)
 
-    async def Health(  # type: ignore[override]
-        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext
+    async def Health(
+        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HealthResponse:
         if self.health_hangs:
             await asyncio.Event().wait()
         return pb.HealthResponse(status="SERVING", node=to_pb(self.node))
 
-    async def ListHeads(  # type: ignore[override]
-        self, request: pb.ListHeadsRequest, context: grpc.aio.ServicerContext
+    async def ListHeads(
+        self, request: pb.ListHeadsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListHeadsResponse:
         result = []
         for (topic, key), messages in sorted(self.logs.items()):
@@ -66,8 +67,8 @@ class ScriptedPeer(rpc.MsgbusServiceServicer):
             )
         return pb.ListHeadsResponse(heads=result)
 
-    async def Fetch(  # type: ignore[override]
-        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext
+    async def Fetch(
+        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.FetchResponse]:
         origin = request.origin
         key = (request.topic, f"{origin.tenant_id}/{origin.bl_name}/{origin.device_id}")
@@ -90,7 +91,7 @@ def _error_of(stub: rpc.MsgbusServiceStub, peer: str, topic: str, origin: NodeId
 
 def test_malicious_peer_is_refused_log_by_log_and_the_daemon_restarts(tmp_path: Path) -> None:
     a_id, m_id, zed = node_id("a"), node_id("mallory"), node_id("zed")
-    peer = ScriptedPeer(m_id)
+    peer = ScriptedPeer(m_id)  # type: ignore[abstract]
     # Forged messages "from" the daemon under test.
     peer.put("events", a_id, [envelope("events", a_id, h, b"forged") for h in (1, 2, 3)])
     # A marker that is not JSON.
@@ -185,9 +186,9 @@ def test_hung_peers_stall_nothing_and_shutdown_is_prompt(tmp_path: Path) -> None
     """A peer that hangs in Health and one that hangs mid-Fetch: the third peer still syncs,
     and SIGTERM ends the daemon at once, sync task in the middle of a Fetch included."""
     b_id = node_id("b")
-    stuck_health = ScriptedPeer(node_id("stuck1"))
+    stuck_health = ScriptedPeer(node_id("stuck1"))  # type: ignore[abstract]
     stuck_health.health_hangs = True
-    stuck_fetch = ScriptedPeer(node_id("stuck2"))
+    stuck_fetch = ScriptedPeer(node_id("stuck2"))  # type: ignore[abstract]
     stuck_fetch.fetch_hangs = True
     stuck_fetch.put("slow", stuck_fetch.node, [envelope("slow", stuck_fetch.node, 1, b"x")])
     with (

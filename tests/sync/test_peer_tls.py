@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sync_helpers import (
+    failed_peer_state,
     fetch_all,
     heads,
     node_id,
-    peer_state,
     publish,
     start_node,
     wait_for,
@@ -194,7 +194,7 @@ def test_sync_over_mtls_and_a_peer_without_client_cert_is_refused(tmp_path: Path
             a_stub, c_stub = a.stub(), c.stub()
             wait_for(lambda: len(fetch_all(a_stub, "secure", b_id)) == 10, "data over mTLS")
             refused = wait_for(
-                lambda: (s := peer_state(c_stub, b.endpoint)) and s.last_error and s,
+                lambda: failed_peer_state(c_stub, b.endpoint),
                 "C's handshake failure to be recorded",
             )
             assert refused.consecutive_failures >= 1

@@ -178,6 +178,9 @@ class DuckdbStore:
                     schema.create(writer)
                     writer.commit()
                     version = schema.SCHEMA_VERSION
+                # Opening replayed whatever WAL a crash left behind; folding it into the file now
+                # keeps a daemon that crashes repeatedly from replaying an ever longer WAL.
+                writer.execute("CHECKPOINT")
             except duckdb.Error as error:
                 raise storage_error(error, path, "opening the database") from None
             return cls(path, writer, version)
