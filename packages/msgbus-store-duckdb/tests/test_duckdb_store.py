@@ -26,8 +26,8 @@ from msgbus_core import (
     StorageFullError,
 )
 from msgbus_core.limits import MAX_STORED_INT, U64_MAX
+from msgbus_core.rows import new_message
 from msgbus_store_duckdb import SCHEMA_VERSION, DuckdbStore
-from msgbus_store_duckdb.rows import new_message
 from msgbus_store_duckdb.store import CONFIG
 
 LOCAL = NodeId("tenant", "default", "local")

@@ -25,8 +25,8 @@ from msgbus_core import (
     StorageFullError,
 )
 from msgbus_core.limits import MAX_STORED_INT, U64_MAX
+from msgbus_core.rows import new_message
 from msgbus_store_sqlite import SCHEMA_VERSION, SqliteStore
-from msgbus_store_sqlite.rows import new_message
 
 LOCAL = NodeId("tenant", "default", "local")
 

@@ -48,9 +48,10 @@ from msgbus_core.replication import (
     decide,
     marker_tombstone,
 )
+from msgbus_core.rows import decode_headers, encode_headers, new_message
 from msgbus_core.validation import clamp_stored, validate_stored_int
 from msgbus_store_duckdb import schema
-from msgbus_store_duckdb.rows import decode_headers, encode_headers, new_message, storage_error
+from msgbus_store_duckdb.errors import storage_error
 
 MAX_ATTEMPTS: Final = 2**32 - 1
 """FIFO attempts are a uint32 on the wire and saturate there."""

@@ -45,9 +45,10 @@ from msgbus_core.replication import (
     decide,
     marker_tombstone,
 )
+from msgbus_core.rows import decode_headers, encode_headers, new_message
 from msgbus_core.validation import clamp_stored, validate_stored_int
 from msgbus_store_sqlite import schema
-from msgbus_store_sqlite.rows import decode_headers, encode_headers, new_message, storage_error
+from msgbus_store_sqlite.errors import storage_error
 
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a connection waits for a lock (another process's checkpoint, say) before failing."""

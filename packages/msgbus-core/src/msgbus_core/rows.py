@@ -1,4 +1,7 @@
-"""How domain values become DuckDB column values and back, and how DuckDB errors are reported."""
+"""Column codecs shared by the store backends: building messages from rows, and header JSON.
+
+Every backend stores the same values, so the conversions live here once.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,6 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 
-import duckdb
-
-from msgbus_core.errors import StorageError, StorageFullError
 from msgbus_core.model import Message, NodeId
 
 MessageFactory = Callable[[str, str, NodeId, int, bytes, Mapping[str, str], int, bool], Message]
@@ -92,9 +92,4 @@ def decode_headers(raw: str | None) -> dict[str, str]:
     return headers
 
 
-def storage_error(error: duckdb.Error, path: str, doing: str) -> StorageError:
-    """Wrap a DuckDB error; a full disk gets its own class so the daemon can say so."""
-    text = str(error)
-    if "No space left on device" in text or "disk is full" in text.lower():
-        return StorageFullError(f"{path}: the disk is full while {doing}: {text}")
-    return StorageError(f"{path}: DuckDB failed while {doing}: {text}")
+__all__ = ["MessageFactory", "decode_headers", "encode_headers", "new_message"]
