@@ -7,11 +7,12 @@ that head, and asks `decide` what to do. Keeping the rules here means no backend
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 
 from msgbus_core.errors import ConflictError, GapError, InvalidArgumentError, PermissionDeniedError
 from msgbus_core.limits import DELETE_TOPIC
-from msgbus_core.model import Message, TombstoneRange
+from msgbus_core.model import Message, NodeId, TombstoneRange
 from msgbus_core.validation import validate_name, validate_stored_int, validate_topic
 
 
@@ -26,6 +27,12 @@ class Decision(enum.Enum):
     """The incoming copy is deleted and the stored one is not: mark the row deleted and erase it."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _validated_origin(origin: NodeId) -> NodeId:
+    # A sync batch carries the same few origins thousands of times; check each once.
+    return origin.validate("message.origin")
+
+
 def check_replicated(message: Message) -> Message:
     """Validate a message received from a peer and return it in stored form.
 
@@ -34,7 +41,7 @@ def check_replicated(message: Message) -> Message:
     """
     validate_name("message.id", message.id)
     validate_topic(message.topic, "message.topic")
-    message.origin.validate("message.origin")
+    _validated_origin(message.origin)
     if message.head_id == 0:
         raise InvalidArgumentError("message.head_id must be greater than zero")
     validate_stored_int("message.head_id", message.head_id)

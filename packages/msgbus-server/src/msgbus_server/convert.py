@@ -6,6 +6,8 @@ directly from core values (no intermediate dataclasses) and cache the wire form 
 
 from __future__ import annotations
 
+import functools
+
 from msgbus_core.errors import InvalidArgumentError
 from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TopicHead
 from msgbus_core.validation import validate_node_part
@@ -83,12 +85,18 @@ def envelope(message: Message) -> pb.MessageEnvelope:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _node(tenant_id: str, bl_name: str, device_id: str) -> NodeId:
+    # Sync converts thousands of envelopes from a handful of origins; share their NodeIds.
+    return NodeId(tenant_id, bl_name, device_id)
+
+
 def message_from_envelope(value: pb.MessageEnvelope) -> Message:
     """A core message from a wire envelope (used by peer sync; validated by the store)."""
     return Message(
         id=value.id,
         topic=value.topic,
-        origin=NodeId(value.origin.tenant_id, value.origin.bl_name, value.origin.device_id),
+        origin=_node(value.origin.tenant_id, value.origin.bl_name, value.origin.device_id),
         head_id=value.head_id,
         payload=value.payload,
         headers=dict(value.headers),

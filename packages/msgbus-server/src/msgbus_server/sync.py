@@ -45,6 +45,7 @@ from msgbus_core.model import Message
 from msgbus_core.ops import Outcome, WriteOp, WriteResult
 from msgbus_core.validation import validate_topic
 from msgbus_proto import pb, rpc
+from msgbus_server.convert import message_from_envelope
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
 from msgbus_server.sync_state import StateKey, SyncStateBook, state_key
 
@@ -96,16 +97,7 @@ def _node_to_pb(node: NodeId) -> pb.NodeId:
 def _message_from_pb(envelope: pb.MessageEnvelope) -> Message:
     if not envelope.HasField("origin"):
         raise LogSyncError("message origin is required")
-    return Message(
-        id=envelope.id,
-        topic=envelope.topic,
-        origin=_node_from_pb(envelope.origin),
-        head_id=envelope.head_id,
-        payload=envelope.payload,
-        headers=dict(envelope.headers),
-        created_at_ms=envelope.created_at_ms,
-        deleted=envelope.deleted,
-    )
+    return message_from_envelope(envelope)
 
 
 def envelopes(response: pb.FetchResponse) -> Iterable[pb.MessageEnvelope]:
@@ -119,6 +111,15 @@ def envelopes(response: pb.FetchResponse) -> Iterable[pb.MessageEnvelope]:
     if response.HasField("message"):
         yield response.message
     yield from response.messages
+
+
+def _discard(task: asyncio.Task[list[Message]] | None) -> None:
+    """Cancel a prefetch that is no longer wanted; its outcome is of no interest."""
+    if task is not None and not task.done():
+        task.cancel()
+    if task is not None:
+        # Retrieve the outcome so asyncio never reports "exception was never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def _rpc_error(endpoint: str, what: str, error: aio.AioRpcError) -> Exception:
@@ -454,10 +455,19 @@ class _PeerWorker:
         local_head = await asyncio.to_thread(store.get_head, topic, origin)
         synced: int | None = None
         progressed = False
+        # The next batch is fetched while the current one commits, so the peer's read and the
+        # network overlap the local write instead of alternating with it.
+        prefetch: asyncio.Task[list[Message]] | None = None
+        prefetch_from = 0
         try:
             while local_head < remote_head:
                 expected = local_head + 1
-                batch = await self._fetch(topic, origin, expected)
+                if prefetch is not None and prefetch_from == expected:
+                    batch = await prefetch
+                else:
+                    _discard(prefetch)
+                    batch = await self._fetch(topic, origin, expected)
+                prefetch = None
                 if not batch:
                     raise LogSyncError(
                         f"peer {self.endpoint} lists head {remote_head} for topic={topic} "
@@ -466,6 +476,9 @@ class _PeerWorker:
                 batch, problem = self._one_log_prefix(batch, topic, origin)
                 before = local_head
                 if batch:
+                    prefetch_from = batch[-1].head_id + 1
+                    if problem is None and prefetch_from <= remote_head:
+                        prefetch = asyncio.create_task(self._fetch(topic, origin, prefetch_from))
                     result = await self._replicate(batch)
                     accepted = len(result.changed) + result.unchanged
                     progressed |= bool(result.changed)
@@ -490,6 +503,7 @@ class _PeerWorker:
                         else f"peer {self.endpoint} made no progress on topic={topic}"
                     )
         except LogSyncError as error:
+            _discard(prefetch)
             self._log_failed(
                 key,
                 str(error),
@@ -501,6 +515,7 @@ class _PeerWorker:
             )
             return progressed
         except PeerUnavailableError as error:
+            _discard(prefetch)
             self._log_failed(
                 key,
                 str(error),
@@ -512,6 +527,7 @@ class _PeerWorker:
             )
             raise
         except MsgbusError as error:
+            _discard(prefetch)
             # The local store or pipeline failed (StorageError): record it on the log, go on.
             self._log_failed(
                 key,
@@ -523,6 +539,10 @@ class _PeerWorker:
                 last_synced_head=synced,
             )
             return progressed
+        except BaseException:
+            _discard(prefetch)  # cancelled (shutdown) or a bug: leave no fetch behind
+            raise
+        _discard(prefetch)
         self._book.success(
             self.endpoint,
             topic,
