@@ -73,16 +73,21 @@ def required_node(present: bool, value: pb.NodeId, field: str) -> NodeId:
 
 def envelope(message: Message) -> pb.MessageEnvelope:
     """The wire envelope of a stored message."""
-    return pb.MessageEnvelope(
-        id=message.id,
-        topic=message.topic,
-        origin=node_to_pb(message.origin),
-        head_id=message.head_id,
-        payload=message.payload,
-        headers=message.headers,
-        created_at_ms=message.created_at_ms,
-        deleted=message.deleted,
-    )
+    return fill_envelope(pb.MessageEnvelope(), message)
+
+
+def fill_envelope(target: pb.MessageEnvelope, message: Message) -> pb.MessageEnvelope:
+    """Write a stored message into an empty envelope, such as one from `repeated.add()`."""
+    target.id = message.id
+    target.topic = message.topic
+    target.origin.CopyFrom(node_to_pb(message.origin))
+    target.head_id = message.head_id
+    target.payload = message.payload
+    if message.headers:
+        target.headers.update(message.headers)
+    target.created_at_ms = message.created_at_ms
+    target.deleted = message.deleted
+    return target
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
-from typing import NoReturn, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -26,7 +26,7 @@ from msgbus_core.errors import (
     StorageError,
 )
 from msgbus_core.limits import DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT, MAX_STORED_INT
-from msgbus_core.model import FifoMessage, Message, NodeId
+from msgbus_core.model import EMPTY_HEADERS, FifoMessage, Message, NodeId
 from msgbus_core.ops import AckOp, AppendOp, DeleteRangeOp, DeleteResult, EnqueueOp, RejectOp
 from msgbus_core.store import MsgbusStore
 from msgbus_core.validation import (
@@ -59,6 +59,10 @@ PACK_BUDGET_BYTES = 3 * 1024 * 1024
 """Bytes per packed response: below the 4 MiB default receive limit of gRPC clients."""
 
 SHUTTING_DOWN = "msgbusd is shutting down; reconnect later"
+
+
+VALID_TOPIC_CACHE = 4096
+"""How many validated topics the publish path remembers before starting over."""
 
 
 def now_ms() -> int:
@@ -97,12 +101,12 @@ class _ChunkSizer:
         self.size = max(MIN_CHUNK, min(MAX_CHUNK, READ_BUDGET_BYTES // average))
 
 
-def _packed(messages: list[Message], pack: int) -> Iterator[list[pb.MessageEnvelope]]:
-    """Group consecutive envelopes: at most `pack` per response and about PACK_BUDGET_BYTES.
+def _packed(messages: list[Message], pack: int) -> Iterator[list[Message]]:
+    """Group consecutive messages: at most `pack` per response and about PACK_BUDGET_BYTES.
 
     A single message larger than the budget still travels, alone.
     """
-    group: list[pb.MessageEnvelope] = []
+    group: list[Message] = []
     size = 0
     for message in messages:
         estimate = len(message.payload) + 200
@@ -112,10 +116,23 @@ def _packed(messages: list[Message], pack: int) -> Iterator[list[pb.MessageEnvel
             yield group
             group = []
             size = 0
-        group.append(convert.envelope(message))
+        group.append(message)
         size += estimate
     if group:
         yield group
+
+
+class _EnvelopeList(Protocol):
+    """A response's repeated MessageEnvelope field."""
+
+    def add(self) -> pb.MessageEnvelope: ...
+
+
+def _fill(envelopes: _EnvelopeList, messages: list[Message]) -> None:
+    """Append messages to a response's repeated field, building each envelope in place."""
+    add = envelopes.add
+    for message in messages:
+        convert.fill_envelope(add(), message)
 
 
 class MsgbusService(rpc.MsgbusServiceServicer):
@@ -138,6 +155,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         self._notifier = notifier
         self._readers = readers
         self._max_payload = max_payload_bytes
+        self._valid_topics: dict[str, None] = {}
+        """Topics already validated for writing; the same few topics arrive again and again."""
         self.store_ok = True
         """Set by the daemon's health monitor and by Ready; False while the store fails."""
         self.shutting_down = False
@@ -173,21 +192,28 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         origin = convert.node_or_local(present, value, self._node, field)
         if origin != self._node:
             raise PermissionDeniedError(
-                f"writes must use the local daemon origin {self._node.key}; "
-                f"{field} {origin.key} belongs to another node"
+                f"{field} {origin.key} belongs to another node: "
+                f"writes must use the local daemon origin {self._node.key}"
             )
         return origin
 
     # -- logs -----------------------------------------------------------------------------------
 
-    def _append_op(self, request: pb.PublishRequest, prefix: str = "") -> AppendOp:
+    def _append_op(self, request: pb.PublishRequest, created_at_ms: int) -> AppendOp:
         """Validate one publish (in the original's order) and build its append op."""
-        topic = validate_topic(request.topic, f"{prefix}topic")
-        ensure_application_topic(topic, f"{prefix}topic")
-        origin = self._owned(request.HasField("origin"), request.origin, f"{prefix}origin")
-        validate_payload(request.payload, self._max_payload, f"{prefix}payload")
-        headers = validate_headers(request.headers, f"{prefix}headers") if request.headers else {}
-        return AppendOp(topic, origin, request.payload, headers, new_id(), now_ms())
+        topic = request.topic
+        if topic not in self._valid_topics:
+            validate_topic(topic)
+            ensure_application_topic(topic)
+            if len(self._valid_topics) >= VALID_TOPIC_CACHE:
+                self._valid_topics.clear()
+            self._valid_topics[topic] = None
+        origin = self._owned(True, request.origin) if request.HasField("origin") else self._node
+        payload = request.payload
+        if len(payload) > self._max_payload:
+            validate_payload(payload, self._max_payload)
+        headers = validate_headers(request.headers) if request.headers else EMPTY_HEADERS
+        return AppendOp(topic, origin, payload, headers, new_id(), created_at_ms)
 
     async def Publish(
         self,
@@ -196,7 +222,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
     ) -> pb.PublishResponse:
         """Append one message to a local log; answered after the commit is durable."""
         try:
-            message = await self._pipeline.submit(self._append_op(request))
+            message = await self._pipeline.submit(self._append_op(request, now_ms()))
             assert isinstance(message, Message)
         except Exception as error:
             await self._fail(context, error)
@@ -218,20 +244,27 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 raise InvalidArgumentError(
                     f"entries has {count} items; a batch holds 1 to {MAX_BATCH_ENTRIES}"
                 )
-            ops = [
-                self._append_op(entry, f"entries[{index}].")
-                for index, entry in enumerate(request.entries)
-            ]
+            # One timestamp for the batch: its entries commit in one transaction.
+            created_at_ms = now_ms()
+            ops = []
+            for index, entry in enumerate(request.entries):
+                try:
+                    ops.append(self._append_op(entry, created_at_ms))
+                except (InvalidArgumentError, PermissionDeniedError) as error:
+                    # Field names are built only on failure: the message names the entry.
+                    raise type(error)(f"entries[{index}].{error}") from None
             outcomes = await self._pipeline.submit_many(ops)
-            messages: list[pb.MessageEnvelope] = []
+            stored: list[Message] = []
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     raise outcome
                 assert isinstance(outcome, Message)
-                messages.append(convert.envelope(outcome))
+                stored.append(outcome)
+            response = pb.PublishBatchResponse()
+            _fill(response.messages, stored)
         except Exception as error:
             await self._fail(context, error)
-        return pb.PublishBatchResponse(messages=messages)
+        return response
 
     async def Fetch(
         self,
@@ -262,7 +295,9 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 await self._fail(context, error)
             if pack:
                 for group in _packed(messages, pack):
-                    yield pb.FetchResponse(messages=group)
+                    fetched = pb.FetchResponse()
+                    _fill(fetched.messages, group)
+                    yield fetched
             else:
                 for message in messages:
                     yield pb.FetchResponse(message=convert.envelope(message))
@@ -313,7 +348,9 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                     await self._fail(context, error)
                 if pack:
                     for group in _packed(messages, pack):
-                        yield pb.SubscribeResponse(messages=group)
+                        delivered = pb.SubscribeResponse()
+                        _fill(delivered.messages, group)
+                        yield delivered
                 else:
                     for message in messages:
                         yield pb.SubscribeResponse(message=convert.envelope(message))
