@@ -294,3 +294,26 @@ def test_sqlite_and_duckdb_nodes_converge(tmp_path: Path) -> None:
             check_log_shape(rows, f"{key}")
         assert [r.head_id for r in final[("t", s_id.key)] if r.deleted] == [5, 6, 7, 8]
         assert [r.head_id for r in final[("t", d_id.key)] if r.deleted] == [1, 2]
+
+
+def test_two_way_peers_record_no_error_for_their_own_logs(tmp_path: Path) -> None:
+    """A peer echoing back this daemon's own log (every two-way setup) is in sync, not refused.
+
+    Only a peer claiming *more* of a local log than this daemon holds is refused (see
+    test_hostile_peers); one holding the same or less is the normal state of two-way peering.
+    """
+    port_a, port_b = free_port(), free_port()
+    ep_a, ep_b = f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"
+    a_id, b_id = node_id("a"), node_id("b")
+    with (
+        start_node(tmp_path, "a", port=port_a, peers=[(ep_b, b_id.key)]) as a,
+        start_node(tmp_path, "b", port=port_b, peers=[(ep_a, a_id.key)]) as b,
+    ):
+        a_stub, b_stub = a.stub(), b.stub()
+        publish(a_stub, "events", 3, "a")
+        wait_for(lambda: len(fetch_all(b_stub, "events", a_id)) == 3, "a's log on b")
+        # b now lists a's own log at head 3; a's next pass sees it and records the log.
+        state = wait_for(lambda: log_state(a_stub, ep_b, "events", a_id), "a's own log state")
+        assert state.last_error == ""
+        assert state.consecutive_failures == 0
+        assert fetch_all(a_stub, "events", a_id) == fetch_all(b_stub, "events", a_id)

@@ -413,9 +413,10 @@ class _PeerWorker:
         topic, origin, remote_head = parsed
         key = state_key(self.endpoint, topic, origin)
         local_head = local_heads.get((topic, origin), 0)
-        if origin == self._owner.local_node:
+        if origin == self._owner.local_node and remote_head > local_head:
             # This daemon is the only authority for its own logs: a peer that has "more" of one
-            # holds forged data, or data from before a local reset. Refuse, never fetch.
+            # holds forged data, or data from before a local reset. Refuse, never fetch. A peer
+            # that holds no more than this daemon (every two-way peer does) is simply in sync.
             self._log_failed(
                 key,
                 f"refused: log of the local node {origin.key} is never accepted from a peer",
