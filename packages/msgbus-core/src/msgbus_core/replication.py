@@ -13,7 +13,12 @@ from collections.abc import Iterable
 from msgbus_core.errors import ConflictError, GapError, InvalidArgumentError, PermissionDeniedError
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import Message, NodeId, TombstoneRange
-from msgbus_core.validation import validate_name, validate_stored_int, validate_topic
+from msgbus_core.validation import (
+    validate_headers,
+    validate_name,
+    validate_stored_int,
+    validate_topic,
+)
 
 
 class Decision(enum.Enum):
@@ -48,6 +53,9 @@ def check_replicated(message: Message) -> Message:
     validate_stored_int("message.created_at_ms", message.created_at_ms)
     if message.deleted:
         return message.erased()
+    if message.headers:
+        # The header limits bind every node, so a peer cannot store what a client could not.
+        validate_headers(message.headers, "message.headers")
     if message.topic == DELETE_TOPIC:
         marker_tombstone(message)
     return message

@@ -307,6 +307,15 @@ class StoreConformance:
         # The live copy arriving again after the delete changes nothing: deleted wins.
         assert write_one(store, ReplicateOp([remote_message(1, b"secret")])).unchanged == 1
 
+    def test_replicated_message_over_the_header_limits_is_refused(self, store: MsgbusStore) -> None:
+        crowded = Message(
+            **{**_fields(remote_message(1)), "headers": {f"k{i}": "v" for i in range(65)}}
+        )
+        result = write_one(store, ReplicateOp([crowded]))
+        assert isinstance(result.error, InvalidArgumentError)
+        assert "message.headers has 65 entries; the limit is 64" in str(result.error)
+        assert store.list_heads() == []
+
     def test_replicated_head_zero_and_out_of_range_values_are_refused(
         self, store: MsgbusStore
     ) -> None:
