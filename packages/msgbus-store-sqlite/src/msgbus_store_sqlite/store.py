@@ -45,7 +45,17 @@ from msgbus_core.replication import (
     decide,
     marker_tombstone,
 )
-from msgbus_core.rows import decode_headers, encode_headers, new_message
+from msgbus_core.rows import (
+    FIFO_COLUMNS,
+    SYNC_COLUMNS,
+    decode_headers,
+    encode_headers,
+    fifo_from_row,
+    fifo_row,
+    new_message,
+    sync_state_from_row,
+    sync_state_row,
+)
 from msgbus_core.validation import clamp_stored, validate_stored_int
 from msgbus_store_sqlite import schema
 from msgbus_store_sqlite.errors import storage_error
@@ -75,15 +85,6 @@ _ERASE_SQL: Final = (
     "UPDATE messages SET deleted = 1, payload = X'', headers = NULL "
     "WHERE log = ? AND head_id BETWEEN ? AND ? AND deleted = 0"
 )
-_FIFO_COLUMNS: Final = (
-    "queue, sequence, id, topic, source_tenant_id, source_bl_name, source_device_id, "
-    "target_tenant_id, target_bl_name, target_device_id, payload, headers, created_at_ms, attempts"
-)
-_SYNC_COLUMNS: Final = (
-    "peer, topic, origin_key, origin_tenant_id, origin_bl_name, origin_device_id, local_head, "
-    "remote_head, last_synced_head, last_attempt_at_ms, last_success_at_ms, "
-    "consecutive_failures, last_error"
-)
 
 
 @dataclass(slots=True)
@@ -97,23 +98,6 @@ class _Log:
     id: int
     head: int
     tombstones: list[TombstoneRange] = field(default_factory=list)
-
-
-def _fifo_message(row: Any) -> FifoMessage:
-    queue, sequence, message_id, topic, *source, target_tenant, target_bl, target_device = row[:10]
-    payload, headers, created_at_ms, attempts = row[10:]
-    return FifoMessage(
-        id=message_id,
-        queue=queue,
-        topic=topic,
-        source=NodeId(*source),
-        target=NodeId(target_tenant, target_bl, target_device),
-        payload=payload,
-        headers=decode_headers(headers),
-        created_at_ms=created_at_ms,
-        sequence=sequence,
-        attempts=attempts,
-    )
 
 
 class SqliteStore:
@@ -441,24 +425,9 @@ class SqliteStore:
             sequence=int(row[0]),
         )
         con.execute(
-            f"INSERT INTO fifo_messages ({_FIFO_COLUMNS}) "
+            f"INSERT INTO fifo_messages ({FIFO_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                message.queue,
-                message.sequence,
-                message.id,
-                message.topic,
-                message.source.tenant_id,
-                message.source.bl_name,
-                message.source.device_id,
-                message.target.tenant_id,
-                message.target.bl_name,
-                message.target.device_id,
-                message.payload,
-                encode_headers(message.headers),
-                message.created_at_ms,
-                message.attempts,
-            ),
+            fifo_row(message),
         )
         return message
 
@@ -493,31 +462,10 @@ class SqliteStore:
         return True
 
     def _record_sync_state(self, state: PeerSyncState) -> None:
-        numbers = (
-            ("local_head", state.local_head),
-            ("remote_head", state.remote_head),
-            ("last_synced_head", state.last_synced_head),
-            ("last_attempt_at_ms", state.last_attempt_at_ms),
-            ("last_success_at_ms", state.last_success_at_ms),
-            ("consecutive_failures", state.consecutive_failures),
-        )
-        for name, value in numbers:
-            validate_stored_int(name, value)
-        origin = state.origin
-        peer, topic, origin_key = state.sort_key
         self._writer.execute(
-            f"INSERT OR REPLACE INTO sync_states ({_SYNC_COLUMNS}) "
+            f"INSERT OR REPLACE INTO sync_states ({SYNC_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                peer,
-                topic,
-                origin_key,
-                None if origin is None else origin.tenant_id,
-                None if origin is None else origin.bl_name,
-                None if origin is None else origin.device_id,
-                *(value for _, value in numbers),
-                state.last_error,
-            ),
+            sync_state_row(state),
         )
 
     # -- reads ----------------------------------------------------------------------------------
@@ -629,33 +577,15 @@ class SqliteStore:
     def peek_fifo(self, queue: str) -> FifoMessage | None:
         """The front (lowest sequence) of a queue, or None when it is empty."""
         rows = self._query(
-            f"SELECT {_FIFO_COLUMNS} FROM fifo_messages WHERE queue = ? ORDER BY sequence LIMIT 1",
+            f"SELECT {FIFO_COLUMNS} FROM fifo_messages WHERE queue = ? ORDER BY sequence LIMIT 1",
             (queue,),
         )
-        return _fifo_message(rows[0]) if rows else None
+        return fifo_from_row(rows[0]) if rows else None
 
     def list_sync_states(self) -> list[PeerSyncState]:
         """Every sync state, ordered by peer, topic and origin key."""
-        rows = self._query(f"SELECT {_SYNC_COLUMNS} FROM sync_states")
-        states = []
-        for row in rows:
-            (peer, topic, _key, tenant, bl, device, *numbers, last_error) = row
-            origin = None if tenant is None else NodeId(str(tenant), str(bl), str(device))
-            local, remote, synced, attempt, success, failures = (int(n) for n in numbers)
-            states.append(
-                PeerSyncState(
-                    str(peer),
-                    str(topic),
-                    origin,
-                    local,
-                    remote,
-                    synced,
-                    attempt,
-                    success,
-                    failures,
-                    str(last_error),
-                )
-            )
+        rows = self._query(f"SELECT {SYNC_COLUMNS} FROM sync_states")
+        states = [sync_state_from_row(row) for row in rows]
         return sorted(states, key=lambda s: s.sort_key)
 
     def check(self) -> None:
