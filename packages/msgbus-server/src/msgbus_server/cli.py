@@ -32,6 +32,9 @@ from msgbus_server.tls import load_server_tls
 EXIT_CONFIG = 2
 MAX_PAYLOAD_LIMIT = 256 * 1024 * 1024
 """Upper bound for --max-payload-bytes: gRPC messages must stay well below 2 GiB."""
+VOLATILE_STORES = frozenset({"memory"})
+"""Stores that keep nothing on disk. A daemon on one would acknowledge publishes that the next
+restart loses, so it starts only when the operator asks for that with --volatile."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_truthy(_env("MSGBUS_ALLOW_INSECURE")),
         help="allow plaintext gRPC on a non-loopback address",
     )
+    add(
+        "--volatile",
+        action="store_true",
+        default=_truthy(_env("MSGBUS_VOLATILE")),
+        help="allow a store that keeps nothing on disk (--storage memory): "
+        "every message is lost when the daemon stops",
+    )
     return parser
 
 
@@ -168,6 +178,12 @@ def parse_config(argv: Sequence[str] | None = None) -> DaemonConfig:
         )
     if not args.data:
         raise ConfigError("--data must not be empty")
+    if args.storage in VOLATILE_STORES and not args.volatile:
+        raise ConfigError(
+            f"--storage {args.storage} keeps nothing on disk: it would acknowledge publishes "
+            "that the next restart loses; pass --volatile (MSGBUS_VOLATILE=1) to run a "
+            "volatile daemon anyway"
+        )
     tls = load_server_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
     if tls is None and not args.allow_insecure and not ipaddress.ip_address(host).is_loopback:
         raise ConfigError(
@@ -200,6 +216,7 @@ def parse_config(argv: Sequence[str] | None = None) -> DaemonConfig:
         log_format=args.log_format,
         log_level=args.log_level,
         allow_insecure=args.allow_insecure,
+        volatile=args.storage in VOLATILE_STORES,
     )
 
 
@@ -263,14 +280,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_bindable(config.listen_host, config.listen_port)
         opening = time.monotonic()
         store = open_store(config.storage, config.data)
+        logger = logging.getLogger("msgbus_server.cli")
         # Opening includes crash recovery (WAL replay), which the daemon's own "startup" figure
         # does not: operators and the crash tests read both.
-        logging.getLogger("msgbus_server.cli").info(
+        logger.info(
             "opened the %s store %s in %.0f ms",
             config.storage,
             config.data,
             (time.monotonic() - opening) * 1000,
         )
+        if config.volatile:
+            logger.warning(
+                "VOLATILE daemon: the %s store keeps every message, FIFO queue and sync state "
+                "in process memory only; nothing survives a restart or a crash",
+                config.storage,
+            )
         code = run(config, store)
     except ConfigError as error:
         fail(str(error))

@@ -40,6 +40,9 @@ class DaemonConfig:
     log_format: str = "text"
     log_level: str = "INFO"
     allow_insecure: bool = False
+    volatile: bool = False
+    """The store keeps nothing on disk (`--storage memory` with `--volatile`): a restart loses
+    everything, and the daemon says so at startup."""
     grace_s: float = 2.0
     """How long in-flight unary calls get to finish on shutdown."""
 
