@@ -2,14 +2,39 @@
 
 Every rejection raised by the core, a store or the daemon is a `MsgbusError`. The daemon maps
 each class to one gRPC status code, so the class says what kind of failure it is and the message
-says which field or limit caused it.
+says which field or limit caused it. Errors about a request field also carry that field's path
+(and, in a batch, the entry's index) as attributes, which the daemon sends to clients as
+structured `google.rpc.BadRequest` details, so no client has to parse the message.
 """
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class MsgbusError(Exception):
-    """Base class of every msgbus error. `str(error)` is the message shown to clients."""
+    """Base class of every msgbus error. `str(error)` is the message shown to clients.
+
+    Attributes:
+        field: the path of the request field the error is about (`topic`, `origin.device_id`,
+            `entries[3].topic`), or None when it is about no single field.
+        index: the batch entry the error is about (3 for `entries[3].topic`), or None.
+    """
+
+    def __init__(self, *args: object, field: str | None = None, index: int | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
+        self.index = index
+
+    def in_entry(self, index: int) -> Self:
+        """The same error raised for entry `index` of a batch.
+
+        Its message and its field gain the prefix `entries[index].`, which is the text
+        original clients have always seen.
+        """
+        prefix = f"entries[{index}]"
+        field = prefix if self.field is None else f"{prefix}.{self.field}"
+        return type(self)(f"{prefix}.{self}", field=field, index=index)
 
 
 class InvalidArgumentError(MsgbusError):

@@ -1,7 +1,8 @@
 """Validation of everything a client or a peer sends.
 
 Each function raises `InvalidArgumentError` whose message names the field and the limit, so the
-client learns what to fix. Nothing here touches a store.
+client learns what to fix, and whose `field` attribute is that field's name. Nothing here
+touches a store.
 """
 
 from __future__ import annotations
@@ -31,23 +32,23 @@ def validate_name(field: str, value: str) -> str:
     (NUL included). Names are stored exactly as given: no trimming, no normalisation.
     """
     if not value.strip():
-        raise InvalidArgumentError(f"{field} is empty")
+        raise InvalidArgumentError(f"{field} is empty", field=field)
     if value.isascii():
         size = len(value)
     else:
         try:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
-            raise InvalidArgumentError(f"{field} is not valid UTF-8") from None
+            raise InvalidArgumentError(f"{field} is not valid UTF-8", field=field) from None
     if size > MAX_NAME_BYTES:
         raise InvalidArgumentError(
-            f"{field} is {size} bytes; the limit is {MAX_NAME_BYTES} UTF-8 bytes"
+            f"{field} is {size} bytes; the limit is {MAX_NAME_BYTES} UTF-8 bytes", field=field
         )
     bad = _CONTROL_CHARACTER.search(value)
     if bad is not None:
         char = bad.group()
         what = "NUL byte" if char == "\0" else f"control character U+{ord(char):04X}"
-        raise InvalidArgumentError(f"{field} contains a {what}")
+        raise InvalidArgumentError(f"{field} contains a {what}", field=field)
     return value
 
 
@@ -55,7 +56,9 @@ def validate_node_part(field: str, value: str) -> str:
     """Check one NodeId part: a name that also has no `/`, because node keys join parts with it."""
     validate_name(field, value)
     if "/" in value:
-        raise InvalidArgumentError(f"{field} contains '/', which node keys reserve as separator")
+        raise InvalidArgumentError(
+            f"{field} contains '/', which node keys reserve as separator", field=field
+        )
     return value
 
 
@@ -69,7 +72,8 @@ def ensure_application_topic(topic: str, field: str = "topic") -> None:
     if topic.startswith(RESERVED_TOPIC_PREFIX):
         raise PermissionDeniedError(
             f"{field} {topic!r} is reserved: topics starting with "
-            f"{RESERVED_TOPIC_PREFIX!r} are written by msgbusd only"
+            f"{RESERVED_TOPIC_PREFIX!r} are written by msgbusd only",
+            field=field,
         )
 
 
@@ -77,7 +81,7 @@ def validate_payload(payload: bytes, max_bytes: int, field: str = "payload") -> 
     """Check the payload size against the daemon's limit."""
     if len(payload) > max_bytes:
         raise InvalidArgumentError(
-            f"{field} is {len(payload)} bytes; the limit is {max_bytes} bytes"
+            f"{field} is {len(payload)} bytes; the limit is {max_bytes} bytes", field=field
         )
     return payload
 
@@ -86,20 +90,26 @@ def validate_headers(headers: Mapping[str, str], field: str = "headers") -> dict
     """Check the number and total size of headers; keys must also be valid names."""
     if len(headers) > MAX_HEADER_ENTRIES:
         raise InvalidArgumentError(
-            f"{field} has {len(headers)} entries; the limit is {MAX_HEADER_ENTRIES}"
+            f"{field} has {len(headers)} entries; the limit is {MAX_HEADER_ENTRIES}", field=field
         )
     total = 0
     for key, value in headers.items():
-        validate_name(f"{field} key", key)
+        try:
+            validate_name(f"{field} key", key)
+        except InvalidArgumentError as error:
+            # The message says "headers key"; the field is the headers map itself.
+            raise InvalidArgumentError(str(error), field=field) from None
         if "\0" in value:
-            raise InvalidArgumentError(f"{field}[{key!r}] contains a NUL byte")
+            raise InvalidArgumentError(f"{field}[{key!r}] contains a NUL byte", field=field)
         try:
             total += len(key.encode("utf-8")) + len(value.encode("utf-8"))
         except UnicodeEncodeError:
-            raise InvalidArgumentError(f"{field}[{key!r}] is not valid UTF-8") from None
+            raise InvalidArgumentError(
+                f"{field}[{key!r}] is not valid UTF-8", field=field
+            ) from None
     if total > MAX_HEADER_BYTES:
         raise InvalidArgumentError(
-            f"{field} total {total} bytes; the limit is {MAX_HEADER_BYTES} bytes"
+            f"{field} total {total} bytes; the limit is {MAX_HEADER_BYTES} bytes", field=field
         )
     return dict(headers)
 
@@ -107,14 +117,18 @@ def validate_headers(headers: Mapping[str, str], field: str = "headers") -> dict
 def validate_u64(field: str, value: int) -> int:
     """Check that a value fits a protobuf uint64."""
     if not 0 <= value <= U64_MAX:
-        raise InvalidArgumentError(f"{field} must be between 0 and {U64_MAX}, got {value}")
+        raise InvalidArgumentError(
+            f"{field} must be between 0 and {U64_MAX}, got {value}", field=field
+        )
     return value
 
 
 def validate_stored_int(field: str, value: int) -> int:
     """Check a value that a store keeps: stores hold signed 64-bit integers."""
     if not 0 <= value <= MAX_STORED_INT:
-        raise InvalidArgumentError(f"{field} must be between 0 and {MAX_STORED_INT}, got {value}")
+        raise InvalidArgumentError(
+            f"{field} must be between 0 and {MAX_STORED_INT}, got {value}", field=field
+        )
     return value
 
 

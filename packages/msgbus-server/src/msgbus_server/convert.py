@@ -63,10 +63,11 @@ def node_or_local(present: bool, value: pb.NodeId, local: NodeId, field: str) ->
 def required_node(present: bool, value: pb.NodeId, field: str) -> NodeId:
     """A NodeId that must be given in full (the FIFO target)."""
     if not present:
-        raise InvalidArgumentError(f"{field} is required")
+        raise InvalidArgumentError(f"{field} is required", field=field)
     if not (value.tenant_id or value.bl_name or value.device_id):
         raise InvalidArgumentError(
-            f"{field} must be a complete NodeId (tenant_id, bl_name and device_id); it is empty"
+            f"{field} must be a complete NodeId (tenant_id, bl_name and device_id); it is empty",
+            field=field,
         )
     return node_from_pb(value, field)
 

@@ -41,7 +41,7 @@ from msgbus_proto import pb, rpc
 from msgbus_server import convert
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
-from msgbus_server.status import status_code
+from msgbus_server.status import failure
 
 logger = logging.getLogger("msgbus_server.service")
 
@@ -175,14 +175,13 @@ class MsgbusService(rpc.MsgbusServiceServicer):
     async def _fail(
         self, context: grpc.aio.ServicerContext[Req, Resp], error: Exception
     ) -> NoReturn:
-        """Answer the call with the status code of `error`."""
-        code = status_code(error)
-        if code is grpc.StatusCode.INTERNAL:
+        """Answer the call with the status of `error` (code, message and field details)."""
+        answer = failure(error)
+        if answer.code is grpc.StatusCode.INTERNAL:
             logger.error("internal error (a bug): %r", error, exc_info=error)
-            await context.abort(code, f"internal error: {type(error).__name__}: {error}")
-        if isinstance(error, StorageError):
-            logger.warning("storage error answered %s: %s", code.name, error)
-        await context.abort(code, str(error))
+        elif isinstance(error, StorageError):
+            logger.warning("storage error answered %s: %s", answer.code.name, error)
+        await context.abort(answer.code, answer.message, answer.trailing_metadata)
 
     def _origin(self, present: bool, value: pb.NodeId, field: str = "origin") -> NodeId:
         return convert.node_or_local(present, value, self._node, field)
@@ -242,7 +241,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             count = len(request.entries)
             if not 1 <= count <= MAX_BATCH_ENTRIES:
                 raise InvalidArgumentError(
-                    f"entries has {count} items; a batch holds 1 to {MAX_BATCH_ENTRIES}"
+                    f"entries has {count} items; a batch holds 1 to {MAX_BATCH_ENTRIES}",
+                    field="entries",
                 )
             # One timestamp for the batch: its entries commit in one transaction.
             created_at_ms = now_ms()
@@ -251,8 +251,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 try:
                     ops.append(self._append_op(entry, created_at_ms))
                 except (InvalidArgumentError, PermissionDeniedError) as error:
-                    # Field names are built only on failure: the message names the entry.
-                    raise type(error)(f"entries[{index}].{error}") from None
+                    # Field names are built only on failure: the error names the entry.
+                    raise error.in_entry(index) from None
             outcomes = await self._pipeline.submit_many(ops)
             stored: list[Message] = []
             for outcome in outcomes:
