@@ -20,9 +20,10 @@ from msgbus_core.store import MsgbusStore
 from msgbus_proto import SERVICE_NAME
 from msgbus_server.config import ConfigError, DaemonConfig
 from msgbus_server.decoding import add_msgbus_service
+from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
-from msgbus_server.service import MsgbusService
+from msgbus_server.service import SHUTTING_DOWN, MsgbusService
 from msgbus_server.sync import PeerSync
 from msgbus_server.tls import server_credentials
 
@@ -60,21 +61,27 @@ class Daemon:
         self.config = config
         self.store = store
         self.notifier = LogNotifier()
-        self.pipeline = CommitPipeline(store, self.notifier)
+        self.health = Health()
+        """Serving or not, and why: what the Health and Ready RPCs and grpc.health.v1 answer."""
+        self.pipeline = CommitPipeline(store, self.notifier, self.health)
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="msgbus-reader")
         self.service = MsgbusService(
             node=config.node,
             store=store,
             pipeline=self.pipeline,
+            health=self.health,
             notifier=self.notifier,
             readers=self.readers,
             max_payload_bytes=config.max_payload_bytes,
         )
-        self.health: Any = _health_aio.HealthServicer()
+        self.grpc_health: Any = _health_aio.HealthServicer()
+        self.health.on_change(self._on_health_change)
+        self._mirroring: set[asyncio.Task[None]] = set()
         self.server: grpc.aio.Server | None = None
         self.sync: PeerSync | None = None
         self._stop = asyncio.Event()
         self._monitor: asyncio.Task[None] | None = None
+        self._shutting_down = False
 
     async def serve(self) -> int:
         """Start everything, wait for a signal, shut down; always closes the store."""
@@ -133,7 +140,7 @@ class Daemon:
         )
         self.server = server
         add_msgbus_service(self.service, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.grpc_health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
@@ -152,7 +159,7 @@ class Daemon:
                 f"cannot listen on {config.listen}: address in use or not available"
             ) from None
         await server.start()
-        await self._set_health(serving=True)
+        await self._mirror_health()
         return port
 
     async def _start_sync(self) -> None:
@@ -190,39 +197,41 @@ class Daemon:
         """Begin graceful shutdown (what SIGTERM does)."""
         self._stop.set()
 
-    async def _set_health(self, *, serving: bool) -> None:
+    def _on_health_change(self, serving: bool) -> None:
+        # Health is reported from plain functions on the loop; grpc.health.v1 is set by a task.
+        task = asyncio.get_running_loop().create_task(self._mirror_health())
+        self._mirroring.add(task)
+        task.add_done_callback(self._mirroring.discard)
+
+    async def _mirror_health(self) -> None:
+        """Make grpc.health.v1 say what `self.health` says now (whatever the order of tasks)."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if serving
+            if self.health.serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+            await self.grpc_health.set(name, status)
 
     async def _health_monitor(self) -> None:
-        """Keep Health and grpc.health.v1 truthful: NOT_SERVING while the store fails."""
+        """Report the store to `self.health`, so it turns NOT_SERVING while the store fails."""
         loop = asyncio.get_running_loop()
-        last = True
         while True:
             await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
             try:
                 await loop.run_in_executor(self.readers, self.store.check)
-                self.service.store_ok = True
             except Exception as error:
-                if self.service.store_ok:
-                    logger.error("store check failed: %s", error)
-                self.service.store_ok = False
-            serving = self.service.serving
-            if serving != last:
-                logger.warning("health is now %s", "SERVING" if serving else "NOT_SERVING")
-                await self._set_health(serving=serving)
-                last = serving
+                self.health.report(Subsystem.STORE, False, storage_reason(error))
+            else:
+                self.health.report(Subsystem.STORE, True)
 
     async def _shutdown(self) -> None:
         """Stop accepting calls, end subscriptions, finish writes, stop sync."""
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
-        self.service.shutting_down = True
-        await self.health.enter_graceful_shutdown()
+        self._shutting_down = True
+        self.health.report(Subsystem.SHUTDOWN, False, SHUTTING_DOWN)
+        # NOT_SERVING for good: grpc.health.v1 ignores any later change.
+        await self.grpc_health.enter_graceful_shutdown()
         # Subscribe streams see the closed notifier and end with UNAVAILABLE right away, so
         # SDKs reconnect (to us after a restart, or elsewhere).
         self.notifier.close()
@@ -254,9 +263,9 @@ class Daemon:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
-        if self.server is not None and not self.service.shutting_down:
+        if self.server is not None and not self._shutting_down:
             await self.server.stop(None)
-        if self.sync is not None and not self.service.shutting_down:
+        if self.sync is not None and not self._shutting_down:
             await self._stop_sync()
         self.notifier.close()
         with contextlib.suppress(TimeoutError):

@@ -20,12 +20,15 @@ from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import Message
 from msgbus_core.ops import DeleteResult, Outcome, ReplicateResult, WriteOp, WriteResult
 from msgbus_core.store import MsgbusStore
+from msgbus_server.health import Health, Subsystem
 from msgbus_server.notify import LogNotifier
 
 logger = logging.getLogger("msgbus_server.pipeline")
 
 MAX_OPS_PER_TRANSACTION = 8192
 """Bound on one transaction; a backlog larger than this is committed in several."""
+FAILED_TRANSACTION = "storage error: the last write transaction failed"
+"""The health reason while the last transaction failed (Ready answers it as its error)."""
 
 
 @dataclass(slots=True)
@@ -38,9 +41,15 @@ _STOP = object()
 
 
 class CommitPipeline:
-    """Serialises every write through one thread and groups concurrent writes per transaction."""
+    """Serialises every write through one thread and groups concurrent writes per transaction.
 
-    def __init__(self, store: MsgbusStore, notifier: LogNotifier) -> None:
+    Each transaction reports to `health`: a failed one makes the daemon not serving until one
+    commits again.
+    """
+
+    def __init__(
+        self, store: MsgbusStore, notifier: LogNotifier, health: Health | None = None
+    ) -> None:
         self._store = store
         self._notifier = notifier
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
@@ -48,8 +57,7 @@ class CommitPipeline:
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._accepting = False
-        self.healthy = True
-        """False after a failed transaction, until one succeeds again."""
+        self._health = health if health is not None else Health()
         self.transactions = 0
         self.ops_committed = 0
 
@@ -148,12 +156,12 @@ class CommitPipeline:
     ) -> None:
         """Notify advanced logs in commit order, then resolve the futures (loop thread)."""
         if failure is not None:
-            self.healthy = False
+            self._health.report(Subsystem.PIPELINE, False, FAILED_TRANSACTION)
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(failure)
             return
-        self.healthy = True
+        self._health.report(Subsystem.PIPELINE, True)
         self.transactions += 1
         self.ops_committed += len(outcomes)
         notify = self._notifier.notify

@@ -39,6 +39,7 @@ from msgbus_core.validation import (
 )
 from msgbus_proto import pb, rpc
 from msgbus_server import convert
+from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.status import failure
@@ -144,6 +145,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         node: NodeId,
         store: MsgbusStore,
         pipeline: CommitPipeline,
+        health: Health,
         notifier: LogNotifier,
         readers: Executor,
         max_payload_bytes: int,
@@ -157,16 +159,9 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         self._max_payload = max_payload_bytes
         self._valid_topics: dict[str, None] = {}
         """Topics already validated for writing; the same few topics arrive again and again."""
-        self.store_ok = True
-        """Set by the daemon's health monitor and by Ready; False while the store fails."""
-        self.shutting_down = False
+        self._health = health
 
     # -- helpers --------------------------------------------------------------------------------
-
-    @property
-    def serving(self) -> bool:
-        """True while the daemon accepts work and its store answers."""
-        return not self.shutting_down and self.store_ok and self._pipeline.healthy
 
     async def _read(self, fn: Callable[[], T]) -> T:
         """Run a blocking store read on the reader executor."""
@@ -516,7 +511,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         context: grpc.aio.ServicerContext[pb.HealthRequest, pb.HealthResponse],
     ) -> pb.HealthResponse:
         """ "SERVING", or "NOT_SERVING" while the store fails or the daemon shuts down."""
-        status = "SERVING" if self.serving else "NOT_SERVING"
+        status = "SERVING" if self._health.serving else "NOT_SERVING"
         return pb.HealthResponse(status=status, node=self._node_pb)
 
     async def Ready(
@@ -524,22 +519,15 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         request: pb.ReadyRequest,
         context: grpc.aio.ServicerContext[pb.ReadyRequest, pb.ReadyResponse],
     ) -> pb.ReadyResponse:
-        """Ask the store a trivial query (not a scan): READY, or NOT_READY with the error."""
-        error = ""
+        """Ask the store a trivial query (not a scan): READY, or NOT_READY with the reason."""
         try:
             await self._read(self._store.check)
-            self.store_ok = True
-        except MsgbusError as failure:
-            self.store_ok = False
-            error = f"storage error: {failure}"
-        except Exception as failure:
-            logger.exception("store check failed unexpectedly")
-            self.store_ok = False
-            error = f"storage error: {type(failure).__name__}: {failure}"
-        if not error and self.shutting_down:
-            error = SHUTTING_DOWN
-        if not error and not self._pipeline.healthy:
-            error = "storage error: the last write transaction failed"
+            self._health.report(Subsystem.STORE, True)
+        except Exception as problem:
+            if not isinstance(problem, MsgbusError):
+                logger.exception("store check failed unexpectedly")
+            self._health.report(Subsystem.STORE, False, storage_reason(problem))
+        error = self._health.reason()
         if error:
             return pb.ReadyResponse(
                 ready=False, status="NOT_READY", error=error, node=self._node_pb

@@ -1,23 +1,35 @@
-"""The sync state book: what peer sync last persisted, and what it has to persist next.
+"""The sync state book: one peer's sync state, what was persisted and what to persist next.
 
 Sync state is advisory (it is served by ListPeerSyncStates and never drives replication), but a
-durable write costs an fsync. So the book keeps the last written record of every
-(peer, topic, origin) in memory, seeded from the store at startup, and emits a new record only
-when something an operator cares about changed: a head, the last synced head, the failure count
-or the error. An idle pass, where every log is already in sync, writes nothing. The timestamps
+durable write costs an fsync. So the book keeps the last written record of the peer and of each
+of its logs in memory, seeded from the store at startup, and emits a new record only when
+something an operator cares about changed: a head, the last synced head, the failure count or
+the error. An idle pass, where every log is already in sync, writes nothing. The timestamps
 therefore say when the state last changed, not when the peer was last polled.
+
+The book also keeps what this run of the daemon decided about the peer's logs but never
+persists: when a failing log may be tried again, and which errors were already announced in the
+log output (each is logged when it starts or changes, not on every retry).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 from msgbus_core import NodeId, PeerSyncState
 
+__all__ = ["Heads", "LogId", "StateKey", "SyncStateBook", "now_ms", "state_key"]
+
 StateKey = tuple[str, str, str]
 """(peer endpoint, topic, origin key); topic and origin key are "" for the peer-level record."""
+
+LogId = tuple[str, NodeId]
+"""(topic, origin): one log."""
+
+_MAX_FAILURES = 2**32 - 1
+"""consecutive_failures is a uint32 on the wire."""
 
 
 def now_ms() -> int:
@@ -28,6 +40,19 @@ def now_ms() -> int:
 def state_key(peer: str, topic: str = "", origin: NodeId | None = None) -> StateKey:
     """The book key of a peer-level (no topic, no origin) or log-level record."""
     return (peer, topic, origin.key if origin is not None else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Heads:
+    """A log's heads as one attempt saw them."""
+
+    local: int = 0
+    remote: int = 0
+    synced: int | None = None
+    """The last head stored from this peer; None keeps the one already recorded."""
+
+
+_NO_HEADS = Heads()
 
 
 def _substance(state: PeerSyncState) -> tuple[int, int, int, int, str]:
@@ -41,28 +66,116 @@ def _substance(state: PeerSyncState) -> tuple[int, int, int, int, str]:
     )
 
 
-class SyncStateBook:
-    """Last written sync states, and the records that still have to be written."""
+def _retry_at_once(failures: int) -> float:
+    return 0.0
 
-    def __init__(self, seed: Iterable[PeerSyncState] = ()) -> None:
+
+class SyncStateBook:
+    """One peer's sync states: the last written ones, and the records still to be written.
+
+    `backoff(failures)` gives the seconds a log waits after its n-th consecutive counted
+    failure before `retry_due` lets it be tried again; `clock` is the monotonic clock it
+    counts on.
+    """
+
+    def __init__(
+        self,
+        peer: str,
+        seed: Iterable[PeerSyncState] = (),
+        *,
+        backoff: Callable[[int], float] = _retry_at_once,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.peer = peer
+        self._backoff = backoff
+        self._clock = clock
         self._written: dict[StateKey, PeerSyncState] = {}
         self._pending: dict[StateKey, PeerSyncState] = {}
+        self._retry_at: dict[StateKey, float] = {}
+        self._announced: dict[StateKey, str] = {}
+        self._invalid_heads: set[str] = set()
         for state in seed:
             self._written[state_key(state.peer, state.topic, state.origin)] = state
+
+    def key(self, log: LogId | None = None) -> StateKey:
+        """The key of the peer-level record (`log` None) or of one log's record."""
+        if log is None:
+            return state_key(self.peer)
+        return state_key(self.peer, log[0], log[1])
 
     def current(self, key: StateKey) -> PeerSyncState | None:
         """The newest record for `key`: pending if there is one, else the last written."""
         return self._pending.get(key) or self._written.get(key)
 
-    def last_synced_head(self, key: StateKey) -> int:
-        """The last synced head recorded for a log, 0 when none."""
-        state = self.current(key)
-        return state.last_synced_head if state else 0
-
     def failures(self, key: StateKey) -> int:
         """The consecutive failures recorded for `key`."""
         state = self.current(key)
         return state.consecutive_failures if state else 0
+
+    # -- attempts -------------------------------------------------------------------------------
+
+    def success(
+        self, log: LogId | None = None, heads: Heads = _NO_HEADS, *, progressed: bool = False
+    ) -> None:
+        """Note a successful attempt (or an in-sync observation) of the peer or of a log.
+
+        `progressed` forces a write even when nothing else changed, so that
+        `last_success_at_ms` tells when data last arrived. A success ends any backoff.
+        """
+        key = self.key(log)
+        self._retry_at.pop(key, None)
+        self._put(key, self._record(log, heads, 0, "", None), force=progressed)
+
+    def failure(
+        self, error: str, log: LogId | None = None, heads: Heads = _NO_HEADS, *, count: bool = True
+    ) -> PeerSyncState:
+        """Note a failed attempt; returns the record (pending or unchanged).
+
+        A counted failure of a log holds it back (see `retry_due`) for `backoff(failures)`.
+        `count` False is for permanent refusals that are noted but not retried (a log of the
+        local node): the failure count then stays where it is while the error repeats, so a
+        repeated refusal writes nothing.
+        """
+        key = self.key(log)
+        previous = self.current(key)
+        failures = previous.consecutive_failures if previous else 0
+        if count or previous is None or previous.last_error != error:
+            failures = min(failures + 1, _MAX_FAILURES)
+        # A failure keeps the time of the last success, so an operator sees how long a peer or
+        # log has been failing.
+        success_at = previous.last_success_at_ms if previous else 0
+        state = self._record(log, heads, failures, error, success_at)
+        self._put(key, state)
+        if count and log is not None:
+            self._retry_at[key] = self._clock() + self._backoff(failures)
+        return self.current(key) or state
+
+    def retry_due(self, log: LogId) -> bool:
+        """False while a log is backing off after a counted failure."""
+        return self._clock() >= self._retry_at.get(self.key(log), 0.0)
+
+    def _record(
+        self, log: LogId | None, heads: Heads, failures: int, error: str, success_at: int | None
+    ) -> PeerSyncState:
+        """A record of an attempt made now; `success_at` None means it succeeded."""
+        key = self.key(log)
+        attempt_at = now_ms()
+        previous = self.current(key)
+        synced = heads.synced
+        if synced is None:
+            synced = previous.last_synced_head if previous else 0
+        return PeerSyncState(
+            peer=self.peer,
+            topic=key[1],
+            origin=log[1] if log is not None else None,
+            local_head=heads.local,
+            remote_head=heads.remote,
+            last_synced_head=synced,
+            last_attempt_at_ms=attempt_at,
+            last_success_at_ms=attempt_at if success_at is None else success_at,
+            consecutive_failures=failures,
+            last_error=error,
+        )
 
     def _put(self, key: StateKey, state: PeerSyncState, *, force: bool = False) -> None:
         previous = self.current(key)
@@ -70,87 +183,27 @@ class SyncStateBook:
             return
         self._pending[key] = state
 
-    def success(
-        self,
-        peer: str,
-        topic: str = "",
-        origin: NodeId | None = None,
-        *,
-        local_head: int = 0,
-        remote_head: int = 0,
-        last_synced_head: int | None = None,
-        progressed: bool = False,
-    ) -> None:
-        """Note a successful attempt (or an in-sync observation) of a peer or a log.
+    # -- what was announced in the log output ---------------------------------------------------
 
-        `last_synced_head` None keeps the previous value. `progressed` forces a write even when
-        nothing else changed, so that `last_success_at_ms` tells when data last arrived.
-        """
-        key = state_key(peer, topic, origin)
-        previous = self.current(key)
-        now = now_ms()
-        synced = (
-            last_synced_head
-            if last_synced_head is not None
-            else (previous.last_synced_head if previous else 0)
-        )
-        state = PeerSyncState(
-            peer=peer,
-            topic=topic,
-            origin=origin,
-            local_head=local_head,
-            remote_head=remote_head,
-            last_synced_head=synced,
-            last_attempt_at_ms=now,
-            last_success_at_ms=now,
-            consecutive_failures=0,
-            last_error="",
-        )
-        self._put(key, state, force=progressed)
+    def announce_failure(self, key: StateKey, error: str) -> bool:
+        """Remember `error` as announced for `key`; True when it is new (so log it)."""
+        if self._announced.get(key) == error:
+            return False
+        self._announced[key] = error
+        return True
 
-    def failure(
-        self,
-        peer: str,
-        error: str,
-        topic: str = "",
-        origin: NodeId | None = None,
-        *,
-        local_head: int = 0,
-        remote_head: int = 0,
-        last_synced_head: int | None = None,
-        count: bool = True,
-    ) -> PeerSyncState:
-        """Note a failed attempt; returns the record (pending or unchanged).
+    def announce_recovery(self, key: StateKey) -> bool:
+        """Forget the error announced for `key`; True when there was one (so log the recovery)."""
+        return self._announced.pop(key, None) is not None
 
-        `count` False is for permanent refusals that are noted but not retried (a log of the
-        local node): the failure count then stays where it is while the error repeats, so a
-        repeated refusal writes nothing.
-        """
-        key = state_key(peer, topic, origin)
-        previous = self.current(key)
-        failures = previous.consecutive_failures if previous else 0
-        if count or previous is None or previous.last_error != error:
-            failures += 1
-        state = PeerSyncState(
-            peer=peer,
-            topic=topic,
-            origin=origin,
-            local_head=local_head,
-            remote_head=remote_head,
-            last_synced_head=(
-                last_synced_head
-                if last_synced_head is not None
-                else (previous.last_synced_head if previous else 0)
-            ),
-            last_attempt_at_ms=now_ms(),
-            # A failure keeps the time of the last success, so an operator sees how long a
-            # peer or log has been failing.
-            last_success_at_ms=previous.last_success_at_ms if previous else 0,
-            consecutive_failures=min(failures, 2**32 - 1),
-            last_error=error,
-        )
-        self._put(key, state)
-        return self.current(key) or state
+    def announce_invalid_head(self, error: str) -> bool:
+        """True the first time the peer lists a head this invalid (no record can name it)."""
+        if error in self._invalid_heads:
+            return False
+        self._invalid_heads.add(error)
+        return True
+
+    # -- persisting -----------------------------------------------------------------------------
 
     def take_pending(self) -> list[PeerSyncState]:
         """The records to write now; the caller calls `written` once they are committed."""

@@ -1,0 +1,89 @@
+"""Whether this daemon is serving, and if not, why.
+
+`Health` is the one owner of that answer. Each subsystem reports to it: the store monitor and
+Ready (does the store answer?), the commit pipeline (did the last write transaction commit?)
+and shutdown. The Health and Ready RPCs read it, and the daemon mirrors it into
+grpc.health.v1 from its one change listener. Every transition is logged once, with the reasons.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+
+from msgbus_core.errors import MsgbusError
+
+__all__ = ["Health", "Subsystem", "storage_reason"]
+
+logger = logging.getLogger("msgbus_server.health")
+
+
+class Subsystem(enum.Enum):
+    """What can make the daemon not serve; `Health.reason` names them in this order."""
+
+    STORE = "store"
+    SHUTDOWN = "shutdown"
+    PIPELINE = "pipeline"
+
+
+def storage_reason(error: Exception) -> str:
+    """The reason reported when the store check fails: the error, and its type if a bug."""
+    if isinstance(error, MsgbusError):
+        return f"storage error: {error}"
+    return f"storage error: {type(error).__name__}: {error}"
+
+
+class Health:
+    """Serving, or not serving with the reason of each failing subsystem.
+
+    Used from the event loop only. Listeners (`on_change`) are called on every transition
+    between serving and not serving, after the state changed.
+    """
+
+    def __init__(self) -> None:
+        self._failing: dict[Subsystem, str] = {}
+        self._listeners: list[Callable[[bool], None]] = []
+
+    @property
+    def serving(self) -> bool:
+        """True while no subsystem reports a failure."""
+        return not self._failing
+
+    def reasons(self) -> dict[Subsystem, str]:
+        """The reason of every failing subsystem, in `Subsystem` order (for a status page)."""
+        return {s: self._failing[s] for s in Subsystem if s in self._failing}
+
+    def reason(self) -> str:
+        """The first reason not to serve (in `Subsystem` order); "" while serving."""
+        return next(iter(self.reasons().values()), "")
+
+    def report(self, subsystem: Subsystem, ok: bool, reason: str = "") -> None:
+        """Note that `subsystem` works (`ok`), or fails for `reason`."""
+        if ok and subsystem not in self._failing:
+            return  # the common case: every commit reports, and nothing changes
+        before = set(self._failing)
+        if ok:
+            self._failing.pop(subsystem, None)
+        else:
+            self._failing[subsystem] = reason or f"{subsystem.value} failed"
+        if set(self._failing) == before:
+            return  # a failing subsystem may fail again, differently: still one transition
+        self._log_transition()
+        if not before or self.serving:
+            for listener in self._listeners:
+                listener(self.serving)
+
+    def on_change(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(serving)` on every transition between serving and not serving."""
+        self._listeners.append(listener)
+
+    def _log_transition(self) -> None:
+        if self.serving:
+            logger.warning("health is now SERVING")
+            return
+        reasons = self.reasons()
+        shown = "; ".join(f"{s.value}: {r}" for s, r in reasons.items())
+        # A shutdown is asked for; only a failure is worth a warning.
+        level = logging.INFO if list(reasons) == [Subsystem.SHUTDOWN] else logging.WARNING
+        logger.log(level, "health is now NOT_SERVING (%s)", shown)

@@ -1,0 +1,220 @@
+"""The batch fetcher: one log's batches from one peer, and what a sync failure is.
+
+`BatchFetcher` sends the Fetch calls of one log (every one under its deadline, in the packed or
+the original one-per-response form), keeps at most one batch in flight ahead of the one being
+committed, and checks that what the peer served is that log in ascending head order.
+
+`SyncFailure` is the one classification of everything that can go wrong in a sync pass: the
+peer is unavailable, this log is refused by a rule, the local store failed, or a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+from grpc import aio
+
+from msgbus_core import MsgbusError, NodeId
+from msgbus_core.model import Message
+from msgbus_proto import pb, rpc
+from msgbus_server.convert import message_from_envelope
+
+__all__ = ["BatchFetcher", "FailureKind", "ServedBatch", "SyncFailure", "envelopes"]
+
+# Status codes that say the peer (or the path to it) is down rather than that one request was
+# bad: they end the pass and back the whole peer off. Any other code fails only the log.
+_PEER_DOWN_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+
+
+class FailureKind(enum.Enum):
+    """What failed, which decides what a sync pass does next."""
+
+    PEER = "peer unavailable"
+    """Unreachable, hung, or not who it must be: the pass ends and the peer backs off."""
+    LOG = "log refused"
+    """This log cannot be synced from this peer now; it is recorded, the other logs go on."""
+    STORE = "local store"
+    """The local store or commit pipeline failed: recorded on the log (or peer) it hit."""
+    BUG = "internal error"
+    """Anything else: logged with its traceback, and the peer backs off."""
+
+
+class SyncFailure(Exception):
+    """A failure in a sync pass, classified; `str()` is the text recorded in sync state."""
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @classmethod
+    def of(cls, error: Exception) -> SyncFailure:
+        """The one classification of an exception raised during a sync pass.
+
+        Peer calls classify their own errors (`from_rpc`), and the rules raise `SyncFailure`
+        directly; what is left is the local store's `MsgbusError`, or a bug.
+        """
+        if isinstance(error, SyncFailure):
+            return error
+        if isinstance(error, MsgbusError):
+            return cls(FailureKind.STORE, f"local store: {error}")
+        return cls(FailureKind.BUG, f"internal error: {error!r}")
+
+    @classmethod
+    def from_rpc(
+        cls, endpoint: str, what: str, error: aio.AioRpcError, *, whole_peer: bool = False
+    ) -> SyncFailure:
+        """A failed call to a peer: the peer is down, or (unless `whole_peer`) the log failed."""
+        code = error.code()
+        text = f"peer {endpoint} {what} failed: {code.name} {error.details() or ''}".rstrip()
+        down = whole_peer or code in _PEER_DOWN_CODES
+        return cls(FailureKind.PEER if down else FailureKind.LOG, text)
+
+
+def envelopes(response: pb.FetchResponse) -> Iterable[pb.MessageEnvelope]:
+    """The envelopes one Fetch response carries, in head order.
+
+    An original peer sends one in `message`; a peer that honours the opt-in packing extension
+    (`FetchRequest.max_messages_per_response`) sends many in `messages`. Both are accepted, so
+    turning packing on is only a matter of setting the request field. A response with neither
+    is skipped, as in the original.
+    """
+    if response.HasField("message"):
+        yield response.message
+    yield from response.messages
+
+
+@dataclass(frozen=True, slots=True)
+class ServedBatch:
+    """What one Fetch served: the usable prefix, and why the rest is not usable, if it is not."""
+
+    messages: list[Message]
+    problem: str | None = None
+
+
+class BatchFetcher:
+    """Fetches one log from one peer in batches of at most `limit` messages.
+
+    Use it as a context manager: leaving it cancels a prefetch that is still in flight, so a
+    failure, a cancellation (shutdown) or a bug leaves no Fetch behind.
+    """
+
+    def __init__(
+        self,
+        stub: rpc.MsgbusServiceAsyncStub,
+        endpoint: str,
+        log: tuple[str, NodeId],
+        *,
+        limit: int,
+        packing: int,
+        timeout_s: float,
+    ) -> None:
+        self._stub = stub
+        self._endpoint = endpoint
+        self._topic, self._origin = log
+        self._limit = limit
+        self._packing = packing
+        self._timeout_s = timeout_s
+        self._prefetch: asyncio.Task[list[Message]] | None = None
+        self._prefetch_from = 0
+
+    def __enter__(self) -> BatchFetcher:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._discard()
+
+    async def batch(self, from_head_id: int) -> ServedBatch:
+        """The batch from `from_head_id`: the prefetched one when it starts there."""
+        if self._prefetch is not None and self._prefetch_from == from_head_id:
+            prefetch, self._prefetch = self._prefetch, None
+            messages = await prefetch
+        else:
+            self._discard()
+            messages = await self._fetch(from_head_id)
+        return self._one_log_prefix(messages)
+
+    def prefetch(self, from_head_id: int) -> None:
+        """Start fetching the batch from `from_head_id` while the caller commits this one."""
+        self._discard()
+        self._prefetch_from = from_head_id
+        self._prefetch = asyncio.create_task(self._fetch(from_head_id))
+
+    def _discard(self) -> None:
+        """Cancel a prefetch that is no longer wanted; its outcome is of no interest."""
+        task, self._prefetch = self._prefetch, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        # Retrieve the outcome so asyncio never reports "exception was never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _fetch(self, from_head_id: int) -> list[Message]:
+        request = pb.FetchRequest(
+            topic=self._topic,
+            origin=pb.NodeId(
+                tenant_id=self._origin.tenant_id,
+                bl_name=self._origin.bl_name,
+                device_id=self._origin.device_id,
+            ),
+            from_head_id=from_head_id,
+            limit=self._limit,
+            max_messages_per_response=self._packing,
+        )
+        # The deadline covers the whole stream, so a peer that stalls mid-stream cannot hold
+        # this task longer than the fetch timeout.
+        call = self._stub.Fetch(request, timeout=self._timeout_s)
+        messages: list[Message] = []
+        try:
+            async for response in call:
+                for envelope in envelopes(response):
+                    if not envelope.HasField("origin"):
+                        raise SyncFailure(FailureKind.LOG, "message origin is required")
+                    messages.append(message_from_envelope(envelope))
+                if len(messages) >= self._limit:
+                    break  # a peer that ignores the limit does not get to fill our memory
+        except aio.AioRpcError as error:
+            raise SyncFailure.from_rpc(self._endpoint, "Fetch", error) from None
+        finally:
+            call.cancel()
+        return messages[: self._limit]
+
+    def _one_log_prefix(self, batch: list[Message]) -> ServedBatch:
+        """The part of a batch that is this log in strictly ascending head order.
+
+        ReplicateOp takes messages of one log in ascending order, so a peer that mixes in another
+        log's messages or repeats heads is stopped here with a clear error. Everything else (a
+        gap, a copy that differs from a stored row, a malformed marker) is for the store's accept
+        rules to judge; a batch that starts below the requested head is judged there too, so a
+        peer whose history diverged from ours shows up as a conflict.
+        """
+        topic, origin = self._topic, self._origin
+        previous = 0
+        for index, message in enumerate(batch):
+            if message.topic != topic or message.origin != origin:
+                return ServedBatch(
+                    batch[:index],
+                    f"peer {self._endpoint} returned mismatched message for topic={topic} "
+                    f"origin={origin.key}: got topic={message.topic} "
+                    f"origin={message.origin.key}",
+                )
+            if message.head_id <= previous:
+                return ServedBatch(
+                    batch[:index],
+                    f"peer {self._endpoint} served topic={topic} origin={origin.key} out of "
+                    f"order: head_id {message.head_id} after {previous}",
+                )
+            previous = message.head_id
+        return ServedBatch(batch)

@@ -1,0 +1,467 @@
+"""The peer worker: one peer's sync passes, until it is cancelled.
+
+A pass:
+
+1. Health: the peer must not be this node, and must be the pinned node when one is given;
+2. ListHeads;
+3. for every log whose remote head is above the local one, Fetch from local head + 1 in batches
+   of `batch_limit` (see `sync_fetch`), each batch stored as ONE `ReplicateOp` (one transaction)
+   through the commit pipeline, which also wakes local subscribers.
+
+Every call has a deadline, so a hung peer costs at most one deadline. A pass that fails backs
+the peer off exponentially with jitter (`backoff`), and the backoff resets on the first good
+pass. A log that fails (conflict, gap, malformed marker, refused origin) is recorded and skipped
+with its own backoff, kept by the sync state book; it never blocks the other logs. The accept
+rules themselves (identical is a no-op, deleted wins, anything else conflicts; markers validated
+before anything is stored) run inside the store's `ReplicateOp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import tenacity
+from grpc import aio
+
+from msgbus_core import MsgbusError, NodeId, RecordSyncStateOp, ReplicateOp, ReplicateResult
+from msgbus_core.limits import MAX_FETCH_LIMIT
+from msgbus_core.model import Message, TopicHead
+from msgbus_core.ops import Outcome, WriteOp, WriteResult
+from msgbus_core.validation import validate_topic
+from msgbus_proto import pb, rpc
+from msgbus_server.backoff import backoff_delay, default_backoff_cap
+from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
+from msgbus_server.sync_fetch import BatchFetcher, FailureKind, SyncFailure
+from msgbus_server.sync_state import Heads, LogId, SyncStateBook
+
+__all__ = [
+    "LogClaims",
+    "PeerContext",
+    "PeerWorker",
+    "StoreReader",
+    "SyncPipeline",
+    "SyncSettings",
+]
+
+log = logging.getLogger("msgbus_server.sync")
+
+# Generous receive limit: a packed Fetch response carries many envelopes, and a peer may run
+# with a larger --max-payload-bytes than we do.
+_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+
+
+class SyncPipeline(Protocol):
+    """The part of the commit pipeline that sync uses (`msgbus_server.pipeline.CommitPipeline`)."""
+
+    async def submit(self, op: WriteOp) -> WriteResult:
+        """Commit one op; raise its `MsgbusError` when it fails."""
+        ...
+
+    async def submit_many(self, ops: Sequence[WriteOp]) -> list[Outcome]:
+        """Commit ops in one transaction; one outcome (result or error) per op."""
+        ...
+
+
+class StoreReader(Protocol):
+    """The reads sync makes of the local store (`msgbus_core.MsgbusStore`)."""
+
+    def get_head(self, topic: str, origin: NodeId) -> int:
+        """The highest head of a log, or 0 when it has no message."""
+        ...
+
+    def list_heads(self) -> list[TopicHead]:
+        """Every log's head."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """How every peer is synced; build it with `of`, which applies the bounds and defaults."""
+
+    interval_s: float
+    batch_limit: int
+    rpc_timeout_s: float
+    fetch_timeout_s: float
+    backoff_cap_s: float
+    fetch_packing: int
+    """Messages per Fetch response to ask for (the opt-in packing extension); 0 asks for the
+    original one-message-per-response stream."""
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        interval_s: float,
+        batch_limit: int,
+        rpc_timeout_s: float = 10.0,
+        fetch_timeout_s: float = 60.0,
+        backoff_cap_s: float | None = None,
+        fetch_packing: int | None = None,
+    ) -> SyncSettings:
+        """Settings from the daemon's options.
+
+        `backoff_cap_s` None is 30 intervals, at most a minute. `fetch_packing` None asks for
+        a whole batch per response: packing makes catch-up several times faster (one message
+        per response is the streaming bottleneck), and original peers, which do not know the
+        field, answer one per response anyway.
+        """
+        interval = max(interval_s, 0.01)
+        limit = min(max(batch_limit, 1), MAX_FETCH_LIMIT)
+        return cls(
+            interval_s=interval,
+            batch_limit=limit,
+            rpc_timeout_s=rpc_timeout_s,
+            fetch_timeout_s=fetch_timeout_s,
+            backoff_cap_s=(
+                backoff_cap_s if backoff_cap_s is not None else default_backoff_cap(interval)
+            ),
+            fetch_packing=limit if fetch_packing is None else max(fetch_packing, 0),
+        )
+
+    def backoff(self, failures: int, rng: random.Random) -> float:
+        """The wait after `failures` consecutive failures of a peer or a log."""
+        return backoff_delay(failures, self.interval_s, self.backoff_cap_s, rng)
+
+
+class LogClaims:
+    """The logs being pulled right now, by any peer's worker.
+
+    Two peers that both have a log ahead of us would otherwise fetch and commit the same
+    batches twice; the second one skips the log for this pass instead of waiting, so it never
+    blocks its other logs.
+    """
+
+    def __init__(self) -> None:
+        self._busy: set[LogId] = set()
+
+    def claim(self, log_id: LogId) -> bool:
+        """Claim a log; False when another worker holds it."""
+        if log_id in self._busy:
+            return False
+        self._busy.add(log_id)
+        return True
+
+    def release(self, log_id: LogId) -> None:
+        """Release a claimed log."""
+        self._busy.discard(log_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerContext:
+    """Everything one peer's worker works with, handed over by `PeerSync`."""
+
+    local_node: NodeId
+    """This daemon's identity: never accepted from a peer."""
+    spec: PeerSpec
+    settings: SyncSettings
+    store: StoreReader
+    pipeline: SyncPipeline
+    book: SyncStateBook
+    """This peer's sync state; its log backoff uses `backoff` too."""
+    claims: LogClaims
+    """Shared by every peer's worker."""
+    tls: PeerTlsConfig | None
+    backoff: Callable[[int], float]
+    """Seconds to wait after n consecutive failures."""
+
+
+@dataclass(slots=True)
+class _Pull:
+    """How far one pull of a log got: what its sync state records, whatever happens."""
+
+    local_head: int
+    remote_head: int
+    synced: int | None = None
+    progressed: bool = False
+
+    def heads(self) -> Heads:
+        return Heads(self.local_head, self.remote_head, self.synced)
+
+
+def _node_from_pb(node: pb.NodeId) -> NodeId:
+    return NodeId(node.tenant_id, node.bl_name, node.device_id)
+
+
+class PeerWorker:
+    """One peer: its channel, its passes, its backoff; its state lives in its book."""
+
+    def __init__(self, context: PeerContext) -> None:
+        self._context = context
+        self._book = context.book
+        self.endpoint = context.spec.endpoint
+        self._channel = open_peer_channel(
+            self.endpoint,
+            context.tls,
+            options=[
+                ("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", _MAX_RECEIVE_BYTES),
+            ],
+        )
+        self._stub = rpc.MsgbusServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel (cancelling any call still on it)."""
+        with contextlib.suppress(Exception):
+            await self._channel.close(grace=None)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sync passes forever; a failing pass is retried with backoff, a good one resets it."""
+        retrying = tenacity.AsyncRetrying(
+            wait=lambda attempt: self._context.backoff(attempt.attempt_number),
+            retry=tenacity.retry_if_exception_type(SyncFailure),
+            stop=tenacity.stop_never,
+            reraise=True,
+        )
+        while True:
+            # Each call starts a fresh attempt count, so the backoff resets after a good pass.
+            await retrying(self._pass)
+            await asyncio.sleep(self._context.settings.interval_s)
+
+    async def _pass(self) -> None:
+        try:
+            await self._check_identity()
+            heads = await self._list_heads()
+            local_heads = {
+                (h.topic, h.origin): h.head_id
+                for h in await asyncio.to_thread(self._context.store.list_heads)
+            }
+            progressed = False
+            for head in heads:
+                progressed |= await self._sync_log(head, local_heads)
+        except Exception as error:
+            failure = SyncFailure.of(error)
+            if failure.kind is FailureKind.BUG:
+                # A bug must not end this peer's task for good: log it and retry with backoff.
+                log.exception("peer %s: unexpected error in sync pass", self.endpoint)
+            # Whatever failed, nothing more can be synced this pass: back the peer off.
+            await self._peer_failed(str(failure))
+            if failure is error:
+                raise
+            raise failure from error
+        self._book.success(progressed=progressed)
+        if self._book.announce_recovery(self._book.key()):
+            log.info("peer %s: sync recovered", self.endpoint)
+        await self._flush()
+
+    async def _peer_failed(self, error: str) -> None:
+        self._book.failure(error)
+        # Log a failure when it starts or changes, not on every retry.
+        if self._book.announce_failure(self._book.key(), error):
+            log.warning("peer %s: sync failed: %s", self.endpoint, error)
+        else:
+            log.debug("peer %s: sync still failing: %s", self.endpoint, error)
+        await self._flush()
+
+    # -- peer calls -------------------------------------------------------------------------------
+
+    def _unavailable(self, problem: str) -> SyncFailure:
+        return SyncFailure(FailureKind.PEER, f"peer {self.endpoint} {problem}")
+
+    async def _check_identity(self) -> None:
+        try:
+            response = await self._stub.Health(
+                pb.HealthRequest(), timeout=self._context.settings.rpc_timeout_s
+            )
+        except aio.AioRpcError as error:
+            raise SyncFailure.from_rpc(self.endpoint, "Health", error, whole_peer=True) from None
+        if not response.HasField("node"):
+            raise self._unavailable("health response has no node")
+        remote = _node_from_pb(response.node)
+        try:
+            remote.validate("peer node")
+        except MsgbusError as error:
+            raise self._unavailable(f"reports an invalid identity: {error}") from None
+        if remote == self._context.local_node:
+            raise self._unavailable("reports the local node identity")
+        pinned = self._context.spec.pinned
+        if pinned is not None and remote != pinned:
+            raise self._unavailable(f"identity mismatch: expected {pinned.key}, got {remote.key}")
+        if response.status != "SERVING":
+            raise self._unavailable(f"is not serving: {response.status!r}")
+
+    async def _list_heads(self) -> list[pb.TopicHead]:
+        try:
+            response = await self._stub.ListHeads(
+                pb.ListHeadsRequest(), timeout=self._context.settings.rpc_timeout_s
+            )
+        except aio.AioRpcError as error:
+            raise SyncFailure.from_rpc(self.endpoint, "ListHeads", error, whole_peer=True) from None
+        return list(response.heads)
+
+    # -- one log ----------------------------------------------------------------------------------
+
+    def _parse_head(self, head: pb.TopicHead) -> tuple[LogId, int] | None:
+        try:
+            if not head.HasField("origin"):
+                raise SyncFailure(FailureKind.LOG, "topic head origin is required")
+            origin = _node_from_pb(head.origin).validate("topic head origin")
+            validate_topic(head.topic, "topic head topic")
+        except (SyncFailure, MsgbusError) as error:
+            # Nothing can be recorded under a key that is not a valid name; warn once.
+            if self._book.announce_invalid_head(str(error)):
+                log.warning("peer %s: ignoring an invalid head: %s", self.endpoint, error)
+            return None
+        return (head.topic, origin), head.head_id
+
+    async def _sync_log(self, head: pb.TopicHead, local_heads: dict[LogId, int]) -> bool:
+        """Bring one log up to the peer's head; True when something was stored."""
+        parsed = self._parse_head(head)
+        if parsed is None:
+            return False
+        log_id, remote_head = parsed
+        origin = log_id[1]
+        local_head = local_heads.get(log_id, 0)
+        if origin == self._context.local_node and remote_head > local_head:
+            # This daemon is the only authority for its own logs: a peer that has "more" of one
+            # holds forged data, or data from before a local reset. Refuse, never fetch. A peer
+            # that holds no more than this daemon (every two-way peer does) is simply in sync.
+            self._log_failed(
+                log_id,
+                f"refused: log of the local node {origin.key} is never accepted from a peer",
+                Heads(local_head, remote_head),
+                count=False,
+            )
+            return False
+        if remote_head <= local_head:
+            self._log_in_sync(log_id, Heads(local_head, remote_head))
+            return False
+        if not self._book.retry_due(log_id):
+            return False  # still backing off after a failure
+        claims = self._context.claims
+        if not claims.claim(log_id):
+            return False  # another peer's worker is pulling this log; look again next pass
+        try:
+            progressed = await self._pull(log_id, remote_head)
+        finally:
+            claims.release(log_id)
+        # Write this log's state now rather than at the end of the pass, so progress and errors
+        # show in ListPeerSyncStates while the other logs are still being pulled.
+        await self._flush()
+        return progressed
+
+    async def _pull(self, log_id: LogId, remote_head: int) -> bool:
+        """Fetch and commit one log up to `remote_head`; True when something was stored."""
+        settings = self._context.settings
+        # Read the head again: another peer may have brought this log forward since the pass
+        # started.
+        local_head = await asyncio.to_thread(self._context.store.get_head, *log_id)
+        pull = _Pull(local_head, remote_head)
+        fetcher = BatchFetcher(
+            self._stub,
+            self.endpoint,
+            log_id,
+            limit=settings.batch_limit,
+            packing=settings.fetch_packing,
+            timeout_s=settings.fetch_timeout_s,
+        )
+        try:
+            with fetcher:
+                await self._pull_batches(fetcher, log_id, pull)
+        except Exception as error:
+            failure = SyncFailure.of(error)
+            if failure.kind is FailureKind.BUG:
+                raise  # the pass logs it, with its traceback
+            self._log_failed(log_id, str(failure), pull.heads())
+            if failure.kind is FailureKind.PEER:
+                raise
+            return pull.progressed
+        self._log_in_sync(log_id, pull.heads())
+        return pull.progressed
+
+    async def _pull_batches(self, fetcher: BatchFetcher, log_id: LogId, pull: _Pull) -> None:
+        topic, origin = log_id
+        where = f"topic={topic} origin={origin.key}"
+        while pull.local_head < pull.remote_head:
+            expected = pull.local_head + 1
+            served = await fetcher.batch(expected)
+            batch = served.messages
+            if not batch and served.problem is None:
+                raise SyncFailure(
+                    FailureKind.LOG,
+                    f"peer {self.endpoint} lists head {pull.remote_head} for {where} "
+                    f"but served nothing from head {expected}",
+                )
+            before = pull.local_head
+            if batch:
+                # The next batch is fetched while this one commits, so the peer's read and the
+                # network overlap the local write instead of alternating with it.
+                next_from = batch[-1].head_id + 1
+                if served.problem is None and next_from <= pull.remote_head:
+                    fetcher.prefetch(next_from)
+                await self._commit(batch, pull)
+            if served.problem is not None:
+                raise SyncFailure(FailureKind.LOG, served.problem)
+            if pull.local_head <= before:
+                # Only heads we already had: without this, a peer that keeps serving old heads
+                # would keep this loop going forever.
+                raise SyncFailure(
+                    FailureKind.LOG,
+                    f"peer {self.endpoint} made no progress on {where}: asked from head "
+                    f"{expected}, got heads {batch[0].head_id}..{batch[-1].head_id}",
+                )
+
+    async def _commit(self, batch: list[Message], pull: _Pull) -> None:
+        """Store one batch as one ReplicateOp (one transaction), and note how far it got.
+
+        The pipeline wakes local subscribers for whatever changed.
+        """
+        result = await self._context.pipeline.submit(ReplicateOp(batch))
+        if not isinstance(result, ReplicateResult):  # pragma: no cover - contract violation
+            raise MsgbusError(f"pipeline returned {type(result).__name__} for a ReplicateOp")
+        accepted = len(result.changed) + result.unchanged
+        pull.progressed |= bool(result.changed)
+        if accepted:
+            pull.synced = batch[accepted - 1].head_id
+            pull.local_head = max(pull.local_head, pull.synced)
+            pull.remote_head = max(pull.remote_head, pull.synced)
+        if result.error is not None:
+            raise SyncFailure(
+                FailureKind.LOG, f"rejected from peer {self.endpoint}: {result.error}"
+            ) from result.error
+
+    def _log_failed(self, log_id: LogId, error: str, heads: Heads, *, count: bool = True) -> None:
+        self._book.failure(error, log_id, heads, count=count)
+        if self._book.announce_failure(self._book.key(log_id), error):
+            topic, origin = log_id
+            log.warning(
+                "peer %s: log topic=%s origin=%s not synced: %s",
+                self.endpoint,
+                topic,
+                origin.key,
+                error,
+            )
+
+    def _log_in_sync(self, log_id: LogId, heads: Heads) -> None:
+        self._book.success(log_id, heads)
+        if self._book.announce_recovery(self._book.key(log_id)):
+            log.info("peer %s: log %s/%s in sync again", self.endpoint, log_id[0], log_id[1].key)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        """Write the sync state records that changed, in one transaction."""
+        states = self._book.take_pending()
+        if not states:
+            return
+        try:
+            outcomes = await self._context.pipeline.submit_many(
+                [RecordSyncStateOp(state) for state in states]
+            )
+        except MsgbusError as error:
+            log.warning("peer %s: cannot record sync state: %s", self.endpoint, error)
+            self._book.restore(states)
+            return
+        done = [s for s, o in zip(states, outcomes, strict=True) if not isinstance(o, Exception)]
+        self._book.written(done)
+        failed = [s for s, o in zip(states, outcomes, strict=True) if isinstance(o, Exception)]
+        if failed:
+            log.warning("peer %s: %d sync state records not written", self.endpoint, len(failed))
+            self._book.restore(failed)
