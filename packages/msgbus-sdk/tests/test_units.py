@@ -30,7 +30,7 @@ from msgbus_sdk import (
 from msgbus_sdk import _convert as convert
 from msgbus_sdk import _render as render
 from msgbus_sdk._errors import translate_rpc_error
-from msgbus_sdk._subscription import _Cursor, _GapError
+from msgbus_sdk._subscription import Cursor, _GapError
 from msgbus_sdk.cli import main
 
 
@@ -113,6 +113,7 @@ def test_only_transient_errors_are_retryable() -> None:
         if isinstance(cls, type) and issubclass(cls, MsgbusError) and cls.retryable
     }
     assert retryable == {
+        "TransientError",
         "UnavailableError",
         "DeadlineExceededError",
         "AbortedError",
@@ -211,7 +212,7 @@ def test_packed_and_single_responses_convert_the_same() -> None:
 
 
 def test_cursor_drops_duplicates_and_refuses_gaps() -> None:
-    cursor = _Cursor(from_head_id=0)
+    cursor = Cursor(from_head_id=0)
     assert cursor.next_head_id == 1
     envs = [convert.envelope(_pb_env(h)) for h in (1, 2, 1, 2, 3)]
     cursor.take(envs)

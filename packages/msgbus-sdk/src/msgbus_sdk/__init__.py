@@ -7,12 +7,14 @@ same methods. Messages are the contract's own types (:class:`MessageEnvelope`,
 """
 
 from ._async_client import AsyncMsgbusClient
+from ._async_subscription import AsyncSubscription
 from ._config import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ReconnectPolicy, parse_target
 from ._convert import NodeLike, Payload, node_key, parse_node_id
 from ._errors import (
     AbortedError,
     AlreadyExistsError,
     CancelledError,
+    ClientClosedError,
     ConfigurationError,
     ConflictError,
     DeadlineExceededError,
@@ -24,6 +26,7 @@ from ._errors import (
     ProtocolError,
     ResourceExhaustedError,
     StatusCode,
+    TransientError,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
@@ -40,8 +43,8 @@ from ._generated.msgbus.v1 import (
     TopicHead,
 )
 from ._requests import BatchEntry, PublishEntry
-from ._subscription import AsyncSubscription, Subscription
 from ._sync_client import MsgbusClient
+from ._sync_subscription import Subscription
 from ._tls import TlsConfig
 
 __version__ = "0.1.0"
@@ -55,6 +58,7 @@ __all__ = [
     "AsyncSubscription",
     "BatchEntry",
     "CancelledError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "DeadlineExceededError",
@@ -81,6 +85,7 @@ __all__ = [
     "Subscription",
     "TlsConfig",
     "TopicHead",
+    "TransientError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

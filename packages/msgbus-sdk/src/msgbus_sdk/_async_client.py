@@ -1,4 +1,10 @@
-"""The asyncio client, on grpc.aio."""
+"""The asyncio client, on grpc.aio.
+
+The blocking :class:`MsgbusClient` is generated from this module by ``tools/unasync.py``: edit
+this one and regenerate. Lines marked ``# async-only`` (and blocks between ``# async-only:
+begin`` and ``# async-only: end``) are left out of the blocking client; so is publish
+coalescing, which gathers publishes that become runnable in the same event-loop pass.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
-import grpc
-import grpc.aio
-
 from msgbus_proto import pb, rpc
 
+from . import _async_transport as transport
 from . import _convert as convert
 from . import _requests as requests
-from ._coalescing import PublishCoalescer
+from ._async_subscription import AsyncSubscription
+from ._coalescing import PublishCoalescer  # async-only
 from ._config import (
     DEFAULT_ENDPOINT,
     DEFAULT_TIMEOUT,
@@ -23,7 +28,13 @@ from ._config import (
     resolve_reconnect,
 )
 from ._convert import NodeLike, Payload
-from ._errors import ConfigurationError, ProtocolError, translate_rpc_error
+from ._errors import (
+    ClientClosedError,
+    MsgbusError,
+    NotFoundError,
+    ProtocolError,
+    translate_rpc_error,
+)
 from ._generated.msgbus.v1 import (
     FifoMessage,
     GetHeadResponse,
@@ -35,7 +46,6 @@ from ._generated.msgbus.v1 import (
     TopicHead,
 )
 from ._requests import BatchEntry
-from ._subscription import AsyncSubscription
 from ._tls import TlsConfig
 
 if TYPE_CHECKING:
@@ -45,7 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncMsgbusClient"]
 
-_Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 
@@ -57,7 +66,8 @@ class AsyncMsgbusClient:
         async with await AsyncMsgbusClient.connect("127.0.0.1:50051") as bus:
             message = await bus.publish("demo.events", b"hello msgbus")
 
-    Every method raises a subclass of :class:`MsgbusError` on failure, never a grpc error.
+    Every method raises a subclass of :class:`MsgbusError` on failure, never a grpc error;
+    a closed client raises :class:`ClientClosedError`.
 
     Concurrent :meth:`publish` calls are coalesced into PublishBatch calls unless the client
     was connected with ``coalesce_publishes=False``; see :meth:`publish`.
@@ -65,13 +75,12 @@ class AsyncMsgbusClient:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: transport.Channel,
         *,
         target: str,
         default_origin: NodeId | None,
         timeout: float | None,
-        reconnect_cap: float,
-        coalesce_publishes: bool = True,
+        coalesce_publishes: bool = True,  # async-only
     ) -> None:
         """Wrap an open channel; prefer :meth:`connect`, which also checks the daemon answers."""
         self._channel = channel
@@ -81,11 +90,13 @@ class AsyncMsgbusClient:
         self._timeout = timeout
         self._closed = False
         self._node: NodeId | None = None
+        # async-only: begin
         self._coalescer = (
             PublishCoalescer(self._publish_rpc, self._publish_batch_rpc)
             if coalesce_publishes
             else None
         )
+        # async-only: end
 
     @classmethod
     async def connect(
@@ -97,7 +108,7 @@ class AsyncMsgbusClient:
         # A default deadline for every call the client makes, not a limit on connect() alone.
         timeout: float | None = DEFAULT_TIMEOUT,  # noqa: ASYNC109
         reconnect_cap: float = ReconnectPolicy().max_delay,
-        coalesce_publishes: bool = True,
+        coalesce_publishes: bool = True,  # async-only
     ) -> AsyncMsgbusClient:
         """Connect to a daemon and check that it answers (one Health call).
 
@@ -126,20 +137,16 @@ class AsyncMsgbusClient:
         )
         if tls is None and parsed.tls:
             tls = TlsConfig()
-        options = channel_options(tls, reconnect_cap)
-        if tls is not None:
-            channel = grpc.aio.secure_channel(
-                parsed.address, tls.channel_credentials(), options=options
-            )
-        else:
-            channel = grpc.aio.insecure_channel(parsed.address, options=options)
+        credentials = tls.channel_credentials() if tls is not None else None
+        channel = transport.open_channel(
+            parsed.address, credentials, channel_options(tls, reconnect_cap)
+        )
         client = cls(
             channel,
             target=target,
             default_origin=origin,
             timeout=timeout,
-            reconnect_cap=reconnect_cap,
-            coalesce_publishes=coalesce_publishes,
+            coalesce_publishes=coalesce_publishes,  # async-only
         )
         try:
             # An eager check, like the original SDKs: a wrong port or a dead daemon fails here,
@@ -171,6 +178,7 @@ class AsyncMsgbusClient:
         """Whether :meth:`close` was called."""
         return self._closed
 
+    # async-only: begin
     @property
     def coalesces_publishes(self) -> bool:
         """Whether :meth:`publish` calls are currently gathered into PublishBatch calls.
@@ -180,13 +188,18 @@ class AsyncMsgbusClient:
         """
         return self._coalescer is not None and self._coalescer.batching
 
+    # async-only: end
     async def close(self) -> None:
-        """Close the channel; open subscriptions end, and publishes still queued fail."""
+        """Close the channel: open subscriptions end, calls still running fail.
+
+        Calls made after closing, and calls that were running or queued, raise
+        :class:`ClientClosedError`. Closing twice is harmless.
+        """
         if not self._closed:
             self._closed = True
-            if self._coalescer is not None:
-                self._coalescer.close()
-            await self._channel.close(grace=None)
+            if self._coalescer is not None:  # async-only
+                self._coalescer.close()  # async-only
+            await transport.close_channel(self._channel)
 
     async def __aenter__(self) -> Self:
         return self
@@ -202,13 +215,21 @@ class AsyncMsgbusClient:
     def _origin(self, origin: NodeLike | None) -> NodeLike | None:
         return self._default_origin if origin is None else origin
 
-    async def _unary(self, method: Callable[..., Awaitable[_Resp]], request: object) -> _Resp:
+    def _check_open(self) -> None:
         if self._closed:
-            raise ConfigurationError("the client is closed")
+            raise ClientClosedError
+
+    def _translate(self, error: transport.RpcError) -> MsgbusError:
+        # A call cut short by close() (CANCELLED, or UNAVAILABLE while the channel shuts down)
+        # failed because of the close, not because of the daemon.
+        return ClientClosedError() if self._closed else translate_rpc_error(error)
+
+    async def _unary(self, method: Callable[..., Awaitable[_Resp]], request: object) -> _Resp:
+        self._check_open()
         try:
             return await method(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc) from None
+        except transport.RpcError as exc:
+            raise self._translate(exc) from None
 
     async def health(self) -> HealthResponse:
         """The daemon's liveness (``status`` is ``"SERVING"``) and its node identity."""
@@ -237,10 +258,9 @@ class AsyncMsgbusClient:
                 daemon's node.
         """
         request = requests.publish(topic, payload, headers, self._default_origin)
-        if self._closed:
-            raise ConfigurationError("the client is closed")
-        if self._coalescer is not None:
-            return await self._coalescer.publish(request)
+        self._check_open()
+        if self._coalescer is not None:  # async-only
+            return await self._coalescer.publish(request)  # async-only
         return convert.require_envelope(await self._publish_rpc(request))
 
     async def publish_batch(self, entries: Iterable[BatchEntry]) -> list[MessageEnvelope]:
@@ -249,10 +269,11 @@ class AsyncMsgbusClient:
         ``entries`` are :class:`PublishEntry` values or plain ``(topic, payload)`` and
         ``(topic, payload, headers)`` tuples, validated like :meth:`publish`. Returns one
         envelope per entry, in order; entries for the same topic get consecutive head_ids in
-        that order. All or nothing: if any entry is invalid nothing is stored, and the error's
-        message names the entry (``entries[3].topic ...``). An empty ``entries`` returns
-        ``[]`` without calling the daemon. The daemon accepts up to 10,000 entries and, by
-        default, 32 MiB per call.
+        that order. All or nothing: if any entry is invalid nothing is stored, and the error
+        names the entry: for the topic of the fourth entry, its ``index`` is 3 and its
+        ``field`` is ``"entries[3].topic"``. An empty ``entries`` returns ``[]`` without
+        calling the daemon. The daemon accepts up to 10,000 entries and, by default, 32 MiB
+        per call.
 
         Raises:
             InvalidArgumentError: an entry is malformed or over the limits, or there are more
@@ -295,17 +316,16 @@ class AsyncMsgbusClient:
         return [env async for env in self._fetch_page(request)]
 
     async def _fetch_page(self, request: pb.FetchRequest) -> AsyncIterator[MessageEnvelope]:
-        if self._closed:
-            raise ConfigurationError("the client is closed")
+        self._check_open()
         call = self._stub.Fetch(request, timeout=self._timeout)
         try:
             async for response in call:
                 for env in convert.fetch_envelopes(response):
                     yield env
-        except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc) from None
+        except transport.RpcError as exc:
+            raise self._translate(exc) from None
         finally:
-            call.cancel()
+            transport.cancel(call)
 
     async def iter_fetch(
         self,
@@ -350,20 +370,21 @@ class AsyncMsgbusClient:
         ``replay_limit`` is the daemon's replay page size, not a cap on delivery. With
         ``reconnect`` (``True``, or a :class:`ReconnectPolicy` for custom backoff and
         attempts), a broken stream is reopened at the last delivered head_id + 1, across
-        daemon restarts; with ``False`` the first error ends the iteration.
+        daemon restarts; with ``False`` the first error ends the iteration. Closing the client
+        ends the iteration; subscribing on a closed client raises :class:`ClientClosedError`.
         """
+        self._check_open()
         origin = self._origin(origin)
         requests.subscribe(topic, origin, from_head_id, replay_limit)  # validate eagerly
 
         def make_request(next_head_id: int) -> pb.SubscribeRequest:
             return requests.subscribe(topic, origin, next_head_id, replay_limit)
 
-        policy = resolve_reconnect(reconnect)
         return AsyncSubscription(
             self._stub,
             make_request,
             from_head_id,
-            policy if reconnect is not False else None,
+            resolve_reconnect(reconnect) if reconnect is not False else None,
             lambda: self._closed,
         )
 
@@ -417,17 +438,11 @@ class AsyncMsgbusClient:
 
     async def peek_fifo(self, queue: str) -> FifoMessage | None:
         """The front of a FIFO queue, or ``None`` when the queue is empty."""
-        if self._closed:
-            raise ConfigurationError("the client is closed")
         try:
-            response = await self._stub.PeekFifo(
-                pb.PeekFifoRequest(queue=queue), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as exc:
+            response = await self._unary(self._stub.PeekFifo, pb.PeekFifoRequest(queue=queue))
+        except NotFoundError:
             # The contract answers NOT_FOUND for an empty queue; that is not an error here.
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise translate_rpc_error(exc) from None
+            return None
         return convert.require_fifo(response)
 
     async def ack_fifo(self, queue: str, message_id: str) -> bool:

@@ -15,7 +15,7 @@ publishes of one client are gathered into batches, without a timed linger:
   far below the daemon's receive limit (at least 32 MiB) and below gRPC's default 4 MiB.
 
 Each caller still gets its own envelope or its own error. The daemon rejects a whole batch, and
-stores nothing, when an entry is invalid, naming the entry (``entries[7].topic ...``): that entry
+stores nothing, when an entry is invalid, naming the entry (the error's ``index``): that entry
 is then re-sent alone as a plain Publish, so its caller gets exactly the error a lone publish
 gets, and the others are re-sent as a batch. Re-sending is safe only because the daemon
 validates every entry before it stores anything, so a batch rejected for a named entry stored
@@ -27,7 +27,6 @@ A daemon without PublishBatch (UNIMPLEMENTED) switches the client to plain Publi
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from msgbus_proto import pb
 
 from . import _convert as convert
 from ._errors import (
-    ConfigurationError,
+    ClientClosedError,
     InvalidArgumentError,
     MsgbusError,
     PermissionDeniedError,
@@ -61,8 +60,6 @@ MAX_IN_FLIGHT: Final = 2
 SINGLE_CONCURRENCY: Final = 256
 """Plain Publish calls in flight at once when a batch has to be re-sent entry by entry."""
 
-_ENTRY_INDEX: Final = re.compile(r"\bentries\[(\d+)\]")
-
 PublishFn = Callable[[pb.PublishRequest], Awaitable[pb.PublishResponse]]
 PublishBatchFn = Callable[[pb.PublishBatchRequest], Awaitable[pb.PublishBatchResponse]]
 
@@ -77,21 +74,7 @@ class _Pending:
 def _copy(error: MsgbusError) -> MsgbusError:
     # One exception object per caller: raising a shared one from many tasks would chain their
     # tracebacks together.
-    return type(error)(error.message, error.code)
-
-
-def _failing_index(error: MsgbusError, size: int) -> int | None:
-    """The entry a batch rejection names: the first ``entries[i]`` of its message.
-
-    The daemon's field name comes before any echoed value (a topic or header key could itself
-    read ``entries[9]``). A wrong guess would cost only an extra round: that entry is sent
-    alone and the batch again, and a rejected batch stored nothing.
-    """
-    found = _ENTRY_INDEX.search(error.message)
-    if found is None:
-        return None
-    index = int(found.group(1))
-    return index if index < size else None
+    return type(error)(error.message, error.code, field=error.field, index=error.index)
 
 
 class PublishCoalescer:
@@ -129,7 +112,7 @@ class PublishCoalescer:
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
-                pending.future.set_exception(ConfigurationError("the client is closed"))
+                pending.future.set_exception(ClientClosedError())
 
     # -- batching -------------------------------------------------------------------------------
 
@@ -199,8 +182,8 @@ class PublishCoalescer:
                 self.batching = False
                 break
             except (InvalidArgumentError, PermissionDeniedError) as error:
-                index = _failing_index(error, len(batch))
-                if index is not None:
+                index = error.index
+                if index is not None and index < len(batch):
                     # Validation of a named entry rejects the batch before anything is stored.
                     alone.append(batch.pop(index))
                     continue

@@ -1,20 +1,48 @@
 """The SDK's exception hierarchy, and the one place where gRPC errors are translated into it.
 
 Callers never see grpc types: every RPC goes through :func:`translate_rpc_error` at the edge of
-the clients, so an application handles ``msgbus_sdk.NotFoundError`` and friends only.
+the clients, so an application handles ``msgbus_sdk.NotFoundError`` and friends only. The tree::
+
+    MsgbusError                     .message .code .field .index
+    ├── TransientError              worth retrying (subscriptions do, with backoff)
+    │   ├── UnavailableError        UNAVAILABLE: daemon unreachable, restarting, store failing
+    │   ├── DeadlineExceededError   DEADLINE_EXCEEDED: the call's timeout passed
+    │   ├── AbortedError            ABORTED
+    │   └── CancelledError          CANCELLED: usually the daemon went away mid-call
+    ├── InvalidArgumentError        INVALID_ARGUMENT: fix the request (``.field`` says what)
+    ├── PermissionDeniedError       PERMISSION_DENIED: foreign origin or reserved topic
+    ├── NotFoundError               NOT_FOUND
+    ├── AlreadyExistsError          ALREADY_EXISTS
+    ├── ConflictError               FAILED_PRECONDITION
+    ├── ResourceExhaustedError      RESOURCE_EXHAUSTED: the daemon's disk is full, or a message
+    │                               is over gRPC's size limit; waiting briefly does not help
+    ├── UnauthenticatedError        UNAUTHENTICATED
+    ├── UnimplementedError          UNIMPLEMENTED: an older or foreign daemon
+    ├── InternalError               INTERNAL, DATA_LOSS: a bug in the daemon
+    ├── UnknownError                anything else, or a transport failure without a status
+    ├── ProtocolError               the daemon broke the contract (raised by the SDK)
+    └── ConfigurationError          a wrong target, TLS files or argument (also a ValueError)
+        └── ClientClosedError       the client was used after close()
+
+The daemon names the request field an error is about in the status's ``google.rpc.BadRequest``
+detail; :func:`translate_rpc_error` puts it in ``.field`` and the batch entry in ``.index``.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from typing import Final
 
 import grpc
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status
 
 __all__ = [
     "AbortedError",
     "AlreadyExistsError",
     "CancelledError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "DeadlineExceededError",
@@ -26,6 +54,7 @@ __all__ = [
     "ProtocolError",
     "ResourceExhaustedError",
     "StatusCode",
+    "TransientError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
@@ -62,20 +91,45 @@ class MsgbusError(Exception):
         message: the server's status message (or the SDK's own explanation).
         code: the gRPC status code, or ``None`` for errors raised by the SDK itself
             (configuration and protocol errors).
+        field: the path of the request field the daemon rejected (``"topic"``,
+            ``"entries[3].topic"``), or ``None`` when unknown.
+        index: the entry of a ``publish_batch`` that the daemon rejected, or ``None``.
     """
 
     #: Whether a reconnecting subscription retries after this error.
     retryable: bool = False
 
-    def __init__(self, message: str, code: StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: StatusCode | None = None,
+        *,
+        field: str | None = None,
+        index: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.field = field
+        self.index = index
 
     def __str__(self) -> str:
         if self.code is None:
             return self.message
         return f"{self.code.value}: {self.message}"
+
+
+class TransientError(MsgbusError):
+    """A failure that may pass by itself: retrying later, with backoff, is reasonable.
+
+    Reads and subscriptions are always safe to retry, and reconnecting subscriptions do so.
+    A write is safe to retry when the daemon itself refused it (it answers UNAVAILABLE when its
+    store fails or it is shutting down, and has then stored nothing). When the connection broke
+    or the deadline passed while the call was in flight, though, the daemon may have committed
+    the write, so retrying a publish may store it twice.
+    """
+
+    retryable = True
 
 
 class InvalidArgumentError(MsgbusError):
@@ -99,34 +153,30 @@ class ConflictError(MsgbusError):
 
 
 class ResourceExhaustedError(MsgbusError):
-    """A limit was hit (RESOURCE_EXHAUSTED): message too large, store full, ..."""
+    """A limit was hit (RESOURCE_EXHAUSTED): the daemon's disk is full, a message is too large.
+
+    Not transient: msgbusd applies no rate limit, so this is not back-pressure that passes by
+    waiting; the disk must be freed or the message made smaller.
+    """
 
 
-class UnavailableError(MsgbusError):
-    """The daemon cannot be reached or is shutting down (UNAVAILABLE). Retryable."""
-
-    retryable = True
+class UnavailableError(TransientError):
+    """The daemon cannot be reached, is shutting down or its store fails (UNAVAILABLE)."""
 
 
-class DeadlineExceededError(MsgbusError):
-    """The call did not finish within its timeout (DEADLINE_EXCEEDED). Retryable."""
-
-    retryable = True
+class DeadlineExceededError(TransientError):
+    """The call did not finish within its timeout (DEADLINE_EXCEEDED)."""
 
 
-class AbortedError(MsgbusError):
-    """The operation was aborted by the daemon (ABORTED). Retryable."""
-
-    retryable = True
+class AbortedError(TransientError):
+    """The operation was aborted by the daemon (ABORTED)."""
 
 
-class CancelledError(MsgbusError):
-    """The call was cancelled (CANCELLED), usually because the daemon went away. Retryable.
+class CancelledError(TransientError):
+    """The call was cancelled (CANCELLED), usually because the daemon went away.
 
     Not to be confused with :class:`asyncio.CancelledError`, which the SDK never swallows.
     """
-
-    retryable = True
 
 
 class UnauthenticatedError(MsgbusError):
@@ -153,6 +203,24 @@ class ConfigurationError(MsgbusError, ValueError):
     """The client was configured wrongly: a malformed target, unreadable TLS files, ..."""
 
 
+class ClientClosedError(ConfigurationError):
+    """The client was used after :meth:`~AsyncMsgbusClient.close`, or closed during the call.
+
+    A :class:`ConfigurationError`, hence a :class:`ValueError`, like I/O on a closed file.
+    Subscriptions are not affected: closing the client just ends their iteration.
+    """
+
+    def __init__(
+        self,
+        message: str = "the client is closed",
+        code: StatusCode | None = None,
+        *,
+        field: str | None = None,
+        index: int | None = None,
+    ) -> None:
+        super().__init__(message, code, field=field, index=index)
+
+
 _BY_CODE: Final[dict[StatusCode, type[MsgbusError]]] = {
     StatusCode.CANCELLED: CancelledError,
     StatusCode.UNKNOWN: UnknownError,
@@ -173,16 +241,24 @@ _BY_CODE: Final[dict[StatusCode, type[MsgbusError]]] = {
 }
 
 
-def error_for_status(code: StatusCode, message: str) -> MsgbusError:
+# A batch entry's prefix in a field path (``entries[3].topic``) and, from daemons that send no
+# details, at the start of the message (``entries[3].topic is empty``).
+_ENTRY_PREFIX: Final = re.compile(r"entries\[(\d+)\](?:\.|$)")
+
+
+def error_for_status(
+    code: StatusCode, message: str, *, field: str | None = None, index: int | None = None
+) -> MsgbusError:
     """Build the SDK exception for a status code and message."""
-    return _BY_CODE.get(code, UnknownError)(message, code)
+    return _BY_CODE.get(code, UnknownError)(message, code, field=field, index=index)
 
 
 def translate_rpc_error(error: grpc.RpcError) -> MsgbusError:
     """Translate a grpc (sync or aio) error into the SDK's hierarchy.
 
     Both ``grpc.aio.AioRpcError`` and the sync client's rendezvous implement ``grpc.Call``'s
-    ``code()`` and ``details()``; anything else is a transport failure without a status.
+    ``code()``, ``details()`` and ``trailing_metadata()``; anything else is a transport failure
+    without a status.
     """
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
@@ -190,5 +266,45 @@ def translate_rpc_error(error: grpc.RpcError) -> MsgbusError:
     details = details_fn() if callable(details_fn) else None
     if not isinstance(grpc_code, grpc.StatusCode):
         return UnknownError(str(error) or "gRPC transport error", StatusCode.UNKNOWN)
-    code = StatusCode(grpc_code.name)
-    return error_for_status(code, details or grpc_code.value[1])
+    message = details or grpc_code.value[1]
+    field = _violated_field(error)
+    if field is None:
+        index = _entry_index_from_message(message)
+    else:
+        found = _ENTRY_PREFIX.match(field)
+        index = int(found.group(1)) if found else None
+    return error_for_status(StatusCode(grpc_code.name), message, field=field or None, index=index)
+
+
+def _violated_field(error: grpc.RpcError) -> str | None:
+    """The field of the status's first ``BadRequest`` violation; None without one.
+
+    An empty string means the daemon sent details that name no single field.
+    """
+    if not callable(getattr(error, "trailing_metadata", None)):
+        return None
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return None  # details that contradict the status itself are not trusted
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            for violation in bad_request.field_violations:
+                field: str = violation.field
+                return field
+    return None
+
+
+def _entry_index_from_message(message: str) -> int | None:
+    """The batch entry named by the message of a daemon that sends no details.
+
+    Such a daemon (a build from before the details) prefixes the message with ``entries[i].``;
+    the prefix comes before any echoed value, so a topic that reads ``entries[9]`` cannot
+    mislead it.
+    """
+    found = _ENTRY_PREFIX.match(message)
+    return int(found.group(1)) if found else None

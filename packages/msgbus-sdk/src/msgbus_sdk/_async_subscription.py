@@ -1,0 +1,170 @@
+"""The asyncio subscription: replay then live, resumed across daemon restarts.
+
+The blocking :class:`Subscription` is generated from this module by ``tools/unasync.py``;
+edit this one and regenerate. The resume point and the duplicate/gap guard are
+``_subscription.Cursor``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import tenacity
+
+from msgbus_proto import pb
+
+from . import _async_transport as transport
+from ._config import ReconnectPolicy
+from ._convert import subscribe_envelopes
+from ._errors import MsgbusError, translate_rpc_error
+from ._generated.msgbus.v1 import MessageEnvelope
+from ._subscription import Cursor, StreamClosed, StreamEnded, retry_while_open
+
+if TYPE_CHECKING:
+    from msgbus.v1.msgbus_pb2_grpc import MsgbusServiceAsyncStub
+
+__all__ = ["AsyncSubscription"]
+
+
+class AsyncSubscription:
+    """An async iterator over one log: the backlog from ``from_head_id``, then live messages.
+
+    Returned by :meth:`AsyncMsgbusClient.subscribe`. Iterate it with ``async for``; it ends only
+    when closed (``aclose()``, ``async with``, or closing the client). With reconnect enabled,
+    a broken stream (daemon restart, network error) is reopened at the last delivered
+    head_id + 1 after a backoff; other errors, or running out of attempts, raise
+    a :class:`MsgbusError`.
+    """
+
+    def __init__(
+        self,
+        stub: MsgbusServiceAsyncStub,
+        make_request: Callable[[int], pb.SubscribeRequest],
+        from_head_id: int,
+        policy: ReconnectPolicy | None,
+        is_client_closed: Callable[[], bool],
+    ) -> None:
+        """Used by the client's ``subscribe``; ``policy`` ``None`` means no reconnect."""
+        self._stub = stub
+        self._make_request = make_request
+        self._cursor = Cursor(from_head_id)
+        self._is_client_closed = is_client_closed
+        self._call: transport.SubscribeCall | None = None
+        self._closed = False
+        self._opened_once = False
+        self._retrying: tenacity.AsyncRetrying | None = None
+        if policy is not None:
+            self._retrying = tenacity.AsyncRetrying(
+                wait=policy.wait_strategy(),
+                stop=policy.stop_strategy(),
+                retry=retry_while_open(self._is_closed),
+                reraise=True,
+            )
+
+    @property
+    def next_head_id(self) -> int:
+        """The head_id the subscription will deliver next (its resume point)."""
+        return self._cursor.next_head_id
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> MessageEnvelope:
+        env = self._cursor.deliver()
+        if env is not None:
+            return env
+        if self._closed:
+            raise StopAsyncIteration
+        if self._call is not None:
+            # The common path: a healthy stream, no tenacity involved.
+            try:
+                return await self._read()
+            except StreamClosed:
+                raise StopAsyncIteration from None
+            except MsgbusError as exc:
+                if self._is_closed():
+                    raise StopAsyncIteration from None
+                if self._retrying is None and isinstance(exc, StreamEnded):
+                    raise StopAsyncIteration from None
+                if not exc.retryable or self._retrying is None:
+                    raise
+        if self._retrying is None:
+            # Without reconnect the first stream is the only one.
+            if self._opened_once:
+                raise StopAsyncIteration
+            try:
+                return await self._open_and_read()
+            except StreamClosed:
+                raise StopAsyncIteration from None
+        try:
+            async for attempt in self._retrying:
+                with attempt:
+                    return await self._open_and_read()
+        except StreamClosed:
+            raise StopAsyncIteration from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _open_and_read(self) -> MessageEnvelope:
+        if self._is_closed():
+            raise StreamClosed
+        if self._call is None:
+            self._opened_once = True
+            self._call = self._stub.Subscribe(self._make_request(self._cursor.next_head_id))
+        return await self._read()
+
+    async def _read(self) -> MessageEnvelope:
+        call = self._call
+        assert call is not None
+        while True:
+            try:
+                response = await transport.read(call)
+            except transport.RpcError as exc:
+                self._drop_call()
+                if self._is_closed():
+                    raise StreamClosed from None
+                raise translate_rpc_error(exc) from None
+            except BaseException as exc:
+                self._drop_call()
+                if self._is_closed() and transport.cancelled_by_channel(exc):
+                    raise StreamClosed from None
+                raise
+            if response is None:
+                self._drop_call()
+                if self._is_closed():
+                    raise StreamClosed
+                raise StreamEnded()
+            try:
+                self._cursor.take(subscribe_envelopes(response))
+            except MsgbusError:
+                self._drop_call()
+                raise
+            env = self._cursor.deliver()
+            if env is not None:
+                return env
+
+    def _is_closed(self) -> bool:
+        return self._closed or self._is_client_closed()
+
+    def _drop_call(self) -> None:
+        # Swapped out first: close() may run in another thread (blocking client) meanwhile.
+        call, self._call = self._call, None
+        if call is not None:
+            transport.cancel(call)
+
+    async def aclose(self) -> None:
+        """Stop the subscription and cancel its stream. Iteration then ends."""
+        self._closed = True
+        self._drop_call()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

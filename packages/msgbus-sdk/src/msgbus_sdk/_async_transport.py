@@ -1,0 +1,78 @@
+"""What the asyncio client needs of grpc.aio, behind the names the blocking side also has.
+
+The client and its subscriptions are written once, for asyncio (``_async_client.py`` and
+``_async_subscription.py``); ``tools/unasync.py`` derives their blocking twins, which import
+``_sync_transport`` instead of this module. Only what really differs between grpc.aio and
+grpc's blocking API lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeAlias, cast
+
+import grpc
+import grpc.aio
+
+from msgbus_proto import pb
+
+__all__ = [
+    "Channel",
+    "RpcError",
+    "SubscribeCall",
+    "cancel",
+    "cancelled_by_channel",
+    "close_channel",
+    "open_channel",
+    "read",
+]
+
+Channel: TypeAlias = grpc.aio.Channel
+RpcError: TypeAlias = grpc.aio.AioRpcError
+"""What a failed call raises."""
+
+if TYPE_CHECKING:
+    SubscribeCall: TypeAlias = grpc.aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse]
+
+# grpc.aio's end-of-stream sentinel; grpc-stubs does not declare it.
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, str | int]],
+) -> Channel:
+    """A channel to ``address``: TLS when ``credentials`` are given, else plaintext."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+async def close_channel(channel: Channel) -> None:
+    """Close a channel at once; its calls end cancelled."""
+    await channel.close(grace=None)
+
+
+async def read(call: SubscribeCall) -> pb.SubscribeResponse | None:
+    """The next response of a Subscribe stream, or ``None`` where the stream ended."""
+    response = await call.read()
+    return None if response is _EOF else cast("pb.SubscribeResponse", response)
+
+
+def cancelled_by_channel(error: BaseException) -> bool:
+    """Whether a read failed with ``error`` because its channel was closed.
+
+    Closing a grpc.aio channel cancels its calls with :class:`asyncio.CancelledError`. A
+    cancellation of the consuming task itself looks the same but is not this, and propagates.
+    """
+    if not isinstance(error, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is None or not task.cancelling()
+
+
+def cancel(call: grpc.aio.Call) -> None:
+    """Cancel a call that may already be over."""
+    call.cancel()
