@@ -10,7 +10,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
-from msgbus_core.errors import InvalidArgumentError, MsgbusError
+from msgbus_core.batch import BatchWriter
+from msgbus_core.errors import MsgbusError
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import (
     FifoMessage,
@@ -23,16 +24,12 @@ from msgbus_core.model import (
 from msgbus_core.ops import (
     AckOp,
     AppendOp,
-    DeleteRangeOp,
-    DeleteResult,
     EnqueueOp,
     Outcome,
-    RecordSyncStateOp,
     RejectOp,
     ReplicateOp,
     ReplicateResult,
     WriteOp,
-    WriteResult,
 )
 from msgbus_core.replication import (
     Decision,
@@ -45,7 +42,7 @@ from msgbus_core.replication import (
 LogId = tuple[str, NodeId]
 
 
-class MemoryStore:
+class MemoryStore(BatchWriter):
     """A `MsgbusStore` held in process memory."""
 
     schema_version = 1
@@ -70,32 +67,10 @@ class MemoryStore:
     def write(self, ops: Sequence[WriteOp]) -> list[Outcome]:
         """Apply each op in order; a failing op returns its error and changes nothing."""
         with self._lock:
-            outcomes: list[Outcome] = []
-            for op in ops:
-                try:
-                    outcomes.append(self._apply(op))
-                except MsgbusError as error:
-                    outcomes.append(error)
-            return outcomes
+            return self._apply_all(ops)
 
-    def _apply(self, op: WriteOp) -> WriteResult:
-        match op:
-            case AppendOp():
-                return self._append(op)
-            case ReplicateOp():
-                return self._replicate(op)
-            case DeleteRangeOp():
-                return self._delete_range(op)
-            case EnqueueOp():
-                return self._enqueue(op)
-            case AckOp():
-                return self._ack(op)
-            case RejectOp():
-                return self._reject(op)
-            case RecordSyncStateOp():
-                state = op.state
-                self._sync_states[state.sort_key] = state
-                return None
+    def _record_sync_state(self, state: PeerSyncState) -> None:
+        self._sync_states[state.sort_key] = state
 
     def _append(self, op: AppendOp) -> Message:
         log = self._logs.setdefault((op.topic, op.origin), [])
@@ -155,29 +130,11 @@ class MemoryStore:
                 count += 1
         return count
 
-    def _delete_range(self, op: DeleteRangeOp) -> DeleteResult:
-        if op.from_head_id > op.to_head_id:
-            raise InvalidArgumentError(
-                f"from_head_id must be <= to_head_id, got {op.from_head_id} > {op.to_head_id}"
-            )
-        log = self._logs.get((op.topic, op.origin), [])
-        first, last = max(op.from_head_id, 1), min(op.to_head_id, len(log))
-        if first > last:
-            return DeleteResult(0)
-        tombstone = TombstoneRange(op.topic, op.origin, first, last, op.created_at_ms)
-        count = self._record_tombstone(tombstone)
-        markers = self._logs.setdefault((DELETE_TOPIC, op.origin), [])
-        marker = Message(
-            id=op.marker_id,
-            topic=DELETE_TOPIC,
-            origin=op.origin,
-            head_id=len(markers) + 1,
-            payload=tombstone.to_marker_payload(),
-            headers={},
-            created_at_ms=op.created_at_ms,
-        )
-        markers.append(marker)
-        return DeleteResult(count, marker, tombstone)
+    def _head(self, topic: str, origin: NodeId) -> int:
+        return len(self._logs.get((topic, origin), ()))
+
+    def _store_marker(self, marker: Message) -> None:
+        self._logs.setdefault((marker.topic, marker.origin), []).append(marker)
 
     def _enqueue(self, op: EnqueueOp) -> FifoMessage:
         sequence = self._sequences.get(op.queue, 0) + 1

@@ -1,7 +1,7 @@
-"""The DuckDB schema: its version, the marker that says a file is ours, and how it is checked.
+"""The DuckDB schema: its version, its DDL, and how a file is recognised as ours.
 
-A file is accepted only when its `meta` table says it is a msgbus database of a schema version
-this code knows; anything else raises `SchemaError` naming the file.
+The rules that accept or refuse a file are in `msgbus_core.sql_schema`; this module only knows
+how DuckDB lists its tables.
 """
 
 from __future__ import annotations
@@ -10,19 +10,12 @@ from typing import Final
 
 import duckdb
 
-from msgbus_core.errors import SchemaError
-
-APPLICATION: Final = "msgbus"
-"""The `meta.application` value every msgbus DuckDB database carries."""
-
-SCHEMA_VERSION: Final = 1
-"""The schema this code writes. Older versions would be migrated here; newer ones are refused."""
+from msgbus_core import sql_schema
 
 # Heads are not stored: a log is gap-free and rows are never removed, so a log's head is
 # max(head_id), computed once at open and then kept by the single writer in memory. That saves
 # one UPDATE statement (~1 ms of DuckDB CPU) per write transaction.
 _TABLES: Final = (
-    "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
     # Origins are separate columns, so two different NodeIds never collide.
     """CREATE TABLE logs (
         id BIGINT PRIMARY KEY,
@@ -91,9 +84,8 @@ _TABLES: Final = (
     )""",
 )
 
-EXPECTED_TABLES: Final = frozenset(
-    {"meta", "logs", "messages", "tombstones", "fifo_queues", "fifo_messages", "sync_states"}
-)
+SCHEMA_VERSION: Final = 1
+"""The schema this code writes. Older versions would be migrated here; newer ones are refused."""
 
 
 def verify(con: duckdb.DuckDBPyConnection, path: str) -> int | None:
@@ -105,45 +97,19 @@ def verify(con: duckdb.DuckDBPyConnection, path: str) -> int | None:
         "SELECT table_name FROM duckdb_tables() "
         "WHERE database_name = current_database() AND schema_name = 'main'"
     ).fetchall()
-    tables = {str(name) for (name,) in rows}
-    if not tables:
-        return None
-    if "meta" not in tables:
-        raise SchemaError(
-            f"{path} is a DuckDB database but not a msgbus database "
-            f"(it has the tables {', '.join(sorted(tables))} and no msgbus meta table)"
-        )
-    meta = {str(k): str(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
-    if meta.get("application") != APPLICATION:
-        raise SchemaError(
-            f"{path} is not a msgbus database: its meta table names the application "
-            f"{meta.get('application')!r}, expected {APPLICATION!r}"
-        )
-    raw_version = meta.get("schema_version", "")
-    if not raw_version.isdigit():
-        raise SchemaError(f"{path} has an unreadable msgbus schema version {raw_version!r}")
-    version = int(raw_version)
-    if version > SCHEMA_VERSION:
-        raise SchemaError(
-            f"{path} was written by msgbus schema version {version}, newer than the version "
-            f"{SCHEMA_VERSION} this msgbus understands; upgrade msgbus to open it"
-        )
-    if version < 1:
-        raise SchemaError(f"{path} has an invalid msgbus schema version {version}")
-    missing = EXPECTED_TABLES - tables
-    if missing:
-        raise SchemaError(
-            f"{path} is a damaged msgbus database: the tables {', '.join(sorted(missing))} "
-            "are missing"
-        )
-    return version
+
+    def read_meta() -> dict[str, str]:
+        return {str(k): str(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
+
+    return sql_schema.check_version(
+        path,
+        (str(name) for (name,) in rows),
+        read_meta,
+        kind="a DuckDB database",
+        current=SCHEMA_VERSION,
+    )
 
 
 def create(con: duckdb.DuckDBPyConnection) -> None:
     """Create every table and the meta rows. The caller holds a transaction."""
-    for statement in _TABLES:
-        con.execute(statement)
-    con.execute(
-        "INSERT INTO meta VALUES ('application', ?), ('schema_version', ?)",
-        [APPLICATION, str(SCHEMA_VERSION)],
-    )
+    sql_schema.create_tables(con, _TABLES, SCHEMA_VERSION, text="VARCHAR")

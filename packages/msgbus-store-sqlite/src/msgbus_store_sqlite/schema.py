@@ -1,8 +1,7 @@
-"""The SQLite schema: its version, the marker that says a file is ours, and how a file is opened.
+"""The SQLite schema: its version, its DDL, and how a file is recognised as ours.
 
-A file is accepted only when its `meta` table says it is a msgbus database of a schema version
-this code knows. Anything else (random bytes, another application's database, a newer msgbus)
-raises `SchemaError` before a single byte of the file is changed.
+The rules that accept or refuse a file are in `msgbus_core.sql_schema`; this module only knows
+how SQLite lists its tables and tells a foreign file from a storage failure.
 """
 
 from __future__ import annotations
@@ -10,10 +9,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
+from msgbus_core import sql_schema
 from msgbus_core.errors import SchemaError
-
-APPLICATION: Final = "msgbus"
-"""The `meta.application` value every msgbus SQLite database carries."""
 
 SCHEMA_VERSION: Final = 1
 """The schema this code writes. Older versions would be migrated here; newer ones are refused."""
@@ -23,8 +20,8 @@ APPLICATION_ID: Final = 0x6D736762
 
 # Integers are signed 64-bit in SQLite; the core refuses larger stored values before they get
 # here. Logs get a small integer id so that messages carry 8 bytes, not four strings, per row.
+# `meta` is created first, by `msgbus_core.sql_schema.create_tables`.
 _TABLES: Final = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # One row per (topic, origin) log. The parts of the origin are separate columns, so two
     # different NodeIds can never collide the way a joined string could. `head` is the highest
     # head_id stored, kept here so that get_head and list_heads never scan messages.
@@ -95,11 +92,6 @@ _TABLES: Final = (
     )""",
 )
 
-EXPECTED_TABLES: Final = frozenset(
-    {"meta", "logs", "messages", "tombstones", "fifo_queues", "fifo_messages", "sync_states"}
-)
-
-
 _NOT_A_DATABASE: Final = frozenset({sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT})
 
 
@@ -115,62 +107,28 @@ def _table_names(con: sqlite3.Connection, path: str) -> set[str]:
     return {str(name) for (name,) in rows}
 
 
-def _read_meta(con: sqlite3.Connection, path: str) -> dict[str, str]:
-    try:
-        rows = con.execute("SELECT key, value FROM meta").fetchall()
-    except sqlite3.DatabaseError as error:
-        raise SchemaError(
-            f"{path} is not a msgbus database: its meta table is unreadable ({error})"
-        ) from None
-    return {str(key): str(value) for key, value in rows}
-
-
 def verify(con: sqlite3.Connection, path: str) -> int | None:
     """Return the schema version of an existing msgbus database, or None for an empty file.
 
     Raises `SchemaError`, naming `path`, for anything that is not a msgbus database this code
     can read. Nothing is written.
     """
-    tables = _table_names(con, path)
-    if not tables:
-        return None
-    if "meta" not in tables:
-        raise SchemaError(
-            f"{path} is an SQLite database but not a msgbus database "
-            f"(it has the tables {', '.join(sorted(tables))} and no msgbus meta table)"
-        )
-    meta = _read_meta(con, path)
-    if meta.get("application") != APPLICATION:
-        raise SchemaError(
-            f"{path} is not a msgbus database: its meta table names the application "
-            f"{meta.get('application')!r}, expected {APPLICATION!r}"
-        )
-    raw_version = meta.get("schema_version", "")
-    if not raw_version.isdigit():
-        raise SchemaError(f"{path} has an unreadable msgbus schema version {raw_version!r}")
-    version = int(raw_version)
-    if version > SCHEMA_VERSION:
-        raise SchemaError(
-            f"{path} was written by msgbus schema version {version}, newer than the version "
-            f"{SCHEMA_VERSION} this msgbus understands; upgrade msgbus to open it"
-        )
-    if version < 1:
-        raise SchemaError(f"{path} has an invalid msgbus schema version {version}")
-    missing = EXPECTED_TABLES - tables
-    if missing:
-        raise SchemaError(
-            f"{path} is a damaged msgbus database: the tables {', '.join(sorted(missing))} "
-            "are missing"
-        )
-    return version
+
+    def read_meta() -> dict[str, str]:
+        try:
+            rows = con.execute("SELECT key, value FROM meta").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise SchemaError(
+                f"{path} is not a msgbus database: its meta table is unreadable ({error})"
+            ) from None
+        return {str(key): str(value) for key, value in rows}
+
+    return sql_schema.check_version(
+        path, _table_names(con, path), read_meta, kind="an SQLite database", current=SCHEMA_VERSION
+    )
 
 
 def create(con: sqlite3.Connection) -> None:
     """Create every table and the meta rows. The caller holds a write transaction."""
-    for statement in _TABLES:
-        con.execute(statement)
-    con.executemany(
-        "INSERT INTO meta (key, value) VALUES (?, ?)",
-        [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
-    )
+    sql_schema.create_tables(con, _TABLES, SCHEMA_VERSION, text="TEXT")
     con.execute(f"PRAGMA application_id = {APPLICATION_ID}")

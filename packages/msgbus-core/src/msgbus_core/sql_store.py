@@ -1,0 +1,671 @@
+"""`SqlStore`: the storage contract implemented once for every SQL database.
+
+A backend subclasses `SqlStore` and keeps only what differs in its database: connecting, the
+schema DDL, its bulk-insert path, how a reader gets a connection, and its SQL dialect. Write
+batching (one transaction per `write`, one outcome per op), the accept rules for replicated
+messages (`msgbus_core.replication`), tombstones, FIFO queues, sync state and the reads are
+written here, so every SQL backend obeys them by construction.
+
+Why a base class and not one engine driving a dialect object: the backends differ in behaviour
+on the hot path, not only in text. SQLite keeps heads in `logs.head` and looks a log up when it
+is first used; DuckDB computes every head at open, hands out log ids itself, opens a transaction
+only when a statement needs one (a batch of appends is a single appender flush) and gives its
+readers a committed-head view. Each of those is one overridden method that works on the
+writer's own state; as a dialect object it would need that state handed back and forth. What is
+only text is a `SqlDialect` value, from which the statements are built once.
+
+What a new backend provides (the PostgreSQL store needs only this):
+
+- class attributes `dialect` (a `SqlDialect`: the placeholder style, `?` or `%s`; the name of
+  the log column; the statement that opens a write transaction; the row-lock clause, ` FOR
+  UPDATE` where other processes write the same database) and `driver_error` (the driver's base
+  exception class); `single_writer = False` when other processes write the database, so that
+  the writer's log cache is dropped at the start of every write;
+- a classmethod `open(path)` that connects, checks or creates the schema
+  (`msgbus_core.sql_schema`) and calls `SqlStore.__init__(path, writer, version)` with a DB-API
+  connection in autocommit mode: the base sends `BEGIN`, `COMMIT` and `ROLLBACK` itself;
+- `_storage_error(error, doing)`: a driver error as a `StorageError` (`StorageFullError` for a
+  full disk);
+- `_flush()`: insert the buffered `self._pending` message rows (in `MESSAGE_COLUMNS` order) with
+  the driver's bulk path (`executemany`, an appender, `COPY`), inside the transaction;
+- `_open_reader()`: a connection for the calling thread that sees committed data only.
+
+The defaults fit a schema that keeps each log's head in `logs.head` and lets the database
+number new logs (`INSERT ... RETURNING id`), as SQLite does and PostgreSQL would. Statements
+rely only on what SQLite 3.35+, DuckDB and PostgreSQL share: `RETURNING`, and upserts written
+as `INSERT ... ON CONFLICT (key) DO UPDATE`.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import functools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
+
+from msgbus_core.batch import BatchWriter
+from msgbus_core.errors import MsgbusError, StorageError
+from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
+from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
+from msgbus_core.ops import (
+    AckOp,
+    AppendOp,
+    DeleteRangeOp,
+    EnqueueOp,
+    Outcome,
+    RejectOp,
+    ReplicateOp,
+    ReplicateResult,
+    WriteOp,
+)
+from msgbus_core.replication import (
+    Decision,
+    apply_tombstones,
+    check_replicated,
+    decide,
+    marker_tombstone,
+)
+from msgbus_core.rows import (
+    FIFO_COLUMNS,
+    SYNC_COLUMNS,
+    decode_headers,
+    encode_headers,
+    fifo_from_row,
+    fifo_row,
+    new_message,
+    sync_state_from_row,
+    sync_state_row,
+)
+from msgbus_core.validation import clamp_stored, validate_stored_int
+
+MAX_ATTEMPTS: Final = 2**32 - 1
+"""FIFO attempts are a uint32 on the wire and saturate there."""
+
+MESSAGE_COLUMNS: Final = ("head_id", "id", "payload", "headers", "created_at_ms", "deleted")
+"""The `messages` columns after the log column, in the order of a buffered row."""
+
+LogKey = tuple[str, NodeId]
+"""(topic, origin): how the writer keys its logs (a plain tuple: it is hashed per append)."""
+
+
+class DbConnection(Protocol):
+    """The part of a DB-API connection the store uses."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any:
+        """Run one statement; the result has `fetchone`, `fetchall` and `rowcount`."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+ConnectionT = TypeVar("ConnectionT", bound=DbConnection)
+
+
+@dataclass(frozen=True, slots=True)
+class SqlDialect:
+    """The SQL text that differs between databases; the statements are built from it once."""
+
+    log_column: str
+    """The column of `messages` and `tombstones` that names their log."""
+    begin: str = "BEGIN"
+    """The statement that opens a write transaction (SQLite: `BEGIN IMMEDIATE`)."""
+    placeholder: str = "?"
+    """How the driver marks a parameter: `?` (sqlite3, DuckDB) or `%s` (psycopg)."""
+    lock_rows: str = ""
+    """Ends the writer's reads of a log row and a queue front (` FOR UPDATE` on a shared one)."""
+
+    def render(self, sql: str) -> str:
+        """`sql`, written with `?` placeholders, in this dialect's placeholder style."""
+        if self.placeholder == "?":
+            return sql
+        # A literal `%` must be doubled once `%s` marks parameters.
+        return sql.replace("%", "%%").replace("?", self.placeholder)
+
+
+_KEY: Final = "topic = ? AND tenant_id = ? AND bl_name = ? AND device_id = ?"
+
+
+class SqlStatements:
+    """Every statement of `SqlStore`, rendered for one dialect."""
+
+    def __init__(self, dialect: SqlDialect) -> None:
+        """Build the statements; use `SqlStatements.of(dialect)`, which builds them once."""
+        log, lock, render = dialect.log_column, dialect.lock_rows, dialect.render
+        message_columns = ", ".join(MESSAGE_COLUMNS)
+        sync_updates = ", ".join(
+            f"{name} = excluded.{name}" for name in SYNC_COLUMNS.split(", ")[3:]
+        )
+        self.find_log: Final = render(f"SELECT id, head FROM logs WHERE {_KEY}{lock}")
+        self.log_tombstones: Final = render(
+            f"SELECT from_head_id, to_head_id, created_at_ms FROM tombstones WHERE {log} = ?"
+        )
+        self.create_log: Final = render(
+            "INSERT INTO logs (topic, tenant_id, bl_name, device_id) VALUES (?, ?, ?, ?) "
+            "RETURNING id"
+        )
+        self.update_head: Final = render("UPDATE logs SET head = ? WHERE id = ?")
+        self.insert_message: Final = render(
+            f"INSERT INTO messages ({log}, {message_columns}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        self.message_range: Final = render(
+            f"SELECT {message_columns} FROM messages "
+            f"WHERE {log} = ? AND head_id BETWEEN ? AND ? ORDER BY head_id"
+        )
+        self.erase: Final = render(
+            "UPDATE messages SET deleted = ?, payload = ?, headers = NULL "
+            f"WHERE {log} = ? AND head_id BETWEEN ? AND ? AND deleted = ?"
+        )
+        self.insert_tombstone: Final = render(
+            f"INSERT INTO tombstones ({log}, from_head_id, to_head_id, created_at_ms) "
+            "VALUES (?, ?, ?, ?)"
+        )
+        self.next_sequence: Final = render(
+            "INSERT INTO fifo_queues (queue, last_sequence) VALUES (?, 1) "
+            "ON CONFLICT (queue) DO UPDATE SET last_sequence = fifo_queues.last_sequence + 1 "
+            "RETURNING last_sequence"
+        )
+        self.insert_fifo: Final = render(
+            f"INSERT INTO fifo_messages ({FIFO_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+        )
+        self.front: Final = render(
+            "SELECT sequence, id FROM fifo_messages WHERE queue = ? "
+            f"ORDER BY sequence LIMIT 1{lock}"
+        )
+        self.ack: Final = render("DELETE FROM fifo_messages WHERE queue = ? AND sequence = ?")
+        self.reject: Final = render(
+            "UPDATE fifo_messages "
+            "SET attempts = CASE WHEN attempts < ? THEN attempts + 1 ELSE attempts END "
+            "WHERE queue = ? AND sequence = ?"
+        )
+        self.record_sync_state: Final = render(
+            f"INSERT INTO sync_states ({SYNC_COLUMNS}) VALUES ({', '.join('?' * 13)}) "
+            f"ON CONFLICT (peer, topic, origin_key) DO UPDATE SET {sync_updates}"
+        )
+        self.fetch: Final = render(
+            f"SELECT m.{', m.'.join(MESSAGE_COLUMNS)} "
+            f"FROM logs AS l JOIN messages AS m ON m.{log} = l.id "
+            "WHERE l.topic = ? AND l.tenant_id = ? AND l.bl_name = ? AND l.device_id = ? "
+            "AND m.head_id >= ? ORDER BY m.head_id LIMIT ?"
+        )
+        self.head: Final = render(f"SELECT head FROM logs WHERE {_KEY}")
+        self.heads: Final = (
+            "SELECT topic, tenant_id, bl_name, device_id, head FROM logs WHERE head > 0"
+        )
+        self.tombstones: Final = (
+            "SELECT l.topic, l.tenant_id, l.bl_name, l.device_id, t.from_head_id, "
+            f"t.to_head_id, t.created_at_ms FROM tombstones AS t JOIN logs AS l ON l.id = t.{log}"
+        )
+        self.peek_fifo: Final = render(
+            f"SELECT {FIFO_COLUMNS} FROM fifo_messages WHERE queue = ? ORDER BY sequence LIMIT 1"
+        )
+        self.sync_states: Final = f"SELECT {SYNC_COLUMNS} FROM sync_states"
+        self.check: Final = "SELECT value FROM meta WHERE key = 'schema_version'"
+
+    @staticmethod
+    @functools.cache
+    def of(dialect: SqlDialect) -> SqlStatements:
+        """The statements of `dialect`, built on first use."""
+        return SqlStatements(dialect)
+
+
+@dataclass(slots=True)
+class LogState:
+    """The writer's view of one log: its key, row id, head and tombstones.
+
+    Changed inside a write transaction; dropped or rebuilt when the transaction fails, so a
+    rollback never leaves it wrong.
+    """
+
+    key: LogKey
+    id: int
+    head: int
+    tombstones: list[TombstoneRange] = field(default_factory=list)
+
+
+class SqlStore(BatchWriter, Generic[ConnectionT]):
+    """A `MsgbusStore` on a SQL database; subclass it per database (see the module docstring)."""
+
+    dialect: ClassVar[SqlDialect]
+    """The SQL text of this backend."""
+    driver_error: ClassVar[type[Exception]]
+    """The driver's base exception: what `_storage_error` wraps."""
+    single_writer: ClassVar[bool] = True
+    """True when no other process writes the database, so the log cache outlives a write."""
+
+    def __init__(self, path: str, writer: ConnectionT, version: int) -> None:
+        """Take over an opened and verified write connection; backends' `open` calls this."""
+        self._path = path
+        self._writer = writer
+        self._version = version
+        self._sql = SqlStatements.of(self.dialect)
+        self._write_lock = threading.Lock()
+        self._logs: dict[LogKey, LogState] = {}
+        # Logs whose head this transaction moved, by row id.
+        self._dirty: dict[int, LogState] = {}
+        # Message rows of the current transaction not yet inserted: one bulk insert per batch.
+        self._pending: list[tuple[object, ...]] = []
+        self._local = threading.local()
+        self._readers: list[ConnectionT] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._released = False
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database."""
+        return self._version
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    # -- what each backend provides -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _storage_error(self, error: Exception, doing: str) -> StorageError:
+        """A driver error raised while `doing` something, as a `StorageError`."""
+
+    @abc.abstractmethod
+    def _flush(self) -> None:
+        """Insert the buffered message rows inside the transaction, before anything reads them."""
+
+    @abc.abstractmethod
+    def _open_reader(self) -> ConnectionT:
+        """A new connection for the calling thread that sees only committed data."""
+
+    # -- the write transaction ------------------------------------------------------------------
+
+    def write(self, ops: Sequence[WriteOp]) -> list[Outcome]:
+        """Apply `ops` in order in one durable transaction; see `MsgbusStore.write`."""
+        with self._write_lock:
+            self._ensure_open()
+            try:
+                self._begin()
+                outcomes = self._apply_all(ops)
+                self._commit()
+            except BaseException as error:
+                self._abort()
+                if isinstance(error, self.driver_error):
+                    raise self._storage_error(error, "writing") from None
+                raise
+            self._dirty.clear()
+            return outcomes
+
+    def _begin(self) -> None:
+        """Open the write transaction."""
+        if not self.single_writer:
+            self._logs.clear()
+        self._writer.execute(self.dialect.begin)
+
+    def _commit(self) -> None:
+        """Write what the batch buffered, store the heads it moved and commit."""
+        self._flush()
+        for log in self._dirty.values():
+            self._writer.execute(self._sql.update_head, (log.head, log.id))
+        self._writer.execute("COMMIT")
+
+    def _abort(self) -> None:
+        """Roll the failed transaction back and forget what the writer knew of it."""
+        # The cache may hold heads and tombstones of the failed transaction: drop it whole.
+        self._logs.clear()
+        self._dirty.clear()
+        self._pending.clear()
+        # The database may already have rolled back by itself, as SQLite does after some I/O
+        # errors, or never have begun.
+        with contextlib.suppress(self.driver_error):
+            self._writer.execute("ROLLBACK")
+
+    def _execute(self, sql: str, parameters: Sequence[object] = ()) -> Any:
+        """Run one statement of the write transaction."""
+        return self._writer.execute(sql, parameters)
+
+    def _record_sync_state(self, state: PeerSyncState) -> None:
+        self._execute(self._sql.record_sync_state, sync_state_row(state))
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    def _find_log(self, topic: str, origin: NodeId) -> LogState | None:
+        """The writer's view of an existing log (read from the database on first use)."""
+        key = (topic, origin)
+        log = self._logs.get(key)
+        if log is not None:
+            return log
+        row = self._execute(
+            self._sql.find_log, (topic, origin.tenant_id, origin.bl_name, origin.device_id)
+        ).fetchone()
+        if row is None:
+            return None
+        log = LogState(key, int(row[0]), int(row[1]))
+        rows = self._execute(self._sql.log_tombstones, (log.id,)).fetchall()
+        log.tombstones = [
+            TombstoneRange(topic, origin, int(first), int(last), int(created))
+            for first, last, created in rows
+        ]
+        self._logs[key] = log
+        return log
+
+    def _create_log(self, topic: str, origin: NodeId) -> int:
+        """Insert a new, empty log and return its row id."""
+        row = self._execute(
+            self._sql.create_log, (topic, origin.tenant_id, origin.bl_name, origin.device_id)
+        ).fetchone()
+        return int(row[0])
+
+    def _log(self, topic: str, origin: NodeId) -> LogState:
+        """The writer's view of a log, creating the log (head 0) when it is new."""
+        log = self._find_log(topic, origin)
+        if log is None:
+            key = (topic, origin)
+            log = self._logs[key] = LogState(key, self._create_log(topic, origin), 0)
+        return log
+
+    def _insert(self, log: LogState, message: Message) -> None:
+        self._pending.append(
+            (
+                log.id,
+                message.head_id,
+                message.id,
+                message.payload,
+                encode_headers(message.headers),
+                message.created_at_ms,
+                message.deleted,
+            )
+        )
+        log.head = message.head_id
+        self._dirty[log.id] = log
+
+    def _erase(self, log: LogState, first: int, last: int) -> int:
+        """Erase the live rows of heads first..last; return how many there were."""
+        self._flush()
+        cursor = self._execute(self._sql.erase, (True, b"", log.id, first, last, False))
+        return int(cursor.rowcount)
+
+    # -- write operations -----------------------------------------------------------------------
+
+    def _append(self, op: AppendOp) -> Message:
+        if not 0 <= op.created_at_ms <= MAX_STORED_INT:
+            validate_stored_int("created_at_ms", op.created_at_ms)
+        log = self._logs.get((op.topic, op.origin)) or self._log(op.topic, op.origin)
+        message = Message(
+            op.id, op.topic, op.origin, log.head + 1, op.payload, dict(op.headers), op.created_at_ms
+        )
+        if log.tombstones:
+            message = apply_tombstones(message, log.tombstones)
+        self._insert(log, message)
+        return message
+
+    def _replicate(self, op: ReplicateOp) -> ReplicateResult:
+        changed: list[Message] = []
+        unchanged = 0
+        # Stored rows this op has looked at or written, by (log id, head): one range query
+        # serves a whole batch of re-sent messages instead of one query per message.
+        seen: dict[tuple[int, int], Message] = {}
+        for raw in op.messages:
+            try:
+                incoming = check_replicated(raw)
+                log = self._find_log(incoming.topic, incoming.origin)
+                head = 0 if log is None else log.head
+                existing = None
+                if log is not None:
+                    incoming = apply_tombstones(incoming, log.tombstones)
+                    if incoming.head_id <= head:
+                        existing = self._stored(log, incoming, op, seen)
+                decision = decide(existing, incoming, head)
+            except MsgbusError as error:
+                return ReplicateResult(changed, unchanged, error)
+            if decision is Decision.UNCHANGED:
+                unchanged += 1
+                continue
+            log = self._log(incoming.topic, incoming.origin)
+            if decision is Decision.INSERT:
+                self._insert(log, incoming)
+                if incoming.topic == DELETE_TOPIC and not incoming.deleted:
+                    self._record_tombstone(marker_tombstone(incoming))
+                    seen.clear()  # the tombstone may have erased rows seen before
+            else:
+                self._erase(log, incoming.head_id, incoming.head_id)
+            seen[(log.id, incoming.head_id)] = incoming
+            changed.append(incoming)
+        return ReplicateResult(changed, unchanged)
+
+    def _stored(
+        self, log: LogState, like: Message, op: ReplicateOp, seen: dict[tuple[int, int], Message]
+    ) -> Message | None:
+        """The stored row at `like`'s head, read with every later head of the op at once."""
+        found = seen.get((log.id, like.head_id))
+        if found is not None:
+            return found
+        self._flush()
+        last = max(
+            (m.head_id for m in op.messages if (m.topic, m.origin) == (like.topic, like.origin)),
+            default=like.head_id,
+        )
+        rows = self._execute(
+            self._sql.message_range, (log.id, like.head_id, min(max(last, like.head_id), log.head))
+        ).fetchall()
+        for head_id, message_id, payload, headers, created_at_ms, deleted in rows:
+            seen[(log.id, head_id)] = Message(
+                message_id,
+                like.topic,
+                like.origin,
+                head_id,
+                payload,
+                decode_headers(headers),
+                created_at_ms,
+                bool(deleted),
+            )
+        return seen.get((log.id, like.head_id))
+
+    def _record_tombstone(self, tombstone: TombstoneRange) -> int:
+        """Record a tombstone (the first of duplicates is kept) and erase the rows it covers."""
+        log = self._log(tombstone.topic, tombstone.origin)
+        span = (tombstone.from_head_id, tombstone.to_head_id)
+        if not any((t.from_head_id, t.to_head_id) == span for t in log.tombstones):
+            self._execute(self._sql.insert_tombstone, (log.id, *span, tombstone.created_at_ms))
+            log.tombstones.append(tombstone)
+        last = min(tombstone.to_head_id, log.head)
+        if tombstone.from_head_id > last:
+            return 0
+        return self._erase(log, tombstone.from_head_id, last)
+
+    def _check_delete(self, op: DeleteRangeOp) -> None:
+        validate_stored_int("created_at_ms", op.created_at_ms)
+
+    def _head(self, topic: str, origin: NodeId) -> int:
+        log = self._find_log(topic, origin)
+        return 0 if log is None else log.head
+
+    def _store_marker(self, marker: Message) -> None:
+        self._insert(self._log(marker.topic, marker.origin), marker)
+
+    def _enqueue(self, op: EnqueueOp) -> FifoMessage:
+        validate_stored_int("created_at_ms", op.created_at_ms)
+        row = self._execute(self._sql.next_sequence, (op.queue,)).fetchone()
+        message = FifoMessage(
+            id=op.id,
+            queue=op.queue,
+            topic=op.topic,
+            source=op.source,
+            target=op.target,
+            payload=bytes(op.payload),
+            headers=dict(op.headers),
+            created_at_ms=op.created_at_ms,
+            sequence=int(row[0]),
+        )
+        self._execute(self._sql.insert_fifo, fifo_row(message))
+        return message
+
+    def _front(self, queue: str, message_id: str) -> int | None:
+        """The front's sequence when the front of `queue` has id `message_id`, else None."""
+        row = self._execute(self._sql.front, (queue,)).fetchone()
+        if row is None or row[1] != message_id:
+            return None
+        return int(row[0])
+
+    def _ack(self, op: AckOp) -> bool:
+        sequence = self._front(op.queue, op.message_id)
+        if sequence is None:
+            return False
+        self._execute(self._sql.ack, (op.queue, sequence))
+        return True
+
+    def _reject(self, op: RejectOp) -> bool:
+        sequence = self._front(op.queue, op.message_id)
+        if sequence is None:
+            return False
+        self._execute(self._sql.reject, (MAX_ATTEMPTS, op.queue, sequence))
+        return True
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _reader(self) -> ConnectionT:
+        """The calling thread's reader connection, opened on its first read."""
+        con: ConnectionT | None = getattr(self._local, "con", None)
+        if con is not None:
+            return con
+        with self._readers_lock:
+            self._ensure_open()
+            try:
+                con = self._open_reader()
+            except self.driver_error as error:
+                raise self._storage_error(error, "opening a reader") from None
+            self._readers.append(con)
+        self._local.con = con
+        return con
+
+    def _query(
+        self, sql: str, parameters: Sequence[object] = (), doing: str = "reading"
+    ) -> list[Any]:
+        self._ensure_open()
+        con = self._reader()
+        try:
+            rows: list[Any] = con.execute(sql, parameters).fetchall()
+        except self.driver_error as error:
+            raise self._storage_error(error, doing) from None
+        return rows
+
+    @staticmethod
+    def _messages(topic: str, origin: NodeId, rows: list[Any]) -> list[Message]:
+        """Messages of one log from rows in `MESSAGE_COLUMNS` order."""
+        return [
+            new_message(
+                message_id,
+                topic,
+                origin,
+                head_id,
+                payload,
+                decode_headers(headers) if headers else {},
+                created_at_ms,
+                deleted == 1,  # an INTEGER in SQLite, a BOOLEAN elsewhere
+            )
+            for head_id, message_id, payload, headers, created_at_ms, deleted in rows
+        ]
+
+    def fetch(self, topic: str, origin: NodeId, from_head_id: int, limit: int) -> list[Message]:
+        """Up to `limit` messages of a log with head >= `from_head_id`, in head order."""
+        if limit <= 0:
+            return []
+        parameters = (
+            topic,
+            origin.tenant_id,
+            origin.bl_name,
+            origin.device_id,
+            clamp_stored(max(from_head_id, 1)),
+            clamp_stored(limit),
+        )
+        return self._messages(topic, origin, self._query(self._sql.fetch, parameters, "fetching"))
+
+    def get_head(self, topic: str, origin: NodeId) -> int:
+        """The highest head of a log, or 0 when it has no message."""
+        rows = self._query(
+            self._sql.head, (topic, origin.tenant_id, origin.bl_name, origin.device_id)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def list_heads(self) -> list[TopicHead]:
+        """Every non-empty log's head, ordered by topic and then origin key (code points)."""
+        heads = [
+            TopicHead(str(topic), NodeId(str(tenant), str(bl), str(device)), int(head))
+            for topic, tenant, bl, device, head in self._query(self._sql.heads)
+        ]
+        return self._sorted_heads(heads)
+
+    @staticmethod
+    def _sorted_heads(heads: list[TopicHead]) -> list[TopicHead]:
+        # Sorted here rather than by SQL so the order is Python's code-point order by
+        # construction, exactly as the reference store sorts, whatever the collation.
+        return sorted(heads, key=lambda h: (h.topic, h.origin.key))
+
+    def list_tombstones(self) -> list[TombstoneRange]:
+        """Every recorded tombstone, ordered by topic, origin key, from and to."""
+        tombstones = [
+            TombstoneRange(
+                str(topic),
+                NodeId(str(tenant), str(bl), str(device)),
+                int(first),
+                int(last),
+                int(created),
+            )
+            for topic, tenant, bl, device, first, last, created in self._query(self._sql.tombstones)
+        ]
+        return sorted(
+            tombstones, key=lambda t: (t.topic, t.origin.key, t.from_head_id, t.to_head_id)
+        )
+
+    def peek_fifo(self, queue: str) -> FifoMessage | None:
+        """The front (lowest sequence) of a queue, or None when it is empty."""
+        rows = self._query(self._sql.peek_fifo, (queue,))
+        return fifo_from_row(rows[0]) if rows else None
+
+    def list_sync_states(self) -> list[PeerSyncState]:
+        """Every sync state, ordered by peer, topic and origin key."""
+        states = [sync_state_from_row(row) for row in self._query(self._sql.sync_states)]
+        return sorted(states, key=lambda s: s.sort_key)
+
+    def check(self) -> None:
+        """Raise `StorageError` unless the database answers a trivial query."""
+        self._query(self._sql.check)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self._path}: the store is closed")
+
+    def _release(self) -> None:
+        """Close the writer connection (called once, by `close`)."""
+        self._writer.close()
+
+    def close(self) -> None:
+        """Close the writer and every reader connection. Calling it twice is harmless."""
+        with self._write_lock, self._readers_lock:
+            if self._released:
+                return
+            self._released = True
+            self._closed = True
+            for con in self._readers:
+                con.close()
+            self._readers.clear()
+            self._release()
+            self._logs.clear()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._path!r})"
+
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "MESSAGE_COLUMNS",
+    "DbConnection",
+    "LogKey",
+    "LogState",
+    "SqlDialect",
+    "SqlStatements",
+    "SqlStore",
+]
