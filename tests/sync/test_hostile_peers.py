@@ -9,23 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from sync_helpers import (
-    FakePeer,
-    envelope,
-    fetch_all,
-    heads,
-    log_state,
-    node_id,
-    peer_state,
-    publish,
-    start_node,
-    sync_states,
-    to_pb,
-    wait_for,
-)
 
 from msgbus_core import NodeId, TombstoneRange
 from msgbus_proto import pb, rpc
+from msgbus_server.testing import wait_until
+from msgbus_testkit.logs import fetch_rows, heads, publish_many, to_pb
+from msgbus_testkit.nodes import node_id
+from msgbus_testkit.peers import FakePeer, envelope, log_state, peer_state, start_node, sync_states
 
 DELETE = "$msgbus.delete"
 LogKey = tuple[str, str]
@@ -111,9 +101,9 @@ def test_malicious_peer_is_refused_log_by_log_and_the_daemon_restarts(tmp_path: 
         a = start_node(tmp_path, "a", peers=[(fake.endpoint, m_id.key)], batch_limit=10)
         try:
             stub = a.stub()
-            publish(stub, "events", 2, "mine")
-            wait_for(lambda: len(fetch_all(stub, "good", m_id)) == 3, "the honest log")
-            wait_for(lambda: len(fetch_all(stub, "conflict", m_id)) == 1, "conflict #1")
+            publish_many(stub, "events", 2, "mine")
+            wait_until(lambda: len(fetch_rows(stub, "good", m_id)) == 3, message="the honest log")
+            wait_until(lambda: len(fetch_rows(stub, "conflict", m_id)) == 1, message="conflict #1")
 
             # The log rewrites its own history: a different #1 (served again, as if the peer
             # ignored from_head_id) and a #2.
@@ -135,26 +125,28 @@ def test_malicious_peer_is_refused_log_by_log_and_the_daemon_restarts(tmp_path: 
                 ("gappy", m_id): "gap",
                 ("conflict", m_id): "conflict",
             }
-            wait_for(
+            wait_until(
                 lambda: all(
                     text in _error_of(stub, fake.endpoint, topic, origin)
                     for (topic, origin), text in expected_errors.items()
                 ),
-                "every rejection to be recorded",
+                message="every rejection to be recorded",
             )
-            wait_for(lambda: len(fetch_all(stub, "good", m_id)) == 6, "the honest log to go on")
+            wait_until(
+                lambda: len(fetch_rows(stub, "good", m_id)) == 6, message="the honest log to go on"
+            )
 
             def check_store() -> None:
                 local = heads(stub)
                 # Nothing forged was stored: a's own log is a's, no marker from the peer got in.
-                mine = fetch_all(stub, "events", a_id)
+                mine = fetch_rows(stub, "events", a_id)
                 assert sorted(r.payload for r in mine) == [b"mine-0", b"mine-1"]
                 assert not any(r.deleted for r in mine)
                 assert (DELETE, m_id.key) not in local
                 assert (DELETE, zed.key) not in local
                 # The gap stopped the log before the hole; the conflict kept the first version.
                 assert local[("gappy", m_id.key)] == 2
-                conflict = fetch_all(stub, "conflict", m_id)
+                conflict = fetch_rows(stub, "conflict", m_id)
                 assert [r.payload for r in conflict] == [b"first version"]
 
             check_store()
@@ -166,7 +158,9 @@ def test_malicious_peer_is_refused_log_by_log_and_the_daemon_restarts(tmp_path: 
             refused = log_state(stub, fake.endpoint, "events", a_id)
             assert refused is not None
             assert refused.consecutive_failures == 1  # a refusal is not retried, so not counted
-            peer_level = wait_for(lambda: peer_state(stub, fake.endpoint), "the peer record")
+            peer_level = wait_until(
+                lambda: peer_state(stub, fake.endpoint), message="the peer record"
+            )
             assert (peer_level.consecutive_failures, peer_level.last_error) == (0, "")
 
             # The daemon restarts cleanly: nothing bad was stored, the records are still there,
@@ -177,7 +171,9 @@ def test_malicious_peer_is_refused_log_by_log_and_the_daemon_restarts(tmp_path: 
             check_store()
             assert {(s.topic, s.origin.device_id) for s in sync_states(stub)} >= states_before
             peer.put("good", m_id, [envelope("good", m_id, h, b"ok") for h in range(1, 8)])
-            wait_for(lambda: len(fetch_all(stub, "good", m_id)) == 7, "sync after the restart")
+            wait_until(
+                lambda: len(fetch_rows(stub, "good", m_id)) == 7, message="sync after the restart"
+            )
         finally:
             a.kill()
 
@@ -196,7 +192,7 @@ def test_hung_peers_stall_nothing_and_shutdown_is_prompt(tmp_path: Path) -> None
         FakePeer(stuck_fetch) as hung2,
         start_node(tmp_path, "b") as b,
     ):
-        publish(b.stub(), "fine", 20)
+        publish_many(b.stub(), "fine", 20)
         a = start_node(
             tmp_path,
             "a",
@@ -208,11 +204,84 @@ def test_hung_peers_stall_nothing_and_shutdown_is_prompt(tmp_path: Path) -> None
         )
         try:
             stub = a.stub()
-            wait_for(lambda: len(fetch_all(stub, "fine", b_id)) == 20, "the healthy peer's data")
+            wait_until(
+                lambda: len(fetch_rows(stub, "fine", b_id)) == 20, message="the healthy peer's data"
+            )
             assert stuck_fetch.fetch_started.wait(30), "the daemon never fetched from stuck2"
-            publish(b.stub(), "fine", 5, "later")
-            wait_for(lambda: len(fetch_all(stub, "fine", b_id)) == 25, "more of it, still")
+            publish_many(b.stub(), "fine", 5, "later")
+            wait_until(
+                lambda: len(fetch_rows(stub, "fine", b_id)) == 25, message="more of it, still"
+            )
             assert a.stop(timeout=20) == 0
             assert "did not stop in time" not in a.stderr_text() + a.stdout_text()
+        finally:
+            a.kill()
+
+
+def test_a_peer_cannot_delete_across_origins_or_delete_this_nodes_logs(tmp_path: Path) -> None:
+    """What the marker rules enforce, end to end, and what they cannot (SECURITY.md).
+
+    Refused: a marker in zed's delete log naming yan's log (a marker deletes only its own
+    origin's log), and any marker in this node's own delete log (own-origin logs never come from
+    a peer). Accepted, as the control: a marker in yan's delete log naming yan's log, relayed by
+    a peer that is not yan. Relaying third parties' markers is how deletes reach every node, and
+    without signatures a relay that forges one cannot be told from one that forwards it.
+    """
+    a_id, m_id, zed, yan = node_id("a"), node_id("mallory"), node_id("zed"), node_id("yan")
+    peer = ScriptedPeer(m_id)  # type: ignore[abstract]
+    peer.put("events", yan, [envelope("events", yan, h, b"yan") for h in (1, 2, 3)])
+    peer.put("events", zed, [envelope("events", zed, h, b"zed") for h in (1, 2, 3)])
+    across = TombstoneRange("events", yan, 1, 2, 1_700_000_000_000).to_marker_payload()
+    peer.put(DELETE, zed, [envelope(DELETE, zed, 1, across)])
+    as_this_node = TombstoneRange("events", a_id, 1, 2, 1_700_000_000_000).to_marker_payload()
+    peer.put(DELETE, a_id, [envelope(DELETE, a_id, 1, as_this_node)])
+    relayed = TombstoneRange("events", yan, 3, 3, 1_700_000_000_000).to_marker_payload()
+    peer.put(DELETE, yan, [envelope(DELETE, yan, 1, relayed)])
+
+    with FakePeer(peer) as fake:
+        a = start_node(tmp_path, "a", peers=[(fake.endpoint, m_id.key)])
+        try:
+            stub = a.stub()
+            publish_many(stub, "events", 2, "mine")
+            expected_errors = {
+                (DELETE, zed): "must match its tombstone origin",
+                (DELETE, a_id): "never accepted from a peer",
+            }
+            wait_until(
+                lambda: all(
+                    text in _error_of(stub, fake.endpoint, topic, origin)
+                    for (topic, origin), text in expected_errors.items()
+                ),
+                message="both forged markers to be refused and recorded",
+            )
+            wait_until(
+                lambda: [r.deleted for r in fetch_rows(stub, "events", yan)] == [0, 0, 1],
+                message="the relayed marker of yan to erase yan's head 3",
+            )
+            wait_until(lambda: len(fetch_rows(stub, "events", zed)) == 3, message="zed's log")
+
+            def check_store() -> None:
+                local = heads(stub)
+                assert (DELETE, zed.key) not in local
+                assert (DELETE, a_id.key) not in local
+                assert local[(DELETE, yan.key)] == 1
+                # Yan's heads 1-2 survive the cross-origin marker; only yan's own marker applied.
+                rows = fetch_rows(stub, "events", yan)
+                assert [(r.payload, r.deleted) for r in rows] == [
+                    (b"yan", False),
+                    (b"yan", False),
+                    (b"", True),
+                ]
+                assert not any(r.deleted for r in fetch_rows(stub, "events", zed))
+                mine = fetch_rows(stub, "events", a_id)
+                assert [(r.payload, r.deleted) for r in mine] == [
+                    (b"mine-0", False),
+                    (b"mine-1", False),
+                ]
+
+            check_store()
+            a.restart()
+            stub = a.stub()
+            check_store()
         finally:
             a.kill()
