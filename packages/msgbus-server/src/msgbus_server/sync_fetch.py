@@ -14,7 +14,6 @@ import asyncio
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
 
 import grpc
 from grpc import aio
@@ -101,7 +100,7 @@ class ServedBatch:
 class BatchFetcher:
     """Fetches one log from one peer in batches of at most `limit` messages.
 
-    Use it as a context manager: leaving it cancels a prefetch that is still in flight, so a
+    `close()` cancels a prefetch that is still in flight; call it however the pull ends, so a
     failure, a cancellation (shutdown) or a bug leaves no Fetch behind.
     """
 
@@ -124,17 +123,6 @@ class BatchFetcher:
         self._prefetch: asyncio.Task[list[Message]] | None = None
         self._prefetch_from = 0
 
-    def __enter__(self) -> BatchFetcher:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._discard()
-
     async def batch(self, from_head_id: int) -> ServedBatch:
         """The batch from `from_head_id`: the prefetched one when it starts there."""
         if self._prefetch is not None and self._prefetch_from == from_head_id:
@@ -150,6 +138,10 @@ class BatchFetcher:
         self._discard()
         self._prefetch_from = from_head_id
         self._prefetch = asyncio.create_task(self._fetch(from_head_id))
+
+    def close(self) -> None:
+        """Cancel the prefetch, if one is in flight."""
+        self._discard()
 
     def _discard(self) -> None:
         """Cancel a prefetch that is no longer wanted; its outcome is of no interest."""

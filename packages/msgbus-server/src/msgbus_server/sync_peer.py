@@ -363,8 +363,7 @@ class PeerWorker:
             timeout_s=settings.fetch_timeout_s,
         )
         try:
-            with fetcher:
-                await self._pull_batches(fetcher, log_id, pull)
+            await self._pull_batches(fetcher, log_id, pull)
         except Exception as error:
             failure = SyncFailure.of(error)
             if failure.kind is FailureKind.BUG:
@@ -373,6 +372,8 @@ class PeerWorker:
             if failure.kind is FailureKind.PEER:
                 raise
             return pull.progressed
+        finally:
+            fetcher.close()
         self._log_in_sync(log_id, pull.heads())
         return pull.progressed
 
