@@ -2,7 +2,7 @@
 """Crash soak: SIGKILL a loaded msgbusd again and again, and check everything after each restart.
 
 The long version of `tests/reliability/test_crash.py` (same load, same checks, shared code in
-`tests/reliability/crash_load.py`): 16 publishers, FIFO enqueue/ack, DeleteRange and a peer
+`scripts/workloads/crash.py`): 16 publishers, FIFO enqueue/ack, DeleteRange and a peer
 syncing in; after every restart, every acknowledged publish, delete and FIFO operation is held
 to account, logs are checked for gaps and duplicates, and startup is timed.
 
@@ -10,7 +10,7 @@ to account, logs are checked for gaps and duplicates, and startup is timed.
     uv run python scripts/crash_soak.py --duration 600 --backend duckdb --seed 7
 
 Stops at whichever of --rounds / --duration comes first; exits 1 on the first violation.
-Type-check with `MYPYPATH=tests/reliability uv run mypy scripts/crash_soak.py`.
+Type-check with `MYPYPATH=scripts uv run mypy scripts` (as scripts/typecheck.sh does).
 """
 
 from __future__ import annotations
@@ -23,9 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reliability"))
-
-from crash_load import CrashLedger, restart_and_check, run_round, seed_peer, wait_for_sync_state
+from workloads.crash import (
+    CrashLedger,
+    restart_and_check,
+    run_round,
+    seed_peer,
+    wait_for_sync_state,
+)
 
 from msgbus_server.testing import Daemon
 

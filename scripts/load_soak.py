@@ -12,7 +12,7 @@
   published; it must never be cut off and the daemon's RSS must stay within 20 MB.
 - cycles: 10,000 subscribe/disconnect cycles; RSS after warm-up vs at the end (within 10 MB).
 
-Shared code: `tests/reliability/load_workloads.py`. Exits 1 when a limit is broken.
+Shared code: `scripts/workloads/load.py`. Exits 1 when a limit is broken.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reliability"))
-
-from load_workloads import fanout, slow_subscriber, subscribe_cycles
+from workloads.load import fanout, slow_subscriber, subscribe_cycles
 
 from msgbus_server.testing import Daemon
 

@@ -7,6 +7,7 @@ test here fails, the proto changed in a way original Go and Rust clients would n
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
@@ -226,28 +227,22 @@ def test_official_and_betterproto2_encodings_are_byte_identical() -> None:
 
 def test_encodings_without_maps_are_byte_identical() -> None:
     bp = importlib.import_module("msgbus_sdk._generated.msgbus.v1")
-    official = pb.FifoMessage(
-        id="x",
-        queue="q",
-        topic="t",
-        source=pb.NodeId(tenant_id="a", bl_name="b", device_id="c"),
-        target=pb.NodeId(),
-        payload=b"\x00\xff",
-        created_at_ms=2**63,
-        sequence=2**64 - 1,
-        attempts=2**32 - 1,
-    )
-    dataclass = bp.FifoMessage(
-        id="x",
-        queue="q",
-        topic="t",
-        source=bp.NodeId(tenant_id="a", bl_name="b", device_id="c"),
-        target=bp.NodeId(),
-        payload=b"\x00\xff",
-        created_at_ms=2**63,
-        sequence=2**64 - 1,
-        attempts=2**32 - 1,
-    )
+
+    def fifo_message(module: Any) -> Any:
+        """The same message through either generated module (official protobuf or dataclass)."""
+        return module.FifoMessage(
+            id="x",
+            queue="q",
+            topic="t",
+            source=module.NodeId(tenant_id="a", bl_name="b", device_id="c"),
+            target=module.NodeId(),
+            payload=b"\x00\xff",
+            created_at_ms=2**63,
+            sequence=2**64 - 1,
+            attempts=2**32 - 1,
+        )
+
+    official, dataclass = fifo_message(pb), fifo_message(bp)
     assert bytes(dataclass) == official.SerializeToString()
     assert bp.FifoMessage.parse(official.SerializeToString()) == dataclass
     # An empty but present NodeId survives both ways: presence is part of the contract.

@@ -9,22 +9,19 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-_HERE = str(Path(__file__).parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+from msgbus_testkit.distributions import PACKAGES, ROOT, Dist, Venv, make_venv, uv
 
-from packaging_helpers import PACKAGES, ROOT, Dist, Venv, make_venv, uv  # noqa: E402
+_HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Building and installing packages takes longer than the default per-test timeout."""
     for item in items:
-        if Path(str(item.fspath)).parent == Path(_HERE):
+        if Path(str(item.fspath)).parent == _HERE:
             item.add_marker(pytest.mark.timeout(1800))
 
 

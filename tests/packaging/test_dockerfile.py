@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from packaging_helpers import ROOT, VERSION, Msgbusd, Venv, uv
+
+from msgbus_testkit.distributions import ROOT, VERSION, Msgbusd, Venv, uv
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

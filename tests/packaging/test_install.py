@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 from grpc_health.v1 import health_pb2
-from packaging_helpers import VERSION, Msgbusd, Venv
+
+from msgbus_testkit.distributions import VERSION, Msgbusd, Venv
 
 SERVER_STACK = {"msgbus-server", "msgbus-core", "msgbus-proto", "msgbus-store-sqlite"}
 

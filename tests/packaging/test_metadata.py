@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from packaging_helpers import PACKAGES, ROOT, VERSION, Dist, uv
+
+from msgbus_testkit.distributions import PACKAGES, ROOT, VERSION, Dist, uv
 
 HOME = "https://github.com/msgbus-py/msgbus"
 LICENSES = ("LICENSE-MIT", "LICENSE-APACHE")

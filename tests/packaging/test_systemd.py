@@ -12,9 +12,9 @@ import re
 import subprocess
 
 import pytest
-from packaging_helpers import ROOT
 
 from msgbus_server.cli import parse_config
+from msgbus_testkit.distributions import ROOT
 
 UNIT = ROOT / "packaging" / "systemd" / "msgbusd.service"
 SKIP = 77

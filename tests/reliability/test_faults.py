@@ -21,20 +21,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from reliability_helpers import (
-    BACKENDS,
-    backend_unavailable,
-    check_log_shape,
-    fetch_log,
-    require_backend,
-    status_of,
-    wait_for,
-)
 
 from msgbus_core import NodeId
 from msgbus_proto import pb, rpc
 from msgbus_sdk import AsyncMsgbusClient, MsgbusError, ReconnectPolicy
-from msgbus_server.testing import Daemon, free_port, msgbusd_command, run_msgbusd
+from msgbus_server.testing import Daemon, free_port, msgbusd_command, run_msgbusd, wait_until
+from msgbus_testkit.backends import backend_unavailable
+from msgbus_testkit.calls import status_of
+from msgbus_testkit.logs import check_log_shape, fetch_log
 
 # -- a small filesystem ---------------------------------------------------------------------------
 
@@ -80,9 +74,7 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_disk_full_refuses_writes_clearly_and_recovers(tmp_path: Path, backend: str) -> None:
-    require_backend(backend)
     with tmpfs(tmp_path / "small", "8m") as disk:
         data = disk / f"msgbus.{backend}"
         daemon = Daemon.start(tmp_path / "logs", storage=backend, extra_args=["--data", str(data)])
@@ -131,7 +123,7 @@ def test_disk_full_refuses_writes_clearly_and_recovers(tmp_path: Path, backend: 
                     return False
                 return True
 
-            wait_for(publishes, "a publish to succeed once space is free")
+            wait_until(publishes, message="a publish to succeed once space is free")
             rows = fetch_log(stub, "t")
             check_log_shape(rows, "t after recovery")
             assert rows[-1].payload == b"after"
@@ -173,11 +165,9 @@ def make_database(directory: Path, backend: str) -> Path:
         return daemon.data_path
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_corrupted_and_foreign_database_files_are_refused_in_one_line(
     tmp_path: Path, backend: str
 ) -> None:
-    require_backend(backend)
     database = make_database(tmp_path / "db", backend)
     original = database.read_bytes()
     rng = random.Random(8)
@@ -206,21 +196,15 @@ def test_corrupted_and_foreign_database_files_are_refused_in_one_line(
 
     # The other backend's msgbus file.
     other = "duckdb" if backend == "sqlite" else "sqlite"
-    if require_other(other):
+    if backend_unavailable(other) is None:
         other_file = make_database(tmp_path / "other", other)
         print(assert_refused(other_file, backend, str(other_file)))
 
 
-def require_other(backend: str) -> bool:
-    return backend_unavailable(backend) is None
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_corruption_inside_the_data_pages_never_yields_a_traceback(
     tmp_path: Path, backend: str
 ) -> None:
     """Noise in the middle of the file: refused at startup, or served with clear errors."""
-    require_backend(backend)
     database = make_database(tmp_path / "db", backend)
     data = bytearray(database.read_bytes())
     middle = len(data) // 2
@@ -254,7 +238,7 @@ def test_corruption_inside_the_data_pages_never_yields_a_traceback(
                 return None
             return "serving"
 
-        state = wait_for(settled, "the daemon to refuse or serve")
+        state = wait_until(settled, message="the daemon to refuse or serve")
         if state == "serving":
             # It opened: every read answers, cleanly, OK or a clear storage error.
             for call in (
@@ -288,12 +272,10 @@ def test_corruption_inside_the_data_pages_never_yields_a_traceback(
             process.wait()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-file", "new-file"])
 def test_read_only_data_directory_is_refused_in_one_line(
     tmp_path: Path, backend: str, existing: bool
 ) -> None:
-    require_backend(backend)
     # Root ignores permission bits, so a read-only mount is the honest read-only directory.
     with tmpfs(tmp_path / "ro", "16m") as directory:
         data = directory / f"msgbus.{backend}"
@@ -423,19 +405,30 @@ def test_silent_resetting_and_garbage_peers_stall_nothing(tmp_path: Path) -> Non
                 args += ["--peer", f"{endpoint}={node}"]
             with Daemon.start(tmp_path / "a", extra_args=args) as a:
                 stub = a.stub()
-                wait_for(lambda: len(fetch_log(stub, "fine", healthy_id)) == 20, "healthy data")
-                # Every bad peer was really tried, and failed on its own.
-                wait_for(lambda: silent.accepted and garbage.accepted, "connections to bad peers")
-                wait_for(
-                    lambda: "DEADLINE_EXCEEDED" in _peer_error(stub, silent.endpoint),
-                    "the silent peer's deadline to fire",
+                wait_until(
+                    lambda: len(fetch_log(stub, "fine", healthy_id)) == 20, message="healthy data"
                 )
-                wait_for(lambda: _peer_error(stub, garbage.endpoint), "the garbage peer's failure")
-                wait_for(lambda: resetting.accepted >= 2, "the resetting peer to be retried")
+                # Every bad peer was really tried, and failed on its own.
+                wait_until(
+                    lambda: silent.accepted and garbage.accepted, message="connections to bad peers"
+                )
+                wait_until(
+                    lambda: "DEADLINE_EXCEEDED" in _peer_error(stub, silent.endpoint),
+                    message="the silent peer's deadline to fire",
+                )
+                wait_until(
+                    lambda: _peer_error(stub, garbage.endpoint),
+                    message="the garbage peer's failure",
+                )
+                wait_until(
+                    lambda: resetting.accepted >= 2, message="the resetting peer to be retried"
+                )
                 # The healthy peer still flows while the others keep failing.
                 for i in range(20, 30):
                     healthy_stub.Publish(pb.PublishRequest(topic="fine", payload=b"%d" % i))
-                wait_for(lambda: len(fetch_log(stub, "fine", healthy_id)) == 30, "more data")
+                wait_until(
+                    lambda: len(fetch_log(stub, "fine", healthy_id)) == 30, message="more data"
+                )
                 check_log_shape(fetch_log(stub, "fine", healthy_id), "fine")
                 # Whatever came through the resetting peer is an exact prefix of the real log.
                 partial = fetch_log(stub, "big", flaky_id)
@@ -462,10 +455,14 @@ async def test_subscribers_resume_without_gap_or_duplicate_across_restarts_under
 
     async def more_acks(count: int) -> None:
         target = len(acked) + count
-        deadline = asyncio.get_running_loop().time() + 60
-        while len(acked) < target:
-            assert asyncio.get_running_loop().time() < deadline, "publishers stalled"
-            await asyncio.sleep(0.01)
+        # The condition only reads what the publishers record, so it is polled from a worker
+        # thread and the loop stays free to run them.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: len(acked) >= target,
+            message=f"{count} more acknowledged publishes (publishers stalled)",
+            interval=0.01,
+        )
 
     try:
         async with (

@@ -10,9 +10,7 @@ for the whole module; example counts are bounded so the module stays quick.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,26 +20,19 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import (
-    ALLOWED_REJECTIONS,
-    BACKENDS,
-    check_log_shape,
-    fetch_log,
-    heads,
-    key_of,
-    require_backend,
-    status_of,
-    wait_for,
-)
 
 from msgbus_core import NodeId, TombstoneRange
 from msgbus_core.limits import MAX_HEADER_BYTES, MAX_HEADER_ENTRIES, MAX_NAME_BYTES
 from msgbus_core.validation import validate_headers, validate_topic
 from msgbus_proto import SERVICE_NAME, pb, rpc
-from msgbus_server.testing import Daemon
+from msgbus_server.testing import Daemon, wait_until
+from msgbus_testkit.backends import BACKENDS, require_backend
+from msgbus_testkit.calls import ALLOWED_REJECTIONS, status_of
+from msgbus_testkit.logs import check_log_shape, fetch_log, heads, key_of, to_pb
+from msgbus_testkit.nodes import LOCAL
+from msgbus_testkit.peers import FakePeer
 
 MAX_PAYLOAD = 4096
-LOCAL = pb.NodeId(tenant_id="tenant", bl_name="default", device_id="device")
 SEEDED_TOPIC = "seeded"
 SEEDED_QUEUE = "seeded-q"
 SUBSCRIBE_PROBE_S = 0.3
@@ -532,9 +523,7 @@ class FuzzPeer(rpc.MsgbusServiceServicer):
     ) -> pb.HealthResponse:
         return pb.HealthResponse(
             status="SERVING",
-            node=pb.NodeId(
-                tenant_id=PEER.tenant_id, bl_name=PEER.bl_name, device_id=PEER.device_id
-            ),
+            node=to_pb(PEER),
         )
 
     async def ListHeads(
@@ -554,36 +543,6 @@ class FuzzPeer(rpc.MsgbusServiceServicer):
             yield pb.FetchResponse(message=message)
 
 
-class FakePeerServer:
-    """A grpc.aio server on its own loop in a thread, so the test body stays synchronous."""
-
-    def __init__(self, servicer: FuzzPeer) -> None:
-        self.servicer = servicer
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server: grpc.aio.Server | None = None
-        self.port = 0
-
-    async def _start(self) -> int:
-        self.server = grpc.aio.server()
-        rpc.add_MsgbusServiceServicer_to_server(self.servicer, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        return port
-
-    def __enter__(self) -> FakePeerServer:
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.server is not None:
-            asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @dataclass
 class PeerRig:
     daemon: Daemon
@@ -597,8 +556,8 @@ def peer_rig(
 ) -> Iterator[PeerRig]:
     backend = require_backend(request.param)
     servicer = FuzzPeer()  # type: ignore[abstract]  # serves only what sync calls
-    with FakePeerServer(servicer) as fake:
-        endpoint = f"127.0.0.1:{fake.port}"
+    with FakePeer(servicer) as fake:
+        endpoint = fake.endpoint
         args = ["--peer", f"{endpoint}={PEER.key}", "--sync-interval-ms", "100"]
         data_dir: Path = tmp_path_factory.mktemp(f"peer-fuzz-{backend}")
         with Daemon.start(data_dir, storage=backend, extra_args=args) as daemon:
@@ -655,7 +614,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Scenario, int]:
         listed = draw(st.one_of(st.just(count), st.just(count), u64))
         head = pb.TopicHead(topic=topic, head_id=listed)
         if draw(st.booleans()) or origin.tenant_id:
-            head.origin.CopyFrom(_pb_node(origin))
+            head.origin.CopyFrom(to_pb(origin))
         scenario.heads.append(head)
         served = scenario.messages.setdefault((topic, origin.key), [])
         for n in range(1, count + 1):
@@ -669,7 +628,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Scenario, int]:
                 created_at_ms=1_700_000_000_000 + n,
                 deleted=False,
             )
-            message.origin.CopyFrom(_pb_node(origin))
+            message.origin.CopyFrom(to_pb(origin))
             # Half the messages are honest; the others get one or more hostile fields.
             if draw(st.booleans()):
                 for name in draw(st.lists(st.sampled_from(HOSTILE_FIELDS), min_size=1, max_size=3)):
@@ -691,7 +650,7 @@ def _spoil(draw: st.DrawFn, message: pb.MessageEnvelope, name: str) -> None:
         if draw(st.booleans()):
             message.ClearField("origin")
         else:
-            message.origin.CopyFrom(_pb_node(draw(peer_origins)))
+            message.origin.CopyFrom(to_pb(draw(peer_origins)))
     elif name == "head_id":
         message.head_id = draw(u64)
     elif name == "payload":
@@ -703,10 +662,6 @@ def _spoil(draw: st.DrawFn, message: pb.MessageEnvelope, name: str) -> None:
         message.created_at_ms = draw(u64)
     else:
         message.deleted = True
-
-
-def _pb_node(node: NodeId) -> pb.NodeId:
-    return pb.NodeId(tenant_id=node.tenant_id, bl_name=node.bl_name, device_id=node.device_id)
 
 
 def check_stored_rules(stub: rpc.MsgbusServiceStub) -> int:
@@ -746,7 +701,7 @@ def test_what_a_peer_sends(peer_rig: PeerRig, case: tuple[Scenario, int]) -> Non
     stub = rig.daemon.stub()
     # Two ListHeads after the switch: one whole pass ran against this scenario.
     seen = rig.peer.list_calls
-    wait_for(lambda: rig.peer.list_calls >= seen + 2, "a sync pass over the scenario")
+    wait_until(lambda: rig.peer.list_calls >= seen + 2, message="a sync pass over the scenario")
     assert rig.daemon.poll() is None, "the daemon died"
     peer_messages_checked = max(peer_messages_checked, check_stored_rules(stub))
     stub.ListPeerSyncStates(pb.ListPeerSyncStatesRequest(), timeout=30)
@@ -760,12 +715,12 @@ def test_an_honest_peer_scenario_is_stored(peer_rig: PeerRig) -> None:
         message = pb.MessageEnvelope(
             id=f"honest-{n}", topic=topic, head_id=n, payload=b"%d" % n, created_at_ms=n
         )
-        message.origin.CopyFrom(_pb_node(PEER))
+        message.origin.CopyFrom(to_pb(PEER))
         messages.append(message)
-    head = pb.TopicHead(topic=topic, origin=_pb_node(PEER), head_id=3)
+    head = pb.TopicHead(topic=topic, origin=to_pb(PEER), head_id=3)
     peer_rig.peer.scenario = Scenario(heads=[head], messages={(topic, PEER.key): messages})
     stub = peer_rig.daemon.stub()
-    wait_for(lambda: len(fetch_log(stub, topic, PEER)) == 3, "the honest log")
+    wait_until(lambda: len(fetch_log(stub, topic, PEER)) == 3, message="the honest log")
     rows = fetch_log(stub, topic, PEER)
     assert [r.payload for r in rows] == [b"1", b"2", b"3"]
     assert check_stored_rules(stub) >= 3

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from load_workloads import fanout, slow_subscriber, subscribe_cycles
+from workloads.load import fanout, slow_subscriber, subscribe_cycles
 
 from msgbus_server.testing import Daemon
 

@@ -9,20 +9,19 @@ one-per-response read delivers.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
-from server_helpers import LOCAL, publish, start_daemon, wait_until
 
 from msgbus_proto import pb, rpc
-from msgbus_server.testing import Daemon
-
-T = TypeVar("T")
+from msgbus_server.testing import Daemon, wait_until
+from msgbus_testkit.logs import publish
+from msgbus_testkit.nodes import LOCAL
+from msgbus_testkit.peers import FakePeer
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -288,39 +287,6 @@ class RecordingProxy(rpc.MsgbusServiceServicer):
             yield response
 
 
-class ProxyServer:
-    """A grpc.aio server on its own loop and thread, so the test body can stay blocking."""
-
-    def __init__(self, servicer: rpc.MsgbusServiceServicer) -> None:
-        self._servicer = servicer
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: grpc.aio.Server | None = None
-        self.endpoint = ""
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
-
-    async def _start(self) -> str:
-        self._server = grpc.aio.server()
-        rpc.add_MsgbusServiceServicer_to_server(self._servicer, self._server)
-        port = self._server.add_insecure_port("127.0.0.1:0")
-        await self._server.start()
-        return f"127.0.0.1:{port}"
-
-    def __enter__(self) -> ProxyServer:
-        self._thread.start()
-        self.endpoint = self._run(self._start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._run(self._server.stop(None))
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-
-
 @pytest.fixture
 def source(tmp_path: Path) -> Iterator[Daemon]:
     with Daemon.start(tmp_path / "source", node="tenant/default/source") as daemon:
@@ -332,7 +298,7 @@ def test_sync_between_two_daemons_uses_packed_responses(tmp_path: Path, source: 
     stored = _fill(source.stub(), topic, [(i * 29) % 600 for i in range(1800)])
     proxy = RecordingProxy(source.endpoint)  # type: ignore[abstract]  # the rest: UNIMPLEMENTED
     with (
-        ProxyServer(proxy) as server,
+        FakePeer(proxy) as server,
         Daemon.start(
             tmp_path / "follower",
             node="tenant/default/follower",
@@ -348,8 +314,8 @@ def test_sync_between_two_daemons_uses_packed_responses(tmp_path: Path, source: 
         origin = stored[0].origin
         wait_until(
             lambda: stub.GetHead(pb.GetHeadRequest(topic=topic, origin=origin)).head_id == 1800,
+            message="the follower to catch up",
             timeout=120,
-            what="the follower to catch up",
         )
         copied = [
             r.message for r in stub.Fetch(pb.FetchRequest(topic=topic, origin=origin, limit=10_000))
@@ -374,7 +340,7 @@ async def test_a_burst_of_concurrent_unary_calls_is_served_not_cancelled(tmp_pat
     lost 6-9 % of its calls as CANCELLED before they reached a handler; msgbusd raises them.
     """
     count = 3000
-    daemon = await asyncio.to_thread(start_daemon, tmp_path, "sqlite")
+    daemon = await asyncio.to_thread(Daemon.start, tmp_path)
     try:
         async with daemon.aio_channel() as channel:
             stub = rpc.MsgbusServiceStub(channel)

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_helpers import fetch_all, publish, start_daemon, wait_until
 
 from msgbus_proto import pb, rpc
+from msgbus_server.testing import Daemon, wait_until
+from msgbus_testkit.logs import fetch_page, publish
 
 
 def test_sigterm_with_open_subscribers_exits_0_and_keeps_data(
     tmp_path: Path, backend: str, name: Callable[[str], str]
 ) -> None:
     topic = name("term")
-    daemon = start_daemon(tmp_path, backend)
+    daemon = Daemon.start(tmp_path, storage=backend)
     try:
         stub = daemon.stub()
         for i in range(20):
@@ -43,7 +44,7 @@ def test_sigterm_with_open_subscribers_exits_0_and_keeps_data(
         threads = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(4)]
         for thread in threads:
             thread.start()
-        wait_until(lambda: all(len(r) == 20 for r in received), what="subscribers caught up")
+        wait_until(lambda: all(len(r) == 20 for r in received), message="subscribers caught up")
 
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=5) == 0
@@ -54,7 +55,7 @@ def test_sigterm_with_open_subscribers_exits_0_and_keeps_data(
         assert "Traceback" not in daemon.stderr_text()
 
         daemon.restart()
-        messages = fetch_all(daemon.stub(), topic)
+        messages = fetch_page(daemon.stub(), topic)
         assert [m.payload for m in messages] == [b"%d" % i for i in range(20)]
         assert publish(daemon.stub(), topic).head_id == 21
     finally:
@@ -62,7 +63,7 @@ def test_sigterm_with_open_subscribers_exits_0_and_keeps_data(
 
 
 def test_sigint_also_shuts_down_gracefully(tmp_path: Path, backend: str) -> None:
-    daemon = start_daemon(tmp_path, backend)
+    daemon = Daemon.start(tmp_path, storage=backend)
     try:
         daemon.signal(signal.SIGINT)
         assert daemon.wait(timeout=5) == 0
@@ -75,7 +76,7 @@ def test_kill_9_loses_no_acknowledged_message(
     tmp_path: Path, backend: str, name: Callable[[str], str]
 ) -> None:
     topic = name("crash")
-    daemon = start_daemon(tmp_path, backend)
+    daemon = Daemon.start(tmp_path, storage=backend)
     acknowledged: list[int] = []
     stop = threading.Event()
 
@@ -95,7 +96,7 @@ def test_kill_9_loses_no_acknowledged_message(
         threads = [threading.Thread(target=writer, daemon=True) for _ in range(4)]
         for thread in threads:
             thread.start()
-        wait_until(lambda: len(acknowledged) >= 200, what="some acknowledged publishes")
+        wait_until(lambda: len(acknowledged) >= 200, message="some acknowledged publishes")
         daemon.kill()
         stop.set()
         for thread in threads:
@@ -104,7 +105,7 @@ def test_kill_9_loses_no_acknowledged_message(
         stub = daemon.stub()
         head = stub.GetHead(pb.GetHeadRequest(topic=topic)).head_id
         assert head >= max(acknowledged)
-        heads = [m.head_id for m in fetch_all(stub, topic, limit=10_000)]
+        heads = [m.head_id for m in fetch_page(stub, topic, limit=10_000)]
         assert heads == list(range(1, head + 1))
     finally:
         daemon.kill()
@@ -115,7 +116,7 @@ def test_restart_keeps_the_port_and_fifo_state(
 ) -> None:
     queue = name("q")
     target = pb.NodeId(tenant_id="t", bl_name="b", device_id="d")
-    with start_daemon(tmp_path, backend) as daemon:
+    with Daemon.start(tmp_path, storage=backend) as daemon:
         port = daemon.port
         stub = daemon.stub()
         first = stub.EnqueueFifo(pb.EnqueueFifoRequest(queue=queue, topic="j", target=target))
@@ -127,7 +128,7 @@ def test_restart_keeps_the_port_and_fifo_state(
 
 
 def test_json_logs(tmp_path: Path) -> None:
-    with start_daemon(tmp_path, "sqlite", "--log-format", "json") as daemon:
+    with Daemon.start(tmp_path, extra_args=["--log-format", "json"]) as daemon:
         daemon.stub().Health(pb.HealthRequest())
         code = daemon.stop()
     assert code == 0

@@ -10,9 +10,11 @@ import json
 from collections.abc import Callable
 
 import grpc
-from server_helpers import OTHER, code_of, fetch_all, publish
 
 from msgbus_proto import pb, rpc
+from msgbus_testkit.calls import code_of
+from msgbus_testkit.logs import fetch_page, publish
+from msgbus_testkit.nodes import OTHER
 
 
 def test_publish_rejects_non_local_origin(stub: rpc.MsgbusServiceStub) -> None:
@@ -37,7 +39,10 @@ def test_appends_and_fetches_messages_in_head_order(
     assert publish(stub, topic, b"one").head_id == 1
     assert publish(stub, topic, b"two").head_id == 2
     assert stub.GetHead(pb.GetHeadRequest(topic=topic)).head_id == 2
-    assert [m.payload for m in fetch_all(stub, topic, from_head_id=1, limit=10)] == [b"one", b"two"]
+    assert [m.payload for m in fetch_page(stub, topic, from_head_id=1, limit=10)] == [
+        b"one",
+        b"two",
+    ]
 
 
 def test_tombstone_range_with_marker_updates_and_appends_control_message(
@@ -45,13 +50,13 @@ def test_tombstone_range_with_marker_updates_and_appends_control_message(
 ) -> None:
     topic = name("marker")
     publish(stub, topic, b"one")
-    before = len(fetch_all(stub, "$msgbus.delete", limit=10_000))
+    before = len(fetch_page(stub, "$msgbus.delete", limit=10_000))
     reply = stub.DeleteRange(pb.DeleteRangeRequest(topic=topic, from_head_id=1, to_head_id=1))
     assert reply.deleted_count == 1
-    markers = fetch_all(stub, "$msgbus.delete", limit=10_000)[before:]
+    markers = fetch_page(stub, "$msgbus.delete", limit=10_000)[before:]
     assert [m.topic for m in markers] == ["$msgbus.delete"]
     assert json.loads(markers[0].payload)["topic"] == topic
-    assert fetch_all(stub, topic)[0].deleted
+    assert fetch_page(stub, topic)[0].deleted
 
 
 def test_tombstone_marks_messages_without_changing_head(
@@ -63,7 +68,7 @@ def test_tombstone_marks_messages_without_changing_head(
     reply = stub.DeleteRange(pb.DeleteRangeRequest(topic=topic, from_head_id=2, to_head_id=3))
     assert reply.deleted_count == 2
     assert stub.GetHead(pb.GetHeadRequest(topic=topic)).head_id == 3
-    assert [m.deleted for m in fetch_all(stub, topic)] == [False, True, True]
+    assert [m.deleted for m in fetch_page(stub, topic)] == [False, True, True]
 
 
 def test_tombstone_range_is_idempotent(
@@ -85,7 +90,7 @@ def test_future_tombstone_is_clamped_by_design(
     stub.DeleteRange(pb.DeleteRangeRequest(topic=topic, from_head_id=1, to_head_id=1))
     message = publish(stub, topic)
     assert not message.deleted
-    assert not fetch_all(stub, topic)[0].deleted
+    assert not fetch_page(stub, topic)[0].deleted
 
 
 def test_fifo_ack_only_accepts_front_message(

@@ -8,10 +8,12 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from server_helpers import LOCAL, code_of, fetch_all, publish
 
 from msgbus_proto import SERVICE_NAME, pb, rpc
 from msgbus_server.testing import Daemon
+from msgbus_testkit.calls import code_of
+from msgbus_testkit.logs import fetch_page, publish
+from msgbus_testkit.nodes import LOCAL
 
 
 def test_health_and_ready(stub: rpc.MsgbusServiceStub) -> None:
@@ -57,7 +59,7 @@ def test_publish_batch_is_one_ordered_transaction(
         (a, 4, b"4"),
         (b, 3, b"5"),
     ]
-    assert [m.payload for m in fetch_all(stub, a)] == [b"before", b"0", b"2", b"4"]
+    assert [m.payload for m in fetch_page(stub, a)] == [b"before", b"0", b"2", b"4"]
 
 
 def test_fetch_pages_defaults_and_caps(
@@ -67,16 +69,18 @@ def test_fetch_pages_defaults_and_caps(
     entries = [pb.PublishRequest(topic=topic, payload=b"%d" % i) for i in range(250)]
     stub.PublishBatch(pb.PublishBatchRequest(entries=entries))
     # limit 0 means 100; from 0 means 1.
-    assert [m.head_id for m in fetch_all(stub, topic)] == list(range(1, 101))
-    assert [m.head_id for m in fetch_all(stub, topic, from_head_id=0, limit=3)] == [1, 2, 3]
-    assert [m.head_id for m in fetch_all(stub, topic, from_head_id=240, limit=100)] == list(
+    assert [m.head_id for m in fetch_page(stub, topic)] == list(range(1, 101))
+    assert [m.head_id for m in fetch_page(stub, topic, from_head_id=0, limit=3)] == [1, 2, 3]
+    assert [m.head_id for m in fetch_page(stub, topic, from_head_id=240, limit=100)] == list(
         range(240, 251)
     )
-    assert len(fetch_all(stub, topic, limit=4_000_000_000)) == 250
-    assert fetch_all(stub, topic, from_head_id=251) == []
-    assert fetch_all(stub, topic, from_head_id=2**64 - 1) == []
-    assert fetch_all(stub, name("unknown")) == []
-    assert fetch_all(stub, topic, origin=pb.NodeId(tenant_id="x", bl_name="y", device_id="z")) == []
+    assert len(fetch_page(stub, topic, limit=4_000_000_000)) == 250
+    assert fetch_page(stub, topic, from_head_id=251) == []
+    assert fetch_page(stub, topic, from_head_id=2**64 - 1) == []
+    assert fetch_page(stub, name("unknown")) == []
+    assert (
+        fetch_page(stub, topic, origin=pb.NodeId(tenant_id="x", bl_name="y", device_id="z")) == []
+    )
 
 
 def test_fetch_limit_is_capped_at_10000(
@@ -86,7 +90,7 @@ def test_fetch_limit_is_capped_at_10000(
     entries = [pb.PublishRequest(topic=topic, payload=b"p") for _ in range(10_000)]
     stub.PublishBatch(pb.PublishBatchRequest(entries=entries), timeout=120)
     publish(stub, topic, b"last")
-    heads = [m.head_id for m in fetch_all(stub, topic, limit=20_000)]
+    heads = [m.head_id for m in fetch_page(stub, topic, limit=20_000)]
     assert heads == list(range(1, 10_001))
 
 
@@ -139,12 +143,12 @@ def test_delete_range_erases_clamps_and_marks(
     topic = name("del")
     for i in range(3):
         publish(stub, topic, b"secret-%d" % i, headers={"h": "v"})
-    markers_before = fetch_all(stub, "$msgbus.delete", limit=10_000)
+    markers_before = fetch_page(stub, "$msgbus.delete", limit=10_000)
     reply = stub.DeleteRange(
         pb.DeleteRangeRequest(topic=topic, from_head_id=2, to_head_id=2**64 - 1)
     )
     assert reply.deleted_count == 2
-    messages = fetch_all(stub, topic)
+    messages = fetch_page(stub, topic)
     assert [(m.head_id, m.deleted) for m in messages] == [(1, False), (2, True), (3, True)]
     assert messages[0].payload == b"secret-0"
     # Delete erases: payload and headers are gone, id and head stay.
@@ -154,7 +158,7 @@ def test_delete_range_erases_clamps_and_marks(
     assert (later.head_id, later.deleted) == (4, False)
     assert stub.GetHead(pb.GetHeadRequest(topic=topic)).head_id == 4
     # One marker in the original's compact JSON, with the clamped range.
-    markers = fetch_all(stub, "$msgbus.delete", limit=10_000)[len(markers_before) :]
+    markers = fetch_page(stub, "$msgbus.delete", limit=10_000)[len(markers_before) :]
     assert len(markers) == 1
     marker = markers[0]
     assert marker.origin == LOCAL
@@ -266,5 +270,5 @@ def test_payload_sizes_up_to_the_limit(
 ) -> None:
     topic = name("size")
     message = publish(stub, topic, b"\xff" * size)
-    assert fetch_all(stub, topic)[0].payload == b"\xff" * size
+    assert fetch_page(stub, topic)[0].payload == b"\xff" * size
     assert message.head_id == 1

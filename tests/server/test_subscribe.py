@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_helpers import publish, start_daemon
 
 from msgbus_proto import pb, rpc
 from msgbus_server.testing import Daemon
+from msgbus_testkit.logs import publish
 
 
 async def _collect(
@@ -36,7 +36,7 @@ async def test_backlog_longer_than_replay_limit_then_live(
     tmp_path: Path, backend: str, name: Callable[[str], str]
 ) -> None:
     topic = name("backlog")
-    with start_daemon(tmp_path, backend) as daemon:
+    with Daemon.start(tmp_path, storage=backend) as daemon:
         stub = daemon.stub()
         for start in range(0, 10_000, 5_000):
             entries = [
@@ -70,7 +70,7 @@ async def test_concurrent_publishers_and_subscribers(
     topic = name("hot")
     publishers, per_publisher, subscribers = 16, 40, 4
     total = publishers * per_publisher
-    with start_daemon(tmp_path, backend) as daemon:
+    with Daemon.start(tmp_path, storage=backend) as daemon:
         async with daemon.aio_channel() as channel:
             stub = rpc.MsgbusServiceStub(channel)
             readers = [

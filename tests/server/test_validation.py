@@ -11,9 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
-from server_helpers import LOCAL, OTHER, fetch_all, publish, rpc_error, topics_in_store
 
 from msgbus_proto import pb, rpc
+from msgbus_testkit.calls import rpc_error
+from msgbus_testkit.logs import fetch_page, publish, topics_in_store
+from msgbus_testkit.nodes import LOCAL, OTHER
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -221,7 +223,7 @@ def test_reads_partial_origin(stub: rpc.MsgbusServiceStub) -> None:
 
 def test_reads_may_name_reserved_and_foreign_logs(stub: rpc.MsgbusServiceStub) -> None:
     assert stub.GetHead(pb.GetHeadRequest(topic="$msgbus.x", origin=OTHER)).found is False
-    assert fetch_all(stub, "$msgbus.x", origin=OTHER) == []
+    assert fetch_page(stub, "$msgbus.x", origin=OTHER) == []
 
 
 def test_u64_extremes_never_internal(
@@ -230,8 +232,8 @@ def test_u64_extremes_never_internal(
     topic = name("u64")
     publish(stub, topic)
     top = 2**64 - 1
-    assert fetch_all(stub, topic, from_head_id=top, limit=2**32 - 1) == []
-    assert fetch_all(stub, topic, from_head_id=2**63) == []
+    assert fetch_page(stub, topic, from_head_id=top, limit=2**32 - 1) == []
+    assert fetch_page(stub, topic, from_head_id=2**63) == []
     reply = stub.DeleteRange(pb.DeleteRangeRequest(topic=topic, from_head_id=top, to_head_id=top))
     assert reply.deleted_count == 0
     # A subscription beyond any possible head just waits (here: until its deadline).
@@ -247,7 +249,7 @@ def test_u64_extremes_never_internal(
 def test_delete_range_validation(stub: rpc.MsgbusServiceStub, name: Callable[[str], str]) -> None:
     topic = name("delv")
     publish(stub, topic)
-    markers = len(fetch_all(stub, "$msgbus.delete", limit=10_000))
+    markers = len(fetch_page(stub, "$msgbus.delete", limit=10_000))
 
     def delete(**kw: Any) -> Callable[[], Any]:
         return lambda: stub.DeleteRange(pb.DeleteRangeRequest(**kw))
@@ -260,8 +262,8 @@ def test_delete_range_validation(stub: rpc.MsgbusServiceStub, name: Callable[[st
     _assert_rejected(
         delete(topic=topic, origin=pb.NodeId(device_id="d"), to_head_id=1), INVALID, "origin."
     )
-    assert [m.deleted for m in fetch_all(stub, topic)] == [False]
-    assert len(fetch_all(stub, "$msgbus.delete", limit=10_000)) == markers
+    assert [m.deleted for m in fetch_page(stub, topic)] == [False]
+    assert len(fetch_page(stub, "$msgbus.delete", limit=10_000)) == markers
 
 
 # -- FIFO ------------------------------------------------------------------------------------

@@ -5,24 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sync_helpers import (
-    check_log_shape,
-    converged,
-    dump,
-    failed_peer_state,
-    fetch_all,
-    heads,
-    log_state,
-    node_id,
-    peer_state,
-    publish,
-    start_node,
-    sync_states,
-    wait_for,
-)
 
 from msgbus_proto import pb
-from msgbus_server.testing import free_port
+from msgbus_server.testing import free_port, free_ports, wait_until
+from msgbus_testkit.backends import backend_unavailable
+from msgbus_testkit.logs import check_log_shape, converged, dump, fetch_rows, heads, publish_many
+from msgbus_testkit.nodes import node_id
+from msgbus_testkit.peers import failed_peer_state, log_state, peer_state, start_node, sync_states
 
 DELETE = "$msgbus.delete"
 
@@ -35,7 +24,9 @@ def test_original_sync_scenario_messages_then_delete_marker(tmp_path: Path) -> N
         b_stub.Publish(pb.PublishRequest(topic="events", payload=b"one"), timeout=10)
         with start_node(tmp_path, "local", peers=[(b.endpoint, remote.key)], batch_limit=10) as a:
             a_stub = a.stub()
-            rows = wait_for(lambda: fetch_all(a_stub, "events", remote), "events/remote on A")
+            rows = wait_until(
+                lambda: fetch_rows(a_stub, "events", remote), message="events/remote on A"
+            )
             assert len(rows) == 1
             assert rows[0].payload == b"one"
             assert not rows[0].deleted
@@ -43,9 +34,9 @@ def test_original_sync_scenario_messages_then_delete_marker(tmp_path: Path) -> N
             b_stub.DeleteRange(
                 pb.DeleteRangeRequest(topic="events", from_head_id=1, to_head_id=1), timeout=10
             )
-            rows = wait_for(
-                lambda: [r for r in fetch_all(a_stub, "events", remote) if r.deleted],
-                "the delete to reach A",
+            rows = wait_until(
+                lambda: [r for r in fetch_rows(a_stub, "events", remote) if r.deleted],
+                message="the delete to reach A",
             )
             assert len(rows) == 1
             assert rows[0].payload == b""  # delete erases, on the replica too
@@ -56,7 +47,7 @@ def test_original_sync_scenario_messages_then_delete_marker(tmp_path: Path) -> N
 
 def test_three_nodes_in_a_line_converge_and_relay(tmp_path: Path) -> None:
     """A <-> B <-> C: each publishes, A deletes a range; all three end identical."""
-    port_a, port_b, port_c = free_port(), free_port(), free_port()
+    port_a, port_b, port_c = free_ports(3)
     ep = {name: f"127.0.0.1:{port}" for name, port in (("a", port_a), ("b", port_b), ("c", port_c))}
     a_id, b_id, c_id = node_id("a"), node_id("b"), node_id("c")
     with (
@@ -71,16 +62,16 @@ def test_three_nodes_in_a_line_converge_and_relay(tmp_path: Path) -> None:
         start_node(tmp_path, "c", port=port_c, peers=[(ep["b"], b_id.key)], batch_limit=7) as c,
     ):
         stubs = [a.stub(), b.stub(), c.stub()]
-        publish(stubs[0], "orders", 40, "a")
-        publish(stubs[0], "audit", 5, "a")
-        publish(stubs[1], "orders", 25, "b")
-        publish(stubs[2], "metrics", 30, "c")
+        publish_many(stubs[0], "orders", 40, "a")
+        publish_many(stubs[0], "audit", 5, "a")
+        publish_many(stubs[1], "orders", 25, "b")
+        publish_many(stubs[2], "metrics", 30, "c")
         reply = stubs[0].DeleteRange(
             pb.DeleteRangeRequest(topic="orders", from_head_id=10, to_head_id=19), timeout=10
         )
         assert reply.deleted_count == 10
         # Logs: orders/a, audit/a, orders/b, metrics/c and A's marker log.
-        final = wait_for(lambda: converged(stubs, 5), "three identical nodes", timeout=90)
+        final = wait_until(lambda: converged(stubs, 5), message="three identical nodes", timeout=90)
         assert set(final) == {
             ("orders", a_id.key),
             ("audit", a_id.key),
@@ -104,13 +95,13 @@ def test_three_nodes_in_a_line_converge_and_relay(tmp_path: Path) -> None:
         # State names each log and peer, without errors.
         c_states = sync_states(stubs[2])
         # State is written right after the data, so it may trail the data by a moment.
-        relayed = wait_for(
+        relayed = wait_until(
             lambda: (
                 (s := log_state(stubs[2], ep["b"], "orders", a_id))
                 and s.last_synced_head == 40
                 and s
             ),
-            "C's state for orders/a",
+            message="C's state for orders/a",
         )
         assert relayed.last_error == ""
         assert relayed.remote_head == relayed.local_head == 40
@@ -125,30 +116,31 @@ def test_sync_state_is_written_only_when_it_changes(tmp_path: Path) -> None:
     b_id = node_id("b")
     with start_node(tmp_path, "b") as b:
         b_stub = b.stub()
-        publish(b_stub, "quiet", 3)
+        publish_many(b_stub, "quiet", 3)
         with start_node(tmp_path, "a", peers=[(b.endpoint, b_id.key)]) as a:
             a_stub = a.stub()
-            wait_for(lambda: len(fetch_all(a_stub, "quiet", b_id)) == 3, "quiet/b on A")
-            before = wait_for(
-                lambda: log_state(a_stub, b.endpoint, "quiet", b_id), "the quiet log's state"
+            wait_until(lambda: len(fetch_rows(a_stub, "quiet", b_id)) == 3, message="quiet/b on A")
+            before = wait_until(
+                lambda: log_state(a_stub, b.endpoint, "quiet", b_id),
+                message="the quiet log's state",
             )
             # Another log moves; once A has it, A has run at least one more full pass.
             for round_ in range(3):
-                publish(b_stub, "busy", 1, f"r{round_}")
+                publish_many(b_stub, "busy", 1, f"r{round_}")
                 expected = round_ + 1
-                wait_for(
-                    lambda: len(fetch_all(a_stub, "busy", b_id)) == expected,  # noqa: B023
-                    "busy/b on A",
+                wait_until(
+                    lambda: len(fetch_rows(a_stub, "busy", b_id)) == expected,  # noqa: B023
+                    message="busy/b on A",
                 )
             after = log_state(a_stub, b.endpoint, "quiet", b_id)
             assert after == before  # timestamps included: not rewritten by the idle passes
-            busy = wait_for(
+            busy = wait_until(
                 lambda: (
                     (s := log_state(a_stub, b.endpoint, "busy", b_id))
                     and s.last_synced_head == 3
                     and s
                 ),
-                "the busy log's state",
+                message="the busy log's state",
             )
             assert (busy.local_head, busy.remote_head) == (3, 3)
 
@@ -159,34 +151,34 @@ def test_peer_killed_mid_sync_converges_without_gap_or_duplicate(tmp_path: Path)
     total = 3000
     with start_node(tmp_path, "a") as a:
         a_stub = a.stub()
-        publish(a_stub, "bulk", total)
+        publish_many(a_stub, "bulk", total)
         # B pulls in small batches, so that the kill lands in the middle of the backlog.
         b = start_node(tmp_path, "b", peers=[(a.endpoint, a_id.key)], batch_limit=5)
         try:
             b_stub = b.stub()
-            at_kill = wait_for(
+            at_kill = wait_until(
                 lambda: (h := heads(b_stub).get(("bulk", a_id.key), 0)) >= total // 5 and h,
-                "B to be well into the backlog",
-                poll=0.01,
+                message="B to be well into the backlog",
+                interval=0.01,
             )
             b.kill()
             print(f"B was killed after {at_kill} of {total} messages")
             b.restart()
             b_stub = b.stub()
-            rows = wait_for(
-                lambda: (r := fetch_all(b_stub, "bulk", a_id)) and len(r) >= total and r,
-                "B to catch up after the crash",
+            rows = wait_until(
+                lambda: (r := fetch_rows(b_stub, "bulk", a_id)) and len(r) >= total and r,
+                message="B to catch up after the crash",
                 timeout=120,
             )
             check_log_shape(rows, "bulk on B")
-            assert rows == fetch_all(a_stub, "bulk", a_id)
-            state = wait_for(
+            assert rows == fetch_rows(a_stub, "bulk", a_id)
+            state = wait_until(
                 lambda: (
                     (s := log_state(b_stub, a.endpoint, "bulk", a_id))
                     and s.last_synced_head == total
                     and s
                 ),
-                "B's state to show the catch-up",
+                message="B's state to show the catch-up",
             )
             assert state.last_error == ""
         finally:
@@ -200,22 +192,22 @@ def test_peer_down_at_startup_catches_up_later(tmp_path: Path) -> None:
     endpoint_b = f"127.0.0.1:{port_b}"
     with start_node(tmp_path, "a", peers=[(endpoint_b, b_id.key)]) as a:
         a_stub = a.stub()
-        failing = wait_for(
+        failing = wait_until(
             lambda: (s := peer_state(a_stub, endpoint_b)) and s.consecutive_failures >= 1 and s,
-            "A to record that B is down",
+            message="A to record that B is down",
         )
         assert "UNAVAILABLE" in failing.last_error
         assert failing.last_success_at_ms == 0
         with start_node(tmp_path, "b", port=port_b) as b:
-            publish(b.stub(), "late", 50)
-            rows = wait_for(
-                lambda: (r := fetch_all(a_stub, "late", b_id)) and len(r) == 50 and r,
-                "A to catch up with B",
+            publish_many(b.stub(), "late", 50)
+            rows = wait_until(
+                lambda: (r := fetch_rows(a_stub, "late", b_id)) and len(r) == 50 and r,
+                message="A to catch up with B",
             )
             check_log_shape(rows, "late on A")
-            healthy = wait_for(
+            healthy = wait_until(
                 lambda: (s := peer_state(a_stub, endpoint_b)) and s.consecutive_failures == 0 and s,
-                "A's peer state to recover",
+                message="A's peer state to recover",
             )
             assert healthy.last_error == ""
             assert healthy.last_success_at_ms > 0
@@ -224,12 +216,12 @@ def test_peer_down_at_startup_catches_up_later(tmp_path: Path) -> None:
 def test_pinned_identity_mismatch_replicates_nothing(tmp_path: Path) -> None:
     """A peer that is not who --peer says is refused on every pass, and the error is visible."""
     with start_node(tmp_path, "b") as b:
-        publish(b.stub(), "secret", 5)
+        publish_many(b.stub(), "secret", 5)
         with start_node(tmp_path, "a", peers=[(b.endpoint, "tenant/default/someone-else")]) as a:
             a_stub = a.stub()
-            state = wait_for(
+            state = wait_until(
                 lambda: failed_peer_state(a_stub, b.endpoint),
-                "the identity error in ListPeerSyncStates",
+                message="the identity error in ListPeerSyncStates",
             )
             assert "identity mismatch" in state.last_error
             assert "tenant/default/someone-else" in state.last_error
@@ -245,27 +237,21 @@ def test_a_peer_naming_the_local_node_is_refused(tmp_path: Path) -> None:
     port = free_port()
     with start_node(tmp_path, "a", port=port, peers=[(f"127.0.0.1:{port}", None)]) as a:
         a_stub = a.stub()
-        publish(a_stub, "mine", 2)
-        state = wait_for(
+        publish_many(a_stub, "mine", 2)
+        state = wait_until(
             lambda: failed_peer_state(a_stub, a.endpoint),
-            "the self-peer error",
+            message="the self-peer error",
         )
         assert "local node identity" in state.last_error
         assert "identity is not pinned" in a.stderr_text() + a.stdout_text()
 
 
-def _duckdb_available() -> bool:
-    try:
-        from msgbus_store_duckdb import DuckdbStore  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _duckdb_available(), reason="msgbus_store_duckdb.DuckdbStore missing")
+@pytest.mark.skipif(
+    backend_unavailable("duckdb") is not None, reason=str(backend_unavailable("duckdb"))
+)
 def test_sqlite_and_duckdb_nodes_converge(tmp_path: Path) -> None:
     """Backend-neutral: a SQLite node and a DuckDB node end with identical logs."""
-    port_s, port_d = free_port(), free_port()
+    port_s, port_d = free_ports(2)
     s_id, d_id = node_id("s"), node_id("d")
     with (
         start_node(
@@ -281,15 +267,15 @@ def test_sqlite_and_duckdb_nodes_converge(tmp_path: Path) -> None:
         ) as d,
     ):
         stubs = [s.stub(), d.stub()]
-        publish(stubs[0], "t", 30, "s")
-        publish(stubs[1], "t", 20, "d")
+        publish_many(stubs[0], "t", 30, "s")
+        publish_many(stubs[1], "t", 20, "d")
         stubs[0].DeleteRange(
             pb.DeleteRangeRequest(topic="t", from_head_id=5, to_head_id=8), timeout=10
         )
         stubs[1].DeleteRange(
             pb.DeleteRangeRequest(topic="t", from_head_id=1, to_head_id=2), timeout=10
         )
-        final = wait_for(lambda: converged(stubs, 4), "SQLite and DuckDB to converge")
+        final = wait_until(lambda: converged(stubs, 4), message="SQLite and DuckDB to converge")
         for key, rows in final.items():
             check_log_shape(rows, f"{key}")
         assert [r.head_id for r in final[("t", s_id.key)] if r.deleted] == [5, 6, 7, 8]
@@ -302,7 +288,7 @@ def test_two_way_peers_record_no_error_for_their_own_logs(tmp_path: Path) -> Non
     Only a peer claiming *more* of a local log than this daemon holds is refused (see
     test_hostile_peers); one holding the same or less is the normal state of two-way peering.
     """
-    port_a, port_b = free_port(), free_port()
+    port_a, port_b = free_ports(2)
     ep_a, ep_b = f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"
     a_id, b_id = node_id("a"), node_id("b")
     with (
@@ -310,10 +296,12 @@ def test_two_way_peers_record_no_error_for_their_own_logs(tmp_path: Path) -> Non
         start_node(tmp_path, "b", port=port_b, peers=[(ep_a, a_id.key)]) as b,
     ):
         a_stub, b_stub = a.stub(), b.stub()
-        publish(a_stub, "events", 3, "a")
-        wait_for(lambda: len(fetch_all(b_stub, "events", a_id)) == 3, "a's log on b")
+        publish_many(a_stub, "events", 3, "a")
+        wait_until(lambda: len(fetch_rows(b_stub, "events", a_id)) == 3, message="a's log on b")
         # b now lists a's own log at head 3; a's next pass sees it and records the log.
-        state = wait_for(lambda: log_state(a_stub, ep_b, "events", a_id), "a's own log state")
+        state = wait_until(
+            lambda: log_state(a_stub, ep_b, "events", a_id), message="a's own log state"
+        )
         assert state.last_error == ""
         assert state.consecutive_failures == 0
-        assert fetch_all(a_stub, "events", a_id) == fetch_all(b_stub, "events", a_id)
+        assert fetch_rows(a_stub, "events", a_id) == fetch_rows(b_stub, "events", a_id)

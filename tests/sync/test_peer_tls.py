@@ -2,146 +2,33 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sync_helpers import (
-    failed_peer_state,
-    fetch_all,
-    heads,
-    node_id,
-    publish,
-    start_node,
-    wait_for,
-)
+
+from msgbus_server.testing import wait_until
+from msgbus_testkit.certificates import CertificateAuthority, TlsFiles
+from msgbus_testkit.logs import fetch_rows, heads, publish_many
+from msgbus_testkit.nodes import node_id
+from msgbus_testkit.peers import failed_peer_state, start_node
 
 SERVER_NAME = "msgbus-b.test"
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-    def credentials(self, *, client: bool) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(),
-            private_key=self.client_key.read_bytes() if client else None,
-            certificate_chain=self.client_cert.read_bytes() if client else None,
-        )
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _issue(
-    directory: Path,
-    stem: str,
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_name: x509.Name,
-    *,
-    server: bool,
-) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(f"msgbus {stem}"))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(SERVER_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key_path, key)
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("msgbus test CA")
-    now = datetime.datetime.now(datetime.UTC)
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return CertificateAuthority().write_tls_files(
+        tmp_path_factory.mktemp("pki"), server_hosts=[SERVER_NAME, "127.0.0.1"]
     )
-    ca_path = directory / "ca.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    server_cert, server_key = _issue(directory, "server", ca_key, ca_name, server=True)
-    client_cert, client_key = _issue(directory, "client", ca_key, ca_name, server=False)
-    return Pki(ca_path, server_cert, server_key, client_cert, client_key)
 
 
-def test_sync_over_tls(tmp_path: Path, pki: Pki) -> None:
+def test_sync_over_tls(tmp_path: Path, pki: TlsFiles) -> None:
     """B serves TLS; A trusts the test CA and pulls through an https:// endpoint."""
     b_id = node_id("b")
-    server_args = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
     with start_node(
-        tmp_path, "b", extra=server_args, credentials=pki.credentials(client=False)
+        tmp_path, "b", extra=pki.server_args(), credentials=pki.credentials(client=False)
     ) as b:
-        publish(b.stub(), "secure", 10)
+        publish_many(b.stub(), "secure", 10)
         with start_node(
             tmp_path,
             "a",
@@ -149,28 +36,23 @@ def test_sync_over_tls(tmp_path: Path, pki: Pki) -> None:
             extra=["--peer-tls-ca", str(pki.ca)],
         ) as a:
             stub = a.stub()
-            rows = wait_for(
-                lambda: (r := fetch_all(stub, "secure", b_id)) and len(r) == 10 and r,
-                "data over TLS",
+            rows = wait_until(
+                lambda: (r := fetch_rows(stub, "secure", b_id)) and len(r) == 10 and r,
+                message="data over TLS",
             )
             assert {r.payload for r in rows} == {f"m-{i}".encode() for i in range(10)}
 
 
-def test_sync_over_mtls_and_a_peer_without_client_cert_is_refused(tmp_path: Path, pki: Pki) -> None:
+def test_sync_over_mtls_and_a_peer_without_client_cert_is_refused(
+    tmp_path: Path, pki: TlsFiles
+) -> None:
     """B requires client certificates: A presents one and syncs, C has none and gets nothing."""
     b_id = node_id("b")
-    server_args = [
-        "--tls-cert",
-        str(pki.server_cert),
-        "--tls-key",
-        str(pki.server_key),
-        "--tls-client-ca",
-        str(pki.ca),
-    ]
+    server_args = pki.server_args(require_client_cert=True)
     with start_node(
         tmp_path, "b", extra=server_args, credentials=pki.credentials(client=True)
     ) as b:
-        publish(b.stub(), "secure", 10)
+        publish_many(b.stub(), "secure", 10)
         client_args = [
             "--peer-tls-ca",
             str(pki.ca),
@@ -192,10 +74,12 @@ def test_sync_over_mtls_and_a_peer_without_client_cert_is_refused(tmp_path: Path
             ) as c,
         ):
             a_stub, c_stub = a.stub(), c.stub()
-            wait_for(lambda: len(fetch_all(a_stub, "secure", b_id)) == 10, "data over mTLS")
-            refused = wait_for(
+            wait_until(
+                lambda: len(fetch_rows(a_stub, "secure", b_id)) == 10, message="data over mTLS"
+            )
+            refused = wait_until(
                 lambda: failed_peer_state(c_stub, b.endpoint),
-                "C's handshake failure to be recorded",
+                message="C's handshake failure to be recorded",
             )
             assert refused.consecutive_failures >= 1
             assert "UNAVAILABLE" in refused.last_error

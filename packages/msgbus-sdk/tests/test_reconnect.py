@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -16,31 +14,19 @@ from msgbus_sdk import (
     ReconnectPolicy,
     UnavailableError,
 )
-from msgbus_server.testing import Daemon
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Poll `condition` until it holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
+from msgbus_server.testing import Daemon, wait_until
 
 FAST = ReconnectPolicy(initial_delay=0.05, max_delay=0.5)
 
 
 def _publish_when_back(bus: MsgbusClient, topic: str, payload: bytes) -> MessageEnvelope:
     """Publish, retrying while the client's channel notices the daemon is back."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return bus.publish(topic, payload)
-        except UnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    return wait_until(
+        lambda: bus.publish(topic, payload),
+        message=f"a publish to {topic} to succeed after the restart",
+        timeout=30,
+        retry_on=(UnavailableError,),
+    )
 
 
 def _bounce(daemon: Daemon, how: str) -> None:
@@ -70,10 +56,15 @@ async def test_async_subscription_resumes_after_restart_without_gap_or_duplicate
                     return
 
         consumer = asyncio.create_task(consume())
-        deadline = time.monotonic() + 30
-        while len(received) < 5:
-            assert time.monotonic() < deadline, received
-            await asyncio.sleep(0.02)
+        # The condition only reads what the consumer records: polled from a worker thread, so
+        # the loop stays free to run the consumer.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: len(received) >= 5,
+            message="the first 5 messages",
+            timeout=30,
+            interval=0.02,
+        )
         await asyncio.to_thread(_bounce, fresh_daemon, how)
         with MsgbusClient.connect(fresh_daemon.endpoint) as writer:
             for i in range(6, 13):
@@ -104,7 +95,7 @@ def test_sync_subscription_resumes_after_restart_without_gap_or_duplicate(
 
         consumer = threading.Thread(target=consume)
         consumer.start()
-        wait_until(lambda: len(received) == 3, what="the replay")
+        wait_until(lambda: len(received) == 3, message="the replay", timeout=30, interval=0.02)
         _bounce(fresh_daemon, "kill")
         for i in range(4, 9):
             _publish_when_back(bus, topic, str(i).encode())

@@ -12,6 +12,9 @@ Health. Tests then talk to it through `daemon.endpoint` with any gRPC client:
 
 The daemon's stdout and stderr go to files next to the database, so a chatty daemon can never
 block on a full pipe, and `stderr_text()` shows what it logged.
+
+`wait_until` is the one way to wait for a daemon to reach a state: it polls a condition until a
+deadline, so no test or soak script ever sleeps for a fixed time.
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO, Self, TypeVar, overload
 
 import grpc
 
@@ -46,19 +49,97 @@ _PROBE_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 50),
 )
 
+DEFAULT_WAIT_TIMEOUT = 60.0
+"""Seconds `wait_until` waits by default (generous: CI boxes are slow and shared)."""
+
+_OPENED = re.compile(r"opened the \w+ store .* in (\d+) ms")
+_STARTUP = re.compile(r"startup (\d+) ms")
+
 _counter = itertools.count()
+
+T = TypeVar("T")
 
 
 class DaemonError(RuntimeError):
     """The daemon failed to start or to stop; the message carries its stderr."""
 
 
+class WaitTimeout(AssertionError):
+    """A `wait_until` condition did not hold before its deadline.
+
+    An `AssertionError`, so that pytest reports it as a failed expectation, not as an error.
+    """
+
+
+@overload
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    message: str,
+    timeout: float = ...,
+    interval: float = ...,
+    retry_on: tuple[type[Exception], ...] = ...,
+) -> bool: ...
+@overload
+def wait_until(
+    condition: Callable[[], T | bool | None],
+    *,
+    message: str,
+    timeout: float = ...,
+    interval: float = ...,
+    retry_on: tuple[type[Exception], ...] = ...,
+) -> T: ...
+def wait_until(
+    condition: Callable[[], object],
+    *,
+    message: str,
+    timeout: float = DEFAULT_WAIT_TIMEOUT,
+    interval: float = 0.05,
+    retry_on: tuple[type[Exception], ...] = (grpc.RpcError,),
+) -> object:
+    """Poll `condition` every `interval` seconds until it returns something truthy; return that.
+
+    `message` says what was awaited ("three identical nodes"); after `timeout` seconds
+    `WaitTimeout` names it, with the last exception the condition raised. Exceptions in
+    `retry_on` count as "not yet": a daemon that is restarting answers UNAVAILABLE for a moment.
+    Anything else the condition raises ends the wait at once.
+
+    A condition may be a plain check (`lambda: len(rows) == 3`) or return what it found
+    (`lambda: (s := state()) and s.done and s`), which is then returned, typed without the
+    `False`/`None` of the not-yet answers.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except retry_on as error:
+            last_error = error
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error})" if last_error is not None else ""
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {message}{detail}")
+        time.sleep(interval)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback TCP ports that are free right now (the kernel picks them).
+
+    All sockets stay bound until every port is picked, so the ports differ from each other.
+    """
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
 def free_port() -> int:
     """A loopback TCP port that is free right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 def msgbusd_command() -> list[str]:
@@ -216,30 +297,28 @@ class Daemon:
         self._wait_ready(launched=time.monotonic())
 
     def _wait_ready(self, launched: float) -> None:
-        deadline = launched + self.startup_timeout
         channel = self._new_channel(_PROBE_OPTIONS)
+        stub = rpc.MsgbusServiceStub(channel)
+
+        def serving() -> bool:
+            code = self.poll()
+            if code is not None:
+                self._close_files()
+                raise DaemonError(
+                    f"msgbusd exited with {code} during startup:\n{self.stderr_text()}"
+                )
+            reply = stub.Health(pb.HealthRequest(), timeout=1.0)
+            return reply.status == "SERVING"
+
         try:
-            stub = rpc.MsgbusServiceStub(channel)
-            while True:
-                code = self.poll()
-                if code is not None:
-                    self._close_files()
-                    raise DaemonError(
-                        f"msgbusd exited with {code} during startup:\n{self.stderr_text()}"
-                    )
-                try:
-                    reply = stub.Health(pb.HealthRequest(), timeout=1.0)
-                    if reply.status == "SERVING":
-                        self.startup_s = time.monotonic() - launched
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise DaemonError(
-                        f"msgbusd not ready after {self.startup_timeout}s:\n{self.stderr_text()}"
-                    )
-                time.sleep(0.02)
+            remaining = max(0.0, launched + self.startup_timeout - time.monotonic())
+            wait_until(serving, message="Health SERVING", timeout=remaining, interval=0.02)
+            self.startup_s = time.monotonic() - launched
+        except WaitTimeout:
+            self.kill()
+            raise DaemonError(
+                f"msgbusd not ready after {self.startup_timeout}s:\n{self.stderr_text()}"
+            ) from None
         finally:
             channel.close()
 
@@ -317,6 +396,22 @@ class Daemon:
         except FileNotFoundError:
             return ""
 
+    def reported_startup_ms(self) -> int:
+        """The daemon's own figure for its last start, from its log: opening the store (with
+        crash recovery) plus starting the server ("opened the ... store" and "startup N ms")."""
+        stderr = self.stderr_text()
+        opened, started = _OPENED.findall(stderr), _STARTUP.findall(stderr)
+        assert opened, "the daemon did not log how long opening the store took"
+        assert started, "the daemon did not log its startup time"
+        return int(opened[-1]) + int(started[-1])
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The daemon's VmRSS (current) or VmHWM (peak) memory in KiB, from /proc (Linux)."""
+        text = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+        assert match, f"{field} missing from /proc/{self.pid}/status"
+        return int(match.group(1))
+
     # -- clients --------------------------------------------------------------------------------
 
     def _new_channel(self, options: Sequence[tuple[str, int]] = ()) -> grpc.Channel:
@@ -354,12 +449,7 @@ class Daemon:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         with contextlib.suppress(TimeoutError):
             self.stop()
         self.kill()

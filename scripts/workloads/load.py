@@ -1,5 +1,5 @@
-"""Load workloads against a real msgbusd, shared by `test_load.py` (bounded) and
-`scripts/load_soak.py` (the full-length versions).
+"""Load workloads against a real msgbusd, shared by `tests/reliability/test_load.py` (bounded)
+and `scripts/load_soak.py` (the full-length versions).
 
 Each returns a small report; the caller asserts. RSS figures come from /proc/PID/status of the
 daemon process (VmRSS now, VmHWM peak), in KiB.
@@ -11,10 +11,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from reliability_helpers import rss_kib
-
 from msgbus_proto import pb, rpc
-from msgbus_server.testing import Daemon
+from msgbus_server.testing import Daemon, wait_until
 
 
 @dataclass
@@ -70,11 +68,11 @@ async def fanout(
                 await asyncio.sleep(delay)  # pacing the publisher, not waiting for a condition
 
     tasks = [asyncio.create_task(subscribe(i)) for i in range(subscribers)]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while ready < subscribers:
-        assert loop.time() < deadline, "subscriptions did not open"
-        await asyncio.sleep(0.01)
+    # The conditions below only read what the tasks record, so they are polled from a worker
+    # thread and the loop stays free to run the tasks.
+    await asyncio.to_thread(
+        wait_until, lambda: ready >= subscribers, message="subscriptions to open", interval=0.01
+    )
     publishers = 5
     per_publisher = int(rate * seconds / publishers)
     started = time.monotonic()
@@ -89,10 +87,14 @@ async def fanout(
         )
         expected[topic] = [m.payload async for r in stream for m in r.messages]
         assert sorted(expected[topic]) == sorted(published[topic]), f"{topic}: stored != acked"
-    deadline = loop.time() + 120
-    while any(len(received[i]) < len(expected[topics[i % logs]]) for i in range(subscribers)):
-        assert loop.time() < deadline, "subscribers did not catch up"
-        await asyncio.sleep(0.05)
+    await asyncio.to_thread(
+        wait_until,
+        lambda: all(
+            len(received[i]) >= len(expected[topics[i % logs]]) for i in range(subscribers)
+        ),
+        message="subscribers to catch up",
+        timeout=120,
+    )
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -107,7 +109,7 @@ async def fanout(
         logs=logs,
         published=sum(len(v) for v in expected.values()),
         delivered=sum(len(r) for r in received),
-        peak_rss_kib=rss_kib(daemon.pid, "VmHWM"),
+        peak_rss_kib=daemon.rss_kib("VmHWM"),
         seconds=elapsed,
     )
 
@@ -160,7 +162,7 @@ async def slow_subscriber(
     assert isinstance(first, pb.SubscribeResponse)
     assert first.message.head_id == 1
     report.read = 1
-    report.rss_kib.append(rss_kib(daemon.pid))
+    report.rss_kib.append(daemon.rss_kib())
     publishing = asyncio.create_task(publish_all())
     ends = time.monotonic() + read_seconds
     while time.monotonic() < ends:
@@ -169,9 +171,9 @@ async def slow_subscriber(
         assert isinstance(response, pb.SubscribeResponse), f"the stream ended: {response!r}"
         report.read += 1
         assert response.message.head_id == report.read, "the slow reader skipped a message"
-        report.rss_kib.append(rss_kib(daemon.pid))
+        report.rss_kib.append(daemon.rss_kib())
     await asyncio.wait_for(publishing, 600)
-    report.rss_kib.append(rss_kib(daemon.pid))
+    report.rss_kib.append(daemon.rss_kib())
     # Still connected after everything was published: read one more.
     response = await call.read()
     assert isinstance(response, pb.SubscribeResponse), "the slow reader was cut off"
@@ -217,10 +219,10 @@ async def subscribe_cycles(
 
     await run(0, warmup)
     await _settle(stub)
-    after_warmup = rss_kib(daemon.pid)
+    after_warmup = daemon.rss_kib()
     await run(warmup, cycles - warmup)
     await _settle(stub)
-    end = rss_kib(daemon.pid)
+    end = daemon.rss_kib()
     await channel.close(None)
     return CyclesReport(cycles, after_warmup, end)
 

@@ -1,9 +1,9 @@
 """Crash rounds: load a real msgbusd, SIGKILL it at a random moment, restart it, check everything.
 
-Shared by `test_crash.py` (a bounded number of rounds in the suite) and `scripts/crash_soak.py`
-(as many rounds as you like). One `CrashLedger` remembers, across rounds, what the daemon
-acknowledged and what was still in flight when it died; `check_after_restart` holds the restarted
-daemon to it.
+Shared by `tests/reliability/test_crash.py` (a bounded number of rounds in the suite) and
+`scripts/crash_soak.py` (as many rounds as you like). One `CrashLedger` remembers, across rounds,
+what the daemon acknowledged and what was still in flight when it died; `restart_and_check`
+holds the restarted daemon to it.
 
 The load of one round, all on one asyncio loop over its own channels:
 - 16 publishers on 4 topics, with unique payloads and headers;
@@ -21,16 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
-from reliability_helpers import (
-    check_log_shape,
-    fetch_log,
-    last_reported_startup_ms,
-    status_of,
-    wait_for,
-)
 
 from msgbus_proto import pb, rpc
-from msgbus_server.testing import Daemon
+from msgbus_server.testing import Daemon, wait_until
+from workloads.logs import check_log_shape, fetch_log
 
 PUBLISHERS = 16
 TOPICS = tuple(f"crash-{i}" for i in range(4))
@@ -166,7 +160,8 @@ async def run_round(
         try:
             front = await stub.PeekFifo(pb.PeekFifoRequest(queue=fifo.queue), timeout=5)
         except grpc.RpcError as error:
-            return status_of(error) == grpc.StatusCode.NOT_FOUND
+            code: grpc.StatusCode = error.code()
+            return code == grpc.StatusCode.NOT_FOUND
         message_id = front.message.id
         try:
             reply = await stub.AckFifo(
@@ -244,7 +239,7 @@ def restart_and_check(daemon: Daemon, peer: Daemon, ledger: CrashLedger, fifo: F
     """Restart the killed daemon and hold it to everything the ledger says."""
     daemon.restart()
     ledger.startup_s.append(daemon.startup_s)
-    ledger.startup_ms_reported.append(last_reported_startup_ms(daemon.stderr_text()))
+    ledger.startup_ms_reported.append(daemon.reported_startup_ms())
     stub = daemon.stub()
     _check_logs(stub, ledger)
     _check_fifo(stub, fifo, ledger)
@@ -294,7 +289,7 @@ def _check_fifo(stub: rpc.MsgbusServiceStub, fifo: FifoRound, ledger: CrashLedge
         try:
             front = stub.PeekFifo(pb.PeekFifoRequest(queue=fifo.queue), timeout=10).message
         except grpc.RpcError as error:
-            if status_of(error) != grpc.StatusCode.NOT_FOUND:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise
             break
         drained.append(front)
@@ -332,7 +327,7 @@ def wait_for_sync_state(stub: rpc.MsgbusServiceStub, peer: Daemon) -> None:
         states = stub.ListPeerSyncStates(pb.ListPeerSyncStatesRequest(), timeout=10).states
         return any(s.peer == peer.endpoint and s.topic == PEER_TOPIC for s in states)
 
-    wait_for(recorded, "the first sync state record")
+    wait_until(recorded, message="the first sync state record")
 
 
 def crash_rounds(daemon: Daemon, peer: Daemon, rounds: int, seed: int) -> CrashLedger:

@@ -1,4 +1,4 @@
-"""Helpers for the packaging tests: uv, built distributions, fresh venvs and msgbusd processes.
+"""For the packaging tests: uv, built distributions, fresh venvs and msgbusd run from them.
 
 Everything here runs real tools (`uv build`, `uv venv`, `uv pip install`) and real daemons from
 those venvs. Waiting is always a poll against a deadline; no test depends on timing.
@@ -13,15 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from msgbus_proto import pb, rpc
+from msgbus_server.testing import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = (ROOT / "VERSION").read_text(encoding="utf-8").strip()
@@ -37,8 +38,6 @@ UV_TIMEOUT = 900.0
 """Seconds for one uv command: generous, CI machines are slow and shared."""
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
-
-T = TypeVar("T")
 
 
 def uv_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -136,18 +135,6 @@ def make_venv(path: Path, requirements: Sequence[str], dist: Dist) -> Venv:
     return venv
 
 
-def wait_for(what: str, check: Callable[[], T | None], deadline: float) -> T:
-    """Poll `check` until it returns something other than None; AssertionError at `deadline`
-    (a `time.monotonic()` value)."""
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 _LISTENING = re.compile(r"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+) ")
 
 
@@ -187,9 +174,16 @@ class Msgbusd:
             stdout=self._stderr,
             stderr=self._stderr,
         )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        self.port = wait_for("msgbusd to log its port", self._logged_port, deadline)
-        wait_for("msgbusd to answer Health SERVING", self._serving, deadline)
+        started = time.monotonic()
+        self.port = wait_until(
+            self._logged_port, message="msgbusd to log its port", timeout=STARTUP_TIMEOUT
+        )
+        # One startup budget for both waits.
+        wait_until(
+            self._serving,
+            message="msgbusd to answer Health SERVING",
+            timeout=max(0.0, started + STARTUP_TIMEOUT - time.monotonic()),
+        )
         return self
 
     @property
