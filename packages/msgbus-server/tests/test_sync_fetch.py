@@ -14,6 +14,7 @@ from msgbus_core import NodeId
 from msgbus_core.errors import StorageError
 from msgbus_proto import pb, rpc
 from msgbus_server.sync_fetch import BatchFetcher, FailureKind, SyncFailure, envelopes
+from msgbus_server.testing import wait_until
 
 ORIGIN = NodeId("t", "b", "remote")
 OTHER = NodeId("t", "b", "other")
@@ -162,10 +163,15 @@ async def test_close_cancels_a_prefetch_that_is_still_in_flight(
     servicer.hang = True
     batches = fetcher(stub)
     batches.prefetch(1)
-    deadline = asyncio.get_running_loop().time() + 10
-    while not servicer.requests:
-        assert asyncio.get_running_loop().time() < deadline, "the prefetch never reached the peer"
-        await asyncio.sleep(0.01)
+    # The peer answers on this loop; the condition only reads what it records, so it is polled
+    # from a worker thread and the loop stays free.
+    await asyncio.to_thread(
+        wait_until,
+        lambda: servicer.requests,
+        message="the prefetch to reach the peer",
+        timeout=10,
+        interval=0.01,
+    )
     batches.close()
     await asyncio.wait_for(servicer.cancelled.wait(), 10)
 
