@@ -177,8 +177,9 @@ class Daemon:
             peers=config.peers,
             store=self.store,
             pipeline=self.pipeline,
-            interval_s=config.sync_interval_s,
-            batch_limit=config.sync_batch_limit,
+            settings=module.SyncSettings.of(
+                interval_s=config.sync_interval_s, batch_limit=config.sync_batch_limit
+            ),
             tls=config.peer_tls,
         )
         logger.info(

@@ -50,13 +50,8 @@ class PeerSync:
         peers: Sequence[PeerSpec],
         store: MsgbusStore,
         pipeline: SyncPipeline,
-        interval_s: float,
-        batch_limit: int,
+        settings: SyncSettings,
         tls: PeerTlsConfig | None,
-        rpc_timeout_s: float = 10.0,
-        fetch_timeout_s: float = 60.0,
-        backoff_cap_s: float | None = None,
-        fetch_packing: int | None = None,
     ) -> None:
         self._local_node = local_node
         # One task per endpoint: a peer listed twice is synced once.
@@ -70,14 +65,7 @@ class PeerSync:
         self._store = store
         self._pipeline = pipeline
         self._tls = tls
-        self.settings = SyncSettings.of(
-            interval_s=interval_s,
-            batch_limit=batch_limit,
-            rpc_timeout_s=rpc_timeout_s,
-            fetch_timeout_s=fetch_timeout_s,
-            backoff_cap_s=backoff_cap_s,
-            fetch_packing=fetch_packing,
-        )
+        self.settings = settings
         self._claims = LogClaims()
         self._workers: list[PeerWorker] = []
         self._tasks: list[asyncio.Task[None]] = []
