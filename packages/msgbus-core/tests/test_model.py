@@ -3,6 +3,7 @@
 import pytest
 
 from msgbus_core import InvalidArgumentError, NodeId, TombstoneRange
+from msgbus_core.limits import MAX_STORED_INT
 
 
 def test_node_key_round_trips() -> None:
@@ -66,11 +67,30 @@ def test_marker_payload_keeps_unicode_unescaped_like_serde_json() -> None:
         ),
         (
             b'{"topic":"t","origin":{"tenant_id":"a","bl_name":"b","device_id":"c"},'
-            b'"from_head_id":1,"to_head_id":18446744073709551615,"created_at_ms":0}',
+            b'"from_head_id":1,"to_head_id":18446744073709551616,"created_at_ms":0}',
             "to_head_id must be between",
+        ),
+        (
+            b'{"topic":"t","origin":{"tenant_id":"a","bl_name":"b","device_id":"c"},'
+            b'"from_head_id":9223372036854775808,"to_head_id":18446744073709551615,'
+            b'"created_at_ms":0}',
+            "from_head_id must be between",
         ),
     ],
 )
 def test_malformed_marker_payloads_are_rejected(payload: bytes, message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message):
         TombstoneRange.from_marker_payload(payload)
+
+
+def test_original_delete_everything_marker_is_accepted_clamped_to_the_stored_range() -> None:
+    # Original redb nodes write to_head_id = u64::MAX for "delete everything". No store holds a
+    # head above MAX_STORED_INT, so the clamped range covers exactly the same messages.
+    payload = (
+        b'{"topic":"events","origin":{"tenant_id":"t","bl_name":"b","device_id":"redb"},'
+        b'"from_head_id":1,"to_head_id":18446744073709551615,"created_at_ms":1700}'
+    )
+    tombstone = TombstoneRange.from_marker_payload(payload)
+    assert tombstone == TombstoneRange("events", NodeId("t", "b", "redb"), 1, MAX_STORED_INT, 1700)
+    assert tombstone.covers(1)
+    assert tombstone.covers(MAX_STORED_INT)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from msgbus_core.errors import InvalidArgumentError
-from msgbus_core.limits import DELETE_TOPIC
+from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.validation import (
     validate_node_part,
     validate_stored_int,
     validate_topic,
+    validate_u64,
 )
 
 EMPTY_HEADERS: Mapping[str, str] = {}
@@ -154,7 +155,9 @@ class TombstoneRange:
                 _json_str(origin, "device_id"),
             ),
             from_head_id=_json_int(document, "from_head_id"),
-            to_head_id=_json_int(document, "to_head_id"),
+            # Original redb nodes write u64::MAX for "delete everything". No store holds a head
+            # above MAX_STORED_INT, so clamping keeps the meaning and lets the marker apply.
+            to_head_id=min(_json_int(document, "to_head_id", wide=True), MAX_STORED_INT),
             created_at_ms=_json_int(document, "created_at_ms"),
         )
         validate_topic(tombstone.topic, "tombstone topic")
@@ -176,10 +179,13 @@ def _json_str(document: dict[str, Any], key: str) -> str:
     return value
 
 
-def _json_int(document: dict[str, Any], key: str) -> int:
+def _json_int(document: dict[str, Any], key: str, *, wide: bool = False) -> int:
+    """An integer field: a stored int, or any u64 when `wide` (the caller clamps it)."""
     value = document.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidArgumentError(f"invalid tombstone payload: {key} is not an integer")
+    if wide:
+        return validate_u64(f"tombstone {key}", value)
     return validate_stored_int(f"tombstone {key}", value)
 
 
