@@ -8,3 +8,5 @@ class TestMemoryStoreConformance(StoreConformance):
     factory = MemoryStore
     persistent = False
     hypothesis_examples = 20
+    entry_point = "memory"
+    limits_stored_integers = False

@@ -5,18 +5,32 @@
 
     class TestMyStore(StoreConformance):
         factory = MyStore
+        entry_point = "mine"
+
+        @classmethod
+        def execute_raw(cls, path, *statements):
+            ...  # run `statements` on the file with the backend's own driver
+
+        def fail_commits(self, store):
+            ...  # a context manager under which the store's commits fail like a full disk
 
 It holds example tests for every rule of the storage contract, a Hypothesis stateful test that
 runs random operation sequences against the backend and `MemoryStore` side by side and compares
-every observable result, and a reopen test. Install `msgbus-core[testing]` for pytest and
-Hypothesis.
+every observable result, reopen and crash tests, and the refusal of foreign files. Install
+`msgbus-core[testing]` for pytest and Hypothesis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
+import sys
 import tempfile
+import textwrap
+import threading
 from collections.abc import Iterator, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +45,8 @@ from msgbus_core.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
     SchemaError,
+    StorageError,
+    StorageFullError,
 )
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT, U64_MAX
 from msgbus_core.memory import MemoryStore
@@ -115,14 +131,13 @@ def comparable(outcome: Outcome) -> object:
     return outcome
 
 
-class StoreConformance:
-    """Subclass in a test module and set `factory` to the backend's StoreFactory."""
+class StoreFixtures:
+    """The `path` and `store` fixtures, for a test class that sets `factory`.
+
+    A backend's own tests use it as well as `StoreConformance`, which builds on it.
+    """
 
     factory: ClassVar[StoreFactory]
-    persistent: ClassVar[bool] = True
-    """False for stores that keep nothing across close (skips the reopen tests)."""
-    hypothesis_examples: ClassVar[int] = 40
-    """How many random operation sequences the stateful test runs."""
 
     @pytest.fixture
     def path(self, tmp_path: Path) -> Path:
@@ -135,6 +150,34 @@ class StoreConformance:
         store = self.factory.open(str(path))
         yield store
         store.close()
+
+
+class StoreConformance(StoreFixtures):
+    """Subclass in a test module and set `factory` to the backend's StoreFactory."""
+
+    persistent: ClassVar[bool] = True
+    """False for stores that keep nothing across close and have no file (skips those tests)."""
+    hypothesis_examples: ClassVar[int] = 40
+    """How many random operation sequences the stateful test runs."""
+    entry_point: ClassVar[str | None] = None
+    """The store's name in the `msgbus.stores` entry point group, checked when set."""
+    limits_stored_integers: ClassVar[bool] = True
+    """False for stores that keep integers of any size (the memory store)."""
+    reader_batches: ClassVar[int] = 20
+    """How many 25-append batches the concurrent reader test writes."""
+
+    @classmethod
+    def execute_raw(cls, path: Path, *statements: str) -> None:
+        """Run `statements` on the database file at `path` with the backend's own driver."""
+        raise NotImplementedError(f"{cls.__name__} must implement execute_raw")
+
+    def fail_commits(self, store: MsgbusStore) -> contextlib.AbstractContextManager[None]:
+        """A context in which every commit of `store` fails the way a full disk makes it fail."""
+        raise NotImplementedError(f"{type(self).__name__} must implement fail_commits")
+
+    def _needs_a_file(self) -> None:
+        if not self.persistent:
+            pytest.skip("this store has no file")
 
     # -- appends and reads ------------------------------------------------------------------------
 
@@ -452,11 +495,165 @@ class StoreConformance:
             reopened.close()
 
     def test_a_file_that_is_not_a_msgbus_database_is_refused(self, path: Path) -> None:
-        if not self.persistent:
-            pytest.skip("this store has no file")
+        self._needs_a_file()
         path.write_bytes(b"this is not a database, it is a text file\n" * 200)
         with pytest.raises(SchemaError):
             self.factory.open(str(path))
+
+    def test_random_bytes_are_refused_and_left_untouched(self, path: Path) -> None:
+        self._needs_a_file()
+        garbage = bytes(range(256)) * 64
+        path.write_bytes(garbage)
+        with pytest.raises(SchemaError, match=str(path)):
+            self.factory.open(str(path))
+        assert path.read_bytes() == garbage
+
+    def test_another_applications_database_is_refused(self, path: Path) -> None:
+        self._needs_a_file()
+        self.execute_raw(path, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+        with pytest.raises(SchemaError, match="not a msgbus database") as raised:
+            self.factory.open(str(path))
+        assert "invoices" in str(raised.value)
+
+    def test_a_meta_table_of_another_application_is_refused(self, path: Path) -> None:
+        self._needs_a_file()
+        self.execute_raw(
+            path,
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "INSERT INTO meta VALUES ('application', 'someone-else')",
+        )
+        with pytest.raises(SchemaError, match="someone-else"):
+            self.factory.open(str(path))
+
+    def test_a_file_from_a_newer_schema_is_refused(self, path: Path) -> None:
+        self._needs_a_file()
+        store = self.factory.open(str(path))
+        newer = store.schema_version + 1
+        store.close()
+        self.execute_raw(path, f"UPDATE meta SET value = '{newer}' WHERE key = 'schema_version'")
+        with pytest.raises(SchemaError, match=rf"schema version {newer}.*upgrade"):
+            self.factory.open(str(path))
+
+    def test_a_path_that_cannot_be_opened_is_a_storage_error_not_a_schema_error(
+        self, tmp_path: Path
+    ) -> None:
+        self._needs_a_file()
+        with pytest.raises(StorageError) as raised:
+            self.factory.open(str(tmp_path / "missing-directory" / "msgbus.db"))
+        assert not isinstance(raised.value, SchemaError)
+
+    def test_a_commit_survives_a_process_that_dies_without_closing(self, path: Path) -> None:
+        self._needs_a_file()
+        writer = textwrap.dedent(
+            """
+            import importlib, os, sys
+            from msgbus_core import AppendOp, DeleteRangeOp, NodeId
+            module, name = sys.argv[2].split(":")
+            store = getattr(importlib.import_module(module), name).open(sys.argv[1])
+            origin = NodeId("tenant", "default", "local")
+            store.write([AppendOp("events", origin, b"x", {}, f"id{n}", n) for n in range(5)])
+            store.write([AppendOp("events", origin, b"y", {}, "id5", 5)])
+            store.write([DeleteRangeOp("events", origin, 1, 1, "m", 6)])
+            os._exit(0)
+            """
+        )
+        factory = f"{self.factory.__module__}:{getattr(self.factory, '__qualname__', '')}"
+        subprocess.run([sys.executable, "-c", writer, str(path), factory], timeout=60, check=True)
+        store = self.factory.open(str(path))
+        try:
+            assert store.get_head("events", LOCAL) == 6
+            rows = store.fetch("events", LOCAL, 1, 10)
+            assert [m.id for m in rows] == [f"id{n}" for n in range(6)]
+            assert [m.deleted for m in rows] == [True] + [False] * 5
+            assert len(store.list_tombstones()) == 1
+        finally:
+            store.close()
+
+    def test_a_failed_commit_applies_nothing_and_leaves_no_stale_head(
+        self, store: MsgbusStore
+    ) -> None:
+        self._needs_a_file()
+        write_one(store, append_op("events", b"1", 1))
+        with (
+            self.fail_commits(store),
+            pytest.raises(StorageFullError, match="disk is full"),
+        ):
+            store.write(
+                [
+                    append_op("events", b"2", 2),
+                    append_op("events", b"3", 3),
+                    DeleteRangeOp("events", LOCAL, 1, 1, "m", 5),
+                ]
+            )
+        assert store.get_head("events", LOCAL) == 1
+        assert store.list_tombstones() == []
+        [message] = store.write([append_op("events", b"2", 2)])
+        assert isinstance(message, Message)
+        assert message.head_id == 2
+        assert not message.deleted
+        assert [m.head_id for m in store.fetch("events", LOCAL, 1, 10)] == [1, 2]
+
+    def test_a_closed_store_refuses_every_call(self, path: Path) -> None:
+        self._needs_a_file()
+        store = self.factory.open(str(path))
+        write_one(store, append_op("events", b"1", 1))
+        store.close()
+        store.close()
+        with pytest.raises(StorageError, match="closed"):
+            store.write([append_op("events", b"2", 2)])
+        with pytest.raises(StorageError):
+            store.fetch("events", LOCAL, 1, 10)
+
+    # -- limits, concurrency and registration -----------------------------------------------------
+
+    def test_out_of_range_values_fail_their_op_only(self, store: MsgbusStore) -> None:
+        if not self.limits_stored_integers:
+            pytest.skip("this store keeps integers of any size")
+        too_late = AppendOp("events", LOCAL, b"x", {}, "late", MAX_STORED_INT + 1)
+        outcomes = store.write(
+            [append_op("events", b"1", 1), too_late, append_op("events", b"2", 2)]
+        )
+        assert isinstance(outcomes[1], InvalidArgumentError)
+        assert "created_at_ms" in str(outcomes[1])
+        assert [m.head_id for m in store.fetch("events", LOCAL, 1, U64_MAX)] == [1, 2]
+        assert store.fetch("events", LOCAL, U64_MAX, U64_MAX) == []
+
+    def test_readers_on_other_threads_see_only_committed_gap_free_pages(
+        self, store: MsgbusStore
+    ) -> None:
+        batches, per_batch = self.reader_batches, 25
+        total = batches * per_batch
+        errors: list[BaseException] = []
+        seen: list[int] = []
+
+        def read() -> None:
+            try:
+                head = 0
+                while head < total:
+                    new_head = store.get_head("events", LOCAL)
+                    assert new_head >= head
+                    page = store.fetch("events", LOCAL, 1, total)
+                    assert [m.head_id for m in page] == list(range(1, len(page) + 1))
+                    assert len(page) >= new_head
+                    head = new_head
+                    seen.append(head)
+            except BaseException as error:
+                errors.append(error)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        for b in range(batches):
+            store.write([append_op("events", b"p", b * per_batch + i) for i in range(per_batch)])
+        reader.join(timeout=120)
+        assert not reader.is_alive()
+        assert errors == []
+        assert seen[-1] == total
+
+    def test_the_store_is_registered_as_its_entry_point(self) -> None:
+        if self.entry_point is None:
+            pytest.skip("no entry point name given")
+        [entry] = [e for e in entry_points(group="msgbus.stores") if e.name == self.entry_point]
+        assert entry.load() is self.factory
 
     # -- the model --------------------------------------------------------------------------------
 
@@ -593,4 +790,4 @@ class _ReferenceComparison(RuleBasedStateMachine):
         assert snapshot(self.backend, ("q1", "q2")) == snapshot(self.model, ("q1", "q2"))
 
 
-__all__ = ["StoreConformance", "comparable", "snapshot"]
+__all__ = ["StoreConformance", "StoreFixtures", "comparable", "snapshot"]
