@@ -38,7 +38,8 @@ def stub(daemon: Daemon) -> rpc.MsgbusServiceStub:
     return daemon.stub()
 
 
-def _rejection(call: Callable[[], Any]) -> grpc.RpcError:
+def _rejection(call: Callable[[], Any]) -> grpc.Call:
+    """The error a blocking call fails with: a grpc.RpcError that is also a grpc.Call."""
     with pytest.raises(grpc.RpcError) as info:
         call()
     error = info.value
@@ -46,9 +47,8 @@ def _rejection(call: Callable[[], Any]) -> grpc.RpcError:
     return error
 
 
-def _violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+def _violations(error: grpc.Call) -> list[tuple[str, str]]:
     """The (field, description) pairs of the status's BadRequest detail."""
-    assert isinstance(error, grpc.Call)
     status = rpc_status.from_call(error)
     assert isinstance(status, status_pb2.Status), "no google.rpc.Status in the trailers"
     assert status.code == error.code().value[0]

@@ -224,12 +224,21 @@ class AsyncMsgbusClient:
         # failed because of the close, not because of the daemon.
         return ClientClosedError() if self._closed else translate_rpc_error(error)
 
+    def _closed_under(self, error: BaseException) -> bool:
+        # grpc.aio cancels the calls of a closed channel with asyncio.CancelledError, which
+        # must not read as a cancellation of the caller's task.
+        return self._closed and transport.cancelled_by_channel(error)
+
     async def _unary(self, method: Callable[..., Awaitable[_Resp]], request: object) -> _Resp:
         self._check_open()
         try:
             return await method(request, timeout=self._timeout)
         except transport.RpcError as exc:
             raise self._translate(exc) from None
+        except transport.CANCELLATIONS as exc:
+            if self._closed_under(exc):
+                raise ClientClosedError from None
+            raise
 
     async def health(self) -> HealthResponse:
         """The daemon's liveness (``status`` is ``"SERVING"``) and its node identity."""
@@ -324,6 +333,10 @@ class AsyncMsgbusClient:
                     yield env
         except transport.RpcError as exc:
             raise self._translate(exc) from None
+        except transport.CANCELLATIONS as exc:
+            if self._closed_under(exc):
+                raise ClientClosedError from None
+            raise
         finally:
             transport.cancel(call)
 

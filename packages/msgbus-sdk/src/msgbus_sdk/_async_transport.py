@@ -18,6 +18,7 @@ import grpc.aio
 from msgbus_proto import pb
 
 __all__ = [
+    "CANCELLATIONS",
     "Channel",
     "RpcError",
     "SubscribeCall",
@@ -31,6 +32,9 @@ __all__ = [
 Channel: TypeAlias = grpc.aio.Channel
 RpcError: TypeAlias = grpc.aio.AioRpcError
 """What a failed call raises."""
+
+CANCELLATIONS: tuple[type[BaseException], ...] = (asyncio.CancelledError,)
+"""What a call raises when its channel is closed under it (see :func:`cancelled_by_channel`)."""
 
 if TYPE_CHECKING:
     SubscribeCall: TypeAlias = grpc.aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse]

@@ -193,12 +193,21 @@ class MsgbusClient:
         # failed because of the close, not because of the daemon.
         return ClientClosedError() if self._closed else translate_rpc_error(error)
 
+    def _closed_under(self, error: BaseException) -> bool:
+        # grpc.aio cancels the calls of a closed channel with asyncio.CancelledError, which
+        # must not read as a cancellation of the caller's task.
+        return self._closed and transport.cancelled_by_channel(error)
+
     def _unary(self, method: Callable[..., _Resp], request: object) -> _Resp:
         self._check_open()
         try:
             return method(request, timeout=self._timeout)
         except transport.RpcError as exc:
             raise self._translate(exc) from None
+        except transport.CANCELLATIONS as exc:
+            if self._closed_under(exc):
+                raise ClientClosedError from None
+            raise
 
     def health(self) -> HealthResponse:
         """The daemon's liveness (``status`` is ``"SERVING"``) and its node identity."""
@@ -282,6 +291,10 @@ class MsgbusClient:
                 yield from convert.fetch_envelopes(response)
         except transport.RpcError as exc:
             raise self._translate(exc) from None
+        except transport.CANCELLATIONS as exc:
+            if self._closed_under(exc):
+                raise ClientClosedError from None
+            raise
         finally:
             transport.cancel(call)
 

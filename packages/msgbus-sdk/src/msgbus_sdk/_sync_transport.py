@@ -14,6 +14,7 @@ import grpc
 from msgbus_proto import pb
 
 __all__ = [
+    "CANCELLATIONS",
     "Channel",
     "RpcError",
     "SubscribeCall",
@@ -27,6 +28,9 @@ __all__ = [
 Channel: TypeAlias = grpc.Channel
 RpcError: TypeAlias = grpc.RpcError
 """What a failed call raises."""
+
+CANCELLATIONS: tuple[type[BaseException], ...] = ()
+"""Nothing: a blocking call learns of a closed channel by an RpcError (CANCELLED)."""
 
 SubscribeCall: TypeAlias = Any
 """grpc's blocking stream: an iterator of responses that is also a ``grpc.Call``."""
