@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import Final
 
 from msgbus_core.errors import InvalidArgumentError, MsgbusError
 from msgbus_core.limits import DELETE_TOPIC
@@ -26,6 +27,9 @@ from msgbus_core.ops import (
     WriteOp,
     WriteResult,
 )
+
+MAX_ATTEMPTS: Final = 2**32 - 1
+"""FIFO attempts are a uint32 on the wire and saturate there."""
 
 
 class BatchWriter(abc.ABC):
@@ -71,27 +75,32 @@ class BatchWriter(abc.ABC):
             raise InvalidArgumentError(
                 f"from_head_id must be <= to_head_id, got {op.from_head_id} > {op.to_head_id}"
             )
-        self._check_delete(op)
+        self._check_stored_time(op.created_at_ms)
         first, last = max(op.from_head_id, 1), min(op.to_head_id, self._head(op.topic, op.origin))
         if first > last:
             return DeleteResult(0)
         tombstone = TombstoneRange(op.topic, op.origin, first, last, op.created_at_ms)
         count = self._record_tombstone(tombstone)
+        head_id, payload = self._head(DELETE_TOPIC, op.origin) + 1, tombstone.to_marker_payload()
         marker = Message(
-            id=op.marker_id,
-            topic=DELETE_TOPIC,
-            origin=op.origin,
-            head_id=self._head(DELETE_TOPIC, op.origin) + 1,
-            payload=tombstone.to_marker_payload(),
-            headers={},
-            created_at_ms=op.created_at_ms,
+            op.marker_id, DELETE_TOPIC, op.origin, head_id, payload, {}, op.created_at_ms
         )
         self._store_marker(marker)
         return DeleteResult(count, marker, tombstone)
 
-    def _check_delete(self, op: DeleteRangeOp) -> None:
-        """Refuse a delete this store cannot keep, before anything changes (default: none)."""
-        del op
+    def _enqueue(self, op: EnqueueOp) -> FifoMessage:
+        """Append to the back of a queue, under the next sequence the queue hands out."""
+        self._check_stored_time(op.created_at_ms)
+        message = FifoMessage(
+            op.id, op.queue, op.topic, op.source, op.target, bytes(op.payload), dict(op.headers),
+            op.created_at_ms, self._next_sequence(op.queue),
+        )  # fmt: skip
+        self._store_fifo(message)
+        return message
+
+    def _check_stored_time(self, created_at_ms: int) -> None:
+        """Refuse a time this store cannot keep, before anything changes (default: any)."""
+        del created_at_ms
 
     @abc.abstractmethod
     def _head(self, topic: str, origin: NodeId) -> int:
@@ -112,7 +121,11 @@ class BatchWriter(abc.ABC):
         """Record a tombstone (the first of duplicates is kept) and erase the rows it covers."""
 
     @abc.abstractmethod
-    def _enqueue(self, op: EnqueueOp) -> FifoMessage: ...
+    def _next_sequence(self, queue: str) -> int:
+        """Hand out the next sequence of `queue` (1 for a new queue; never reused)."""
+
+    @abc.abstractmethod
+    def _store_fifo(self, message: FifoMessage) -> None: ...
 
     @abc.abstractmethod
     def _ack(self, op: AckOp) -> bool: ...
@@ -124,4 +137,4 @@ class BatchWriter(abc.ABC):
     def _record_sync_state(self, state: PeerSyncState) -> None: ...
 
 
-__all__ = ["BatchWriter"]
+__all__ = ["MAX_ATTEMPTS", "BatchWriter"]

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
-from msgbus_core.batch import BatchWriter
+from msgbus_core.batch import MAX_ATTEMPTS, BatchWriter
 from msgbus_core.errors import MsgbusError
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import (
@@ -24,7 +24,6 @@ from msgbus_core.model import (
 from msgbus_core.ops import (
     AckOp,
     AppendOp,
-    EnqueueOp,
     Outcome,
     RejectOp,
     ReplicateOp,
@@ -75,13 +74,7 @@ class MemoryStore(BatchWriter):
     def _append(self, op: AppendOp) -> Message:
         log = self._logs.setdefault((op.topic, op.origin), [])
         message = Message(
-            id=op.id,
-            topic=op.topic,
-            origin=op.origin,
-            head_id=len(log) + 1,
-            payload=op.payload,
-            headers=dict(op.headers),
-            created_at_ms=op.created_at_ms,
+            op.id, op.topic, op.origin, len(log) + 1, op.payload, dict(op.headers), op.created_at_ms
         )
         message = apply_tombstones(message, self._tombstones.get((op.topic, op.origin), ()))
         log.append(message)
@@ -117,10 +110,8 @@ class MemoryStore(BatchWriter):
         """Record a tombstone (first one kept on duplicates) and erase what it covers."""
         log_id = (tombstone.topic, tombstone.origin)
         recorded = self._tombstones.setdefault(log_id, [])
-        if not any(
-            (t.from_head_id, t.to_head_id) == (tombstone.from_head_id, tombstone.to_head_id)
-            for t in recorded
-        ):
+        span = (tombstone.from_head_id, tombstone.to_head_id)
+        if not any((t.from_head_id, t.to_head_id) == span for t in recorded):
             recorded.append(tombstone)
         log = self._logs.get(log_id, [])
         count = 0
@@ -136,22 +127,12 @@ class MemoryStore(BatchWriter):
     def _store_marker(self, marker: Message) -> None:
         self._logs.setdefault((marker.topic, marker.origin), []).append(marker)
 
-    def _enqueue(self, op: EnqueueOp) -> FifoMessage:
-        sequence = self._sequences.get(op.queue, 0) + 1
-        self._sequences[op.queue] = sequence
-        message = FifoMessage(
-            id=op.id,
-            queue=op.queue,
-            topic=op.topic,
-            source=op.source,
-            target=op.target,
-            payload=op.payload,
-            headers=dict(op.headers),
-            created_at_ms=op.created_at_ms,
-            sequence=sequence,
-        )
-        self._queues.setdefault(op.queue, []).append(message)
-        return message
+    def _next_sequence(self, queue: str) -> int:
+        sequence = self._sequences[queue] = self._sequences.get(queue, 0) + 1
+        return sequence
+
+    def _store_fifo(self, message: FifoMessage) -> None:
+        self._queues.setdefault(message.queue, []).append(message)
 
     def _ack(self, op: AckOp) -> bool:
         queue = self._queues.get(op.queue)
@@ -164,7 +145,7 @@ class MemoryStore(BatchWriter):
         queue = self._queues.get(op.queue)
         if not queue or queue[0].id != op.message_id:
             return False
-        queue[0] = replace(queue[0], attempts=min(queue[0].attempts + 1, 2**32 - 1))
+        queue[0] = replace(queue[0], attempts=min(queue[0].attempts + 1, MAX_ATTEMPTS))
         return True
 
     # -- reads ----------------------------------------------------------------------------------

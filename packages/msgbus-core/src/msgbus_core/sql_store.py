@@ -1,39 +1,34 @@
-"""`SqlStore`: the storage contract implemented once for every SQL database.
+"""`SqlStore`: the storage contract written once for every SQL database.
 
-A backend subclasses `SqlStore` and keeps only what differs in its database: connecting, the
-schema DDL, its bulk-insert path, how a reader gets a connection, and its SQL dialect. Write
-batching (one transaction per `write`, one outcome per op), the accept rules for replicated
-messages (`msgbus_core.replication`), tombstones, FIFO queues, sync state and the reads are
-written here, so every SQL backend obeys them by construction.
+Write batching (one transaction per `write`, one outcome per op), the accept rules for
+replicated messages (`msgbus_core.replication`), tombstones, FIFO queues, sync state and the
+reads live here; a backend subclasses `SqlStore` and keeps only what its database does its own
+way: connecting, the DDL, the bulk-insert path, reader connections and the SQL dialect.
 
-Why a base class and not one engine driving a dialect object: the backends differ in behaviour
-on the hot path, not only in text. SQLite keeps heads in `logs.head` and looks a log up when it
-is first used; DuckDB computes every head at open, hands out log ids itself, opens a transaction
-only when a statement needs one (a batch of appends is a single appender flush) and gives its
-readers a committed-head view. Each of those is one overridden method that works on the
-writer's own state; as a dialect object it would need that state handed back and forth. What is
-only text is a `SqlDialect` value, from which the statements are built once.
+A base class rather than one engine driving a dialect object, because the backends differ in
+behaviour on the hot path, not only in text: SQLite keeps heads in `logs.head` and looks a log
+up on first use; DuckDB computes heads at open, numbers logs itself, opens a transaction only
+when a statement needs one (a batch of appends is one appender flush) and serves readers a
+committed-head view. Each is one overridden method on the writer's own state, which a separate
+dialect object would have to be handed back and forth. What is only text is a `SqlDialect`.
 
-What a new backend provides (the PostgreSQL store needs only this):
+What a new backend (the PostgreSQL store) must provide:
 
-- class attributes `dialect` (a `SqlDialect`: the placeholder style, `?` or `%s`; the name of
-  the log column; the statement that opens a write transaction; the row-lock clause, ` FOR
-  UPDATE` where other processes write the same database) and `driver_error` (the driver's base
-  exception class); `single_writer = False` when other processes write the database, so that
-  the writer's log cache is dropped at the start of every write;
-- a classmethod `open(path)` that connects, checks or creates the schema
-  (`msgbus_core.sql_schema`) and calls `SqlStore.__init__(path, writer, version)` with a DB-API
-  connection in autocommit mode: the base sends `BEGIN`, `COMMIT` and `ROLLBACK` itself;
-- `_storage_error(error, doing)`: a driver error as a `StorageError` (`StorageFullError` for a
-  full disk);
-- `_flush()`: insert the buffered `self._pending` message rows (in `MESSAGE_COLUMNS` order) with
-  the driver's bulk path (`executemany`, an appender, `COPY`), inside the transaction;
+- `dialect`: a `SqlDialect` (placeholders `?` or `%s`, the log column's name, the statement
+  that opens a write transaction, the row-lock clause ` FOR UPDATE` for a shared database);
+- `driver_error` (the driver's base exception) and `wrap_error(error, path, doing)` (it as a
+  `StorageError`, `StorageFullError` for a full disk); `single_writer = False` when other
+  processes write the database, so that every write re-reads (and locks) the logs it touches;
+- `open(path)`: connect, check or create the schema with `msgbus_core.sql_schema`, and call
+  `SqlStore.__init__(path, writer, version)` with a DB-API connection in autocommit mode (the
+  base sends `BEGIN`, `COMMIT` and `ROLLBACK` itself);
+- `_flush()`: insert the buffered `self._pending` rows (log id, then `MESSAGE_COLUMNS`) inside
+  the transaction with the driver's bulk path (`executemany`, an appender, `COPY`);
 - `_open_reader()`: a connection for the calling thread that sees committed data only.
 
-The defaults fit a schema that keeps each log's head in `logs.head` and lets the database
-number new logs (`INSERT ... RETURNING id`), as SQLite does and PostgreSQL would. Statements
-rely only on what SQLite 3.35+, DuckDB and PostgreSQL share: `RETURNING`, and upserts written
-as `INSERT ... ON CONFLICT (key) DO UPDATE`.
+The defaults fit a schema with `logs.head` whose database numbers new logs, as SQLite's does and
+PostgreSQL's would. The SQL uses only what SQLite 3.35+, DuckDB and PostgreSQL share:
+`RETURNING`, and upserts as `INSERT ... ON CONFLICT (key) DO UPDATE`.
 """
 
 from __future__ import annotations
@@ -42,19 +37,17 @@ import abc
 import contextlib
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
-from msgbus_core.batch import BatchWriter
+from msgbus_core.batch import MAX_ATTEMPTS, BatchWriter
 from msgbus_core.errors import MsgbusError, StorageError
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
 from msgbus_core.ops import (
     AckOp,
     AppendOp,
-    DeleteRangeOp,
-    EnqueueOp,
     Outcome,
     RejectOp,
     ReplicateOp,
@@ -81,9 +74,6 @@ from msgbus_core.rows import (
 )
 from msgbus_core.validation import clamp_stored, validate_stored_int
 
-MAX_ATTEMPTS: Final = 2**32 - 1
-"""FIFO attempts are a uint32 on the wire and saturate there."""
-
 MESSAGE_COLUMNS: Final = ("head_id", "id", "payload", "headers", "created_at_ms", "deleted")
 """The `messages` columns after the log column, in the order of a buffered row."""
 
@@ -94,13 +84,9 @@ LogKey = tuple[str, NodeId]
 class DbConnection(Protocol):
     """The part of a DB-API connection the store uses."""
 
-    def execute(self, sql: str, parameters: Any = ..., /) -> Any:
-        """Run one statement; the result has `fetchone`, `fetchall` and `rowcount`."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection."""
-        ...
+    # What `execute` returns needs only `fetchone`, `fetchall` and `rowcount`.
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+    def close(self) -> None: ...
 
 
 ConnectionT = TypeVar("ConnectionT", bound=DbConnection)
@@ -130,11 +116,16 @@ class SqlDialect:
 _KEY: Final = "topic = ? AND tenant_id = ? AND bl_name = ? AND device_id = ?"
 
 
+def log_key(topic: str, origin: NodeId) -> tuple[str, str, str, str]:
+    """The values of a log's key columns (topic, tenant_id, bl_name, device_id)."""
+    return (topic, origin.tenant_id, origin.bl_name, origin.device_id)
+
+
 class SqlStatements:
     """Every statement of `SqlStore`, rendered for one dialect."""
 
     def __init__(self, dialect: SqlDialect) -> None:
-        """Build the statements; use `SqlStatements.of(dialect)`, which builds them once."""
+        """Build the statements; `statements_of(dialect)` builds them once per dialect."""
         log, lock, render = dialect.log_column, dialect.lock_rows, dialect.render
         message_columns = ", ".join(MESSAGE_COLUMNS)
         sync_updates = ", ".join(
@@ -206,11 +197,9 @@ class SqlStatements:
         self.sync_states: Final = f"SELECT {SYNC_COLUMNS} FROM sync_states"
         self.check: Final = "SELECT value FROM meta WHERE key = 'schema_version'"
 
-    @staticmethod
-    @functools.cache
-    def of(dialect: SqlDialect) -> SqlStatements:
-        """The statements of `dialect`, built on first use."""
-        return SqlStatements(dialect)
+
+statements_of: Final = functools.cache(SqlStatements)
+"""The statements of a dialect, built on first use."""
 
 
 @dataclass(slots=True)
@@ -233,7 +222,9 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
     dialect: ClassVar[SqlDialect]
     """The SQL text of this backend."""
     driver_error: ClassVar[type[Exception]]
-    """The driver's base exception: what `_storage_error` wraps."""
+    """The driver's base exception."""
+    wrap_error: ClassVar[Callable[[Any, str, str], StorageError]]
+    """`(error, path, doing)`: a driver error met while `doing` something, as a `StorageError`."""
     single_writer: ClassVar[bool] = True
     """True when no other process writes the database, so the log cache outlives a write."""
 
@@ -242,7 +233,7 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         self._path = path
         self._writer = writer
         self._version = version
-        self._sql = SqlStatements.of(self.dialect)
+        self._sql = statements_of(self.dialect)
         self._write_lock = threading.Lock()
         self._logs: dict[LogKey, LogState] = {}
         # Logs whose head this transaction moved, by row id.
@@ -267,9 +258,8 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
 
     # -- what each backend provides -------------------------------------------------------------
 
-    @abc.abstractmethod
     def _storage_error(self, error: Exception, doing: str) -> StorageError:
-        """A driver error raised while `doing` something, as a `StorageError`."""
+        return type(self).wrap_error(error, self._path, doing)
 
     @abc.abstractmethod
     def _flush(self) -> None:
@@ -336,25 +326,18 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         log = self._logs.get(key)
         if log is not None:
             return log
-        row = self._execute(
-            self._sql.find_log, (topic, origin.tenant_id, origin.bl_name, origin.device_id)
-        ).fetchone()
+        row = self._execute(self._sql.find_log, log_key(topic, origin)).fetchone()
         if row is None:
             return None
-        log = LogState(key, int(row[0]), int(row[1]))
+        log = LogState(key, *row)
         rows = self._execute(self._sql.log_tombstones, (log.id,)).fetchall()
-        log.tombstones = [
-            TombstoneRange(topic, origin, int(first), int(last), int(created))
-            for first, last, created in rows
-        ]
+        log.tombstones = [TombstoneRange(topic, origin, *row) for row in rows]
         self._logs[key] = log
         return log
 
     def _create_log(self, topic: str, origin: NodeId) -> int:
         """Insert a new, empty log and return its row id."""
-        row = self._execute(
-            self._sql.create_log, (topic, origin.tenant_id, origin.bl_name, origin.device_id)
-        ).fetchone()
+        row = self._execute(self._sql.create_log, log_key(topic, origin)).fetchone()
         return int(row[0])
 
     def _log(self, topic: str, origin: NodeId) -> LogState:
@@ -449,17 +432,8 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         rows = self._execute(
             self._sql.message_range, (log.id, like.head_id, min(max(last, like.head_id), log.head))
         ).fetchall()
-        for head_id, message_id, payload, headers, created_at_ms, deleted in rows:
-            seen[(log.id, head_id)] = Message(
-                message_id,
-                like.topic,
-                like.origin,
-                head_id,
-                payload,
-                decode_headers(headers),
-                created_at_ms,
-                bool(deleted),
-            )
+        for message in self._messages(like.topic, like.origin, rows):
+            seen[(log.id, message.head_id)] = message
         return seen.get((log.id, like.head_id))
 
     def _record_tombstone(self, tombstone: TombstoneRange) -> int:
@@ -474,8 +448,8 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             return 0
         return self._erase(log, tombstone.from_head_id, last)
 
-    def _check_delete(self, op: DeleteRangeOp) -> None:
-        validate_stored_int("created_at_ms", op.created_at_ms)
+    def _check_stored_time(self, created_at_ms: int) -> None:
+        validate_stored_int("created_at_ms", created_at_ms)
 
     def _head(self, topic: str, origin: NodeId) -> int:
         log = self._find_log(topic, origin)
@@ -484,22 +458,11 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
     def _store_marker(self, marker: Message) -> None:
         self._insert(self._log(marker.topic, marker.origin), marker)
 
-    def _enqueue(self, op: EnqueueOp) -> FifoMessage:
-        validate_stored_int("created_at_ms", op.created_at_ms)
-        row = self._execute(self._sql.next_sequence, (op.queue,)).fetchone()
-        message = FifoMessage(
-            id=op.id,
-            queue=op.queue,
-            topic=op.topic,
-            source=op.source,
-            target=op.target,
-            payload=bytes(op.payload),
-            headers=dict(op.headers),
-            created_at_ms=op.created_at_ms,
-            sequence=int(row[0]),
-        )
+    def _next_sequence(self, queue: str) -> int:
+        return int(self._execute(self._sql.next_sequence, (queue,)).fetchone()[0])
+
+    def _store_fifo(self, message: FifoMessage) -> None:
         self._execute(self._sql.insert_fifo, fifo_row(message))
-        return message
 
     def _front(self, queue: str, message_id: str) -> int | None:
         """The front's sequence when the front of `queue` has id `message_id`, else None."""
@@ -572,10 +535,7 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         if limit <= 0:
             return []
         parameters = (
-            topic,
-            origin.tenant_id,
-            origin.bl_name,
-            origin.device_id,
+            *log_key(topic, origin),
             clamp_stored(max(from_head_id, 1)),
             clamp_stored(limit),
         )
@@ -583,15 +543,13 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
 
     def get_head(self, topic: str, origin: NodeId) -> int:
         """The highest head of a log, or 0 when it has no message."""
-        rows = self._query(
-            self._sql.head, (topic, origin.tenant_id, origin.bl_name, origin.device_id)
-        )
+        rows = self._query(self._sql.head, log_key(topic, origin))
         return int(rows[0][0]) if rows else 0
 
     def list_heads(self) -> list[TopicHead]:
         """Every non-empty log's head, ordered by topic and then origin key (code points)."""
         heads = [
-            TopicHead(str(topic), NodeId(str(tenant), str(bl), str(device)), int(head))
+            TopicHead(topic, NodeId(tenant, bl, device), head)
             for topic, tenant, bl, device, head in self._query(self._sql.heads)
         ]
         return self._sorted_heads(heads)
@@ -604,15 +562,10 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
 
     def list_tombstones(self) -> list[TombstoneRange]:
         """Every recorded tombstone, ordered by topic, origin key, from and to."""
+        rows = self._query(self._sql.tombstones)
         tombstones = [
-            TombstoneRange(
-                str(topic),
-                NodeId(str(tenant), str(bl), str(device)),
-                int(first),
-                int(last),
-                int(created),
-            )
-            for topic, tenant, bl, device, first, last, created in self._query(self._sql.tombstones)
+            TombstoneRange(topic, NodeId(tenant, bl, device), first, last, created)
+            for topic, tenant, bl, device, first, last, created in rows
         ]
         return sorted(
             tombstones, key=lambda t: (t.topic, t.origin.key, t.from_head_id, t.to_head_id)
@@ -660,7 +613,6 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
 
 
 __all__ = [
-    "MAX_ATTEMPTS",
     "MESSAGE_COLUMNS",
     "DbConnection",
     "LogKey",
@@ -668,4 +620,5 @@ __all__ = [
     "SqlDialect",
     "SqlStatements",
     "SqlStore",
+    "log_key",
 ]

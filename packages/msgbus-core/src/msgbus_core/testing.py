@@ -175,9 +175,12 @@ class StoreConformance(StoreFixtures):
         """A context in which every commit of `store` fails the way a full disk makes it fail."""
         raise NotImplementedError(f"{type(self).__name__} must implement fail_commits")
 
-    def _needs_a_file(self) -> None:
+    @pytest.fixture
+    def db_file(self, path: Path) -> Path:
+        """`path`, for the tests of a store's file: skipped for a store that keeps none."""
         if not self.persistent:
-            pytest.skip("this store has no file")
+            pytest.skip("this store keeps nothing across close and has no file")
+        return path
 
     # -- appends and reads ------------------------------------------------------------------------
 
@@ -474,10 +477,8 @@ class StoreConformance(StoreFixtures):
 
     # -- persistence ------------------------------------------------------------------------------
 
-    def test_reopen_keeps_everything(self, path: Path) -> None:
-        if not self.persistent:
-            pytest.skip("this store keeps nothing across close")
-        store = self.factory.open(str(path))
+    def test_reopen_keeps_everything(self, db_file: Path) -> None:
+        store = self.factory.open(str(db_file))
         store.write([append_op("events", b"x%d" % n, n) for n in range(1, 6)])
         store.write([DeleteRangeOp("events", LOCAL, 2, 3, "m", 1)])
         store.write([ReplicateOp([remote_message(1), remote_message(2)])])
@@ -486,7 +487,7 @@ class StoreConformance(StoreFixtures):
         store.write([RejectOp("jobs", "a"), RecordSyncStateOp(PeerSyncState("p", "events"))])
         before = snapshot(store)
         store.close()
-        reopened = self.factory.open(str(path))
+        reopened = self.factory.open(str(db_file))
         try:
             assert snapshot(reopened) == before
             assert write_one(reopened, append_op("events", b"next", 9)).head_id == 6
@@ -494,56 +495,48 @@ class StoreConformance(StoreFixtures):
         finally:
             reopened.close()
 
-    def test_a_file_that_is_not_a_msgbus_database_is_refused(self, path: Path) -> None:
-        self._needs_a_file()
-        path.write_bytes(b"this is not a database, it is a text file\n" * 200)
-        with pytest.raises(SchemaError):
-            self.factory.open(str(path))
+    @pytest.mark.parametrize(
+        "content", [b"this is not a database, it is a text file\n" * 200, bytes(range(256)) * 64]
+    )
+    def test_a_file_that_is_not_a_msgbus_database_is_refused_and_left_untouched(
+        self, db_file: Path, content: bytes
+    ) -> None:
+        db_file.write_bytes(content)
+        with pytest.raises(SchemaError, match=str(db_file)):
+            self.factory.open(str(db_file))
+        assert db_file.read_bytes() == content
 
-    def test_random_bytes_are_refused_and_left_untouched(self, path: Path) -> None:
-        self._needs_a_file()
-        garbage = bytes(range(256)) * 64
-        path.write_bytes(garbage)
-        with pytest.raises(SchemaError, match=str(path)):
-            self.factory.open(str(path))
-        assert path.read_bytes() == garbage
-
-    def test_another_applications_database_is_refused(self, path: Path) -> None:
-        self._needs_a_file()
-        self.execute_raw(path, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+    def test_another_applications_database_is_refused(self, db_file: Path) -> None:
+        self.execute_raw(db_file, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
         with pytest.raises(SchemaError, match="not a msgbus database") as raised:
-            self.factory.open(str(path))
+            self.factory.open(str(db_file))
         assert "invoices" in str(raised.value)
 
-    def test_a_meta_table_of_another_application_is_refused(self, path: Path) -> None:
-        self._needs_a_file()
+    def test_a_meta_table_of_another_application_is_refused(self, db_file: Path) -> None:
         self.execute_raw(
-            path,
+            db_file,
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
             "INSERT INTO meta VALUES ('application', 'someone-else')",
         )
         with pytest.raises(SchemaError, match="someone-else"):
-            self.factory.open(str(path))
+            self.factory.open(str(db_file))
 
-    def test_a_file_from_a_newer_schema_is_refused(self, path: Path) -> None:
-        self._needs_a_file()
-        store = self.factory.open(str(path))
+    def test_a_file_from_a_newer_schema_is_refused(self, db_file: Path) -> None:
+        store = self.factory.open(str(db_file))
         newer = store.schema_version + 1
         store.close()
-        self.execute_raw(path, f"UPDATE meta SET value = '{newer}' WHERE key = 'schema_version'")
+        self.execute_raw(db_file, f"UPDATE meta SET value = '{newer}' WHERE key = 'schema_version'")
         with pytest.raises(SchemaError, match=rf"schema version {newer}.*upgrade"):
-            self.factory.open(str(path))
+            self.factory.open(str(db_file))
 
     def test_a_path_that_cannot_be_opened_is_a_storage_error_not_a_schema_error(
-        self, tmp_path: Path
+        self, db_file: Path
     ) -> None:
-        self._needs_a_file()
         with pytest.raises(StorageError) as raised:
-            self.factory.open(str(tmp_path / "missing-directory" / "msgbus.db"))
+            self.factory.open(str(db_file.parent / "missing-directory" / "msgbus.db"))
         assert not isinstance(raised.value, SchemaError)
 
-    def test_a_commit_survives_a_process_that_dies_without_closing(self, path: Path) -> None:
-        self._needs_a_file()
+    def test_a_commit_survives_a_process_that_dies_without_closing(self, db_file: Path) -> None:
         writer = textwrap.dedent(
             """
             import importlib, os, sys
@@ -558,8 +551,10 @@ class StoreConformance(StoreFixtures):
             """
         )
         factory = f"{self.factory.__module__}:{getattr(self.factory, '__qualname__', '')}"
-        subprocess.run([sys.executable, "-c", writer, str(path), factory], timeout=60, check=True)
-        store = self.factory.open(str(path))
+        subprocess.run(
+            [sys.executable, "-c", writer, str(db_file), factory], timeout=60, check=True
+        )
+        store = self.factory.open(str(db_file))
         try:
             assert store.get_head("events", LOCAL) == 6
             rows = store.fetch("events", LOCAL, 1, 10)
@@ -570,21 +565,12 @@ class StoreConformance(StoreFixtures):
             store.close()
 
     def test_a_failed_commit_applies_nothing_and_leaves_no_stale_head(
-        self, store: MsgbusStore
+        self, db_file: Path, store: MsgbusStore
     ) -> None:
-        self._needs_a_file()
         write_one(store, append_op("events", b"1", 1))
-        with (
-            self.fail_commits(store),
-            pytest.raises(StorageFullError, match="disk is full"),
-        ):
-            store.write(
-                [
-                    append_op("events", b"2", 2),
-                    append_op("events", b"3", 3),
-                    DeleteRangeOp("events", LOCAL, 1, 1, "m", 5),
-                ]
-            )
+        doomed = [append_op("events", b"2", 2), append_op("events", b"3", 3)]
+        with self.fail_commits(store), pytest.raises(StorageFullError, match="disk is full"):
+            store.write([*doomed, DeleteRangeOp("events", LOCAL, 1, 1, "m", 5)])
         assert store.get_head("events", LOCAL) == 1
         assert store.list_tombstones() == []
         [message] = store.write([append_op("events", b"2", 2)])
@@ -593,9 +579,8 @@ class StoreConformance(StoreFixtures):
         assert not message.deleted
         assert [m.head_id for m in store.fetch("events", LOCAL, 1, 10)] == [1, 2]
 
-    def test_a_closed_store_refuses_every_call(self, path: Path) -> None:
-        self._needs_a_file()
-        store = self.factory.open(str(path))
+    def test_a_closed_store_refuses_every_call(self, db_file: Path) -> None:
+        store = self.factory.open(str(db_file))
         write_one(store, append_op("events", b"1", 1))
         store.close()
         store.close()

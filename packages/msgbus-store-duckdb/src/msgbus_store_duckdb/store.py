@@ -18,10 +18,10 @@ from typing import Any, Final
 
 import duckdb
 
-from msgbus_core.errors import SchemaError, StorageError
+from msgbus_core.errors import SchemaError
 from msgbus_core.limits import MAX_STORED_INT
 from msgbus_core.model import Message, NodeId, TombstoneRange, TopicHead
-from msgbus_core.sql_store import LogKey, LogState, SqlDialect, SqlStore
+from msgbus_core.sql_store import LogKey, LogState, SqlDialect, SqlStore, log_key
 from msgbus_core.validation import clamp_stored
 from msgbus_store_duckdb import schema
 from msgbus_store_duckdb.errors import storage_error
@@ -60,6 +60,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
 
     dialect = SqlDialect(log_column="log_id")
     driver_error = duckdb.Error
+    wrap_error = storage_error
 
     def __init__(self, path: str, writer: duckdb.DuckDBPyConnection, version: int) -> None:
         """Use `DuckdbStore.open`; this takes over an already verified connection."""
@@ -128,10 +129,6 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         with self._committed_lock:
             self._committed = {key: (log.id, log.head) for key, log in logs.items()}
 
-    def _storage_error(self, error: Exception, doing: str) -> StorageError:
-        assert isinstance(error, duckdb.Error)
-        return storage_error(error, self._path, doing)
-
     # -- the write transaction: opened only when a statement needs one --------------------------
 
     def _begin(self) -> None:
@@ -144,13 +141,11 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         return self._writer.execute(sql, parameters)
 
     def _commit(self) -> None:
+        # With only buffered rows, one appender flush is a transaction of its own: that saves
+        # the BEGIN and COMMIT statements on the hot path.
+        self._flush_rows()
         if self._in_transaction:
-            self._flush()
             self._writer.commit()
-        else:
-            # Only buffered rows: one appender flush is a transaction of its own, and saves
-            # the BEGIN and COMMIT statements on the hot path.
-            self._flush_rows()
         with self._committed_lock:
             for log in self._dirty.values():
                 self._committed[log.key] = (log.id, log.head)
@@ -191,10 +186,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
 
     def _create_log(self, topic: str, origin: NodeId) -> int:
         log_id = self._next_log_id
-        self._execute(
-            "INSERT INTO logs VALUES (?, ?, ?, ?, ?)",
-            [log_id, topic, origin.tenant_id, origin.bl_name, origin.device_id],
-        )
+        self._execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?)", (log_id, *log_key(topic, origin)))
         self._next_log_id += 1
         return log_id
 

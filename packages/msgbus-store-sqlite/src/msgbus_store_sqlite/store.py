@@ -28,6 +28,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
     # because another connection started writing first.
     dialect = SqlDialect(log_column="log", begin="BEGIN IMMEDIATE")
     driver_error = sqlite3.Error
+    wrap_error = storage_error
 
     @classmethod
     def open(cls, path: str) -> SqliteStore:
@@ -75,10 +76,6 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         except sqlite3.Error as error:
             raise storage_error(error, path, "opening the database") from None
         return version
-
-    def _storage_error(self, error: Exception, doing: str) -> StorageError:
-        assert isinstance(error, sqlite3.Error)
-        return storage_error(error, self._path, doing)
 
     def _flush(self) -> None:
         """Insert the buffered message rows (one executemany) before anything reads them."""
