@@ -31,7 +31,6 @@ class _FailingCommit:
 class TestSqliteConformance(StoreConformance):
     factory = SqliteStore
     entry_point = "sqlite"
-    reader_batches = 40
 
     @classmethod
     def execute_raw(cls, path: Path, *statements: str) -> None:

@@ -204,11 +204,7 @@ statements_of: Final = functools.cache(SqlStatements)
 
 @dataclass(slots=True)
 class LogState:
-    """The writer's view of one log: its key, row id, head and tombstones.
-
-    Changed inside a write transaction; dropped or rebuilt when the transaction fails, so a
-    rollback never leaves it wrong.
-    """
+    """The writer's view of one log; dropped or rebuilt when a write transaction fails."""
 
     key: LogKey
     id: int
@@ -612,13 +608,4 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         return f"{type(self).__name__}({self._path!r})"
 
 
-__all__ = [
-    "MESSAGE_COLUMNS",
-    "DbConnection",
-    "LogKey",
-    "LogState",
-    "SqlDialect",
-    "SqlStatements",
-    "SqlStore",
-    "log_key",
-]
+__all__ = ["MESSAGE_COLUMNS", "DbConnection", "LogState", "SqlDialect", "SqlStore", "log_key"]

@@ -163,8 +163,6 @@ class StoreConformance(StoreFixtures):
     """The store's name in the `msgbus.stores` entry point group, checked when set."""
     limits_stored_integers: ClassVar[bool] = True
     """False for stores that keep integers of any size (the memory store)."""
-    reader_batches: ClassVar[int] = 20
-    """How many 25-append batches the concurrent reader test writes."""
 
     @classmethod
     def execute_raw(cls, path: Path, *statements: str) -> None:
@@ -606,7 +604,7 @@ class StoreConformance(StoreFixtures):
     def test_readers_on_other_threads_see_only_committed_gap_free_pages(
         self, store: MsgbusStore
     ) -> None:
-        batches, per_batch = self.reader_batches, 25
+        batches, per_batch = 40, 25
         total = batches * per_batch
         errors: list[BaseException] = []
         seen: list[int] = []

@@ -97,14 +97,10 @@ def verify(con: duckdb.DuckDBPyConnection, path: str) -> int | None:
         "SELECT table_name FROM duckdb_tables() "
         "WHERE database_name = current_database() AND schema_name = 'main'"
     ).fetchall()
-
-    def read_meta() -> dict[str, str]:
-        return {str(k): str(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
-
     return sql_schema.check_version(
         path,
-        (str(name) for (name,) in rows),
-        read_meta,
+        (name for (name,) in rows),
+        lambda: dict(con.execute("SELECT key, value FROM meta").fetchall()),
         kind="a DuckDB database",
         current=SCHEMA_VERSION,
     )

@@ -87,10 +87,6 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         # check_same_thread=False only so that `close` can close it from another thread;
         # the connection is used by the thread that opened it.
         con = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        try:
-            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            con.execute("PRAGMA query_only = ON")
-        except BaseException:
-            con.close()
-            raise
+        con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        con.execute("PRAGMA query_only = ON")
         return con
