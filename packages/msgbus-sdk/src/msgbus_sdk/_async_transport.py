@@ -17,18 +17,6 @@ import grpc.aio
 
 from msgbus_proto import pb
 
-__all__ = [
-    "CANCELLATIONS",
-    "Channel",
-    "RpcError",
-    "SubscribeCall",
-    "cancel",
-    "cancelled_by_channel",
-    "close_channel",
-    "open_channel",
-    "read",
-]
-
 Channel: TypeAlias = grpc.aio.Channel
 RpcError: TypeAlias = grpc.aio.AioRpcError
 """What a failed call raises."""

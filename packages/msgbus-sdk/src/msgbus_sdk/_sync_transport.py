@@ -13,18 +13,6 @@ import grpc
 
 from msgbus_proto import pb
 
-__all__ = [
-    "CANCELLATIONS",
-    "Channel",
-    "RpcError",
-    "SubscribeCall",
-    "cancel",
-    "cancelled_by_channel",
-    "close_channel",
-    "open_channel",
-    "read",
-]
-
 Channel: TypeAlias = grpc.Channel
 RpcError: TypeAlias = grpc.RpcError
 """What a failed call raises."""
