@@ -19,8 +19,7 @@ import (
 )
 
 func runContract(args []string) {
-	flags := newFlags("contract")
-	addr := flags.String("addr", "", "daemon address host:port")
+	flags, addr := newFlags("contract")
 	nodeFlag := flags.String("node", "", "the daemon's node, tenant/bl/device")
 	maxPayload := flags.Int("max-payload", 0, "the daemon's --max-payload-bytes")
 	_ = flags.Parse(args)
@@ -161,17 +160,7 @@ func checkDeleteRange(ctx context.Context, client *Client, node *msgbusv1.NodeId
 	markers, err := client.Fetch(ctx, markerTopic, nil, markersBefore+1, 100)
 	noErr(err, "Fetch markers")
 	check(len(markers) == 2, "DeleteRange wrote %d markers, want 2", len(markers))
-	var marker struct {
-		Topic  string `json:"topic"`
-		Origin struct {
-			TenantID string `json:"tenant_id"`
-			BlName   string `json:"bl_name"`
-			DeviceID string `json:"device_id"`
-		} `json:"origin"`
-		FromHeadID  uint64 `json:"from_head_id"`
-		ToHeadID    uint64 `json:"to_head_id"`
-		CreatedAtMs uint64 `json:"created_at_ms"`
-	}
+	var marker deleteMarker
 	noErr(json.Unmarshal(markers[0].GetPayload(), &marker), "marker JSON")
 	check(marker.Topic == topic && marker.FromHeadID == 2 && marker.ToHeadID == 3 && marker.Origin.DeviceID == node.GetDeviceId(),
 		"marker = %+v", marker)

@@ -37,7 +37,7 @@ type markerCase struct {
 }
 
 func runFixtures(args []string) {
-	flags := newFlags("fixtures")
+	flags, _ := newFlags("fixtures")
 	dir := flags.String("dir", "", "the fixtures folder")
 	_ = flags.Parse(args)
 	check(*dir != "", "fixtures needs -dir")

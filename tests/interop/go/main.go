@@ -73,8 +73,10 @@ func nodeKey(node *msgbusv1.NodeId) string {
 	return node.GetTenantId() + "/" + node.GetBlName() + "/" + node.GetDeviceId()
 }
 
-func newFlags(name string) *flag.FlagSet {
-	return flag.NewFlagSet(name, flag.ExitOnError)
+// newFlags makes a command's flag set with the -addr flag every daemon command takes.
+func newFlags(name string) (*flag.FlagSet, *string) {
+	flags := flag.NewFlagSet(name, flag.ExitOnError)
+	return flags, flags.String("addr", "", "daemon address host:port")
 }
 
 func deadline(seconds int) (context.Context, context.CancelFunc) {

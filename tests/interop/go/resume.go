@@ -15,8 +15,7 @@ import (
 )
 
 func runResume(args []string) {
-	flags := newFlags("resume")
-	addr := flags.String("addr", "", "daemon address host:port")
+	flags, addr := newFlags("resume")
 	topic := flags.String("topic", "", "the log to follow (local origin)")
 	count := flags.Uint64("count", 0, "how many messages pytest publishes in all")
 	progress := flags.String("progress", "", "file to write the last received head_id to")

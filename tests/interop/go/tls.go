@@ -15,8 +15,7 @@ import (
 )
 
 func runTLS(args []string) {
-	flags := newFlags("tls")
-	addr := flags.String("addr", "", "daemon address host:port")
+	flags, addr := newFlags("tls")
 	caPath := flags.String("ca", "", "PEM CA that signed the daemon's certificate")
 	certPath := flags.String("cert", "", "client certificate (mTLS)")
 	keyPath := flags.String("key", "", "client key (mTLS)")
@@ -55,24 +54,22 @@ func runTLS(args []string) {
 	ok("%s: Dial, Health, Publish and Fetch with the test's certificates", mode)
 
 	if *requireClientCert {
-		anonymous := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-		lazy, err := DialLazy(*addr, grpc.WithTransportCredentials(credentials.NewTLS(anonymous)))
-		noErr(err, "DialLazy without a client certificate")
-		defer lazy.Close()
-		callCtx, callCancel := context.WithTimeout(ctx, 10*time.Second)
-		defer callCancel()
-		_, err = lazy.Health(callCtx)
+		err := healthError(ctx, *addr, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
 		check(err != nil, "a client without a certificate was served")
 		ok("mTLS: a client without a certificate is refused (%v)", err)
 	}
-
-	untrusted := &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}
-	stranger, err := DialLazy(*addr, grpc.WithTransportCredentials(credentials.NewTLS(untrusted)))
-	noErr(err, "DialLazy with no trusted CA")
-	defer stranger.Close()
-	callCtx, callCancel := context.WithTimeout(ctx, 10*time.Second)
-	defer callCancel()
-	_, err = stranger.Health(callCtx)
+	err = healthError(ctx, *addr, &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12})
 	check(err != nil, "a client that trusts no CA accepted the daemon's certificate")
 	ok("%s: a client that does not trust the test CA refuses the daemon", mode)
+}
+
+// healthError is the error of one Health call over a fresh connection with this configuration.
+func healthError(ctx context.Context, addr string, config *tls.Config) error {
+	client, err := DialLazy(addr, grpc.WithTransportCredentials(credentials.NewTLS(config)))
+	noErr(err, "DialLazy")
+	defer client.Close()
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = client.Health(callCtx)
+	return err
 }

@@ -46,15 +46,27 @@ where
     let golden = must(std::fs::read(dir.join(format!("{name}.bin"))), name);
     let document = must(std::fs::read(dir.join(format!("{name}.json"))), name);
     let decoded = must(T::decode(golden.as_slice()), &format!("decode {name}"));
-    let expected: T = must(serde_json::from_slice(&document), &format!("JSON of {name}"));
-    check(decoded == expected, || format!("{name} decodes to {decoded:?}, want {expected:?}"));
+    let expected: T = must(
+        serde_json::from_slice(&document),
+        &format!("JSON of {name}"),
+    );
+    check(decoded == expected, || {
+        format!("{name} decodes to {decoded:?}, want {expected:?}")
+    });
     let encoded = expected.encode_to_vec();
     if maps {
-        let again = must(T::decode(encoded.as_slice()), &format!("decode re-encoded {name}"));
-        check(again == expected, || format!("{name} re-encodes to other values: {again:?}"));
+        let again = must(
+            T::decode(encoded.as_slice()),
+            &format!("decode re-encoded {name}"),
+        );
+        check(again == expected, || {
+            format!("{name} re-encodes to other values: {again:?}")
+        });
         return false;
     }
-    check(encoded == golden, || format!("{name} encodes to {encoded:02x?}, want {golden:02x?}"));
+    check(encoded == golden, || {
+        format!("{name} encodes to {encoded:02x?}, want {golden:02x?}")
+    });
     true
 }
 
@@ -71,44 +83,102 @@ macro_rules! check_wire_type {
 pub fn run(flags: &Flags) {
     let root = std::path::PathBuf::from(flags.get("dir"));
     let wire = root.join("wire");
-    let index: Vec<WireCase> = must(serde_json::from_slice(&must(std::fs::read(wire.join("index.json")), "index")), "index");
+    let index: Vec<WireCase> = must(
+        serde_json::from_slice(&must(std::fs::read(wire.join("index.json")), "index")),
+        "index",
+    );
     let mut exact = 0;
     for case in &index {
         let checked = check_wire_type!(
-            &wire, case,
-            NodeId, MessageEnvelope, PublishRequest, PublishResponse, FetchRequest, FetchResponse,
-            SubscribeRequest, SubscribeResponse, GetHeadRequest, GetHeadResponse, TopicHead,
-            PeerSyncState, ListHeadsRequest, ListHeadsResponse, ListPeerSyncStatesRequest,
-            ListPeerSyncStatesResponse, DeleteRangeRequest, DeleteRangeResponse, FifoMessage,
-            EnqueueFifoRequest, EnqueueFifoResponse, PeekFifoRequest, PeekFifoResponse, AckFifoRequest,
-            AckFifoResponse, RejectFifoRequest, RejectFifoResponse, HealthRequest, HealthResponse,
-            ReadyRequest, ReadyResponse, PublishBatchRequest, PublishBatchResponse,
+            &wire,
+            case,
+            NodeId,
+            MessageEnvelope,
+            PublishRequest,
+            PublishResponse,
+            FetchRequest,
+            FetchResponse,
+            SubscribeRequest,
+            SubscribeResponse,
+            GetHeadRequest,
+            GetHeadResponse,
+            TopicHead,
+            PeerSyncState,
+            ListHeadsRequest,
+            ListHeadsResponse,
+            ListPeerSyncStatesRequest,
+            ListPeerSyncStatesResponse,
+            DeleteRangeRequest,
+            DeleteRangeResponse,
+            FifoMessage,
+            EnqueueFifoRequest,
+            EnqueueFifoResponse,
+            PeekFifoRequest,
+            PeekFifoResponse,
+            AckFifoRequest,
+            AckFifoResponse,
+            RejectFifoRequest,
+            RejectFifoResponse,
+            HealthRequest,
+            HealthResponse,
+            ReadyRequest,
+            ReadyResponse,
+            PublishBatchRequest,
+            PublishBatchResponse,
         );
         match checked {
             Some(true) => exact += 1,
             Some(false) => {}
-            None => crate::fail(format!("fixture for {}, a type this client does not know", case.message)),
+            None => crate::fail(format!(
+                "fixture for {}, a type this client does not know",
+                case.message
+            )),
         }
     }
     // The generated file's own list of types must match the index too.
-    let generated = include_str!(concat!(env!("OUT_DIR"), "/msgbus.v1.rs")).matches("pub struct ").count();
+    let generated = include_str!(concat!(env!("OUT_DIR"), "/msgbus.v1.rs"))
+        .matches("pub struct ")
+        .count();
     let services = 1; // MsgbusServiceClient
-    check(index.len() == generated - services, || format!("{} fixtures for {} generated types", index.len(), generated - services));
+    check(index.len() == generated - services, || {
+        format!(
+            "{} fixtures for {} generated types",
+            index.len(),
+            generated - services
+        )
+    });
     ok(format!(
         "wire fixtures: {} message types decode to their values; {exact} encode to the golden bytes, {} with maps to the same values",
         index.len(),
         index.len() - exact
     ));
 
-    let manifest = must(std::fs::read(root.join("markers.json")), "read markers.json");
+    let manifest = must(
+        std::fs::read(root.join("markers.json")),
+        "read markers.json",
+    );
     let cases: Vec<MarkerCase> = must(serde_json::from_slice(&manifest), "markers.json");
     check(!cases.is_empty(), || "markers.json lists no marker".into());
     for case in &cases {
-        let payload = must(std::fs::read(root.join("markers").join(&case.file)), &case.file);
+        let payload = must(
+            std::fs::read(root.join("markers").join(&case.file)),
+            &case.file,
+        );
         let marker: DeleteMarker = must(serde_json::from_slice(&payload), &case.file);
-        check(marker == case.marker, || format!("marker {} decodes to {marker:?}", case.file));
+        check(marker == case.marker, || {
+            format!("marker {} decodes to {marker:?}", case.file)
+        });
         let encoded = must(serde_json::to_vec(&marker), "encode marker");
-        check(encoded == payload, || format!("marker {} encodes to {}", case.file, String::from_utf8_lossy(&encoded)));
+        check(encoded == payload, || {
+            format!(
+                "marker {} encodes to {}",
+                case.file,
+                String::from_utf8_lossy(&encoded)
+            )
+        });
     }
-    ok(format!("delete-marker fixtures: {} payloads decode and encode byte for byte", cases.len()));
+    ok(format!(
+        "delete-marker fixtures: {} payloads decode and encode byte for byte",
+        cases.len()
+    ));
 }

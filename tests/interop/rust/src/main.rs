@@ -72,7 +72,10 @@ impl Flags {
 
     /// A required flag.
     pub fn get(&self, name: &str) -> String {
-        self.0.get(name).cloned().unwrap_or_else(|| fail(format!("missing -{name}")))
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| fail(format!("missing -{name}")))
     }
 
     /// An optional flag.
@@ -82,15 +85,23 @@ impl Flags {
 
     /// A required number.
     pub fn number<T: std::str::FromStr>(&self, name: &str) -> T {
-        self.get(name).parse().unwrap_or_else(|_| fail(format!("-{name} is not a number")))
+        self.get(name)
+            .parse()
+            .unwrap_or_else(|_| fail(format!("-{name} is not a number")))
     }
 }
 
 /// `tenant/bl/device` as a NodeId.
 pub fn parse_node(key: &str) -> pb::NodeId {
     let parts: Vec<&str> = key.split('/').collect();
-    check(parts.len() == 3, || format!("node {key:?} is not tenant/bl/device"));
-    pb::NodeId { tenant_id: parts[0].into(), bl_name: parts[1].into(), device_id: parts[2].into() }
+    check(parts.len() == 3, || {
+        format!("node {key:?} is not tenant/bl/device")
+    });
+    pb::NodeId {
+        tenant_id: parts[0].into(),
+        bl_name: parts[1].into(),
+        device_id: parts[2].into(),
+    }
 }
 
 #[tokio::main]

@@ -15,7 +15,10 @@ pub async fn run(flags: &Flags) {
     let count: u64 = flags.number("count");
     let progress = std::path::PathBuf::from(flags.get("progress"));
     let min_reconnects: usize = flags.number("min-reconnects");
-    let client = must(MsgbusClient::connect(format!("http://{addr}")).await, "connect");
+    let client = must(
+        MsgbusClient::connect(format!("http://{addr}")).await,
+        "connect",
+    );
     let options = SubscribeOptions::default();
     let delay = options.reconnect_delay;
     let mut subscription = client.subscribe_reconnecting_with_options(&topic, options);
@@ -38,31 +41,46 @@ pub async fn run(flags: &Flags) {
                 Err(error) => crate::fail(format!("next_message: {error:?}")),
             };
             check(message.head_id == last + 1, || {
-                format!("received head_id {} after {last}: not every head exactly once in order", message.head_id)
+                format!(
+                    "received head_id {} after {last}: not every head exactly once in order",
+                    message.head_id
+                )
             });
             let want = format!("m-{}", message.head_id);
-            check(message.payload == want.as_bytes(), || format!("head {} payload {:?}", message.head_id, message.payload));
+            check(message.payload == want.as_bytes(), || {
+                format!("head {} payload {:?}", message.head_id, message.payload)
+            });
             last = message.head_id;
             let tmp = progress.with_extension("tmp");
             must(std::fs::write(&tmp, last.to_string()), "write progress");
             must(std::fs::rename(&tmp, &progress), "rename progress");
         }
     };
-    must(tokio::time::timeout(Duration::from_secs(180), run).await, "the subscription did not finish in 180 s");
+    must(
+        tokio::time::timeout(Duration::from_secs(180), run).await,
+        "the subscription did not finish in 180 s",
+    );
 
     let opens = &subscription.opens;
     for pair in opens.windows(2) {
         let gap = pair[1].1.duration_since(pair[0].1);
-        check(gap >= delay, || format!("reopened after {gap:?}, sooner than the fixed {delay:?}"));
+        check(gap >= delay, || {
+            format!("reopened after {gap:?}, sooner than the fixed {delay:?}")
+        });
     }
     // Every message arrived exactly once and in order, so a stream opened from `from` resumed
     // right after head `from - 1`: the starts must be non-decreasing and within 1..=count.
     let starts: Vec<u64> = opens.iter().map(|(from, _)| *from).collect();
-    check(starts[0] == 1 && starts.windows(2).all(|w| w[0] <= w[1]) && starts.iter().all(|s| *s <= count), || {
-        format!("streams opened from {starts:?}")
-    });
+    check(
+        starts[0] == 1
+            && starts.windows(2).all(|w| w[0] <= w[1])
+            && starts.iter().all(|s| *s <= count),
+        || format!("streams opened from {starts:?}"),
+    );
     let reconnects = opens.len() - 1;
-    check(reconnects >= min_reconnects, || format!("only {reconnects} reconnects, want {min_reconnects}"));
+    check(reconnects >= min_reconnects, || {
+        format!("only {reconnects} reconnects, want {min_reconnects}")
+    });
     ok(format!(
         "ResilientSubscription: head_ids 1..{count} exactly once, in order, across {reconnects} reconnects (each >= {delay:?}, each from last + 1); {surfaced} crash(es) surfaced once as UNKNOWN"
     ));

@@ -77,7 +77,10 @@ impl MsgbusClient {
 
     /// A client over an already configured channel (TLS).
     pub fn from_channel_client(inner: MsgbusServiceClient<Channel>) -> Self {
-        MsgbusClient { inner, default_origin: None }
+        MsgbusClient {
+            inner,
+            default_origin: None,
+        }
     }
 
     /// Sets the origin sent with every write.
@@ -87,15 +90,25 @@ impl MsgbusClient {
     }
 
     pub async fn health(&mut self) -> Result<String> {
-        Ok(self.inner.health(pb::HealthRequest {}).await?.into_inner().status)
+        Ok(self
+            .inner
+            .health(pb::HealthRequest {})
+            .await?
+            .into_inner()
+            .status)
     }
 
     pub async fn ready(&mut self) -> Result<pb::ReadyResponse> {
         Ok(self.inner.ready(pb::ReadyRequest {}).await?.into_inner())
     }
 
-    pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<pb::MessageEnvelope> {
-        self.publish_with_headers(topic, payload, BTreeMap::new()).await
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<pb::MessageEnvelope> {
+        self.publish_with_headers(topic, payload, BTreeMap::new())
+            .await
     }
 
     pub async fn publish_with_headers(
@@ -110,12 +123,10 @@ impl MsgbusClient {
             payload: payload.into(),
             headers,
         };
-        self.inner
-            .publish(request)
-            .await?
-            .into_inner()
-            .message
-            .ok_or_else(|| SdkError::Protocol("server returned empty publish response".into()))
+        required(
+            self.inner.publish(request).await?.into_inner().message,
+            "publish",
+        )
     }
 
     /// Reads one page into memory, skipping responses without a message.
@@ -163,12 +174,20 @@ impl MsgbusClient {
         origin: Option<pb::NodeId>,
         from_head_id: u64,
     ) -> Result<Streaming<pb::SubscribeResponse>> {
-        let options = SubscribeOptions { origin, from_head_id, ..SubscribeOptions::default() };
+        let options = SubscribeOptions {
+            origin,
+            from_head_id,
+            ..SubscribeOptions::default()
+        };
         self.subscribe_with_options(topic, options).await
     }
 
     /// The original's reconnecting subscription; it connects on the first `next_message`.
-    pub fn subscribe_reconnecting_with_options(&self, topic: &str, options: SubscribeOptions) -> ResilientSubscription {
+    pub fn subscribe_reconnecting_with_options(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> ResilientSubscription {
         ResilientSubscription {
             client: self.clone(),
             topic: topic.to_string(),
@@ -179,28 +198,60 @@ impl MsgbusClient {
         }
     }
 
-    pub async fn get_head(&mut self, topic: &str, origin: Option<pb::NodeId>) -> Result<pb::GetHeadResponse> {
+    pub async fn get_head(
+        &mut self,
+        topic: &str,
+        origin: Option<pb::NodeId>,
+    ) -> Result<pb::GetHeadResponse> {
         let origin = origin.or_else(|| self.default_origin.clone());
-        Ok(self.inner.get_head(pb::GetHeadRequest { topic: topic.to_string(), origin }).await?.into_inner())
+        Ok(self
+            .inner
+            .get_head(pb::GetHeadRequest {
+                topic: topic.to_string(),
+                origin,
+            })
+            .await?
+            .into_inner())
     }
 
     pub async fn list_heads(&mut self) -> Result<Vec<pb::TopicHead>> {
-        Ok(self.inner.list_heads(pb::ListHeadsRequest {}).await?.into_inner().heads)
+        Ok(self
+            .inner
+            .list_heads(pb::ListHeadsRequest {})
+            .await?
+            .into_inner()
+            .heads)
     }
 
     pub async fn list_peer_sync_states(&mut self) -> Result<Vec<pb::PeerSyncState>> {
-        Ok(self.inner.list_peer_sync_states(pb::ListPeerSyncStatesRequest {}).await?.into_inner().states)
+        Ok(self
+            .inner
+            .list_peer_sync_states(pb::ListPeerSyncStatesRequest {})
+            .await?
+            .into_inner()
+            .states)
     }
 
     /// Tombstones `[from, to]` and returns the deleted_count.
-    pub async fn delete_range(&mut self, topic: &str, origin: Option<pb::NodeId>, from: u64, to: u64) -> Result<u64> {
+    pub async fn delete_range(
+        &mut self,
+        topic: &str,
+        origin: Option<pb::NodeId>,
+        from: u64,
+        to: u64,
+    ) -> Result<u64> {
         let request = pb::DeleteRangeRequest {
             topic: topic.to_string(),
             origin: origin.or_else(|| self.default_origin.clone()),
             from_head_id: from,
             to_head_id: to,
         };
-        Ok(self.inner.delete_range(request).await?.into_inner().deleted_count)
+        Ok(self
+            .inner
+            .delete_range(request)
+            .await?
+            .into_inner()
+            .deleted_count)
     }
 
     pub async fn enqueue_fifo_with_headers(
@@ -219,36 +270,49 @@ impl MsgbusClient {
             payload: payload.into(),
             headers,
         };
-        self.inner
-            .enqueue_fifo(request)
-            .await?
-            .into_inner()
-            .message
-            .ok_or_else(|| SdkError::Protocol("server returned empty fifo response".into()))
+        required(
+            self.inner.enqueue_fifo(request).await?.into_inner().message,
+            "fifo",
+        )
     }
 
     pub async fn peek_fifo(&mut self, queue: &str) -> Result<pb::FifoMessage> {
-        self.inner
-            .peek_fifo(pb::PeekFifoRequest { queue: queue.to_string() })
-            .await?
-            .into_inner()
-            .message
-            .ok_or_else(|| SdkError::Protocol("server returned empty fifo response".into()))
+        let request = pb::PeekFifoRequest {
+            queue: queue.to_string(),
+        };
+        required(
+            self.inner.peek_fifo(request).await?.into_inner().message,
+            "fifo",
+        )
     }
 
     pub async fn ack_fifo(&mut self, queue: &str, message_id: &str) -> Result<bool> {
-        let request = pb::AckFifoRequest { queue: queue.to_string(), message_id: message_id.to_string() };
+        let request = pb::AckFifoRequest {
+            queue: queue.to_string(),
+            message_id: message_id.to_string(),
+        };
         Ok(self.inner.ack_fifo(request).await?.into_inner().accepted)
     }
 
     pub async fn reject_fifo(&mut self, queue: &str, message_id: &str) -> Result<bool> {
-        let request = pb::RejectFifoRequest { queue: queue.to_string(), message_id: message_id.to_string() };
+        let request = pb::RejectFifoRequest {
+            queue: queue.to_string(),
+            message_id: message_id.to_string(),
+        };
         Ok(self.inner.reject_fifo(request).await?.into_inner().accepted)
     }
 }
 
+/// The message a response must carry, or the original's protocol error.
+fn required<T>(message: Option<T>, what: &str) -> Result<T> {
+    message.ok_or_else(|| SdkError::Protocol(format!("server returned empty {what} response")))
+}
+
 fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled
+    )
 }
 
 /// The original SDK's reconnecting subscription: fixed delay, unlimited retries, resume at the
@@ -268,8 +332,15 @@ impl ResilientSubscription {
         loop {
             if self.stream.is_none() {
                 self.opens.push((self.next_head_id, Instant::now()));
-                let options = SubscribeOptions { from_head_id: self.next_head_id, ..self.options.clone() };
-                match self.client.subscribe_with_options(&self.topic, options).await {
+                let options = SubscribeOptions {
+                    from_head_id: self.next_head_id,
+                    ..self.options.clone()
+                };
+                match self
+                    .client
+                    .subscribe_with_options(&self.topic, options)
+                    .await
+                {
                     Ok(stream) => self.stream = Some(stream),
                     Err(SdkError::Status(status)) if retryable(&status) => {
                         tokio::time::sleep(self.options.reconnect_delay).await;
@@ -281,9 +352,7 @@ impl ResilientSubscription {
             let stream = self.stream.as_mut().expect("opened above");
             match stream.message().await {
                 Ok(Some(response)) => {
-                    let message = response
-                        .message
-                        .ok_or_else(|| SdkError::Protocol("server returned empty subscribe response".into()))?;
+                    let message = required(response.message, "subscribe")?;
                     self.next_head_id = message.head_id.saturating_add(1);
                     return Ok(message);
                 }

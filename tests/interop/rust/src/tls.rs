@@ -12,11 +12,13 @@ use crate::{check, must, ok, Flags};
 async fn connect(addr: &str, tls: ClientTlsConfig) -> Result<MsgbusClient, String> {
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(30)) // generous: CI boxes are loaded
         .tls_config(tls)
         .map_err(|e| e.to_string())?;
     let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
-    Ok(MsgbusClient::from_channel_client(MsgbusServiceClient::new(channel)))
+    Ok(MsgbusClient::from_channel_client(MsgbusServiceClient::new(
+        channel,
+    )))
 }
 
 /// Whether a Health call over this TLS configuration is answered within 10 s.
@@ -33,7 +35,9 @@ async fn served(addr: &str, tls: ClientTlsConfig) -> Result<String, String> {
 pub async fn run(flags: &Flags) {
     let addr = flags.get("addr");
     let ca = Certificate::from_pem(must(std::fs::read(flags.get("ca")), "read CA"));
-    let base = ClientTlsConfig::new().ca_certificate(ca).domain_name("localhost");
+    let base = ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("localhost");
     let mutual = flags.opt("cert").is_some();
     let tls = if mutual {
         let cert = must(std::fs::read(flags.get("cert")), "read client certificate");
@@ -46,20 +50,43 @@ pub async fn run(flags: &Flags) {
 
     let mut client = must(connect(&addr, tls).await, "connect with TLS");
     let status = must(client.health().await, "health over TLS");
-    check(status == "SERVING", || format!("health over TLS = {status:?}"));
-    let message = must(client.publish("interop.rust.tls", "secret").await, "publish over TLS");
-    let messages = must(client.fetch("interop.rust.tls", None, message.head_id, 1).await, "fetch over TLS");
-    check(messages.len() == 1 && messages[0].payload == b"secret", || format!("fetch over TLS = {messages:?}"));
-    ok(format!("{mode}: connect, health, publish and fetch with the test's certificates"));
+    check(status == "SERVING", || {
+        format!("health over TLS = {status:?}")
+    });
+    let message = must(
+        client.publish("interop.rust.tls", "secret").await,
+        "publish over TLS",
+    );
+    let messages = must(
+        client
+            .fetch("interop.rust.tls", None, message.head_id, 1)
+            .await,
+        "fetch over TLS",
+    );
+    check(
+        messages.len() == 1 && messages[0].payload == b"secret",
+        || format!("fetch over TLS = {messages:?}"),
+    );
+    ok(format!(
+        "{mode}: connect, health, publish and fetch with the test's certificates"
+    ));
 
     if flags.opt("require-client-cert").is_some() {
         let anonymous = served(&addr, base.clone()).await;
-        check(anonymous.is_err(), || format!("a client without a certificate was served: {anonymous:?}"));
-        ok(format!("mTLS: a client without a certificate is refused ({})", anonymous.unwrap_err()));
+        check(anonymous.is_err(), || {
+            format!("a client without a certificate was served: {anonymous:?}")
+        });
+        ok(format!(
+            "mTLS: a client without a certificate is refused ({})",
+            anonymous.unwrap_err()
+        ));
     }
     // Without the test CA among its roots (and with no built-in roots) the client must refuse.
     let refused = served(&addr, ClientTlsConfig::new().domain_name("localhost")).await;
-    check(refused.is_err(), || format!("a client that does not trust the test CA was served: {refused:?}"));
-    ok(format!("{mode}: a client that does not trust the test CA refuses the daemon"));
+    check(refused.is_err(), || {
+        format!("a client that does not trust the test CA was served: {refused:?}")
+    });
+    ok(format!(
+        "{mode}: a client that does not trust the test CA refuses the daemon"
+    ));
 }
-
