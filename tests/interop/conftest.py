@@ -379,6 +379,7 @@ class Scenarios:
     resume_across_crashes = staticmethod(check_resume_across_crashes)
     tls = staticmethod(check_tls)
     run = staticmethod(run_client)
+    require = staticmethod(_require)
 
 
 @pytest.fixture

@@ -49,3 +49,14 @@ def test_client_speaks_tls_and_mtls_with_certificates_made_here(
 ) -> None:
     output = scenarios.tls(client, pki, tmp_path, mutual=mutual)
     assert "does not trust the test CA refuses" in output
+
+
+def test_a_missing_toolchain_skips_locally_and_fails_under_ci(
+    scenarios: Scenarios, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="`no-such-go` is not installed"):
+        scenarios.require("no-such-go")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: a missing toolchain fails the run"):
+        scenarios.require("no-such-go")
