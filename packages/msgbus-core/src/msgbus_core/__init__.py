@@ -7,6 +7,9 @@ This package uses the standard library only. The daemon and every store package 
 - `errors`: the error hierarchy the daemon maps to gRPC status codes;
 - `ops` and `store`: the `MsgbusStore` protocol and the write operations it applies;
 - `replication`: the rules for accepting messages from peers, shared by every backend;
+- `batch`: how every store applies a write batch, op by op;
+- `sql_store` and `sql_schema`: the one implementation of the SQL stores, and the file and
+  schema-version checks they share (a backend adds only its dialect and connections);
 - `memory`: the in-memory reference store;
 - `testing`: the conformance suite every backend runs.
 """
