@@ -21,9 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msgbus_core import NodeId, TombstoneRange
-from msgbus_core.limits import MAX_HEADER_BYTES, MAX_HEADER_ENTRIES, MAX_NAME_BYTES
-from msgbus_core.validation import validate_headers, validate_topic
+from msgbus_core import MsgbusError, NodeId, TombstoneRange
+from msgbus_core.limits import DELETE_TOPIC, MAX_HEADER_BYTES, MAX_HEADER_ENTRIES, MAX_NAME_BYTES
+from msgbus_core.validation import (
+    validate_headers,
+    validate_name,
+    validate_stored_int,
+    validate_topic,
+)
 from msgbus_proto import SERVICE_NAME, pb, rpc
 from msgbus_server.testing import Daemon, wait_until
 from msgbus_testkit.backends import BACKENDS, require_backend
@@ -511,12 +516,18 @@ class Scenario:
     """What Fetch serves for each requested (topic, origin key), hostile fields included."""
 
 
+LogHead = tuple[str, str, int]
+"""(topic, origin key, head_id), as a served message's own fields say."""
+
+
 class FuzzPeer(rpc.MsgbusServiceServicer):
     """Serves the current scenario to the daemon under test, whatever it contains."""
 
     def __init__(self) -> None:
         self.scenario = Scenario()
         self.list_calls = 0
+        self.served: dict[LogHead, dict[bytes, pb.MessageEnvelope]] = {}
+        """Every copy ever served, by the log and head it claims: what a stored row may be."""
 
     async def Health(
         self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -536,6 +547,9 @@ class FuzzPeer(rpc.MsgbusServiceServicer):
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.FetchResponse]:
         messages = self.scenario.messages.get((request.topic, key_of(request.origin)), [])
+        for message in messages:
+            at = (message.topic, key_of(message.origin), message.head_id)
+            self.served.setdefault(at, {})[message.SerializeToString()] = message
         if request.max_messages_per_response and len(messages) > 1:
             yield pb.FetchResponse(messages=messages[: len(messages) // 2])
             messages = messages[len(messages) // 2 :]
@@ -664,10 +678,59 @@ def _spoil(draw: st.DrawFn, message: pb.MessageEnvelope, name: str) -> None:
         message.deleted = True
 
 
-def check_stored_rules(stub: rpc.MsgbusServiceStub) -> int:
-    """Everything stored obeys the rules; returns how many messages were checked."""
+def broken_rule(message: pb.MessageEnvelope) -> str | None:
+    """Which accept rule a served message breaks, or None when a daemon may store it.
+
+    Written out here with the core's field validators rather than through
+    `msgbus_core.replication`, so that a rule dropped from the daemon's path still fails here.
+    """
+    origin = NodeId(message.origin.tenant_id, message.origin.bl_name, message.origin.device_id)
+    try:
+        validate_name("message.id", message.id)
+        validate_topic(message.topic, "message.topic")
+        origin.validate("message.origin")
+        if message.head_id == 0:
+            return "head_id 0"
+        validate_stored_int("message.head_id", message.head_id)
+        validate_stored_int("message.created_at_ms", message.created_at_ms)
+        if message.deleted:
+            return None  # stored erased: its payload and headers are not kept
+        validate_headers(dict(message.headers), "message.headers")
+        if message.topic == DELETE_TOPIC:
+            tombstone = TombstoneRange.from_marker_payload(message.payload)
+            if tombstone.origin != origin:
+                return f"a marker of {origin.key} deleting the log of {tombstone.origin.key}"
+    except MsgbusError as error:
+        return str(error)
+    return None
+
+
+def served_copy(
+    peer: FuzzPeer, topic: str, key: str, row: pb.MessageEnvelope
+) -> pb.MessageEnvelope | None:
+    """The served copy that a stored row is, field for field (erased when deleted), or None."""
+    for copy in list(peer.served.get((topic, key, row.head_id), {}).values()):
+        if (copy.id, copy.created_at_ms) != (row.id, row.created_at_ms):
+            continue
+        # A deleted row is a copy served deleted, or one that a tombstone erased.
+        if row.deleted or (
+            not copy.deleted
+            and copy.payload == row.payload
+            and dict(copy.headers) == dict(row.headers)
+        ):
+            return copy
+    return None
+
+
+def check_stored_rules(
+    stub: rpc.MsgbusServiceStub, peer: FuzzPeer, log: tuple[str, str] | None = None
+) -> int:
+    """Everything stored (or only `log`) is a copy the peer served and obeys the rules; returns
+    how many messages were checked."""
     checked = 0
     for (topic, key), head in heads(stub).items():
+        if log is not None and (topic, key) != log:
+            continue
         origin = NodeId.from_key(key)
         # The daemon under test publishes nothing itself: a log of its own came from the peer.
         assert key != "tenant/default/device", f"own log {topic} accepted from a peer"
@@ -678,7 +741,12 @@ def check_stored_rules(stub: rpc.MsgbusServiceStub) -> int:
         assert len(rows) == head
         for row in rows:
             assert (row.topic, key_of(row.origin)) == (topic, key)
-            assert len(row.payload) <= 1024 * 1024
+            # The daemon neither alters nor mixes up what it accepts: the payload, headers, id
+            # and timestamp are those of a copy served for this very head.
+            copy = served_copy(peer, topic, key, row)
+            assert copy is not None, f"{topic} from {key} head {row.head_id}: never served"
+            broken = broken_rule(copy)
+            assert broken is None, f"a spoiled message was stored ({broken}): {copy}"
             if row.headers:
                 validate_headers(dict(row.headers))
                 assert len(row.headers) <= MAX_HEADER_ENTRIES
@@ -703,7 +771,7 @@ def test_what_a_peer_sends(peer_rig: PeerRig, case: tuple[Scenario, int]) -> Non
     seen = rig.peer.list_calls
     wait_until(lambda: rig.peer.list_calls >= seen + 2, message="a sync pass over the scenario")
     assert rig.daemon.poll() is None, "the daemon died"
-    peer_messages_checked = max(peer_messages_checked, check_stored_rules(stub))
+    peer_messages_checked = max(peer_messages_checked, check_stored_rules(stub, rig.peer))
     stub.ListPeerSyncStates(pb.ListPeerSyncStatesRequest(), timeout=30)
 
 
@@ -723,7 +791,65 @@ def test_an_honest_peer_scenario_is_stored(peer_rig: PeerRig) -> None:
     wait_until(lambda: len(fetch_log(stub, topic, PEER)) == 3, message="the honest log")
     rows = fetch_log(stub, topic, PEER)
     assert [r.payload for r in rows] == [b"1", b"2", b"3"]
-    assert check_stored_rules(stub) >= 3
+    assert check_stored_rules(stub, peer_rig.peer) >= 3
+
+
+SPOILS: dict[str, Any] = {
+    "empty-id": lambda m: setattr(m, "id", ""),
+    "control-id": lambda m: setattr(m, "id", "a\x00b"),
+    "other-topic": lambda m: setattr(m, "topic", "elsewhere"),
+    "no-origin": lambda m: m.ClearField("origin"),
+    "created-over-i64": lambda m: setattr(m, "created_at_ms", 2**63),
+    "too-many-headers": lambda m: m.headers.update({f"k{i}": "v" for i in range(65)}),
+    "headers-over-16k": lambda m: m.headers.update({"big": "v" * (16 * 1024)}),
+    "nul-header": lambda m: m.headers.update({"k\x00": "v"}),
+    "marker-not-json": lambda m: setattr(m, "payload", b"{not json"),
+    "marker-for-another-origin": lambda m: setattr(
+        m, "payload", TombstoneRange("p1", THIRD, 1, 1, 1).to_marker_payload()
+    ),
+}
+"""One rule broken per message, the rest of it honest: stored only if that rule is missing."""
+
+
+@pytest.mark.parametrize("spoil", sorted(SPOILS))
+def test_a_message_spoiled_in_one_field_is_not_stored(peer_rig: PeerRig, spoil: str) -> None:
+    """Head 2 of an honest log breaks one rule: the refusal is recorded, nothing from head 2
+    on is stored.
+
+    The fuzzing test above draws such messages at random; this one serves each for sure, so
+    that dropping any one rule from the daemon fails the suite (and `check_stored_rules` with
+    it) whatever Hypothesis happens to draw.
+    """
+    marker = spoil.startswith("marker")
+    origin = NodeId("tenant", "default", f"spoil-{spoil}") if marker else PEER
+    topic = DELETE_TOPIC if marker else f"spoil-{spoil}"
+    messages = []
+    for n in (1, 2, 3):
+        payload = TombstoneRange("p1", origin, n, n, 1).to_marker_payload() if marker else b"%d" % n
+        message = pb.MessageEnvelope(
+            id=f"spoil-{spoil}-{n}", topic=topic, head_id=n, payload=payload, created_at_ms=n
+        )
+        message.origin.CopyFrom(to_pb(origin))
+        if n == 2:
+            SPOILS[spoil](message)
+        messages.append(message)
+    head = pb.TopicHead(topic=topic, origin=to_pb(origin), head_id=3)
+    peer = peer_rig.peer
+    peer.scenario = Scenario(heads=[head], messages={(topic, origin.key): messages})
+    stub = peer_rig.daemon.stub()
+
+    def refusal() -> str:
+        states = stub.ListPeerSyncStates(pb.ListPeerSyncStatesRequest(), timeout=30).states
+        mine = [s for s in states if (s.topic, key_of(s.origin)) == (topic, origin.key)]
+        return mine[0].last_error if mine else ""
+
+    wait_until(refusal, message="the refusal of the spoiled log to be recorded")
+    # One more whole pass: whatever the daemon would take from head 2 on, it has taken.
+    seen = peer.list_calls
+    wait_until(lambda: peer.list_calls >= seen + 2, message="a sync pass after the refusal")
+    check_stored_rules(stub, peer, (topic, origin.key))
+    stored = heads(stub).get((topic, origin.key), 0)
+    assert stored <= 1, f"stored past the spoiled head 2 ({spoil}): head {stored}"
 
 
 def test_report_inputs_tried() -> None:
