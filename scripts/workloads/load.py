@@ -126,6 +126,11 @@ class SlowReport:
         return max(self.rss_kib) - self.rss_kib[0]
 
 
+PUBLISH_BATCH_BYTES = 1024 * 1024
+"""Payload bytes per PublishBatch of the slow-subscriber workload: well inside the daemon's
+receive limit (32 MiB at least) whatever the payload size."""
+
+
 async def slow_subscriber(
     daemon: Daemon,
     *,
@@ -144,20 +149,19 @@ async def slow_subscriber(
     report = SlowReport(published=0, read=0)
     call = reader.Subscribe(pb.SubscribeRequest(topic=topic))
     payload = b"s" * payload_bytes
+    batch = max(1, min(1000, PUBLISH_BATCH_BYTES // payload_bytes))
+
+    async def publish(count: int) -> None:
+        entries = [pb.PublishRequest(topic=topic, payload=payload)] * count
+        await writer.PublishBatch(pb.PublishBatchRequest(entries=entries), timeout=60)
+        report.published += count
 
     async def publish_all() -> None:
-        for start in range(report.published, messages, 1000):
-            count = min(1000, messages - start)
-            entries = [pb.PublishRequest(topic=topic, payload=payload)] * count
-            await writer.PublishBatch(pb.PublishBatchRequest(entries=entries), timeout=60)
-            report.published += count
+        for start in range(report.published, messages, batch):
+            await publish(min(batch, messages - start))
 
     # Warm-up: the first batch is published and the first message read before the baseline.
-    await writer.PublishBatch(
-        pb.PublishBatchRequest(entries=[pb.PublishRequest(topic=topic, payload=payload)] * 1000),
-        timeout=60,
-    )
-    report.published = 1000
+    await publish(min(batch, messages))
     first = await call.read()
     assert isinstance(first, pb.SubscribeResponse)
     assert first.message.head_id == 1

@@ -3,9 +3,9 @@ thousands of subscribe/disconnect cycles, against a real daemon; memory read fro
 
 Bounded for the suite (2 shared cores): the fan-out runs its full 30 s at a modest publish rate
 (every message reaches 10 subscribers), the slow reader reads one message per second for 12 s
-while 30,000 messages are published, and 3,000 subscribe/disconnect cycles run. The full-length
-versions (100,000 messages under a reader of one message per second for a minute; 10,000 cycles;
-longer fan-outs) are `scripts/load_soak.py`.
+while 3,200 messages of 64 KiB are published, and 3,000 subscribe/disconnect cycles run. The
+full-length versions (100,000 messages under a reader of one message per second for a minute;
+10,000 cycles; longer fan-outs) are `scripts/load_soak.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from msgbus_server.testing import Daemon
 
 PEAK_RSS_LIMIT_KIB = 300 * 1024
 FLAT_RSS_KIB = 20 * 1024
+SLOW_PAYLOAD_BYTES = 64 * 1024
+SLOW_MESSAGES = 3_200
+"""200 MiB of payloads published past the slow reader: a daemon that buffered them for it would
+exceed FLAT_RSS_KIB ten times over (small payloads would hide such a buffer under the limit)."""
 CYCLE_GROWTH_KIB = 10 * 1024
 
 
@@ -32,9 +36,19 @@ async def test_500_subscribers_on_50_logs_receive_everything_in_order(tmp_path: 
 
 async def test_a_slow_subscriber_costs_no_memory_and_is_never_cut_off(tmp_path: Path) -> None:
     with Daemon.start(tmp_path) as daemon:
-        report = await slow_subscriber(daemon, messages=30_000, read_seconds=12, read_interval=1)
-        print(f"published {report.published}, read {report.read}, RSS KiB {report.rss_kib}")
-        assert report.published == 30_000
+        report = await slow_subscriber(
+            daemon,
+            messages=SLOW_MESSAGES,
+            read_seconds=12,
+            read_interval=1,
+            payload_bytes=SLOW_PAYLOAD_BYTES,
+        )
+        print(
+            f"published {report.published} x {SLOW_PAYLOAD_BYTES} B, read {report.read}, "
+            f"RSS KiB {report.rss_kib}, growth {report.growth_kib} KiB"
+        )
+        assert report.published == SLOW_MESSAGES
+        assert SLOW_MESSAGES * SLOW_PAYLOAD_BYTES > 5 * FLAT_RSS_KIB * 1024
         assert report.growth_kib < FLAT_RSS_KIB, report.rss_kib
 
 
