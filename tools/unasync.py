@@ -115,8 +115,8 @@ The resume point and the duplicate/gap guard are ``_subscription.Cursor``.
     ("An async iterator over one log", "A blocking iterator over one log"),
     (
         "Stop the subscription and cancel its stream. Iteration then ends.",
-        "Stop the subscription and cancel its stream. Iteration then ends. Safe to call from\n"
-        "        another thread.",
+        "Stop the subscription and cancel its stream. Iteration then ends.\n\n"
+        "        Safe to call from another thread.\n        ",
     ),
 ]
 

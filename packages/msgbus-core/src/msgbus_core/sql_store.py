@@ -85,8 +85,11 @@ class DbConnection(Protocol):
     """The part of a DB-API connection the store uses."""
 
     # What `execute` returns needs only `fetchone`, `fetchall` and `rowcount`.
-    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
-    def close(self) -> None: ...
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any:
+        """Run one statement with its parameters."""
+
+    def close(self) -> None:
+        """Close the connection."""
 
 
 ConnectionT = TypeVar("ConnectionT", bound=DbConnection)

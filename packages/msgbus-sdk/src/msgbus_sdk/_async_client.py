@@ -315,8 +315,10 @@ class AsyncMsgbusClient:
         from_head_id: int = 1,
         limit: int = 100,
     ) -> list[MessageEnvelope]:
-        """One page of a log: at most ``limit`` messages (the daemon caps it at 10,000) from
-        ``from_head_id`` in head order. Use :meth:`iter_fetch` for longer ranges.
+        """One page of a log, in head order, starting at ``from_head_id``.
+
+        At most ``limit`` messages (the daemon caps it at 10,000); use :meth:`iter_fetch` for
+        longer ranges.
 
         ``origin`` names the log's origin (``None``: the default origin, else the daemon's node).
         An unknown log gives an empty list.
@@ -349,10 +351,11 @@ class AsyncMsgbusClient:
         *,
         page_size: int = 1000,
     ) -> AsyncIterator[MessageEnvelope]:
-        """Iterate over a log from ``from_head_id`` up to ``to_head_id`` (inclusive; ``None``:
-        up to the head at the time the last page is read), one Fetch page at a time.
+        """Iterate over a log from ``from_head_id``, one Fetch page at a time.
 
-        Memory stays bounded by one page whatever the range. Stops early if you stop iterating.
+        The range ends at ``to_head_id`` (inclusive; ``None``: the head at the time the last
+        page is read). Memory stays bounded by one page whatever the range. Stops early if you
+        stop iterating.
         """
         size = requests.page_size(page_size)
         next_head = max(from_head_id, 1)
@@ -464,7 +467,9 @@ class AsyncMsgbusClient:
         return (await self._unary(self._stub.AckFifo, request)).accepted
 
     async def reject_fifo(self, queue: str, message_id: str) -> bool:
-        """Count a failed attempt on the front message, which stays at the front; ``False``
-        (nothing changes) if the front is not ``message_id``."""
+        """Count a failed attempt on the front message, which stays at the front.
+
+        Returns ``False`` (nothing changes) if the front is not ``message_id``.
+        """
         request = pb.RejectFifoRequest(queue=queue, message_id=message_id)
         return (await self._unary(self._stub.RejectFifo, request)).accepted

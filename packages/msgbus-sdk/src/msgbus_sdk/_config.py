@@ -122,7 +122,7 @@ def resolve_reconnect(reconnect: bool | ReconnectPolicy) -> ReconnectPolicy:
 
 
 def channel_options(tls: TlsConfig | None, reconnect_cap: float) -> list[tuple[str, str | int]]:
-    """grpc channel options common to both clients."""
+    """The grpc channel options common to both clients."""
     options: list[tuple[str, str | int]] = [
         # The daemon's payload limit is configurable (default 1 MiB); never let the client's
         # own 4 MiB default be the thing that rejects a large message or a packed page.

@@ -154,8 +154,10 @@ class Subscription:
             transport.cancel(call)
 
     def close(self) -> None:
-        """Stop the subscription and cancel its stream. Iteration then ends. Safe to call from
-        another thread."""
+        """Stop the subscription and cancel its stream. Iteration then ends.
+
+        Safe to call from another thread.
+        """
         self._closed = True
         self._drop_call()
 

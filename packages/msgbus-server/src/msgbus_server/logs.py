@@ -20,6 +20,7 @@ class JsonFormatter(logging.Formatter):
     ) | {"message", "asctime", "taskName"}
 
     def format(self, record: logging.LogRecord) -> str:
+        """Render one record as a JSON line."""
         document: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",

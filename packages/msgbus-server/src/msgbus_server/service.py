@@ -510,7 +510,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         request: pb.HealthRequest,
         context: grpc.aio.ServicerContext[pb.HealthRequest, pb.HealthResponse],
     ) -> pb.HealthResponse:
-        """ "SERVING", or "NOT_SERVING" while the store fails or the daemon shuts down."""
+        """Answer SERVING, or NOT_SERVING while the store fails or the daemon shuts down."""
         status = "SERVING" if self._health.serving else "NOT_SERVING"
         return pb.HealthResponse(status=status, node=self._node_pb)
 

@@ -397,8 +397,11 @@ class Daemon:
             return ""
 
     def reported_startup_ms(self) -> int:
-        """The daemon's own figure for its last start, from its log: opening the store (with
-        crash recovery) plus starting the server ("opened the ... store" and "startup N ms")."""
+        """The daemon's own figure for its last start, in milliseconds, read from its log.
+
+        It is opening the store (with crash recovery) plus starting the server ("opened the ...
+        store" and "startup N ms").
+        """
         stderr = self.stderr_text()
         opened, started = _OPENED.findall(stderr), _STARTUP.findall(stderr)
         assert opened, "the daemon did not log how long opening the store took"

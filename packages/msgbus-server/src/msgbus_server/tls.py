@@ -38,7 +38,7 @@ def load_server_tls(cert: str | None, key: str | None, client_ca: str | None) ->
 
 
 def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
-    """gRPC server credentials; with a client CA, a client certificate is required (mTLS)."""
+    """The server credentials; with a client CA, a client certificate is required (mTLS)."""
     import grpc
 
     return grpc.ssl_server_credentials(
