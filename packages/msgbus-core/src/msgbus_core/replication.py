@@ -62,7 +62,17 @@ def check_replicated(message: Message) -> Message:
 
 
 def marker_tombstone(marker: Message) -> TombstoneRange:
-    """Parse the tombstone a delete marker carries; a node may only delete its own log."""
+    """Parse the tombstone a delete marker carries; a node may only delete its own log.
+
+    That is all a marker can be checked for: it may delete only logs of the origin whose
+    `$msgbus.delete` log it sits in. Markers are not signed, so a peer that relays origin X's
+    log can forge a marker of X deleting X's messages; only markers of the local origin are
+    fully protected, because a daemon never takes its own logs from a peer (SECURITY.md).
+
+    Raises:
+        InvalidArgumentError: the payload is not a valid tombstone.
+        PermissionDeniedError: the tombstone names a log of another origin.
+    """
     tombstone = TombstoneRange.from_marker_payload(marker.payload)
     if tombstone.origin != marker.origin:
         raise PermissionDeniedError(
