@@ -1,0 +1,89 @@
+"""Each package's README stands on its own on a package index page.
+
+There, relative links break and nothing else of the repository is at hand, so every README
+says how to install its package, links only to absolute URLs, and its ```python examples run
+as written (```py blocks are fragments, not programs). The only change made to an example is
+the daemon's address: `127.0.0.1:50051`, and the SDK's default target, become the test
+daemon's endpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from msgbus_server.testing import Daemon
+
+PACKAGES = Path(__file__).resolve().parents[2] / "packages"
+NAMES = sorted(path.name for path in PACKAGES.iterdir() if (path / "pyproject.toml").is_file())
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+HOME = "https://github.com/msgbus-py/msgbus"
+
+
+def readme(package: str) -> str:
+    return (PACKAGES / package / "README.md").read_text(encoding="utf-8")
+
+
+EXAMPLES = [
+    (package, index, block)
+    for package in NAMES
+    for index, block in enumerate(PYTHON_BLOCK.findall(readme(package)))
+]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    with Daemon.start(tmp_path_factory.mktemp("package-readmes")) as running:
+        yield running
+
+
+def test_every_package_is_checked() -> None:
+    assert len(NAMES) == 6, NAMES
+
+
+@pytest.mark.parametrize("package", NAMES)
+def test_readme_says_what_it_is_and_how_to_install_it(package: str) -> None:
+    text = readme(package)
+    assert text.startswith(f"# {package}\n"), "the title is the package name"
+    assert f"pip install {package}" in text or f"pip install '{package}[" in text
+    assert HOME in text, "a link to the project"
+    assert PYTHON_BLOCK.search(text) or "```sh\nmsgbusd" in text, "an example"
+
+
+@pytest.mark.parametrize("package", NAMES)
+def test_readme_links_are_absolute(package: str) -> None:
+    relative = [
+        target
+        for target in LINK.findall(readme(package))
+        if not target.startswith(("https://", "#"))
+    ]
+    assert not relative, f"links that break on a package index page: {relative}"
+
+
+@pytest.mark.parametrize(
+    ("package", "index", "source"), EXAMPLES, ids=[f"{p}-{i}" for p, i, _ in EXAMPLES]
+)
+def test_readme_python_example_runs(
+    package: str, index: int, source: str, daemon: Daemon, tmp_path: Path
+) -> None:
+    source = source.replace("127.0.0.1:50051", daemon.endpoint)
+    source = source.replace("MsgbusClient.connect()", f'MsgbusClient.connect("{daemon.endpoint}")')
+    script = tmp_path / f"{package.replace('-', '_')}_example_{index}.py"
+    script.write_text(source, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.strip(), "an example should print what it did"
