@@ -13,8 +13,6 @@ the extension ignores the request field and answers one per response; both forms
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from msgbus_proto import pb
 
 from ._errors import ConfigurationError, ProtocolError
@@ -188,11 +186,6 @@ def ready(p: pb.ReadyResponse) -> ReadyResponse:
 def get_head(p: pb.GetHeadResponse) -> GetHeadResponse:
     """Convert a decoded GetHeadResponse."""
     return GetHeadResponse(head_id=p.head_id, found=p.found)
-
-
-def headers_map(headers: Mapping[str, str] | None) -> dict[str, str] | None:
-    """Request headers as a plain dict (protobuf map fields take any mapping)."""
-    return dict(headers) if headers else None
 
 
 def require_envelope(response: pb.PublishResponse) -> MessageEnvelope:

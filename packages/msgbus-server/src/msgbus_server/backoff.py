@@ -11,17 +11,13 @@ import random
 
 __all__ = ["backoff_delay", "default_backoff_cap"]
 
-MAX_CAP_S = 60.0
-"""The default cap never exceeds a minute, however long the sync interval."""
-CAP_INTERVALS = 30
-"""The default cap is this many sync intervals (30 s with the default 1 s interval)."""
 _MAX_EXPONENT = 62
 """2**62 intervals exceeds any cap; a larger exponent would only risk a float overflow."""
 
 
 def default_backoff_cap(interval_s: float) -> float:
     """The default longest wait: 30 intervals, at most a minute, never less than one interval."""
-    return max(interval_s, min(MAX_CAP_S, CAP_INTERVALS * interval_s))
+    return max(interval_s, min(60.0, 30 * interval_s))
 
 
 def backoff_delay(failures: int, interval_s: float, cap_s: float, rng: random.Random) -> float:

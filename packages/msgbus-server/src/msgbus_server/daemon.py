@@ -24,7 +24,7 @@ from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.service import SHUTTING_DOWN, MsgbusService
-from msgbus_server.sync import PeerSync
+from msgbus_server.sync import PeerSync, SyncSettings
 from msgbus_server.tls import server_credentials
 
 logger = logging.getLogger("msgbus_server.daemon")
@@ -166,18 +166,12 @@ class Daemon:
         config = self.config
         if not config.peers:
             return
-        try:
-            module = importlib.import_module("msgbus_server.sync")
-        except ImportError as error:
-            raise ConfigError(
-                f"--peer: peer sync is not available in this build ({error})"
-            ) from None
-        self.sync = module.PeerSync(
+        self.sync = PeerSync(
             local_node=config.node,
             peers=config.peers,
             store=self.store,
             pipeline=self.pipeline,
-            settings=module.SyncSettings.of(
+            settings=SyncSettings.of(
                 interval_s=config.sync_interval_s, batch_limit=config.sync_batch_limit
             ),
             tls=config.peer_tls,
@@ -193,10 +187,6 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._stop.set)
-
-    def request_stop(self) -> None:
-        """Begin graceful shutdown (what SIGTERM does)."""
-        self._stop.set()
 
     def _on_health_change(self, serving: bool) -> None:
         # Health is reported from plain functions on the loop; grpc.health.v1 is set by a task.

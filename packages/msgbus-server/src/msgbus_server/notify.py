@@ -98,11 +98,6 @@ class LogNotifier:
         """True once `close()` ran: every wait returns False from then on."""
         return self._closed
 
-    @property
-    def watched_logs(self) -> int:
-        """How many logs have at least one watcher (for tests and metrics)."""
-        return len(self._logs)
-
     def notify(self, topic: str, origin: NodeId, head_id: int) -> None:
         """Record that the log reaches `head_id` and wake its waiters. O(1) when unwatched."""
         state = self._logs.get((topic, origin))

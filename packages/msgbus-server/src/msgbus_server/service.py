@@ -14,9 +14,10 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
-from typing import NoReturn, Protocol, TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from msgbus_core.errors import (
     InvalidArgumentError,
@@ -123,13 +124,9 @@ def _packed(messages: list[Message], pack: int) -> Iterator[list[Message]]:
         yield group
 
 
-class _EnvelopeList(Protocol):
-    """A response's repeated MessageEnvelope field."""
-
-    def add(self) -> pb.MessageEnvelope: ...
-
-
-def _fill(envelopes: _EnvelopeList, messages: list[Message]) -> None:
+def _fill(
+    envelopes: RepeatedCompositeFieldContainer[pb.MessageEnvelope], messages: list[Message]
+) -> None:
     """Append messages to a response's repeated field, building each envelope in place."""
     add = envelopes.add
     for message in messages:
@@ -477,15 +474,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         context: grpc.aio.ServicerContext[pb.AckFifoRequest, pb.AckFifoResponse],
     ) -> pb.AckFifoResponse:
         """Remove the front if it is `message_id`; otherwise `accepted=false`."""
-        try:
-            op = AckOp(
-                validate_name("queue", request.queue),
-                validate_name("message_id", request.message_id),
-            )
-            accepted = await self._pipeline.submit(op)
-        except Exception as error:
-            await self._fail(context, error)
-        return pb.AckFifoResponse(accepted=bool(accepted))
+        return pb.AckFifoResponse(accepted=await self._settle_front(AckOp, request, context))
 
     async def RejectFifo(
         self,
@@ -493,15 +482,20 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         context: grpc.aio.ServicerContext[pb.RejectFifoRequest, pb.RejectFifoResponse],
     ) -> pb.RejectFifoResponse:
         """Count a failed attempt on the front if it is `message_id`; it stays at the front."""
+        return pb.RejectFifoResponse(accepted=await self._settle_front(RejectOp, request, context))
+
+    async def _settle_front(
+        self,
+        op: type[AckOp | RejectOp],
+        request: pb.AckFifoRequest | pb.RejectFifoRequest,
+        context: grpc.aio.ServicerContext[Req, Resp],
+    ) -> bool:
         try:
-            op = RejectOp(
-                validate_name("queue", request.queue),
-                validate_name("message_id", request.message_id),
-            )
-            accepted = await self._pipeline.submit(op)
+            queue = validate_name("queue", request.queue)
+            message_id = validate_name("message_id", request.message_id)
+            return bool(await self._pipeline.submit(op(queue, message_id)))
         except Exception as error:
             await self._fail(context, error)
-        return pb.RejectFifoResponse(accepted=bool(accepted))
 
     # -- health ---------------------------------------------------------------------------------
 

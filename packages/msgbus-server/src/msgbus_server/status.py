@@ -28,7 +28,7 @@ from msgbus_core.errors import (
     StorageFullError,
 )
 
-__all__ = ["Failure", "failure", "status_code"]
+__all__ = ["Failure", "failure"]
 
 # Order matters: subclasses before their bases (StorageFullError before StorageError).
 _CODES: tuple[tuple[type[MsgbusError], grpc.StatusCode], ...] = (
@@ -41,14 +41,6 @@ _CODES: tuple[tuple[type[MsgbusError], grpc.StatusCode], ...] = (
 )
 
 
-def status_code(error: BaseException) -> grpc.StatusCode:
-    """The gRPC code for an error; anything that is not a `MsgbusError` is INTERNAL (a bug)."""
-    for cls, code in _CODES:
-        if isinstance(error, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
 @dataclass(frozen=True, slots=True)
 class Failure:
     """How a call that raised an error is answered (the arguments of `context.abort`)."""
@@ -59,8 +51,8 @@ class Failure:
 
 
 def failure(error: BaseException) -> Failure:
-    """The status that answers a call that raised `error`."""
-    code = status_code(error)
+    """The status that answers a call that raised `error`; INTERNAL (a bug) if no `MsgbusError`."""
+    code = next((c for cls, c in _CODES if isinstance(error, cls)), grpc.StatusCode.INTERNAL)
     if code is grpc.StatusCode.INTERNAL:
         return Failure(code, f"internal error: {type(error).__name__}: {error}")
     message = str(error)

@@ -1,36 +1,26 @@
 """Peer sync: pull every log a peer has further than we do, and keep pulling.
 
-One asyncio task per peer, all concurrent, each with one long-lived gRPC channel; a hung peer
-never blocks the other peers. The parts:
-
-- `PeerSync` (here) starts and stops one `sync_peer.PeerWorker` per peer, and hands each an
-  explicit `PeerContext`: the settings, the store it reads, the pipeline it writes through, its
-  sync state book, the log claims shared by all workers, and the TLS configuration;
-- `sync_peer`: one peer's passes (identity check, ListHeads, what to do with each log, backoff);
-- `sync_fetch`: the Fetch of one log's batches, and the classification of every failure;
-- `sync_state`: each peer's sync state, persisted only when it changes;
-- `backoff`: how long a failing peer or log waits.
+One asyncio task per peer, each with one long-lived gRPC channel, so a hung peer never blocks
+the others. `PeerSync` (here) starts and stops one `sync_peer.PeerWorker` per peer and hands it
+all it works with in a `PeerContext`; `sync_fetch` fetches one log's batches and classifies every
+failure; `sync_state` keeps each peer's sync state; `backoff` says how long a failure waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Sequence
 
 from msgbus_core import MsgbusStore, NodeId, PeerSyncState
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
-from msgbus_server.sync_peer import (
-    LogClaims,
-    PeerContext,
-    PeerWorker,
-    SyncPipeline,
-    SyncSettings,
-)
-from msgbus_server.sync_state import SyncStateBook
+from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.sync_peer import PeerContext, PeerWorker, SyncSettings
+from msgbus_server.sync_state import LogId, SyncStateBook
 
-__all__ = ["PeerSync", "SyncPipeline", "SyncSettings"]
+__all__ = ["PeerSync", "SyncSettings"]
 
 log = logging.getLogger("msgbus_server.sync")
 
@@ -49,7 +39,7 @@ class PeerSync:
         local_node: NodeId,
         peers: Sequence[PeerSpec],
         store: MsgbusStore,
-        pipeline: SyncPipeline,
+        pipeline: CommitPipeline,
         settings: SyncSettings,
         tls: PeerTlsConfig | None,
     ) -> None:
@@ -66,14 +56,9 @@ class PeerSync:
         self._pipeline = pipeline
         self._tls = tls
         self.settings = settings
-        self._claims = LogClaims()
+        self._claims: set[LogId] = set()
         self._workers: list[PeerWorker] = []
         self._tasks: list[asyncio.Task[None]] = []
-
-    @property
-    def local_node(self) -> NodeId:
-        """This daemon's identity; never accepted from a peer."""
-        return self._local_node
 
     async def start(self) -> None:
         """Start one sync task per peer; returns at once."""
@@ -102,17 +87,12 @@ class PeerSync:
         ]
 
     def _context(self, spec: PeerSpec, seed: Sequence[PeerSyncState]) -> PeerContext:
-        settings = self.settings
         # Jitter from a generator of the peer's own, so peers do not draw in step either.
-        rng = random.Random()
-
-        def backoff(failures: int) -> float:
-            return settings.backoff(failures, rng)
-
+        backoff = functools.partial(self.settings.backoff, rng=random.Random())
         return PeerContext(
             local_node=self._local_node,
             spec=spec,
-            settings=settings,
+            settings=self.settings,
             store=self._store,
             pipeline=self._pipeline,
             book=SyncStateBook(spec.endpoint, seed, backoff=backoff),

@@ -1,11 +1,7 @@
-"""The batch fetcher: one log's batches from one peer, and what a sync failure is.
+"""One log's batches from one peer (`BatchFetcher`), and what a sync failure is (`SyncFailure`).
 
-`BatchFetcher` sends the Fetch calls of one log (every one under its deadline, in the packed or
-the original one-per-response form), keeps at most one batch in flight ahead of the one being
-committed, and checks that what the peer served is that log in ascending head order.
-
-`SyncFailure` is the one classification of everything that can go wrong in a sync pass: the
-peer is unavailable, this log is refused by a rule, the local store failed, or a bug.
+Every Fetch runs under its deadline, in the packed or the original one-per-response form, with
+at most one batch in flight ahead of the one being committed.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from grpc import aio
 from msgbus_core import MsgbusError, NodeId
 from msgbus_core.model import Message
 from msgbus_proto import pb, rpc
-from msgbus_server.convert import message_from_envelope
+from msgbus_server.convert import message_from_envelope, node_to_pb
 
 __all__ = ["BatchFetcher", "FailureKind", "ServedBatch", "SyncFailure", "envelopes"]
 
@@ -56,8 +52,8 @@ class SyncFailure(Exception):
     def of(cls, error: Exception) -> SyncFailure:
         """The one classification of an exception raised during a sync pass.
 
-        Peer calls classify their own errors (`from_rpc`), and the rules raise `SyncFailure`
-        directly; what is left is the local store's `MsgbusError`, or a bug.
+        Peer calls classify their own errors (`from_rpc`) and the rules raise `SyncFailure`;
+        what is left is the local store's `MsgbusError`, or a bug.
         """
         if isinstance(error, SyncFailure):
             return error
@@ -129,22 +125,18 @@ class BatchFetcher:
             prefetch, self._prefetch = self._prefetch, None
             messages = await prefetch
         else:
-            self._discard()
+            self.close()
             messages = await self._fetch(from_head_id)
         return self._one_log_prefix(messages)
 
     def prefetch(self, from_head_id: int) -> None:
         """Start fetching the batch from `from_head_id` while the caller commits this one."""
-        self._discard()
+        self.close()
         self._prefetch_from = from_head_id
         self._prefetch = asyncio.create_task(self._fetch(from_head_id))
 
     def close(self) -> None:
-        """Cancel the prefetch, if one is in flight."""
-        self._discard()
-
-    def _discard(self) -> None:
-        """Cancel a prefetch that is no longer wanted; its outcome is of no interest."""
+        """Cancel the prefetch, if one is in flight; its outcome is of no interest."""
         task, self._prefetch = self._prefetch, None
         if task is None:
             return
@@ -156,11 +148,7 @@ class BatchFetcher:
     async def _fetch(self, from_head_id: int) -> list[Message]:
         request = pb.FetchRequest(
             topic=self._topic,
-            origin=pb.NodeId(
-                tenant_id=self._origin.tenant_id,
-                bl_name=self._origin.bl_name,
-                device_id=self._origin.device_id,
-            ),
+            origin=node_to_pb(self._origin),
             from_head_id=from_head_id,
             limit=self._limit,
             max_messages_per_response=self._packing,

@@ -22,62 +22,32 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import tenacity
 from grpc import aio
 
 from msgbus_core import MsgbusError, NodeId, RecordSyncStateOp, ReplicateOp, ReplicateResult
 from msgbus_core.limits import MAX_FETCH_LIMIT
-from msgbus_core.model import Message, TopicHead
-from msgbus_core.ops import Outcome, WriteOp, WriteResult
+from msgbus_core.model import Message
+from msgbus_core.store import MsgbusStore
 from msgbus_core.validation import validate_topic
 from msgbus_proto import pb, rpc
 from msgbus_server.backoff import backoff_delay, default_backoff_cap
+from msgbus_server.convert import node_from_pb
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
+from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.sync_fetch import BatchFetcher, FailureKind, SyncFailure
 from msgbus_server.sync_state import Heads, LogId, SyncStateBook
 
-__all__ = [
-    "LogClaims",
-    "PeerContext",
-    "PeerWorker",
-    "StoreReader",
-    "SyncPipeline",
-    "SyncSettings",
-]
+__all__ = ["PeerContext", "PeerWorker", "SyncSettings"]
 
 log = logging.getLogger("msgbus_server.sync")
 
 # Generous receive limit: a packed Fetch response carries many envelopes, and a peer may run
 # with a larger --max-payload-bytes than we do.
 _MAX_RECEIVE_BYTES = 64 * 1024 * 1024
-
-
-class SyncPipeline(Protocol):
-    """The part of the commit pipeline that sync uses (`msgbus_server.pipeline.CommitPipeline`)."""
-
-    async def submit(self, op: WriteOp) -> WriteResult:
-        """Commit one op; raise its `MsgbusError` when it fails."""
-        ...
-
-    async def submit_many(self, ops: Sequence[WriteOp]) -> list[Outcome]:
-        """Commit ops in one transaction; one outcome (result or error) per op."""
-        ...
-
-
-class StoreReader(Protocol):
-    """The reads sync makes of the local store (`msgbus_core.MsgbusStore`)."""
-
-    def get_head(self, topic: str, origin: NodeId) -> int:
-        """The highest head of a log, or 0 when it has no message."""
-        ...
-
-    def list_heads(self) -> list[TopicHead]:
-        """Every log's head."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,29 +99,6 @@ class SyncSettings:
         return backoff_delay(failures, self.interval_s, self.backoff_cap_s, rng)
 
 
-class LogClaims:
-    """The logs being pulled right now, by any peer's worker.
-
-    Two peers that both have a log ahead of us would otherwise fetch and commit the same
-    batches twice; the second one skips the log for this pass instead of waiting, so it never
-    blocks its other logs.
-    """
-
-    def __init__(self) -> None:
-        self._busy: set[LogId] = set()
-
-    def claim(self, log_id: LogId) -> bool:
-        """Claim a log; False when another worker holds it."""
-        if log_id in self._busy:
-            return False
-        self._busy.add(log_id)
-        return True
-
-    def release(self, log_id: LogId) -> None:
-        """Release a claimed log."""
-        self._busy.discard(log_id)
-
-
 @dataclass(frozen=True, slots=True)
 class PeerContext:
     """Everything one peer's worker works with, handed over by `PeerSync`."""
@@ -160,12 +107,12 @@ class PeerContext:
     """This daemon's identity: never accepted from a peer."""
     spec: PeerSpec
     settings: SyncSettings
-    store: StoreReader
-    pipeline: SyncPipeline
+    store: MsgbusStore
+    pipeline: CommitPipeline
     book: SyncStateBook
     """This peer's sync state; its log backoff uses `backoff` too."""
-    claims: LogClaims
-    """Shared by every peer's worker."""
+    claims: set[LogId]
+    """The logs being pulled right now, by any peer's worker (one set shared by all)."""
     tls: PeerTlsConfig | None
     backoff: Callable[[int], float]
     """Seconds to wait after n consecutive failures."""
@@ -182,10 +129,6 @@ class _Pull:
 
     def heads(self) -> Heads:
         return Heads(self.local_head, self.remote_head, self.synced)
-
-
-def _node_from_pb(node: pb.NodeId) -> NodeId:
-    return NodeId(node.tenant_id, node.bl_name, node.device_id)
 
 
 class PeerWorker:
@@ -274,9 +217,8 @@ class PeerWorker:
             raise SyncFailure.from_rpc(self.endpoint, "Health", error, whole_peer=True) from None
         if not response.HasField("node"):
             raise self._unavailable("health response has no node")
-        remote = _node_from_pb(response.node)
         try:
-            remote.validate("peer node")
+            remote = node_from_pb(response.node, "peer node")
         except MsgbusError as error:
             raise self._unavailable(f"reports an invalid identity: {error}") from None
         if remote == self._context.local_node:
@@ -302,7 +244,7 @@ class PeerWorker:
         try:
             if not head.HasField("origin"):
                 raise SyncFailure(FailureKind.LOG, "topic head origin is required")
-            origin = _node_from_pb(head.origin).validate("topic head origin")
+            origin = node_from_pb(head.origin, "topic head origin")
             validate_topic(head.topic, "topic head topic")
         except (SyncFailure, MsgbusError) as error:
             # Nothing can be recorded under a key that is not a valid name; warn once.
@@ -336,12 +278,15 @@ class PeerWorker:
         if not self._book.retry_due(log_id):
             return False  # still backing off after a failure
         claims = self._context.claims
-        if not claims.claim(log_id):
-            return False  # another peer's worker is pulling this log; look again next pass
+        if log_id in claims:
+            # Another peer's worker is pulling this log. Skip it for this pass instead of
+            # waiting, so that it never blocks the other logs and no batch is fetched twice.
+            return False
+        claims.add(log_id)
         try:
             progressed = await self._pull(log_id, remote_head)
         finally:
-            claims.release(log_id)
+            claims.discard(log_id)
         # Write this log's state now rather than at the end of the pass, so progress and errors
         # show in ListPeerSyncStates while the other logs are still being pulled.
         await self._flush()
@@ -410,10 +355,7 @@ class PeerWorker:
                 )
 
     async def _commit(self, batch: list[Message], pull: _Pull) -> None:
-        """Store one batch as one ReplicateOp (one transaction), and note how far it got.
-
-        The pipeline wakes local subscribers for whatever changed.
-        """
+        """Store one batch as one ReplicateOp, and note in `pull` how far it got."""
         result = await self._context.pipeline.submit(ReplicateOp(batch))
         if not isinstance(result, ReplicateResult):  # pragma: no cover - contract violation
             raise MsgbusError(f"pipeline returned {type(result).__name__} for a ReplicateOp")

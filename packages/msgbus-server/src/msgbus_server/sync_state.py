@@ -66,10 +66,6 @@ def _substance(state: PeerSyncState) -> tuple[int, int, int, int, str]:
     )
 
 
-def _retry_at_once(failures: int) -> float:
-    return 0.0
-
-
 class SyncStateBook:
     """One peer's sync states: the last written ones, and the records still to be written.
 
@@ -83,7 +79,7 @@ class SyncStateBook:
         peer: str,
         seed: Iterable[PeerSyncState] = (),
         *,
-        backoff: Callable[[int], float] = _retry_at_once,
+        backoff: Callable[[int], float] = lambda failures: 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.peer = peer
@@ -106,11 +102,6 @@ class SyncStateBook:
     def current(self, key: StateKey) -> PeerSyncState | None:
         """The newest record for `key`: pending if there is one, else the last written."""
         return self._pending.get(key) or self._written.get(key)
-
-    def failures(self, key: StateKey) -> int:
-        """The consecutive failures recorded for `key`."""
-        state = self.current(key)
-        return state.consecutive_failures if state else 0
 
     # -- attempts -------------------------------------------------------------------------------
 

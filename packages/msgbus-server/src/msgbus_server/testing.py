@@ -178,16 +178,15 @@ def run_msgbusd(
     )
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 class Daemon:
     """One running msgbusd subprocess. Create it with `Daemon.start`."""
-
-    endpoint: str
-    """`127.0.0.1:PORT`, for `grpc.insecure_channel` or the SDK."""
-    port: int
-    data_path: Path
-    """The database file (ignored by the `memory` store)."""
-    node: NodeId
-    """The daemon's own node id."""
 
     def __init__(
         self,
@@ -199,18 +198,19 @@ class Daemon:
         extra_args: Sequence[str],
         env: Mapping[str, str] | None,
         credentials: grpc.ChannelCredentials | None,
-        startup_timeout: float,
     ) -> None:
         self.data_dir = data_dir
         self.storage = storage
         self.node = node
+        """The daemon's own node id."""
         self.port = port
         self.endpoint = f"127.0.0.1:{port}"
+        """`127.0.0.1:PORT`, for `grpc.insecure_channel` or the SDK."""
         self.data_path = data_dir / f"msgbus.{storage}"
+        """The database file (ignored by the `memory` store)."""
         self.extra_args = tuple(extra_args)
         self.env = dict(env) if env else None
         self.credentials = credentials
-        self.startup_timeout = startup_timeout
         self._serial = next(_counter)
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr_path = data_dir / f"msgbusd-{self.port}-{self._serial}.stderr"
@@ -234,7 +234,6 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         port: int | None = None,
-        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
     ) -> Daemon:
         """Start msgbusd and wait until it answers Health.
 
@@ -254,7 +253,6 @@ class Daemon:
                 extra_args=extra_args,
                 env=env,
                 credentials=credentials,
-                startup_timeout=startup_timeout,
             )
             try:
                 daemon._launch()
@@ -311,13 +309,13 @@ class Daemon:
             return reply.status == "SERVING"
 
         try:
-            remaining = max(0.0, launched + self.startup_timeout - time.monotonic())
+            remaining = max(0.0, launched + DEFAULT_STARTUP_TIMEOUT - time.monotonic())
             wait_until(serving, message="Health SERVING", timeout=remaining, interval=0.02)
             self.startup_s = time.monotonic() - launched
         except WaitTimeout:
             self.kill()
             raise DaemonError(
-                f"msgbusd not ready after {self.startup_timeout}s:\n{self.stderr_text()}"
+                f"msgbusd not ready after {DEFAULT_STARTUP_TIMEOUT}s:\n{self.stderr_text()}"
             ) from None
         finally:
             channel.close()
@@ -372,29 +370,21 @@ class Daemon:
             self._process.wait()
         self._close_files()
 
-    def restart(self, *, extra_args: Sequence[str] | None = None) -> Self:
+    def restart(self) -> Self:
         """Stop (SIGTERM) if still running, then start again on the same port and data."""
         if self.poll() is None:
             self.stop()
-        if extra_args is not None:
-            self.extra_args = tuple(extra_args)
         # Same port: SO_REUSEADDR lets the new daemon bind right away.
         self._launch()
         return self
 
     def stderr_text(self) -> str:
         """Everything the daemon wrote to stderr so far (all runs of this Daemon object)."""
-        try:
-            return self._stderr_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return _read_text(self._stderr_path)
 
     def stdout_text(self) -> str:
         """Everything the daemon wrote to stdout so far."""
-        try:
-            return self._stdout_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return _read_text(self._stdout_path)
 
     def reported_startup_ms(self) -> int:
         """The daemon's own figure for its last start, in milliseconds, read from its log.
