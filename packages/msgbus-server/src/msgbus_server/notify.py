@@ -18,7 +18,6 @@ the head already moved.
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 
 from msgbus_core.model import NodeId
 
@@ -76,12 +75,7 @@ class LogWatch:
     def __enter__(self) -> LogWatch:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -118,15 +112,6 @@ class LogNotifier:
             state = self._logs[log_id] = _LogState()
         state.watchers += 1
         return LogWatch(self, log_id, state)
-
-    async def wait_beyond(self, topic: str, origin: NodeId, head_id: int) -> bool:
-        """Wait for the next commit that takes the log beyond `head_id` (False on shutdown).
-
-        Only commits notified after this call starts count, so a caller that learned `head_id`
-        from the store must use `watch()` instead to avoid missing a commit in between.
-        """
-        with self.watch(topic, origin) as watch:
-            return await watch.wait_beyond(head_id)
 
     async def wait_closed(self) -> None:
         """Return once the notifier is closed."""

@@ -58,8 +58,6 @@ class CommitPipeline:
         self._stopped: asyncio.Future[None] | None = None
         self._accepting = False
         self._health = health if health is not None else Health()
-        self.transactions = 0
-        self.ops_committed = 0
 
     async def start(self) -> None:
         """Start the writer thread."""
@@ -162,8 +160,6 @@ class CommitPipeline:
                     pending.future.set_exception(failure)
             return
         self._health.report(Subsystem.PIPELINE, True)
-        self.transactions += 1
-        self.ops_committed += len(outcomes)
         notify = self._notifier.notify
         for outcome in outcomes:
             if isinstance(outcome, Message):

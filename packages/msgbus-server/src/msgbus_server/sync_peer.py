@@ -56,12 +56,12 @@ class SyncSettings:
 
     interval_s: float
     batch_limit: int
-    rpc_timeout_s: float
-    fetch_timeout_s: float
     backoff_cap_s: float
     fetch_packing: int
     """Messages per Fetch response to ask for (the opt-in packing extension); 0 asks for the
     original one-message-per-response stream."""
+    rpc_timeout_s: float = 10.0
+    fetch_timeout_s: float = 60.0
 
     @classmethod
     def of(
@@ -69,25 +69,20 @@ class SyncSettings:
         *,
         interval_s: float,
         batch_limit: int,
-        rpc_timeout_s: float = 10.0,
-        fetch_timeout_s: float = 60.0,
         backoff_cap_s: float | None = None,
         fetch_packing: int | None = None,
     ) -> SyncSettings:
         """Settings from the daemon's options.
 
-        `backoff_cap_s` None is 30 intervals, at most a minute. `fetch_packing` None asks for
-        a whole batch per response: packing makes catch-up several times faster (one message
-        per response is the streaming bottleneck), and original peers, which do not know the
-        field, answer one per response anyway.
+        `backoff_cap_s` None is `default_backoff_cap`. `fetch_packing` None asks for a whole
+        batch per response: packing makes catch-up several times faster (one message per
+        response is the streaming bottleneck), and original peers answer one per response.
         """
         interval = max(interval_s, 0.01)
         limit = min(max(batch_limit, 1), MAX_FETCH_LIMIT)
         return cls(
             interval_s=interval,
             batch_limit=limit,
-            rpc_timeout_s=rpc_timeout_s,
-            fetch_timeout_s=fetch_timeout_s,
             backoff_cap_s=(
                 backoff_cap_s if backoff_cap_s is not None else default_backoff_cap(interval)
             ),

@@ -11,10 +11,8 @@ Health. Tests then talk to it through `daemon.endpoint` with any gRPC client:
         assert daemon.stop() == 0 # SIGTERM, exit code
 
 The daemon's stdout and stderr go to files next to the database, so a chatty daemon can never
-block on a full pipe, and `stderr_text()` shows what it logged.
-
-Waiting for a daemon to reach a state is `wait_until`: it polls a condition until a deadline, so
-neither the tests nor the soak scripts (which use this module too) sleep for a fixed time.
+block on a full pipe, and `stderr_text()` shows what it logged. `wait_until` waits for a state
+without sleeping for a fixed time.
 """
 
 from __future__ import annotations
