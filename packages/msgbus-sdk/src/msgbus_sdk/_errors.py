@@ -35,7 +35,7 @@ import re
 from typing import Final
 
 import grpc
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 __all__ = [
