@@ -10,18 +10,16 @@ daemon's endpoint.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from msgbus_server.testing import Daemon
+from msgbus_testkit.examples import PYTHON_BLOCK, run_example
 
 PACKAGES = Path(__file__).resolve().parents[2] / "packages"
 NAMES = sorted(path.name for path in PACKAGES.iterdir() if (path / "pyproject.toml").is_file())
-PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 HOME = "https://github.com/msgbus-py/msgbus"
 
@@ -74,16 +72,4 @@ def test_readme_python_example_runs(
 ) -> None:
     source = source.replace("127.0.0.1:50051", daemon.endpoint)
     source = source.replace("MsgbusClient.connect()", f'MsgbusClient.connect("{daemon.endpoint}")')
-    script = tmp_path / f"{package.replace('-', '_')}_example_{index}.py"
-    script.write_text(source, encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout.strip(), "an example should print what it did"
+    run_example(source, tmp_path / f"{package.replace('-', '_')}_example_{index}.py")

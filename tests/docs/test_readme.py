@@ -6,23 +6,21 @@ each on a free port, so `127.0.0.1:50051` is replaced by the test daemon's endpo
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from msgbus_server.testing import Daemon
+from msgbus_testkit.examples import python_blocks as blocks_of
+from msgbus_testkit.examples import run_example
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
 def python_blocks() -> list[str]:
     """Every ```python block of the README, in order."""
-    return PYTHON_BLOCK.findall(README.read_text(encoding="utf-8"))
+    return blocks_of(README.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +36,4 @@ def test_the_readme_has_python_examples() -> None:
 @pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_readme_python_example_runs(index: int, daemon: Daemon, tmp_path: Path) -> None:
     source = python_blocks()[index].replace("127.0.0.1:50051", daemon.endpoint)
-    script = tmp_path / f"readme_example_{index}.py"
-    script.write_text(source, encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout.strip(), "an example should print what it did"
+    run_example(source, tmp_path / f"readme_example_{index}.py")
