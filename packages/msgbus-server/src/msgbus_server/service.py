@@ -14,10 +14,9 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
-from typing import NoReturn, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 import grpc
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from msgbus_core.errors import (
     InvalidArgumentError,
@@ -124,9 +123,13 @@ def _packed(messages: list[Message], pack: int) -> Iterator[list[Message]]:
         yield group
 
 
-def _fill(
-    envelopes: RepeatedCompositeFieldContainer[pb.MessageEnvelope], messages: list[Message]
-) -> None:
+class _EnvelopeList(Protocol):
+    """A response's repeated MessageEnvelope field (typed without protobuf's internal module)."""
+
+    def add(self) -> pb.MessageEnvelope: ...
+
+
+def _fill(envelopes: _EnvelopeList, messages: list[Message]) -> None:
     """Append messages to a response's repeated field, building each envelope in place."""
     add = envelopes.add
     for message in messages:
