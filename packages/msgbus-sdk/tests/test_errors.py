@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import grpc.aio
 import pytest
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 import msgbus_sdk
