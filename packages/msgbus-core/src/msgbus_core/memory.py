@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from msgbus_core.batch import MAX_ATTEMPTS, BatchWriter
 from msgbus_core.errors import MsgbusError
+from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import (
     FifoMessage,
@@ -50,7 +51,10 @@ class MemoryStore(BatchWriter):
         self._lock = threading.Lock()
         # A log is contiguous from head 1, so a list indexed by head - 1 holds it.
         self._logs: dict[LogId, list[Message]] = {}
-        self._tombstones: dict[LogId, list[TombstoneRange]] = {}
+        # Every tombstone as recorded, by its range (the first of duplicates is kept), and the
+        # merged set that appends and replicates ask.
+        self._tombstones: dict[LogId, dict[tuple[int, int], TombstoneRange]] = {}
+        self._erased: dict[LogId, TombstoneSet] = {}
         self._queues: dict[str, list[FifoMessage]] = {}
         self._sequences: dict[str, int] = {}
         self._sync_states: dict[tuple[str, str, str], PeerSyncState] = {}
@@ -76,7 +80,9 @@ class MemoryStore(BatchWriter):
         message = Message(
             op.id, op.topic, op.origin, len(log) + 1, op.payload, dict(op.headers), op.created_at_ms
         )
-        message = apply_tombstones(message, self._tombstones.get((op.topic, op.origin), ()))
+        erased = self._erased.get((op.topic, op.origin))
+        if erased is not None:
+            message = apply_tombstones(message, erased)
         log.append(message)
         return message
 
@@ -87,7 +93,9 @@ class MemoryStore(BatchWriter):
             try:
                 incoming = check_replicated(raw)
                 log_id = (incoming.topic, incoming.origin)
-                incoming = apply_tombstones(incoming, self._tombstones.get(log_id, ()))
+                erased = self._erased.get(log_id)
+                if erased is not None:
+                    incoming = apply_tombstones(incoming, erased)
                 log = self._logs.get(log_id, [])
                 existing = log[incoming.head_id - 1] if incoming.head_id <= len(log) else None
                 decision = decide(existing, incoming, len(log))
@@ -109,10 +117,9 @@ class MemoryStore(BatchWriter):
     def _record_tombstone(self, tombstone: TombstoneRange) -> int:
         """Record a tombstone (first one kept on duplicates) and erase what it covers."""
         log_id = (tombstone.topic, tombstone.origin)
-        recorded = self._tombstones.setdefault(log_id, [])
         span = (tombstone.from_head_id, tombstone.to_head_id)
-        if not any((t.from_head_id, t.to_head_id) == span for t in recorded):
-            recorded.append(tombstone)
+        self._tombstones.setdefault(log_id, {}).setdefault(span, tombstone)
+        self._erased.setdefault(log_id, TombstoneSet()).add(*span)
         log = self._logs.get(log_id, [])
         count = 0
         for index in range(tombstone.from_head_id - 1, min(tombstone.to_head_id, len(log))):
@@ -175,7 +182,7 @@ class MemoryStore(BatchWriter):
     def list_tombstones(self) -> list[TombstoneRange]:
         """Every tombstone, by topic, origin key, from and to."""
         with self._lock:
-            tombstones = [t for ts in self._tombstones.values() for t in ts]
+            tombstones = [t for ts in self._tombstones.values() for t in ts.values()]
         return sorted(
             tombstones, key=lambda t: (t.topic, t.origin.key, t.from_head_id, t.to_head_id)
         )

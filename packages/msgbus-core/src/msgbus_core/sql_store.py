@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from msgbus_core.batch import MAX_ATTEMPTS, BatchWriter
 from msgbus_core.errors import MsgbusError, StorageError
+from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
 from msgbus_core.ops import (
@@ -136,7 +137,7 @@ class SqlStatements:
         )
         self.find_log: Final = render(f"SELECT id, head FROM logs WHERE {_KEY}{lock}")
         self.log_tombstones: Final = render(
-            f"SELECT from_head_id, to_head_id, created_at_ms FROM tombstones WHERE {log} = ?"
+            f"SELECT from_head_id, to_head_id FROM tombstones WHERE {log} = ?"
         )
         self.create_log: Final = render(
             "INSERT INTO logs (topic, tenant_id, bl_name, device_id) VALUES (?, ?, ?, ?) "
@@ -154,9 +155,10 @@ class SqlStatements:
             "UPDATE messages SET deleted = ?, payload = ?, headers = NULL "
             f"WHERE {log} = ? AND head_id BETWEEN ? AND ? AND deleted = ?"
         )
+        # A duplicate range keeps its first row (and its created_at_ms).
         self.insert_tombstone: Final = render(
             f"INSERT INTO tombstones ({log}, from_head_id, to_head_id, created_at_ms) "
-            "VALUES (?, ?, ?, ?)"
+            f"VALUES (?, ?, ?, ?) ON CONFLICT ({log}, from_head_id, to_head_id) DO NOTHING"
         )
         self.next_sequence: Final = render(
             "INSERT INTO fifo_queues (queue, last_sequence) VALUES (?, 1) "
@@ -212,7 +214,8 @@ class LogState:
     key: LogKey
     id: int
     head: int
-    tombstones: list[TombstoneRange] = field(default_factory=list)
+    tombstones: TombstoneSet = field(default_factory=TombstoneSet)
+    """The heads the log's tombstones cover, merged: every append and replicate asks it."""
 
 
 class SqlStore(BatchWriter, Generic[ConnectionT]):
@@ -329,8 +332,7 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         if row is None:
             return None
         log = LogState(key, *row)
-        rows = self._execute(self._sql.log_tombstones, (log.id,)).fetchall()
-        log.tombstones = [TombstoneRange(topic, origin, *row) for row in rows]
+        log.tombstones = TombstoneSet(self._execute(self._sql.log_tombstones, (log.id,)).fetchall())
         self._logs[key] = log
         return log
 
@@ -439,9 +441,10 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         """Record a tombstone (the first of duplicates is kept) and erase the rows it covers."""
         log = self._log(tombstone.topic, tombstone.origin)
         span = (tombstone.from_head_id, tombstone.to_head_id)
-        if not any((t.from_head_id, t.to_head_id) == span for t in log.tombstones):
-            self._execute(self._sql.insert_tombstone, (log.id, *span, tombstone.created_at_ms))
-            log.tombstones.append(tombstone)
+        # The row keeps the delete as it was made (list_tombstones shows it); appends and
+        # replicates ask only the merged set, never the tombstones table.
+        self._execute(self._sql.insert_tombstone, (log.id, *span, tombstone.created_at_ms))
+        log.tombstones.add(*span)
         last = min(tombstone.to_head_id, log.head)
         if tombstone.from_head_id > last:
             return 0

@@ -37,7 +37,13 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from msgbus_core.errors import (
     ConflictError,
@@ -312,6 +318,75 @@ class StoreConformance(StoreFixtures):
         write_one(store, DeleteRangeOp("events", LOCAL, 1, 2, "m2", 20))
         assert store.list_tombstones() == [TombstoneRange("events", LOCAL, 1, 2, 10)]
         assert store.get_head(DELETE_TOPIC, LOCAL) == 2
+
+    @pytest.mark.parametrize(
+        ("spans", "deleted"),
+        [
+            ([(1, 2), (3, 4)], [1, 2, 3, 4]),  # adjacent: one range
+            ([(1, 2), (4, 5)], [1, 2, 4, 5]),  # one head apart: head 3 stays
+            ([(1, 3), (2, 5)], [1, 2, 3, 4, 5]),  # overlapping
+            ([(1, 6), (2, 3)], [1, 2, 3, 4, 5, 6]),  # one inside another
+            ([(2, 3), (1, 6)], [1, 2, 3, 4, 5, 6]),  # one swallowing another
+            ([(6, 6), (1, 1), (4, 4), (3, 3), (2, 2)], [1, 2, 3, 4, 6]),  # bridging two
+        ],
+    )
+    @pytest.mark.parametrize("stored", [0, 4])
+    def test_markers_erase_exactly_the_union_of_their_ranges(
+        self, store: MsgbusStore, spans: list[tuple[int, int]], deleted: list[int], stored: int
+    ) -> None:
+        # Heads 1..stored are stored before the markers and the rest arrive after them, so both
+        # the erasing of stored rows and the covering of later arrivals are checked.
+        before = [remote_message(h) for h in range(1, stored + 1)]
+        assert write_one(store, ReplicateOp(before)).error is None
+        tombstones = [TombstoneRange("events", REMOTE, a, b, n) for n, (a, b) in enumerate(spans)]
+        markers = [marker(n, t) for n, t in enumerate(tombstones, 1)]
+        assert write_one(store, ReplicateOp(markers)).error is None
+        after = [remote_message(h) for h in range(stored + 1, 9)]
+        assert write_one(store, ReplicateOp(after)).error is None
+        rows = store.fetch("events", REMOTE, 1, 10)
+        assert [m.head_id for m in rows if m.deleted] == deleted
+        assert all(m.payload == b"" and not m.headers for m in rows if m.deleted)
+        # Every tombstone is listed as it was made, merged or not.
+        assert store.list_tombstones() == sorted(
+            tombstones, key=lambda t: (t.from_head_id, t.to_head_id)
+        )
+
+    def test_single_head_deletes_cover_what_they_should_across_a_reopen(
+        self, db_file: Path
+    ) -> None:
+        store = self.factory.open(str(db_file))
+        try:
+            store.write([append_op("events", b"x", n) for n in range(1, 8)])
+            store.write([DeleteRangeOp("events", LOCAL, h, h, f"m{h}", h) for h in (1, 3, 5)])
+            write_one(store, ReplicateOp([remote_message(1)]))
+            spans = [(1, 1), (4, 5), (3, 3), (8, 8)]  # merged: 1..1, 3..5, 8..8
+            remote = [TombstoneRange("events", REMOTE, a, b, 1) for a, b in spans]
+            write_one(store, ReplicateOp([marker(n, t) for n, t in enumerate(remote, 1)]))
+        finally:
+            store.close()
+        reopened = self.factory.open(str(db_file))
+        try:
+            write_one(reopened, DeleteRangeOp("events", LOCAL, 2, 2, "m2", 2))
+            again = write_one(reopened, DeleteRangeOp("events", LOCAL, 3, 3, "m3-again", 30))
+            assert again.deleted_count == 0
+            later = write_one(reopened, append_op("events", b"later", 8))
+            assert (later.head_id, later.deleted) == (8, False)
+            local = reopened.fetch("events", LOCAL, 1, 10)
+            assert [m.head_id for m in local if m.deleted] == [1, 2, 3, 5]
+            result = write_one(reopened, ReplicateOp([remote_message(h) for h in range(1, 10)]))
+            assert result.error is None
+            rows = reopened.fetch("events", REMOTE, 1, 10)
+            assert [m.head_id for m in rows if m.deleted] == [1, 3, 4, 5, 8]
+            local_tombstones = [t for t in reopened.list_tombstones() if t.origin == LOCAL]
+            # The duplicate of 3..3 kept the first delete's time.
+            assert [(t.from_head_id, t.created_at_ms) for t in local_tombstones] == [
+                (1, 1),
+                (2, 2),
+                (3, 3),
+                (5, 5),
+            ]
+        finally:
+            reopened.close()
 
     # -- replication ------------------------------------------------------------------------------
 
@@ -644,6 +719,8 @@ class StoreConformance(StoreFixtures):
         factory = self.factory
 
         class Machine(_ReferenceComparison):
+            reopens = self.persistent
+
             def open_backend(self, directory: Path) -> MsgbusStore:
                 return factory.open(str(directory / "msgbus.db"))
 
@@ -671,12 +748,16 @@ _QUEUES = st.sampled_from(["q1", "q2"])
 class _ReferenceComparison(RuleBasedStateMachine):
     """Applies the same random operations to a backend and to MemoryStore and compares."""
 
+    reopens: ClassVar[bool] = False
+    """True when the backend keeps its file, so a step may close and reopen it."""
+
     def __init__(self) -> None:
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="msgbus-conformance-"))
         self.model = MemoryStore()
         self.backend = self.open_backend(self.directory)
         self.counter = 0
+        self.reopened = False
 
     def open_backend(self, directory: Path) -> MsgbusStore:
         raise NotImplementedError
@@ -743,6 +824,16 @@ class _ReferenceComparison(RuleBasedStateMachine):
             payload = payload[:-3]
         message = Message(f"mk{head}", DELETE_TOPIC, REMOTE, head, payload, {}, head)
         self._both([ReplicateOp([message])])
+
+    # Once per sequence at most: a DuckDB open costs tens of milliseconds.
+    @precondition(lambda self: self.reopens and not self.reopened)
+    @rule()
+    def reopen(self) -> None:
+        # What the writer keeps in memory (heads, merged tombstones) must be rebuilt from the
+        # file exactly as it was before.
+        self.reopened = True
+        self.backend.close()
+        self.backend = self.open_backend(self.directory)
 
     @rule(queue=_QUEUES, payload=_PAYLOADS)
     def enqueue(self, queue: str, payload: bytes) -> None:

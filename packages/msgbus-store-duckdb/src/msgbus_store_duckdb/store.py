@@ -19,8 +19,9 @@ from typing import Any, Final
 import duckdb
 
 from msgbus_core.errors import SchemaError
+from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import MAX_STORED_INT
-from msgbus_core.model import Message, NodeId, TombstoneRange, TopicHead
+from msgbus_core.model import Message, NodeId, TopicHead
 from msgbus_core.sql_store import LogKey, LogState, SqlDialect, SqlStore, log_key
 from msgbus_core.validation import clamp_stored
 from msgbus_store_duckdb import schema
@@ -115,12 +116,13 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         for log_id, topic, tenant, bl, device in rows:
             key = (topic, NodeId(tenant, bl, device))
             logs[key] = by_id[log_id] = LogState(key, log_id, heads.get(log_id, 0))
-        tombstones = con.execute(
-            "SELECT log_id, from_head_id, to_head_id, created_at_ms FROM tombstones"
-        ).fetchall()
-        for log_id, first, last, created in tombstones:
-            log = by_id[log_id]
-            log.tombstones.append(TombstoneRange(*log.key, first, last, created))
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        for log_id, first, last in con.execute(
+            "SELECT log_id, from_head_id, to_head_id FROM tombstones"
+        ).fetchall():
+            ranges.setdefault(log_id, []).append((first, last))
+        for log_id, spans in ranges.items():
+            by_id[log_id].tombstones = TombstoneSet(spans)
         self._logs = logs
         self._next_log_id = max(by_id, default=0) + 1
         self._pending.clear()
