@@ -22,7 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from msgbus_core import MsgbusError, NodeId, TombstoneRange
-from msgbus_core.limits import DELETE_TOPIC, MAX_HEADER_BYTES, MAX_HEADER_ENTRIES, MAX_NAME_BYTES
+from msgbus_core.limits import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DELETE_TOPIC,
+    MAX_HEADER_BYTES,
+    MAX_HEADER_ENTRIES,
+    MAX_NAME_BYTES,
+)
 from msgbus_core.validation import (
     validate_headers,
     validate_name,
@@ -652,6 +658,16 @@ def scenarios(draw: st.DrawFn) -> tuple[Scenario, int]:
 
 
 HOSTILE_FIELDS = ("id", "topic", "origin", "head_id", "payload", "headers", "created", "deleted")
+PEER_MAX_PAYLOAD = DEFAULT_MAX_PAYLOAD_BYTES
+"""The limit of the daemon under test (started without --max-payload-bytes)."""
+peer_payloads = st.one_of(
+    payloads,
+    # Above the daemon's own limit, as a peer with a larger --max-payload-bytes would send
+    # them: just over it, a few times over it, and one far above the gRPC receive limit.
+    st.sampled_from([PEER_MAX_PAYLOAD + 1, 3 * PEER_MAX_PAYLOAD, 40 * 1024 * 1024]).map(
+        lambda n: b"z" * n
+    ),
+)
 
 
 def _spoil(draw: st.DrawFn, message: pb.MessageEnvelope, name: str) -> None:
@@ -668,7 +684,7 @@ def _spoil(draw: st.DrawFn, message: pb.MessageEnvelope, name: str) -> None:
     elif name == "head_id":
         message.head_id = draw(u64)
     elif name == "payload":
-        message.payload = draw(payloads)
+        message.payload = draw(peer_payloads)
     elif name == "headers":
         message.headers.clear()
         message.headers.update(draw(header_maps))
@@ -693,6 +709,8 @@ def broken_rule(message: pb.MessageEnvelope) -> str | None:
             return "head_id 0"
         validate_stored_int("message.head_id", message.head_id)
         validate_stored_int("message.created_at_ms", message.created_at_ms)
+        if len(message.payload) > PEER_MAX_PAYLOAD:
+            return f"a payload of {len(message.payload)} bytes, above --max-payload-bytes"
         if message.deleted:
             return None  # stored erased: its payload and headers are not kept
         validate_headers(dict(message.headers), "message.headers")
@@ -803,6 +821,9 @@ SPOILS: dict[str, Any] = {
     "too-many-headers": lambda m: m.headers.update({f"k{i}": "v" for i in range(65)}),
     "headers-over-16k": lambda m: m.headers.update({"big": "v" * (16 * 1024)}),
     "nul-header": lambda m: m.headers.update({"k\x00": "v"}),
+    "payload-over-the-limit": lambda m: setattr(m, "payload", b"z" * (PEER_MAX_PAYLOAD + 1)),
+    "payload-of-20-mib": lambda m: setattr(m, "payload", b"z" * (20 * 1024 * 1024)),
+    "payload-over-the-receive-limit": lambda m: setattr(m, "payload", b"z" * (40 * 1024 * 1024)),
     "marker-not-json": lambda m: setattr(m, "payload", b"{not json"),
     "marker-for-another-origin": lambda m: setattr(
         m, "payload", TombstoneRange("p1", THIRD, 1, 1, 1).to_marker_payload()

@@ -38,6 +38,7 @@ from msgbus_core.replication import (
     decide,
     marker_tombstone,
 )
+from msgbus_core.store import read_size
 
 LogId = tuple[str, NodeId]
 
@@ -157,12 +158,27 @@ class MemoryStore(BatchWriter):
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def fetch(self, topic: str, origin: NodeId, from_head_id: int, limit: int) -> list[Message]:
-        """Up to `limit` messages from `from_head_id`, in head order."""
+    def fetch(
+        self,
+        topic: str,
+        origin: NodeId,
+        from_head_id: int,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> list[Message]:
+        """Up to `limit` messages from `from_head_id`, in head order, within `max_bytes`."""
         with self._lock:
             log = self._logs.get((topic, origin), [])
             start = max(from_head_id, 1) - 1
-            return log[start : start + max(limit, 0)]
+            page = log[start : start + max(limit, 0)]
+        if max_bytes is None:
+            return page
+        total = 0
+        for count, message in enumerate(page):
+            total += read_size(message)
+            if count and total > max_bytes:
+                return page[:count]
+        return page
 
     def get_head(self, topic: str, origin: NodeId) -> int:
         """The log's highest head, or 0."""

@@ -532,8 +532,42 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             for head_id, message_id, payload, headers, created_at_ms, deleted in rows
         ]
 
-    def fetch(self, topic: str, origin: NodeId, from_head_id: int, limit: int) -> list[Message]:
-        """Up to `limit` messages of a log with head >= `from_head_id`, in head order."""
+    def _query_within(self, sql: str, parameters: Sequence[object], max_bytes: int) -> list[Any]:
+        """The rows of a message query, up to `max_bytes` of `read_size` (at least one row).
+
+        Rows are stepped one at a time and the cursor is closed at the first row that does not
+        fit, so the read never holds more than `max_bytes` plus that one row.
+        """
+        self._ensure_open()
+        con = self._reader()
+        rows: list[Any] = []
+        try:
+            cursor = con.execute(sql, parameters)
+            with contextlib.closing(cursor):
+                total = 0
+                while (row := cursor.fetchone()) is not None:
+                    # read_size from the columns: payload bytes plus the stored header JSON.
+                    total += len(row[2]) + len(row[3] or "")
+                    if rows and total > max_bytes:
+                        break
+                    rows.append(row)
+        except self.driver_error as error:
+            raise self._storage_error(error, "fetching") from None
+        return rows
+
+    def fetch(
+        self,
+        topic: str,
+        origin: NodeId,
+        from_head_id: int,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> list[Message]:
+        """Up to `limit` messages of a log with head >= `from_head_id`, in head order.
+
+        With `max_bytes`, the page ends before the message that would bring it above
+        `max_bytes` (see `MsgbusStore.fetch`).
+        """
         if limit <= 0:
             return []
         parameters = (
@@ -541,7 +575,11 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             clamp_stored(max(from_head_id, 1)),
             clamp_stored(limit),
         )
-        return self._messages(topic, origin, self._query(self._sql.fetch, parameters, "fetching"))
+        if max_bytes is None:
+            rows = self._query(self._sql.fetch, parameters, "fetching")
+        else:
+            rows = self._query_within(self._sql.fetch, parameters, max_bytes)
+        return self._messages(topic, origin, rows)
 
     def get_head(self, topic: str, origin: NodeId) -> int:
         """The highest head of a log, or 0 when it has no message."""

@@ -16,9 +16,20 @@ from typing import Protocol
 
 from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
 from msgbus_core.ops import Outcome, WriteOp
+from msgbus_core.rows import encode_headers
 
 ENTRY_POINT_GROUP = "msgbus.stores"
 """The entry point group under which store packages register themselves."""
+
+
+def read_size(message: Message) -> int:
+    """What a message counts against a read's `max_bytes`: its payload and its stored headers.
+
+    Headers count as their stored JSON text, so a SQL backend can sum the columns as they are.
+    """
+    if not message.headers:
+        return len(message.payload)
+    return len(message.payload) + len(encode_headers(message.headers) or "")
 
 
 class MsgbusStore(Protocol):
@@ -38,8 +49,20 @@ class MsgbusStore(Protocol):
         """
         ...
 
-    def fetch(self, topic: str, origin: NodeId, from_head_id: int, limit: int) -> list[Message]:
-        """Up to `limit` messages of a log with head >= `from_head_id`, in head order."""
+    def fetch(
+        self,
+        topic: str,
+        origin: NodeId,
+        from_head_id: int,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> list[Message]:
+        """Up to `limit` messages of a log with head >= `from_head_id`, in head order.
+
+        With `max_bytes`, the page also ends before the message that would bring its total
+        `read_size` above `max_bytes`, and the backend never loads more than that plus one
+        message. The first message is returned whatever its size, so a read always progresses.
+        """
         ...
 
     def get_head(self, topic: str, origin: NodeId) -> int:

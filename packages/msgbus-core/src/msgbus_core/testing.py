@@ -70,7 +70,7 @@ from msgbus_core.ops import (
     ReplicateResult,
     WriteOp,
 )
-from msgbus_core.store import MsgbusStore, StoreFactory
+from msgbus_core.store import MsgbusStore, StoreFactory, read_size
 
 LOCAL = NodeId("tenant", "default", "local")
 REMOTE = NodeId("tenant", "default", "remote")
@@ -216,6 +216,51 @@ class StoreConformance(StoreFixtures):
         assert store.fetch("events", LOCAL, 11, 10) == []
         assert store.fetch("events", LOCAL, U64_MAX, 10) == []
         assert store.fetch("events", REMOTE, 1, 10) == []
+
+    def test_fetch_within_max_bytes_ends_before_the_message_that_would_not_fit(
+        self, store: MsgbusStore
+    ) -> None:
+        store.write([AppendOp("big", LOCAL, bytes(100), {}, f"b{n}", n) for n in range(10)])
+
+        def heads(page: list[Message]) -> list[int]:
+            return [m.head_id for m in page]
+
+        assert heads(store.fetch("big", LOCAL, 1, 10, max_bytes=300)) == [1, 2, 3]
+        assert heads(store.fetch("big", LOCAL, 1, 10, max_bytes=299)) == [1, 2]
+        assert heads(store.fetch("big", LOCAL, 4, 10, max_bytes=250)) == [4, 5]
+        assert heads(store.fetch("big", LOCAL, 9, 10, max_bytes=10_000)) == [9, 10]
+        # The count still bounds the page, and no bound at all is the whole page.
+        assert heads(store.fetch("big", LOCAL, 1, 2, max_bytes=10_000)) == [1, 2]
+        assert heads(store.fetch("big", LOCAL, 1, 10, max_bytes=None)) == list(range(1, 11))
+        assert store.fetch("big", LOCAL, 11, 10, max_bytes=1) == []
+
+    def test_fetch_within_max_bytes_returns_a_larger_message_alone(
+        self, store: MsgbusStore
+    ) -> None:
+        store.write([AppendOp("big", LOCAL, bytes(5_000), {}, f"b{n}", n) for n in range(3)])
+        for max_bytes in (0, 1, 4_999, 9_999):
+            page = store.fetch("big", LOCAL, 2, 10, max_bytes=max_bytes)
+            assert [m.head_id for m in page] == [2]
+            assert page[0].payload == bytes(5_000)
+
+    def test_fetch_within_max_bytes_counts_headers_and_not_erased_payloads(
+        self, store: MsgbusStore
+    ) -> None:
+        # {"k":"v"} is 9 characters of stored JSON: each message counts 10 + 9 = 19.
+        store.write([AppendOp("h", LOCAL, bytes(10), {"k": "v"}, f"h{n}", n) for n in range(4)])
+        page = store.fetch("h", LOCAL, 1, 10, max_bytes=38)
+        assert [m.head_id for m in page] == [1, 2]
+        assert sum(read_size(m) for m in page) == 38
+        assert len(store.fetch("h", LOCAL, 1, 10, max_bytes=37)) == 1
+        # A deleted row holds no payload and no headers, so it counts nothing.
+        store.write([DeleteRangeOp("h", LOCAL, 1, 3, "del", 9)])
+        page = store.fetch("h", LOCAL, 1, 10, max_bytes=19)
+        assert [(m.head_id, m.deleted) for m in page] == [
+            (1, True),
+            (2, True),
+            (3, True),
+            (4, False),
+        ]
 
     def test_empty_payload_and_headers_round_trip(self, store: MsgbusStore) -> None:
         stored = write_one(store, AppendOp("e", LOCAL, b"", {}, "x", 0))
@@ -853,10 +898,18 @@ class _ReferenceComparison(RuleBasedStateMachine):
         state = PeerSyncState(peer, topic, origin, n, n + 1, n, n, n, n, "e" * n)
         self._both([RecordSyncStateOp(state)])
 
-    @rule(topic=_TOPICS, origin=_ORIGINS, start=st.integers(0, 8), limit=st.integers(1, 5))
-    def fetch(self, topic: str, origin: NodeId, start: int, limit: int) -> None:
-        assert self.backend.fetch(topic, origin, start, limit) == self.model.fetch(
-            topic, origin, start, limit
+    @rule(
+        topic=_TOPICS,
+        origin=_ORIGINS,
+        start=st.integers(0, 8),
+        limit=st.integers(1, 5),
+        max_bytes=st.none() | st.integers(0, 40),
+    )
+    def fetch(
+        self, topic: str, origin: NodeId, start: int, limit: int, max_bytes: int | None
+    ) -> None:
+        assert self.backend.fetch(topic, origin, start, limit, max_bytes) == self.model.fetch(
+            topic, origin, start, limit, max_bytes
         )
 
     @invariant()

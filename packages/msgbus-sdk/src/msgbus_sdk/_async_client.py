@@ -21,6 +21,7 @@ from ._async_subscription import AsyncSubscription
 from ._coalescing import PublishCoalescer  # async-only
 from ._config import (
     DEFAULT_ENDPOINT,
+    DEFAULT_MAX_RECEIVE_BYTES,
     DEFAULT_TIMEOUT,
     ReconnectPolicy,
     channel_options,
@@ -108,6 +109,7 @@ class AsyncMsgbusClient:
         # A default deadline for every call the client makes, not a limit on connect() alone.
         timeout: float | None = DEFAULT_TIMEOUT,  # noqa: ASYNC109
         reconnect_cap: float = ReconnectPolicy().max_delay,
+        max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
         coalesce_publishes: bool = True,  # async-only
     ) -> AsyncMsgbusClient:
         """Connect to a daemon and check that it answers (one Health call).
@@ -122,6 +124,9 @@ class AsyncMsgbusClient:
             timeout: seconds allowed to connect and for each unary call (``None``: no limit).
                 Streams (``subscribe``) are not limited.
             reconnect_cap: the longest the channel waits between its own reconnect attempts.
+            max_receive_bytes: the largest response the client accepts (default 64 MiB, which
+                holds any message msgbusd accepts); lower it to bound what one response may
+                cost the application.
             coalesce_publishes: gather concurrent :meth:`publish` calls into PublishBatch
                 calls (the default); ``False`` sends one Publish per call.
 
@@ -139,7 +144,7 @@ class AsyncMsgbusClient:
             tls = TlsConfig()
         credentials = tls.channel_credentials() if tls is not None else None
         channel = transport.open_channel(
-            parsed.address, credentials, channel_options(tls, reconnect_cap)
+            parsed.address, credentials, channel_options(tls, reconnect_cap, max_receive_bytes)
         )
         client = cls(
             channel,

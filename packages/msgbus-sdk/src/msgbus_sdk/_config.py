@@ -11,13 +11,27 @@ import tenacity
 from ._errors import ConfigurationError
 from ._tls import TlsConfig
 
-__all__ = ["DEFAULT_ENDPOINT", "DEFAULT_TIMEOUT", "ReconnectPolicy", "Target", "parse_target"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_MAX_RECEIVE_BYTES",
+    "DEFAULT_TIMEOUT",
+    "ReconnectPolicy",
+    "Target",
+    "parse_target",
+]
 
 DEFAULT_ENDPOINT: Final = "127.0.0.1:50051"
 """Where msgbusd listens unless configured otherwise."""
 
 DEFAULT_TIMEOUT: Final = 10.0
 """Seconds allowed for connecting and for each unary call, unless the caller says otherwise."""
+
+DEFAULT_MAX_RECEIVE_BYTES: Final = 64 * 1024 * 1024
+"""The largest response the client receives unless connected with ``max_receive_bytes``.
+
+msgbusd caps ``--max-payload-bytes`` so that any message it accepts, with its headers and
+envelope, fits in this; a packed page stays well below it.
+"""
 
 _DEFAULT_PORT: Final = 50051
 _SCHEME_PORTS: Final = {"http": 80, "https": 443}
@@ -121,13 +135,26 @@ def resolve_reconnect(reconnect: bool | ReconnectPolicy) -> ReconnectPolicy:
     return ReconnectPolicy() if reconnect else NO_RECONNECT
 
 
-def channel_options(tls: TlsConfig | None, reconnect_cap: float) -> list[tuple[str, str | int]]:
-    """The grpc channel options common to both clients."""
+def channel_options(
+    tls: TlsConfig | None,
+    reconnect_cap: float,
+    max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+) -> list[tuple[str, str | int]]:
+    """The grpc channel options common to both clients.
+
+    Raises:
+        ConfigurationError: ``max_receive_bytes`` is not a positive int that grpc can take.
+    """
+    if not 0 < max_receive_bytes < 2**31:
+        raise ConfigurationError(
+            f"max_receive_bytes must be between 1 and {2**31 - 1}, got {max_receive_bytes}"
+        )
     options: list[tuple[str, str | int]] = [
-        # The daemon's payload limit is configurable (default 1 MiB); never let the client's
-        # own 4 MiB default be the thing that rejects a large message or a packed page.
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        # The daemon's payload limit is configurable (default 1 MiB, at most what fits in
+        # DEFAULT_MAX_RECEIVE_BYTES); never let grpc's own 4 MiB default be the thing that
+        # rejects a large message or a packed page.
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.max_send_message_length", DEFAULT_MAX_RECEIVE_BYTES),
         # grpc's own reconnect backoff starts at 1 s and grows to 120 s; a daemon restarted on
         # the same port would then stay unreachable long after it is back. Keep the channel's
         # backoff short and let the subscription's policy do the pacing.

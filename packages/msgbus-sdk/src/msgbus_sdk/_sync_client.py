@@ -15,6 +15,7 @@ from . import _requests as requests
 from . import _sync_transport as transport
 from ._config import (
     DEFAULT_ENDPOINT,
+    DEFAULT_MAX_RECEIVE_BYTES,
     DEFAULT_TIMEOUT,
     ReconnectPolicy,
     channel_options,
@@ -94,6 +95,7 @@ class MsgbusClient:
         # A default deadline for every call the client makes, not a limit on connect() alone.
         timeout: float | None = DEFAULT_TIMEOUT,
         reconnect_cap: float = ReconnectPolicy().max_delay,
+        max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
     ) -> MsgbusClient:
         """Connect to a daemon and check that it answers (one Health call).
 
@@ -107,6 +109,9 @@ class MsgbusClient:
             timeout: seconds allowed to connect and for each unary call (``None``: no limit).
                 Streams (``subscribe``) are not limited.
             reconnect_cap: the longest the channel waits between its own reconnect attempts.
+            max_receive_bytes: the largest response the client accepts (default 64 MiB, which
+                holds any message msgbusd accepts); lower it to bound what one response may
+                cost the application.
 
         Raises:
             UnavailableError: the daemon cannot be reached.
@@ -122,7 +127,7 @@ class MsgbusClient:
             tls = TlsConfig()
         credentials = tls.channel_credentials() if tls is not None else None
         channel = transport.open_channel(
-            parsed.address, credentials, channel_options(tls, reconnect_cap)
+            parsed.address, credentials, channel_options(tls, reconnect_cap, max_receive_bytes)
         )
         client = cls(
             channel,

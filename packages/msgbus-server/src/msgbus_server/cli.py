@@ -20,18 +20,23 @@ from importlib.metadata import entry_points
 from typing import Any, NoReturn
 
 from msgbus_core.errors import MsgbusError
-from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
+from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_LIMIT
 from msgbus_core.model import NodeId
 from msgbus_core.store import ENTRY_POINT_GROUP, MsgbusStore
 from msgbus_core.validation import validate_node_part
-from msgbus_server.config import ConfigError, DaemonConfig
+from msgbus_server.config import (
+    DEFAULT_MAX_READ_BYTES_IN_FLIGHT,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    ConfigError,
+    DaemonConfig,
+)
 from msgbus_server.logs import LOG_FORMATS, LOG_LEVELS
 from msgbus_server.peers import PeerTlsConfig, parse_peer_spec
 from msgbus_server.tls import load_server_tls
 
 EXIT_CONFIG = 2
-MAX_PAYLOAD_LIMIT = 256 * 1024 * 1024
-"""Upper bound for --max-payload-bytes: gRPC messages must stay well below 2 GiB."""
+MAX_STREAMS_LIMIT = 2**31 - 1
+"""Upper bound for --max-streams-per-connection: gRPC takes it as a C int."""
 VOLATILE_STORES = frozenset({"memory"})
 """Stores that keep nothing on disk. A daemon on one would acknowledge publishes that the next
 restart loses, so it starts only when the operator asks for that with --volatile."""
@@ -106,7 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-payload-bytes",
         type=int,
         default=_env("MSGBUS_MAX_PAYLOAD_BYTES", str(DEFAULT_MAX_PAYLOAD_BYTES)),
-        help="largest accepted payload (default 1 MiB)",
+        help="largest accepted payload, from clients and from peers (default 1 MiB, at most "
+        f"{MAX_PAYLOAD_LIMIT}: what the SDK and peers receive)",
+    )
+    add(
+        "--max-streams-per-connection",
+        type=int,
+        default=_env("MSGBUS_MAX_STREAMS_PER_CONNECTION", str(DEFAULT_MAX_STREAMS_PER_CONNECTION)),
+        help=f"concurrent calls one client connection may have open "
+        f"(default {DEFAULT_MAX_STREAMS_PER_CONNECTION})",
+    )
+    add(
+        "--max-read-bytes-in-flight",
+        type=int,
+        default=_env("MSGBUS_MAX_READ_BYTES_IN_FLIGHT", str(DEFAULT_MAX_READ_BYTES_IN_FLIGHT)),
+        help="bytes all Fetch and Subscribe streams together may have read and not yet sent; "
+        "readers wait beyond it (default 16 MiB)",
     )
     add(
         "--log-format",
@@ -173,8 +193,18 @@ def parse_config(argv: Sequence[str] | None = None) -> DaemonConfig:
     host, port = parse_listen(args.listen)
     if not 1 <= args.max_payload_bytes <= MAX_PAYLOAD_LIMIT:
         raise ConfigError(
-            f"--max-payload-bytes must be between 1 and {MAX_PAYLOAD_LIMIT}, "
+            f"--max-payload-bytes must be between 1 and {MAX_PAYLOAD_LIMIT} (64 MiB, what the "
+            f"SDK and peers receive, less room for headers and envelope), "
             f"got {args.max_payload_bytes}"
+        )
+    if not 1 <= args.max_streams_per_connection <= MAX_STREAMS_LIMIT:
+        raise ConfigError(
+            f"--max-streams-per-connection must be between 1 and {MAX_STREAMS_LIMIT}, "
+            f"got {args.max_streams_per_connection}"
+        )
+    if args.max_read_bytes_in_flight < 1:
+        raise ConfigError(
+            f"--max-read-bytes-in-flight must be at least 1, got {args.max_read_bytes_in_flight}"
         )
     if not args.data:
         raise ConfigError("--data must not be empty")
@@ -213,6 +243,8 @@ def parse_config(argv: Sequence[str] | None = None) -> DaemonConfig:
         sync_interval_s=max(args.sync_interval_ms, 100) / 1000.0,
         sync_batch_limit=max(args.sync_batch_limit, 1),
         max_payload_bytes=args.max_payload_bytes,
+        max_streams_per_connection=args.max_streams_per_connection,
+        max_read_bytes_in_flight=args.max_read_bytes_in_flight,
         log_format=args.log_format,
         log_level=args.log_level,
         allow_insecure=args.allow_insecure,

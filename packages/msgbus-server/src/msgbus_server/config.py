@@ -8,6 +8,11 @@ from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
 from msgbus_core.model import NodeId
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 256
+"""Concurrent streams per client connection unless `--max-streams-per-connection` says."""
+DEFAULT_MAX_READ_BYTES_IN_FLIGHT = 16 * 1024 * 1024
+"""Read bytes in flight across the daemon unless `--max-read-bytes-in-flight` says."""
+
 
 class ConfigError(Exception):
     """A configuration problem: msgbusd prints `str(error)` as one line and exits with 2."""
@@ -37,6 +42,10 @@ class DaemonConfig:
     sync_interval_s: float = 1.0
     sync_batch_limit: int = 100
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+    """Concurrent gRPC streams (calls) one client connection may have open."""
+    max_read_bytes_in_flight: int = DEFAULT_MAX_READ_BYTES_IN_FLIGHT
+    """Bytes that Fetch and Subscribe streams together may have read and not yet written."""
     log_format: str = "text"
     log_level: str = "INFO"
     allow_insecure: bool = False

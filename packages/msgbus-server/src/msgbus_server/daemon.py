@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from msgbus_core.limits import MAX_HEADER_BYTES
+from msgbus_core.limits import receive_limit_bytes
 from msgbus_core.store import MsgbusStore
 from msgbus_proto import SERVICE_NAME
 from msgbus_server.config import ConfigError, DaemonConfig
@@ -23,6 +23,7 @@ from msgbus_server.decoding import add_msgbus_service
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.read_gate import ReadGate
 from msgbus_server.service import SHUTTING_DOWN, MsgbusService
 from msgbus_server.sync import PeerSync, SyncSettings
 from msgbus_server.tls import server_credentials
@@ -35,10 +36,6 @@ _health_aio: Any = importlib.import_module("grpc_health.v1._async")
 READER_THREADS = 4
 """Threads (and so store read connections) serving reads; the writer has its own thread."""
 HEALTH_CHECK_INTERVAL_S = 2.0
-MESSAGE_OVERHEAD_BYTES = 64 * 1024
-"""Room for topic, origin, ids and protobuf framing on top of payload and headers."""
-MIN_RECEIVE_LIMIT = 32 * 1024 * 1024
-"""Smallest gRPC receive limit, so a PublishBatch of small messages is not refused."""
 MAX_PENDING_CALLS = 10_000
 """gRPC core's backlog of calls that arrived but that the server has not picked up yet (see
 `_start_server`); above it, new calls are shed at random, and all of them above twice it."""
@@ -65,6 +62,8 @@ class Daemon:
         """Serving or not, and why: what the Health and Ready RPCs and grpc.health.v1 answer."""
         self.pipeline = CommitPipeline(store, self.notifier, self.health)
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="msgbus-reader")
+        self.read_gate = ReadGate(config.max_read_bytes_in_flight)
+        """Bytes read for Fetch and Subscribe streams and not yet written, across the daemon."""
         self.service = MsgbusService(
             node=config.node,
             store=store,
@@ -73,6 +72,7 @@ class Daemon:
             notifier=self.notifier,
             readers=self.readers,
             max_payload_bytes=config.max_payload_bytes,
+            read_gate=self.read_gate,
         )
         self.grpc_health: Any = _health_aio.HealthServicer()
         self.health.on_change(self._on_health_change)
@@ -115,17 +115,19 @@ class Daemon:
 
     async def _start_server(self) -> int:
         config = self.config
-        # One message must fit; PublishBatch requests of many small messages get some room too.
-        receive_limit = max(
-            config.max_payload_bytes + MAX_HEADER_BYTES + MESSAGE_OVERHEAD_BYTES,
-            MIN_RECEIVE_LIMIT,
-        )
         server = grpc.aio.server(
             options=[
                 # Without this, a second daemon on the same port would silently share it.
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", receive_limit),
+                ("grpc.max_receive_message_length", receive_limit_bytes(config.max_payload_bytes)),
                 ("grpc.max_send_message_length", -1),
+                # Each stream is a handler task and its buffers: one connection cannot open an
+                # unbounded number of them. gRPC clients queue the calls above the limit until
+                # a stream ends. gRPC core's "overload protection" would instead refuse them
+                # (RST_STREAM, UNAVAILABLE) while finished streams are still being torn down,
+                # which failed a client with 300 publishes in flight on a limit of 256.
+                ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+                ("grpc.http.overload_protection", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 # grpc.aio picks new calls up one at a time on the event loop, so a burst of
@@ -172,7 +174,9 @@ class Daemon:
             store=self.store,
             pipeline=self.pipeline,
             settings=SyncSettings.of(
-                interval_s=config.sync_interval_s, batch_limit=config.sync_batch_limit
+                interval_s=config.sync_interval_s,
+                batch_limit=config.sync_batch_limit,
+                max_payload_bytes=config.max_payload_bytes,
             ),
             tls=config.peer_tls,
         )

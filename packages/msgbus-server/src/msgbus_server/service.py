@@ -12,8 +12,10 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import NoReturn, Protocol, TypeVar
 
 import grpc
@@ -25,10 +27,15 @@ from msgbus_core.errors import (
     PermissionDeniedError,
     StorageError,
 )
-from msgbus_core.limits import DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT, MAX_STORED_INT
+from msgbus_core.limits import (
+    DEFAULT_FETCH_LIMIT,
+    MAX_FETCH_LIMIT,
+    MAX_STORED_INT,
+    READ_BUDGET_BYTES,
+)
 from msgbus_core.model import EMPTY_HEADERS, FifoMessage, Message, NodeId
 from msgbus_core.ops import AckOp, AppendOp, DeleteRangeOp, DeleteResult, EnqueueOp, RejectOp
-from msgbus_core.store import MsgbusStore
+from msgbus_core.store import MsgbusStore, read_size
 from msgbus_core.validation import (
     clamp_stored,
     ensure_application_topic,
@@ -42,6 +49,7 @@ from msgbus_server import convert
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.read_gate import ReadGate
 from msgbus_server.status import failure
 
 logger = logging.getLogger("msgbus_server.service")
@@ -49,11 +57,10 @@ logger = logging.getLogger("msgbus_server.service")
 T = TypeVar("T")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+_Delivered = TypeVar("_Delivered", pb.FetchResponse, pb.SubscribeResponse)
 
-READ_BUDGET_BYTES = 8 * 1024 * 1024
-"""Rough bound on the payload bytes one Fetch/Subscribe read holds in memory at once."""
-MIN_CHUNK = 16
 MAX_CHUNK = 512
+"""Most messages one store read returns; its bytes are bounded by the read budget and gate."""
 
 MAX_BATCH_ENTRIES = 10_000
 PACK_BUDGET_BYTES = 3 * 1024 * 1024
@@ -84,43 +91,60 @@ def new_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-class _ChunkSizer:
-    """Picks how many messages the next store read may return.
+@dataclass(slots=True, eq=False)
+class _Chunk:
+    """One store read on its way to a client; what is not sent yet is reserved in the gate."""
 
-    Small messages are read in large chunks (few executor round trips); large ones in small
-    chunks, so a stream holds roughly READ_BUDGET_BYTES at most whatever the payload size.
+    messages: deque[Message]
+    """Emptied as the responses go out, so a sent message is no longer referenced here."""
+    sizes: deque[int]
+    """The `read_size` of each message still in `messages`."""
+    next_head: int
+    """The head after the last message handed to gRPC: where the stream reads next."""
+    sent: int = 0
+    """How many messages were handed to gRPC."""
+
+    def take(self) -> tuple[Message, int]:
+        """The next message to send and its size; the stream goes on after it."""
+        message = self.messages.popleft()
+        self.next_head = message.head_id + 1
+        self.sent += 1
+        return message, self.sizes.popleft()
+
+    def reclaim(self) -> int:
+        """Drop what is not sent (the stream reads it again from `next_head`); its bytes."""
+        freed = sum(self.sizes)
+        self.messages.clear()
+        self.sizes.clear()
+        return freed
+
+
+def _take_group(chunk: _Chunk, pack: int) -> tuple[list[Message], int]:
+    """Take the next response's messages off a non-empty `chunk`, and their `read_size` total.
+
+    At most `pack` consecutive messages and about PACK_BUDGET_BYTES; a single message larger
+    than the budget still travels, alone.
     """
-
-    __slots__ = ("size",)
-
-    def __init__(self, initial: int) -> None:
-        self.size = initial
-
-    def observe(self, messages: list[Message]) -> None:
-        total = sum(len(m.payload) for m in messages) + 256 * len(messages)
-        average = max(total // max(len(messages), 1), 1)
-        self.size = max(MIN_CHUNK, min(MAX_CHUNK, READ_BUDGET_BYTES // average))
-
-
-def _packed(messages: list[Message], pack: int) -> Iterator[list[Message]]:
-    """Group consecutive messages: at most `pack` per response and about PACK_BUDGET_BYTES.
-
-    A single message larger than the budget still travels, alone.
-    """
-    group: list[Message] = []
-    size = 0
-    for message in messages:
-        estimate = len(message.payload) + 200
-        if message.headers:
-            estimate += sum(len(k) + len(v) + 4 for k, v in message.headers.items())
-        if group and (len(group) >= pack or size + estimate > PACK_BUDGET_BYTES):
-            yield group
-            group = []
-            size = 0
+    message, held = chunk.take()
+    group = [message]
+    wire = _wire_size(message)
+    while chunk.messages and len(group) < pack:
+        estimate = _wire_size(chunk.messages[0])
+        if wire + estimate > PACK_BUDGET_BYTES:
+            break
+        message, size = chunk.take()
         group.append(message)
-        size += estimate
-    if group:
-        yield group
+        held += size
+        wire += estimate
+    return group, held
+
+
+def _wire_size(message: Message) -> int:
+    """About what a message's envelope takes in a response (names up to 255 bytes each)."""
+    estimate = len(message.payload) + len(message.topic) + len(message.origin.key) + 128
+    if message.headers:
+        estimate += sum(len(k) + len(v) + 4 for k, v in message.headers.items())
+    return estimate
 
 
 class _EnvelopeList(Protocol):
@@ -149,6 +173,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         notifier: LogNotifier,
         readers: Executor,
         max_payload_bytes: int,
+        read_gate: ReadGate,
+        read_budget_bytes: int = READ_BUDGET_BYTES,
     ) -> None:
         self._node = node
         self._node_pb = convert.node_to_pb(node)
@@ -157,6 +183,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         self._notifier = notifier
         self._readers = readers
         self._max_payload = max_payload_bytes
+        self._read_gate = read_gate
+        self._read_budget = read_budget_bytes
         self._valid_topics: dict[str, None] = {}
         """Topics already validated for writing; the same few topics arrive again and again."""
         self._health = health
@@ -166,6 +194,59 @@ class MsgbusService(rpc.MsgbusServiceServicer):
     async def _read(self, fn: Callable[[], T]) -> T:
         """Run a blocking store read on the reader executor."""
         return await asyncio.get_running_loop().run_in_executor(self._readers, fn)
+
+    async def _read_chunk(
+        self, topic: str, origin: NodeId, from_head_id: int, limit: int
+    ) -> _Chunk:
+        """Read up to `limit` messages and at most one read budget (see `ReadGate`).
+
+        The store is asked for no more bytes than the gate granted, so a read never holds more
+        than the budget, or one message larger than it. The bytes stay reserved until
+        `_deliver` hands them to gRPC.
+        """
+        gate = self._read_gate
+        granted = await gate.reserve(self._read_budget)
+        try:
+            messages = await self._read(
+                functools.partial(self._store.fetch, topic, origin, from_head_id, limit, granted)
+            )
+        except BaseException:
+            gate.release(granted)
+            raise
+        sizes = [read_size(m) for m in messages]
+        gate.settle(granted, sum(sizes))
+        return _Chunk(deque(messages), deque(sizes), from_head_id)
+
+    async def _deliver(
+        self, chunk: _Chunk, pack: int, response_type: type[_Delivered]
+    ) -> AsyncIterator[_Delivered]:
+        """Yield a chunk as responses, giving each one's bytes back to the gate as it goes.
+
+        While gRPC holds this generator at a yield (the client is not reading), the rest of
+        the chunk may be reclaimed by the gate; the caller then reads on from
+        `chunk.next_head`. If the stream ends early (the client went away), the rest is given
+        back too.
+        """
+        gate = self._read_gate
+        try:
+            while chunk.messages:
+                if pack:
+                    group, size = _take_group(chunk, pack)
+                    response = response_type()
+                    _fill(response.messages, group)
+                    del group
+                else:
+                    message, size = chunk.take()
+                    response = response_type(message=convert.envelope(message))
+                    del message
+                gate.release(size)
+                if chunk.messages:
+                    gate.stall(chunk)
+                yield response
+                gate.resume(chunk)
+        finally:
+            gate.resume(chunk)
+            gate.release(chunk.reclaim())
 
     async def _fail(
         self, context: grpc.aio.ServicerContext[Req, Resp], error: Exception
@@ -278,29 +359,18 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         remaining = min(request.limit or DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT)
         pack = request.max_messages_per_response
         next_head = max(request.from_head_id, 1)
-        sizer = _ChunkSizer(min(remaining, 128))
-        store = self._store
         while remaining > 0 and next_head <= MAX_STORED_INT:
-            chunk = min(remaining, sizer.size)
             try:
-                messages = await self._read(
-                    functools.partial(store.fetch, topic, origin, next_head, chunk)
-                )
+                chunk = await self._read_chunk(topic, origin, next_head, min(remaining, MAX_CHUNK))
             except Exception as error:
                 await self._fail(context, error)
-            if pack:
-                for group in _packed(messages, pack):
-                    fetched = pb.FetchResponse()
-                    _fill(fetched.messages, group)
-                    yield fetched
-            else:
-                for message in messages:
-                    yield pb.FetchResponse(message=convert.envelope(message))
-            if len(messages) < chunk:
+            # A short read may have stopped at the byte budget: only an empty one ends the log.
+            if not chunk.messages:
                 return
-            remaining -= len(messages)
-            next_head = messages[-1].head_id + 1
-            sizer.observe(messages)
+            async for fetched in self._deliver(chunk, pack, pb.FetchResponse):
+                yield fetched
+            remaining -= chunk.sent
+            next_head = chunk.next_head
 
     async def Subscribe(
         self,
@@ -321,11 +391,9 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             await self._fail(context, error)
         if self._notifier.closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-        page = min(request.replay_limit or DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT)
+        page = min(request.replay_limit or DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT, MAX_CHUNK)
         pack = request.max_messages_per_response
         next_head = max(request.from_head_id, 1)
-        sizer = _ChunkSizer(min(page, 128))
-        store = self._store
         notifier = self._notifier
         # Watch BEFORE the first read: a commit that the read misses is still remembered.
         with notifier.watch(topic, origin) as watch:
@@ -334,27 +402,19 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                     # No message can ever have this head; just wait for shutdown.
                     await notifier.wait_closed()
                     break
-                chunk = min(page, sizer.size)
                 try:
-                    messages = await self._read(
-                        functools.partial(store.fetch, topic, origin, next_head, chunk)
-                    )
+                    chunk = await self._read_chunk(topic, origin, next_head, page)
                 except Exception as error:
                     await self._fail(context, error)
-                if pack:
-                    for group in _packed(messages, pack):
-                        delivered = pb.SubscribeResponse()
-                        _fill(delivered.messages, group)
-                        yield delivered
-                else:
-                    for message in messages:
-                        yield pb.SubscribeResponse(message=convert.envelope(message))
-                if messages:
-                    next_head = messages[-1].head_id + 1
-                    sizer.observe(messages)
+                found = bool(chunk.messages)
+                async for delivered in self._deliver(chunk, pack, pb.SubscribeResponse):
+                    yield delivered
+                next_head = chunk.next_head
                 if notifier.closed:
                     break
-                if len(messages) < chunk and not await watch.wait_beyond(next_head - 1):
+                # A short read may have stopped at the byte budget, so read again until a read
+                # finds nothing; only then wait for the next commit.
+                if not found and not await watch.wait_beyond(next_head - 1):
                     break
         await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 

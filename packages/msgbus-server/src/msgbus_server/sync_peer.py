@@ -5,12 +5,14 @@ A pass:
 1. Health: the peer must not be this node, and must be the pinned node when one is given;
 2. ListHeads;
 3. for every log whose remote head is above the local one, Fetch from local head + 1 in batches
-   of `batch_limit` (see `sync_fetch`), each batch stored as ONE `ReplicateOp` (one transaction)
-   through the commit pipeline, which also wakes local subscribers.
+   of `batch_limit` messages and about `batch_bytes` (see `sync_fetch`), each batch stored as
+   ONE `ReplicateOp` (one transaction) through the commit pipeline, which also wakes local
+   subscribers.
 
 Every call has a deadline, so a hung peer costs at most one deadline. A pass that fails backs
 the peer off exponentially with jitter (`backoff`), and the backoff resets on the first good
-pass. A log that fails (conflict, gap, malformed marker, refused origin) is recorded and skipped
+pass. A log that fails (conflict, gap, malformed marker, refused origin, a payload above
+`--max-payload-bytes`) is recorded and skipped
 with its own backoff, kept by the sync state book; it never blocks the other logs. The accept
 rules themselves (identical is a no-op, deleted wins, anything else conflicts; markers validated
 before anything is stored) run inside the store's `ReplicateOp`.
@@ -29,7 +31,12 @@ import tenacity
 from grpc import aio
 
 from msgbus_core import MsgbusError, NodeId, RecordSyncStateOp, ReplicateOp, ReplicateResult
-from msgbus_core.limits import MAX_FETCH_LIMIT
+from msgbus_core.limits import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_FETCH_LIMIT,
+    READ_BUDGET_BYTES,
+    receive_limit_bytes,
+)
 from msgbus_core.model import Message
 from msgbus_core.store import MsgbusStore
 from msgbus_core.validation import validate_topic
@@ -45,10 +52,6 @@ __all__ = ["PeerContext", "PeerWorker", "SyncSettings"]
 
 log = logging.getLogger("msgbus_server.sync")
 
-# Generous receive limit: a packed Fetch response carries many envelopes, and a peer may run
-# with a larger --max-payload-bytes than we do.
-_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class SyncSettings:
@@ -60,6 +63,10 @@ class SyncSettings:
     fetch_packing: int
     """Messages per Fetch response to ask for (the opt-in packing extension); 0 asks for the
     original one-message-per-response stream."""
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    """Replicated payloads obey the daemon's limit: a larger one is refused, by name."""
+    batch_bytes: int = READ_BUDGET_BYTES
+    """About the most bytes one batch holds; a larger message is a batch alone."""
     rpc_timeout_s: float = 10.0
     fetch_timeout_s: float = 60.0
 
@@ -71,6 +78,7 @@ class SyncSettings:
         batch_limit: int,
         backoff_cap_s: float | None = None,
         fetch_packing: int | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> SyncSettings:
         """Settings from the daemon's options.
 
@@ -87,6 +95,7 @@ class SyncSettings:
                 backoff_cap_s if backoff_cap_s is not None else default_backoff_cap(interval)
             ),
             fetch_packing=limit if fetch_packing is None else max(fetch_packing, 0),
+            max_payload_bytes=max_payload_bytes,
         )
 
     def backoff(self, failures: int, rng: random.Random) -> float:
@@ -133,12 +142,13 @@ class PeerWorker:
         self._context = context
         self._book = context.book
         self.endpoint = context.spec.endpoint
+        self._receive_limit = receive_limit_bytes(context.settings.max_payload_bytes)
         self._channel = open_peer_channel(
             self.endpoint,
             context.tls,
             options=[
-                ("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES),
-                ("grpc.max_send_message_length", _MAX_RECEIVE_BYTES),
+                ("grpc.max_receive_message_length", self._receive_limit),
+                ("grpc.max_send_message_length", self._receive_limit),
             ],
         )
         self._stub = rpc.MsgbusServiceStub(self._channel)
@@ -301,6 +311,9 @@ class PeerWorker:
             limit=settings.batch_limit,
             packing=settings.fetch_packing,
             timeout_s=settings.fetch_timeout_s,
+            max_bytes=settings.batch_bytes,
+            max_payload_bytes=settings.max_payload_bytes,
+            receive_limit=self._receive_limit,
         )
         try:
             await self._pull_batches(fetcher, log_id, pull)

@@ -35,6 +35,12 @@ CONFIG: Final = {
 }
 """DuckDB settings every connection of this store uses."""
 
+_READ_SIZES: Final = (
+    "SELECT head_id, octet_length(payload) + coalesce(length(headers), 0) FROM messages "
+    "WHERE log_id = ? AND head_id BETWEEN ? AND ? ORDER BY head_id"
+)
+"""Each message's `read_size` (payload bytes and header JSON characters), in head order."""
+
 
 def _connect(path: str) -> duckdb.DuckDBPyConnection:
     try:
@@ -197,8 +203,19 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
     def _open_reader(self) -> duckdb.DuckDBPyConnection:
         return self._root.cursor()
 
-    def fetch(self, topic: str, origin: NodeId, from_head_id: int, limit: int) -> list[Message]:
-        """Up to `limit` messages of a log with head >= `from_head_id`, in head order."""
+    def fetch(
+        self,
+        topic: str,
+        origin: NodeId,
+        from_head_id: int,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> list[Message]:
+        """Up to `limit` messages of a log with head >= `from_head_id`, in head order.
+
+        With `max_bytes`, the page ends before the message that would bring it above
+        `max_bytes` (see `MsgbusStore.fetch`).
+        """
         self._ensure_open()
         found = self._committed.get((topic, origin))
         if found is None or limit <= 0:
@@ -210,8 +227,24 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         last = min(head, first + min(limit, MAX_STORED_INT) - 1)
         if first > last:
             return []
+        if max_bytes is not None:
+            last = self._last_within(log_id, first, last, max_bytes)
         rows = self._query(self._sql.message_range, (log_id, first, last))
         return self._messages(topic, origin, rows)
+
+    def _last_within(self, log_id: int, first: int, last: int, max_bytes: int) -> int:
+        """The last head of first..last that keeps the page within `max_bytes` (at least first).
+
+        DuckDB materializes a whole result on execute, so the sizes are asked first (a cheap
+        column scan) and only the heads that fit are read.
+        """
+        sizes = self._query(_READ_SIZES, (log_id, first, last))
+        total = 0
+        for head_id, size in sizes:
+            total += size
+            if total > max_bytes and head_id > first:
+                return int(head_id) - 1
+        return last
 
     def get_head(self, topic: str, origin: NodeId) -> int:
         """The highest head of a log, or 0 when it has no message."""
