@@ -74,7 +74,7 @@ def test_defaults_variables_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         if key.startswith("MSGBUS_"):
             monkeypatch.delenv(key)
     config = parse_config([])
-    assert config.max_streams_per_connection == 256
+    assert config.max_streams_per_connection == 4096
     assert config.max_read_bytes_in_flight == 16 * 1024 * 1024
     monkeypatch.setenv("MSGBUS_MAX_STREAMS_PER_CONNECTION", "8")
     monkeypatch.setenv("MSGBUS_MAX_READ_BYTES_IN_FLIGHT", "1")

@@ -8,8 +8,12 @@ from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
 from msgbus_core.model import NodeId
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 
-DEFAULT_MAX_STREAMS_PER_CONNECTION = 256
-"""Concurrent streams per client connection unless `--max-streams-per-connection` says."""
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 4096
+"""Concurrent streams per client connection unless `--max-streams-per-connection` says.
+
+Generous on purpose: gRPC shares one connection between the channels of a process, so an
+application's subscriptions (which never end) and its publishes in flight all count against it,
+and calls above the cap wait until a stream ends."""
 DEFAULT_MAX_READ_BYTES_IN_FLIGHT = 16 * 1024 * 1024
 """Read bytes in flight across the daemon unless `--max-read-bytes-in-flight` says."""
 

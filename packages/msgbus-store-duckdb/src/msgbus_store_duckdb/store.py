@@ -211,11 +211,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         limit: int,
         max_bytes: int | None = None,
     ) -> list[Message]:
-        """Up to `limit` messages of a log with head >= `from_head_id`, in head order.
-
-        With `max_bytes`, the page ends before the message that would bring it above
-        `max_bytes` (see `MsgbusStore.fetch`).
-        """
+        """`MsgbusStore.fetch` on the committed view, as one closed range of heads."""
         self._ensure_open()
         found = self._committed.get((topic, origin))
         if found is None or limit <= 0:
