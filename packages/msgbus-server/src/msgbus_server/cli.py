@@ -1,7 +1,8 @@
 """The `msgbusd` command line.
 
-Every flag of the original daemon keeps its name and environment variable; a flag on the command
-line wins over its variable. Every configuration error is ONE line on stderr and exit status 2:
+Every flag of the original daemon keeps its name and environment variable, and is also a key of
+the optional TOML file given by `--config` (see `msgbus_server.config_file`). A flag on the
+command line wins over its variable, which wins over the file. Every configuration error is ONE line on stderr and exit status 2:
 operators should never have to read a traceback to learn that a path is wrong.
 """
 
@@ -12,10 +13,12 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import socket
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, NoReturn
 
@@ -30,6 +33,7 @@ from msgbus_server.config import (
     ConfigError,
     DaemonConfig,
 )
+from msgbus_server.config_file import FileKey, ValueKind, load_config_file
 from msgbus_server.logs import LOG_FORMATS, LOG_LEVELS
 from msgbus_server.peers import PeerTlsConfig, parse_peer_spec
 from msgbus_server.tls import load_server_tls
@@ -42,11 +46,100 @@ VOLATILE_STORES = frozenset({"memory"})
 restart loses, so it starts only when the operator asks for that with --volatile."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Option:
+    """Where one flag's value comes from when it is not on the command line."""
+
+    action: argparse.Action
+    env: str
+    default: Any
+    kind: ValueKind
+    is_path: bool
+
+    @property
+    def flag(self) -> str:
+        return self.action.option_strings[0]
+
+    @property
+    def key(self) -> str:
+        """The flag's key in the configuration file: its long name without the dashes."""
+        return self.flag.removeprefix("--")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one line (no usage dump) with exit status 2."""
+    """argparse that reports errors as one line (no usage dump) with exit status 2.
+
+    Flags added with `option` are layered: the command line, then their MSGBUS_* variable, then
+    the configuration file, then the default. They parse to None when absent, so `resolve`
+    can tell an absent flag from one given with the default's value.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.options: list[_Option] = []
 
     def error(self, message: str) -> NoReturn:
         fail(message)
+
+    def option(
+        self, flag: str, *, env: str, default: Any = None, is_path: bool = False, **kwargs: Any
+    ) -> None:
+        """Add a layered flag; `env` is its variable, and the kind comes from `action`/`type`."""
+        help_text = kwargs.pop("help", None)
+        kwargs["help"] = f"{help_text} (env {env})" if help_text else f"env {env}"
+        action = self.add_argument(flag, default=None, **kwargs)
+        if kwargs.get("action") == "store_true":
+            kind: ValueKind = "boolean"
+        elif kwargs.get("action") == "append":
+            kind = "strings"
+        else:
+            kind = "integer" if kwargs.get("type") is int else "string"
+        self.options.append(_Option(action, env, default, kind, is_path))
+
+    def resolve(self, args: argparse.Namespace, config_path: str | None) -> dict[str, str]:
+        """Fill every absent flag from its variable, the file or its default, in that order.
+
+        Returns, for each value that did not come from the command line or a default, where it
+        came from (a variable or the file), so that a bad value can be traced to its source.
+        """
+        keys = {option.key: FileKey(option.kind, option.is_path) for option in self.options}
+        in_file = load_config_file(config_path, keys) if config_path else {}
+        origins: dict[str, str] = {}
+        for option in self.options:
+            dest = option.action.dest
+            if getattr(args, dest) is not None:
+                continue
+            text = _env(option.env)
+            if text is not None:
+                value = _from_text(option, text, f"{option.flag} ({option.env})")
+                origins[dest] = option.env
+            elif option.key in in_file:
+                value = in_file[option.key]
+                if isinstance(value, str):  # typed by the file; converted and checked like text
+                    value = _from_text(option, value, f"{config_path}: {option.key}")
+                origins[dest] = str(config_path)
+            else:
+                value = option.default
+            setattr(args, dest, value)
+        return origins
+
+
+def _from_text(option: _Option, text: str, source: str) -> Any:
+    """Convert a variable's or the file's text as argparse converts the flag's."""
+    if option.kind == "boolean":
+        return _truthy(text)
+    if option.kind == "strings":
+        return [text]
+    convert = option.action.type if callable(option.action.type) else str
+    try:
+        value = convert(text)
+    except ValueError:
+        raise ConfigError(f"{source}: invalid {option.kind} value {text!r}") from None
+    choices = option.action.choices
+    if choices is not None and value not in choices:
+        allowed = ", ".join(str(choice) for choice in choices)
+        raise ConfigError(f"{source}: invalid choice {text!r} (choose from {allowed})")
+    return value
 
 
 def fail(message: str) -> NoReturn:
@@ -70,86 +163,106 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The msgbusd argument parser, with defaults taken from MSGBUS_* variables."""
+def build_parser() -> _Parser:
+    """The msgbusd argument parser; `_Parser.resolve` fills what the command line leaves out."""
     parser = _Parser(
         prog="msgbusd",
         description="msgbusd: the local msgbus daemon (gRPC msgbus.v1 on 127.0.0.1:50051).",
+        epilog="Each setting comes from its flag, else its MSGBUS_* variable, else the TOML file "
+        'given by --config (keys are the flag names without dashes: listen = "127.0.0.1:50051", '
+        'peer = ["host:port"], volatile = true; relative paths are relative to the file), '
+        "else the default.",
     )
-    add = parser.add_argument
-    add("--listen", default=_env("MSGBUS_LISTEN", "127.0.0.1:50051"), help="IP:port to serve on")
-    add("--data", default=_env("MSGBUS_DATA", "./msgbus.sqlite"), help="database file path")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML file with settings by flag name (env MSGBUS_CONFIG); flags and MSGBUS_* "
+        "variables win over it",
+    )
+    add = parser.option
+    add("--listen", env="MSGBUS_LISTEN", default="127.0.0.1:50051", help="IP:port to serve on")
+    add(
+        "--data",
+        env="MSGBUS_DATA",
+        default="./msgbus.sqlite",
+        is_path=True,
+        help="database file path",
+    )
     add(
         "--storage",
-        default=_env("MSGBUS_STORAGE", "sqlite"),
+        env="MSGBUS_STORAGE",
+        default="sqlite",
         help="store backend: any installed msgbus.stores entry point (sqlite, duckdb, ...)",
     )
     add(
         "--peer",
+        env="MSGBUS_PEERS",
+        default=[],
         action="append",
-        default=None,
         metavar="ENDPOINT[=tenant/bl/device]",
-        help="peer to pull from; repeatable and comma-separated (env MSGBUS_PEERS)",
+        help="peer to pull from; repeatable and comma-separated",
     )
-    add("--peer-tls-ca", default=_env("MSGBUS_PEER_TLS_CA"), help="PEM CA for peer connections")
-    add("--peer-tls-cert", default=_env("MSGBUS_PEER_TLS_CERT"), help="peer client certificate")
-    add("--peer-tls-key", default=_env("MSGBUS_PEER_TLS_KEY"), help="peer client key")
-    add("--peer-tls-domain", default=_env("MSGBUS_PEER_TLS_DOMAIN"), help="TLS name override")
-    add("--tls-cert", default=_env("MSGBUS_TLS_CERT"), help="server certificate (PEM)")
-    add("--tls-key", default=_env("MSGBUS_TLS_KEY"), help="server private key (PEM)")
+    add("--peer-tls-ca", env="MSGBUS_PEER_TLS_CA", is_path=True, help="PEM CA for peer connections")
+    add("--peer-tls-cert", env="MSGBUS_PEER_TLS_CERT", is_path=True, help="peer client certificate")
+    add("--peer-tls-key", env="MSGBUS_PEER_TLS_KEY", is_path=True, help="peer client key")
+    add("--peer-tls-domain", env="MSGBUS_PEER_TLS_DOMAIN", help="TLS name override")
+    add("--tls-cert", env="MSGBUS_TLS_CERT", is_path=True, help="server certificate (PEM)")
+    add("--tls-key", env="MSGBUS_TLS_KEY", is_path=True, help="server private key (PEM)")
     add(
         "--tls-client-ca",
-        default=_env("MSGBUS_TLS_CLIENT_CA"),
+        env="MSGBUS_TLS_CLIENT_CA",
+        is_path=True,
         help="CA for client certificates; turns on mTLS (client certificates required)",
     )
-    add("--sync-interval-ms", type=int, default=_env("MSGBUS_SYNC_INTERVAL_MS", "1000"))
-    add("--sync-batch-limit", type=int, default=_env("MSGBUS_SYNC_BATCH_LIMIT", "100"))
-    add("--tenant-id", default=_env("MSGBUS_TENANT_ID", "tenant"))
-    add("--bl-name", default=_env("MSGBUS_BL_NAME", "default"))
-    add("--device-id", default=_env("MSGBUS_DEVICE_ID", "device"))
+    add("--sync-interval-ms", env="MSGBUS_SYNC_INTERVAL_MS", default=1000, type=int)
+    add("--sync-batch-limit", env="MSGBUS_SYNC_BATCH_LIMIT", default=100, type=int)
+    add("--tenant-id", env="MSGBUS_TENANT_ID", default="tenant")
+    add("--bl-name", env="MSGBUS_BL_NAME", default="default")
+    add("--device-id", env="MSGBUS_DEVICE_ID", default="device")
     add(
         "--max-payload-bytes",
+        env="MSGBUS_MAX_PAYLOAD_BYTES",
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
         type=int,
-        default=_env("MSGBUS_MAX_PAYLOAD_BYTES", str(DEFAULT_MAX_PAYLOAD_BYTES)),
         help="largest accepted payload, from clients and from peers (default 1 MiB, at most "
         f"{MAX_PAYLOAD_LIMIT}: what the SDK and peers receive)",
     )
     add(
         "--max-streams-per-connection",
+        env="MSGBUS_MAX_STREAMS_PER_CONNECTION",
+        default=DEFAULT_MAX_STREAMS_PER_CONNECTION,
         type=int,
-        default=_env("MSGBUS_MAX_STREAMS_PER_CONNECTION", str(DEFAULT_MAX_STREAMS_PER_CONNECTION)),
         help=f"concurrent calls one client connection may have open "
         f"(default {DEFAULT_MAX_STREAMS_PER_CONNECTION})",
     )
     add(
         "--max-read-bytes-in-flight",
+        env="MSGBUS_MAX_READ_BYTES_IN_FLIGHT",
+        default=DEFAULT_MAX_READ_BYTES_IN_FLIGHT,
         type=int,
-        default=_env("MSGBUS_MAX_READ_BYTES_IN_FLIGHT", str(DEFAULT_MAX_READ_BYTES_IN_FLIGHT)),
         help="bytes all Fetch and Subscribe streams together may have read and not yet sent; "
         "readers wait beyond it (default 16 MiB)",
     )
     add(
         "--log-format",
+        env="MSGBUS_LOG_FORMAT",
+        default="text",
         choices=LOG_FORMATS,
-        default=_env("MSGBUS_LOG_FORMAT", "text"),
         help="text or json lines on stderr",
     )
-    add(
-        "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
-        default=_env("MSGBUS_LOG_LEVEL", "info"),
-    )
+    add("--log-level", env="MSGBUS_LOG_LEVEL", default="info", type=str.lower, choices=LOG_LEVELS)
     add(
         "--allow-insecure",
+        env="MSGBUS_ALLOW_INSECURE",
+        default=False,
         action="store_true",
-        default=_truthy(_env("MSGBUS_ALLOW_INSECURE")),
         help="allow plaintext gRPC on a non-loopback address",
     )
     add(
         "--volatile",
+        env="MSGBUS_VOLATILE",
+        default=False,
         action="store_true",
-        default=_truthy(_env("MSGBUS_VOLATILE")),
         help="allow a store that keeps nothing on disk (--storage memory): "
         "every message is lost when the daemon stops",
     )
@@ -175,13 +288,34 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def _peer_values(args: argparse.Namespace) -> list[str]:
-    raw: list[str] = args.peer if args.peer else [_env("MSGBUS_PEERS", "") or ""]
+    raw: list[str] = args.peer
     return [part.strip() for value in raw for part in value.split(",") if part.strip()]
 
 
+_FLAG = re.compile(r"--([a-z][a-z-]*)")
+
+
 def parse_config(argv: Sequence[str] | None = None) -> DaemonConfig:
-    """Parse flags and environment into a validated `DaemonConfig` (or raise `ConfigError`)."""
-    args = build_parser().parse_args(argv)
+    """Parse flags, environment and the `--config` file into a validated `DaemonConfig`.
+
+    Raises `ConfigError`. An invalid value that came from a variable or the file says so.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    origins = parser.resolve(args, args.config or _env("MSGBUS_CONFIG"))
+    try:
+        return _validated(args)
+    except ConfigError as error:
+        message = str(error)
+        # The first flag a message names is the setting it is about.
+        named = _FLAG.search(message)
+        origin = origins.get(named.group(1).replace("-", "_")) if named else None
+        if origin is None:
+            raise
+        raise ConfigError(f"{message} (from {origin})") from None
+
+
+def _validated(args: argparse.Namespace) -> DaemonConfig:
     try:
         node = NodeId(
             validate_node_part("--tenant-id", args.tenant_id),

@@ -1,0 +1,131 @@
+"""The msgbusd configuration file (`--config PATH`): TOML, one key per flag.
+
+A key is the flag's long name without its dashes (`listen`, `max-payload-bytes`), and its value
+has the flag's type: a string, an integer, a boolean for an on/off flag such as `volatile`, and
+for a repeatable flag (`peer`) an array of strings or one string. Relative paths resolve against
+the file's directory, not the daemon's working directory: a file in /etc/msgbus means the same
+wherever msgbusd is started from.
+
+The file knows nothing of argparse: the CLI derives the keys from its flags and says how each
+one is typed. A setting whose file form is a table per name (retention rules per topic pattern,
+later) becomes one more `ValueKind`, checked here like the others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from msgbus_server.config import ConfigError
+
+ValueKind = Literal["string", "integer", "boolean", "strings"]
+"""The TOML type a key takes; `strings` is a repeatable flag (an array, or one string)."""
+
+FileValue = str | int | bool | list[str]
+
+_EXPECTED: dict[ValueKind, str] = {
+    "string": "a string",
+    "integer": "an integer",
+    "boolean": "a boolean (true or false)",
+    "strings": "an array of strings",
+}
+_AT_LINE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
+
+
+@dataclass(frozen=True, slots=True)
+class FileKey:
+    """How one flag is written in the file."""
+
+    kind: ValueKind
+    is_path: bool = False
+    """A relative value resolves against the file's directory."""
+
+
+def load_config_file(path: str, keys: Mapping[str, FileKey]) -> dict[str, FileValue]:
+    """Read the file at `path` and return its settings by key, type-checked, paths resolved.
+
+    Raises `ConfigError` with one line naming the file, and the key when there is one, for an
+    unreadable file, invalid TOML, an unknown key or a value of the wrong type.
+    """
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"--config {path}: cannot read the file: {error.strerror or error}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a TOML file (it is not UTF-8 text)") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(_syntax_error(path, text, error)) from None
+    base = Path(path).absolute().parent
+    settings: dict[str, FileValue] = {}
+    for key, value in document.items():
+        spec = keys.get(key)
+        if spec is None:
+            raise ConfigError(f"{path}: unknown key {key!r}{_suggestion(key, keys)}")
+        checked = _checked(path, key, value, spec.kind)
+        settings[key] = _resolved(checked, base) if spec.is_path else checked
+    return settings
+
+
+def _checked(path: str, key: str, value: object, kind: ValueKind) -> FileValue:
+    if kind == "boolean" and isinstance(value, bool):
+        return value
+    # TOML booleans are Python ints as well: `true` is not an integer setting.
+    if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in ("string", "strings") and isinstance(value, str):
+        return [value] if kind == "strings" else value
+    if kind == "strings" and isinstance(value, list):
+        strings = [item for item in value if isinstance(item, str)]
+        if len(strings) == len(value):
+            return strings
+    raise ConfigError(f"{path}: {key} must be {_EXPECTED[kind]}, got {_described(value)}")
+
+
+def _resolved(value: FileValue, base: Path) -> FileValue:
+    # An empty path stays empty, so that the daemon's own "must not be empty" check reports it.
+    if isinstance(value, str) and value:
+        return str(base / value)
+    return value
+
+
+def _described(value: object) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        odd = [item for item in value if not isinstance(item, str)]
+        return f"an array holding {_described(odd[0])}" if odd else "an array"
+    return f"a {type(value).__name__}"
+
+
+def _suggestion(key: str, keys: Mapping[str, FileKey]) -> str:
+    # Flag spellings (`--listen`, `max_payload_bytes`) map to their key before difflib guesses.
+    spelled = key.lstrip("-").replace("_", "-")
+    close = [spelled] if spelled in keys else difflib.get_close_matches(spelled, keys, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _syntax_error(path: str, text: str, error: tomllib.TOMLDecodeError) -> str:
+    # tomllib says where ("at line 3, column 20"); the line itself usually names the key.
+    reason = str(error)
+    match = _AT_LINE.search(reason)
+    if match is None:
+        return f"{path}: invalid TOML: {reason}"
+    number = int(match.group(1))
+    lines = text.splitlines()
+    shown = f": {lines[number - 1].strip()!r}" if 0 < number <= len(lines) else ""
+    return f"{path}: line {number}: invalid TOML ({reason[: match.start()]}){shown}"
