@@ -2,8 +2,9 @@
 
 Every flag of the original daemon keeps its name and environment variable, and is also a key of
 the optional TOML file given by `--config` (see `msgbus_server.config_file`). A flag on the
-command line wins over its variable, which wins over the file. Every configuration error is ONE line on stderr and exit status 2:
-operators should never have to read a traceback to learn that a path is wrong.
+command line wins over its variable, which wins over the file. Every configuration error is ONE
+line on stderr and exit status 2: operators should never have to read a traceback to learn that
+a path is wrong.
 """
 
 from __future__ import annotations
