@@ -155,9 +155,9 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_CONFIG)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+def _env(name: str) -> str | None:
+    """The variable's value; an empty variable counts as unset."""
+    return os.environ.get(name) or None
 
 
 def _truthy(value: str | None) -> bool:
