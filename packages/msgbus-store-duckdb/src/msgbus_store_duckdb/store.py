@@ -2,9 +2,9 @@
 
 DuckDB spends about a millisecond of CPU per statement, so the write path is set-based: a batch
 of appends costs one appender flush however many messages it holds, and the writer keeps each
-log's id, head and tombstones in memory (one process owns a DuckDB file, so nobody else can
-change them). Reads run on a cursor per thread and see committed data only; heads come from a
-view of the last commit that the writer publishes, never from a query.
+log's id, head and merged tombstone ranges in memory (one process owns a DuckDB file, so nobody
+else can change them). Reads run on a cursor per thread and see committed data only; heads come
+from a view of the last commit that the writer publishes, never from a query.
 
 Everything that is not DuckDB's own lives in `msgbus_core.sql_store.SqlStore`.
 """
