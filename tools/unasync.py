@@ -91,6 +91,10 @@ coalescing, which gathers publishes that become runnable in the same event-loop 
     ("  # noqa: ASYNC109", ""),
     ("[env async for env in self._fetch_page(request)]", "list(self._fetch_page(request))"),
     (
+        "[state async for state in self.iter_peer_sync_states()]",
+        "list(self.iter_peer_sync_states())",
+    ),
+    (
         """\
                 for env in convert.fetch_envelopes(response):
                     yield env

@@ -142,6 +142,17 @@ MESSAGES: dict[str, dict[str, tuple[object, ...]]] = {
     },
 }
 
+# The additive extensions of msgbus.v1 (new numbers that original clients ignore), pinned like
+# the original fields: once released, an extension keeps its name, number and type too.
+EXTENSIONS: dict[str, dict[str, tuple[object, ...]]] = {
+    "FetchRequest": {"max_messages_per_response": (5, UINT32)},
+    "FetchResponse": {"messages": (2, MESSAGE, REPEATED, "msgbus.v1.MessageEnvelope")},
+    "SubscribeRequest": {"max_messages_per_response": (5, UINT32)},
+    "SubscribeResponse": {"messages": (2, MESSAGE, REPEATED, "msgbus.v1.MessageEnvelope")},
+    "ListPeerSyncStatesRequest": {"page_size": (1, UINT32), "page_token": (2, STRING)},
+    "ListPeerSyncStatesResponse": {"next_page_token": (2, STRING)},
+}
+
 
 def describe_field(field: FieldDescriptor) -> tuple[object, ...]:
     """A field as (number, type, [MAP | REPEATED], [message type]) for comparison."""
@@ -185,6 +196,14 @@ def test_every_original_field_keeps_its_name_number_and_type(name: str) -> None:
     extensions = set(fields) - set(MESSAGES[name])
     original_numbers = {spec[0] for spec in MESSAGES[name].values()}
     assert not {fields[f][0] for f in extensions} & original_numbers
+
+
+@pytest.mark.parametrize("name", sorted(EXTENSIONS))
+def test_every_extension_keeps_its_name_number_and_type(name: str) -> None:
+    descriptor = pb.DESCRIPTOR.message_types_by_name[name]
+    fields = {f.name: describe_field(f) for f in descriptor.fields}
+    extensions = {f: spec for f, spec in fields.items() if f not in MESSAGES[name]}
+    assert extensions == EXTENSIONS[name]
 
 
 def test_the_proto_package_is_msgbus_v1() -> None:

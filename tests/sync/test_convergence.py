@@ -298,10 +298,17 @@ def test_two_way_peers_record_no_error_for_their_own_logs(tmp_path: Path) -> Non
         a_stub, b_stub = a.stub(), b.stub()
         publish_many(a_stub, "events", 3, "a")
         wait_until(lambda: len(fetch_rows(b_stub, "events", a_id)) == 3, message="a's log on b")
-        # b now lists a's own log at head 3; a's next pass sees it and records the log.
-        state = wait_until(
-            lambda: log_state(a_stub, ep_b, "events", a_id), message="a's own log state"
+        # b now lists a's own log at head 3. Once a has pulled a log that b published after
+        # that, a has run a pass that saw it: simply in sync, so the log has no row at all (no
+        # error, no failure count), and the peer's row records no error either.
+        publish_many(b_stub, "later", 1, "b")
+        wait_until(lambda: len(fetch_rows(a_stub, "later", b_id)) == 1, message="b's later log")
+        assert log_state(a_stub, ep_b, "events", a_id) is None
+        wait_until(
+            lambda: (
+                (s := peer_state(a_stub, ep_b))
+                and (s.consecutive_failures, s.last_error) == (0, "")
+            ),
+            message="a's clean record of b",
         )
-        assert state.last_error == ""
-        assert state.consecutive_failures == 0
         assert fetch_rows(a_stub, "events", a_id) == fetch_rows(b_stub, "events", a_id)

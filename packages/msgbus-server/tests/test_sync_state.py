@@ -74,3 +74,36 @@ def test_a_failed_write_is_retried_unless_superseded() -> None:
     book.restore(lost)
     assert book.take_pending() == [newer]
     assert state_key(PEER) == (PEER, "", "")
+
+
+def test_a_log_simply_in_sync_gets_no_record() -> None:
+    book = SyncStateBook(PEER)
+    book.success(LOG, Heads(7, 7))  # never pulled from this peer: in sync, nothing to say
+    book.success(LOG, Heads(9, 3))
+    assert book.take_pending() == []
+
+
+def test_a_record_is_written_for_a_pull_and_kept_while_the_log_stays_in_sync() -> None:
+    book = SyncStateBook(PEER)
+    book.success(LOG, Heads(3, 3, 3))
+    [pulled] = book.take_pending()
+    book.written([pulled])
+    # The log moved on without this peer (another peer brought heads 4..6): not rewritten.
+    book.success(LOG, Heads(6, 6))
+    book.success(LOG, Heads(6, 6, 3))  # a pull that stored nothing new
+    assert book.take_pending() == []
+    book.success(LOG, Heads(8, 8, 8))
+    [newer] = book.take_pending()
+    assert (newer.local_head, newer.remote_head, newer.last_synced_head) == (8, 8, 8)
+
+
+def test_a_failed_log_that_is_in_sync_again_has_its_failure_cleared() -> None:
+    book = SyncStateBook(PEER)
+    book.failure("refused", LOG, Heads(1, 9), count=False)
+    book.written(book.take_pending())
+    book.success(LOG, Heads(9, 9))
+    [recovered] = book.take_pending()
+    assert (recovered.consecutive_failures, recovered.last_error) == (0, "")
+    book.written([recovered])
+    book.success(LOG, Heads(10, 10))
+    assert book.take_pending() == []

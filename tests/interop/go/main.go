@@ -6,6 +6,7 @@
 //	msgbus-interop-go tls      -addr ... -ca ca.pem [-cert client.pem -key client.key -require-client-cert]
 //	msgbus-interop-go resume   -addr ... -topic T -count N -progress FILE
 //	msgbus-interop-go fixtures -dir tests/interop/fixtures
+//	msgbus-interop-go sync-pages -addr ... [-min-states N]
 package main
 
 import (
@@ -21,7 +22,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: msgbus-interop-go contract|tls|resume|fixtures [flags]")
+		fail("usage: msgbus-interop-go contract|tls|resume|fixtures|sync-pages [flags]")
 	}
 	command, args := os.Args[1], os.Args[2:]
 	switch command {
@@ -33,6 +34,8 @@ func main() {
 		runResume(args)
 	case "fixtures":
 		runFixtures(args)
+	case "sync-pages":
+		runSyncPages(args)
 	default:
 		fail("unknown command %q", command)
 	}

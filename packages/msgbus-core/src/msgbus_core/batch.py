@@ -20,6 +20,8 @@ from msgbus_core.ops import (
     DeleteResult,
     EnqueueOp,
     Outcome,
+    PruneResult,
+    PruneSyncStatesOp,
     RecordSyncStateOp,
     RejectOp,
     ReplicateOp,
@@ -68,6 +70,8 @@ class BatchWriter(abc.ABC):
             case RecordSyncStateOp():
                 self._record_sync_state(op.state)
                 return None
+            case PruneSyncStatesOp():
+                return PruneResult(self._prune_sync_states(op.keep_peers))
 
     def _delete_range(self, op: DeleteRangeOp) -> DeleteResult:
         """Tombstone the op's range, clamped to [1, head], and append its marker."""
@@ -135,6 +139,10 @@ class BatchWriter(abc.ABC):
 
     @abc.abstractmethod
     def _record_sync_state(self, state: PeerSyncState) -> None: ...
+
+    @abc.abstractmethod
+    def _prune_sync_states(self, keep_peers: frozenset[str]) -> dict[str, int]:
+        """Delete the sync states of every peer not in `keep_peers`; rows deleted per peer."""
 
 
 __all__ = ["MAX_ATTEMPTS", "BatchWriter"]

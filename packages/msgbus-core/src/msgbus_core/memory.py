@@ -6,6 +6,7 @@ specification of the storage contract. It keeps nothing across restarts.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -75,6 +76,13 @@ class MemoryStore(BatchWriter):
 
     def _record_sync_state(self, state: PeerSyncState) -> None:
         self._sync_states[state.sort_key] = state
+
+    def _prune_sync_states(self, keep_peers: frozenset[str]) -> dict[str, int]:
+        pruned: dict[str, int] = {}
+        for key in [key for key in self._sync_states if key[0] not in keep_peers]:
+            del self._sync_states[key]
+            pruned[key[0]] = pruned.get(key[0], 0) + 1
+        return pruned
 
     def _append(self, op: AppendOp) -> Message:
         log = self._logs.setdefault((op.topic, op.origin), [])
@@ -209,10 +217,15 @@ class MemoryStore(BatchWriter):
             messages = self._queues.get(queue)
             return messages[0] if messages else None
 
-    def list_sync_states(self) -> list[PeerSyncState]:
-        """Every sync state, by peer, topic and origin key."""
+    def list_sync_states(
+        self, after: tuple[str, str, str] | None = None, limit: int | None = None
+    ) -> list[PeerSyncState]:
+        """Sync states by peer, topic and origin key, past `after`, at most `limit`."""
         with self._lock:
-            return [self._sync_states[key] for key in sorted(self._sync_states)]
+            keys = sorted(self._sync_states)
+            start = 0 if after is None else bisect.bisect_right(keys, after)
+            end = len(keys) if limit is None else start + max(limit, 0)
+            return [self._sync_states[key] for key in keys[start:end]]
 
     def check(self) -> None:
         """Memory always answers."""

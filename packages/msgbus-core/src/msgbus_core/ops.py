@@ -115,10 +115,36 @@ class RecordSyncStateOp:
     state: PeerSyncState
 
 
-WriteOp = AppendOp | ReplicateOp | DeleteRangeOp | EnqueueOp | AckOp | RejectOp | RecordSyncStateOp
+@dataclass(frozen=True, slots=True)
+class PruneSyncStatesOp:
+    """Delete every sync state of the peers not in `keep_peers` (its peer-level and log rows).
+
+    Result: a `PruneResult`.
+    """
+
+    keep_peers: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What a `PruneSyncStatesOp` deleted: the number of rows of each pruned peer."""
+
+    pruned: dict[str, int] = field(default_factory=dict)
+
+
+WriteOp = (
+    AppendOp
+    | ReplicateOp
+    | DeleteRangeOp
+    | EnqueueOp
+    | AckOp
+    | RejectOp
+    | RecordSyncStateOp
+    | PruneSyncStatesOp
+)
 """Any operation a store's `write` accepts."""
 
-WriteResult = Message | ReplicateResult | DeleteResult | FifoMessage | bool | None
+WriteResult = Message | ReplicateResult | DeleteResult | FifoMessage | PruneResult | bool | None
 """Any successful result of a write operation."""
 
 Outcome = WriteResult | Exception

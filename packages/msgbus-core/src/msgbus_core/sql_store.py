@@ -200,6 +200,16 @@ class SqlStatements:
             f"SELECT {FIFO_COLUMNS} FROM fifo_messages WHERE queue = ? ORDER BY sequence LIMIT 1"
         )
         self.sync_states: Final = f"SELECT {SYNC_COLUMNS} FROM sync_states"
+        # Keyset paging in the primary key's order. SQLite (BINARY) and DuckDB compare TEXT by
+        # its UTF-8 bytes, which is code-point order: the order of `PeerSyncState.sort_key`.
+        self.sync_states_after: Final = render(
+            f"SELECT {SYNC_COLUMNS} FROM sync_states WHERE peer > ? OR (peer = ? AND "
+            "(topic > ? OR (topic = ? AND origin_key > ?)))"
+        )
+        self.sync_states_order: Final = " ORDER BY peer, topic, origin_key"
+        self.limit: Final = render(" LIMIT ?")
+        self.sync_state_peers: Final = "SELECT peer, COUNT(*) FROM sync_states GROUP BY peer"
+        self.forget_peer: Final = render("DELETE FROM sync_states WHERE peer = ?")
         self.check: Final = "SELECT value FROM meta WHERE key = 'schema_version'"
 
 
@@ -319,6 +329,13 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
 
     def _record_sync_state(self, state: PeerSyncState) -> None:
         self._execute(self._sql.record_sync_state, sync_state_row(state))
+
+    def _prune_sync_states(self, keep_peers: frozenset[str]) -> dict[str, int]:
+        counts = self._execute(self._sql.sync_state_peers).fetchall()
+        pruned = {str(peer): int(count) for peer, count in counts if peer not in keep_peers}
+        for peer in pruned:
+            self._execute(self._sql.forget_peer, (peer,))
+        return pruned
 
     # -- logs -----------------------------------------------------------------------------------
 
@@ -616,10 +633,21 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         rows = self._query(self._sql.peek_fifo, (queue,))
         return fifo_from_row(rows[0]) if rows else None
 
-    def list_sync_states(self) -> list[PeerSyncState]:
-        """Every sync state, ordered by peer, topic and origin key."""
-        states = [sync_state_from_row(row) for row in self._query(self._sql.sync_states)]
-        return sorted(states, key=lambda s: s.sort_key)
+    def list_sync_states(
+        self, after: tuple[str, str, str] | None = None, limit: int | None = None
+    ) -> list[PeerSyncState]:
+        """Sync states ordered by peer, topic and origin key; see `MsgbusStore.list_sync_states`."""
+        if limit is not None and limit <= 0:
+            return []
+        sql, parameters = self._sql.sync_states, list[object]()
+        if after is not None:
+            peer, topic, origin_key = after
+            sql, parameters = self._sql.sync_states_after, [peer, peer, topic, topic, origin_key]
+        sql += self._sql.sync_states_order
+        if limit is not None:
+            sql += self._sql.limit
+            parameters.append(clamp_stored(limit))
+        return [sync_state_from_row(row) for row in self._query(sql, parameters)]
 
     def check(self) -> None:
         """Raise `StorageError` unless the database answers a trivial query."""

@@ -81,8 +81,15 @@ class MsgbusStore(Protocol):
         """The front (lowest sequence) of a queue, or None when it is empty."""
         ...
 
-    def list_sync_states(self) -> list[PeerSyncState]:
-        """Every sync state, ordered by peer, topic and origin key."""
+    def list_sync_states(
+        self, after: tuple[str, str, str] | None = None, limit: int | None = None
+    ) -> list[PeerSyncState]:
+        """Sync states ordered by `sort_key` (peer, topic, origin key, by code point).
+
+        `after` (a `sort_key`) starts past that key, whether or not a state has it; `limit`
+        returns at most that many. Both None: every state. A page, then, is keyset-paged and
+        stable while rows are added or deleted around it.
+        """
         ...
 
     def check(self) -> None:

@@ -64,6 +64,8 @@ from msgbus_core.ops import (
     DeleteResult,
     EnqueueOp,
     Outcome,
+    PruneResult,
+    PruneSyncStatesOp,
     RecordSyncStateOp,
     RejectOp,
     ReplicateOp,
@@ -578,6 +580,43 @@ class StoreConformance(StoreFixtures):
         write_one(store, RecordSyncStateOp(updated))
         assert store.list_sync_states() == [other, updated, log_level]
 
+    def test_sync_states_page_by_key_in_code_point_order(self, store: MsgbusStore) -> None:
+        # Prefixes, accents and a character beyond the BMP: code-point order, as Python sorts.
+        peers = ["b", "a", "ab", "a\u00e9", "\u00e9", "\U0001f600", "A"]
+        states = [PeerSyncState(peer) for peer in peers]
+        states += [PeerSyncState("a", topic, REMOTE) for topic in ("z", "t\u00e9", "t")]
+        states.append(PeerSyncState("a", "t", LOCAL))
+        store.write([RecordSyncStateOp(s) for s in states])
+        ordered = sorted(states, key=lambda s: s.sort_key)
+        assert store.list_sync_states() == ordered
+        for size in (1, 3, 100):
+            pages: list[PeerSyncState] = []
+            after: tuple[str, str, str] | None = None
+            while page := store.list_sync_states(after=after, limit=size):
+                assert len(page) <= size
+                pages += page
+                after = page[-1].sort_key
+            assert pages == ordered
+        # `after` need not be a stored key; a zero limit is an empty page.
+        for after in (("a", "t", "~"), ("a\u00e8", "", ""), ("a", "", "")):
+            expected = [s for s in ordered if s.sort_key > after]
+            assert store.list_sync_states(after=after) == expected
+            assert store.list_sync_states(after=after, limit=2) == expected[:2]
+        assert store.list_sync_states(limit=0) == []
+        assert store.list_sync_states(after=("\U0010ffff", "", "")) == []
+
+    def test_pruning_deletes_every_row_of_unlisted_peers(self, store: MsgbusStore) -> None:
+        kept = [PeerSyncState("http://a"), PeerSyncState("http://a", "events", REMOTE)]
+        gone = [PeerSyncState("http://b"), PeerSyncState("http://b", "events", REMOTE)]
+        gone += [PeerSyncState("http://b", "other", REMOTE), PeerSyncState("http://c")]
+        store.write([RecordSyncStateOp(s) for s in kept + gone])
+        result = write_one(store, PruneSyncStatesOp(frozenset({"http://a", "http://unseen"})))
+        assert result == PruneResult({"http://b": 3, "http://c": 1})
+        assert store.list_sync_states() == kept
+        assert write_one(store, PruneSyncStatesOp(frozenset({"http://a"}))) == PruneResult({})
+        assert write_one(store, PruneSyncStatesOp(frozenset())) == PruneResult({"http://a": 2})
+        assert store.list_sync_states() == []
+
     def test_a_failing_op_does_not_affect_the_rest_of_its_batch(self, store: MsgbusStore) -> None:
         outcomes = store.write(
             [
@@ -897,6 +936,18 @@ class _ReferenceComparison(RuleBasedStateMachine):
         origin = REMOTE if topic else None
         state = PeerSyncState(peer, topic, origin, n, n + 1, n, n, n, n, "e" * n)
         self._both([RecordSyncStateOp(state)])
+
+    @rule(keep=st.sets(st.sampled_from(["p1", "p2"])))
+    def prune_sync_states(self, keep: set[str]) -> None:
+        self._both([PruneSyncStatesOp(frozenset(keep))])
+
+    @rule(
+        after=st.none() | st.tuples(st.sampled_from(["", "p1", "p2"]), st.just(""), st.just("")),
+        limit=st.none() | st.integers(0, 3),
+    )
+    def list_sync_states_page(self, after: tuple[str, str, str] | None, limit: int | None) -> None:
+        page = self.backend.list_sync_states(after=after, limit=limit)
+        assert page == self.model.list_sync_states(after=after, limit=limit)
 
     @rule(
         topic=_TOPICS,

@@ -378,9 +378,30 @@ class MsgbusClient:
         return [convert.topic_head(h) for h in response.heads]
 
     def list_peer_sync_states(self) -> list[PeerSyncState]:
-        """The daemon's persisted sync state, per peer and per log synced from it."""
-        response = self._unary(self._stub.ListPeerSyncStates, pb.ListPeerSyncStatesRequest())
-        return [convert.peer_sync_state(s) for s in response.states]
+        """The daemon's persisted sync state, per peer and per log synced from it: every page.
+
+        A log that is simply in sync with a peer has no state of its own; see
+        :meth:`iter_peer_sync_states` to hold one page at a time.
+        """
+        return list(self.iter_peer_sync_states())
+
+    def iter_peer_sync_states(self, *, page_size: int = 1000) -> Iterator[PeerSyncState]:
+        """Iterate over the daemon's sync states, one ListPeerSyncStates page at a time.
+
+        Ordered by peer, topic and origin; memory stays bounded by one page of at most
+        ``page_size`` (1 to 10,000) states. A daemon without paging answers every state in its
+        first response, which ends the iteration.
+        """
+        request = pb.ListPeerSyncStatesRequest(page_size=requests.page_size(page_size))
+        while True:
+            response = self._unary(self._stub.ListPeerSyncStates, request)
+            for state in response.states:
+                yield convert.peer_sync_state(state)
+            if not response.next_page_token:
+                return
+            request = pb.ListPeerSyncStatesRequest(
+                page_size=page_size, page_token=response.next_page_token
+            )
 
     def delete_range(
         self,

@@ -25,7 +25,7 @@ from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.read_gate import ReadGate
 from msgbus_server.service import SHUTTING_DOWN, MsgbusService
-from msgbus_server.sync import PeerSync, SyncSettings
+from msgbus_server.sync import PeerSync, SyncSettings, forget_unconfigured_peers
 from msgbus_server.tls import server_credentials
 
 logger = logging.getLogger("msgbus_server.daemon")
@@ -88,6 +88,7 @@ class Daemon:
         started = time.monotonic()
         try:
             await self.pipeline.start()
+            await forget_unconfigured_peers(self.pipeline, self.config.peers)
             port = await self._start_server()
             await self._start_sync()
             self._install_signal_handlers()

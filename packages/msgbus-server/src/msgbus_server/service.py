@@ -8,7 +8,9 @@ code (see `status.py`); anything else is a bug and is answered INTERNAL and logg
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import json
 import logging
 import os
 import time
@@ -67,6 +69,14 @@ PACK_BUDGET_BYTES = 3 * 1024 * 1024
 """Bytes per packed response: below the 4 MiB default receive limit of gRPC clients."""
 
 SHUTTING_DOWN = "msgbusd is shutting down; reconnect later"
+
+SYNC_STATES_PAGE_DEFAULT = 1_000
+"""ListPeerSyncStates states per page when a page token is given with page_size 0."""
+SYNC_STATES_PAGE_MAX = 10_000
+"""The largest page_size honoured; a larger one is clamped."""
+SYNC_STATES_UNPAGED_MAX = 100_000
+"""States answered to a request with neither page_size nor page_token: an original client
+expects every state in one response."""
 
 
 VALID_TOPIC_CACHE = 4096
@@ -158,6 +168,24 @@ def _fill(envelopes: _EnvelopeList, messages: list[Message]) -> None:
     add = envelopes.add
     for message in messages:
         convert.fill_envelope(add(), message)
+
+
+def _page_token(key: tuple[str, str, str]) -> str:
+    """The opaque token of the page after the state with sort key `key`."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def _page_after(token: str) -> tuple[str, str, str]:
+    """The sort key a `_page_token` names; INVALID_ARGUMENT naming page_token otherwise."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, UnicodeError):
+        key = None
+    if not (isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key)):
+        raise InvalidArgumentError(
+            "page_token is malformed: pass a next_page_token unchanged", field="page_token"
+        )
+    return (key[0], key[1], key[2])
 
 
 class MsgbusService(rpc.MsgbusServiceServicer):
@@ -451,14 +479,30 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             pb.ListPeerSyncStatesRequest, pb.ListPeerSyncStatesResponse
         ],
     ) -> pb.ListPeerSyncStatesResponse:
-        """Every recorded peer sync state."""
+        """One page of the recorded peer sync states (all of them for an original client)."""
         try:
-            states = await self._read(self._store.list_sync_states)
+            after = _page_after(request.page_token) if request.page_token else None
+            if after is None and not request.page_size:
+                limit = SYNC_STATES_UNPAGED_MAX
+            else:
+                limit = min(request.page_size or SYNC_STATES_PAGE_DEFAULT, SYNC_STATES_PAGE_MAX)
+            # One more than the page, to tell whether another page follows.
+            read = functools.partial(self._store.list_sync_states, after=after, limit=limit + 1)
+            states = await self._read(read)
         except Exception as error:
             await self._fail(context, error)
-        return pb.ListPeerSyncStatesResponse(
-            states=[convert.sync_state_to_pb(state) for state in states]
-        )
+        response = pb.ListPeerSyncStatesResponse()
+        size = 0
+        for count, state in enumerate(states[:limit]):
+            entry = convert.sync_state_to_pb(state)
+            # The page stays below the 4 MiB default receive limit of gRPC clients.
+            size += entry.ByteSize() + 8
+            if count and size > PACK_BUDGET_BYTES:
+                break
+            response.states.append(entry)
+        if len(response.states) < len(states):
+            response.next_page_token = _page_token(states[len(response.states) - 1].sort_key)
+        return response
 
     async def DeleteRange(
         self,

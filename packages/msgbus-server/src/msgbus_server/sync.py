@@ -14,15 +14,42 @@ import logging
 import random
 from collections.abc import Sequence
 
-from msgbus_core import MsgbusStore, NodeId, PeerSyncState
+from msgbus_core import (
+    MsgbusError,
+    MsgbusStore,
+    NodeId,
+    PeerSyncState,
+    PruneResult,
+    PruneSyncStatesOp,
+)
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.sync_peer import PeerContext, PeerWorker, SyncSettings
 from msgbus_server.sync_state import LogId, SyncStateBook
 
-__all__ = ["PeerSync", "SyncSettings"]
+__all__ = ["PeerSync", "SyncSettings", "forget_unconfigured_peers"]
 
 log = logging.getLogger("msgbus_server.sync")
+
+
+async def forget_unconfigured_peers(pipeline: CommitPipeline, peers: Sequence[PeerSpec]) -> None:
+    """Delete, in one write, the sync states of every peer that is no longer configured.
+
+    Without it, the rows of a peer removed from --peer would stay (and be listed) forever.
+    Sync state is advisory, so a failed write is logged and startup goes on.
+    """
+    keep = frozenset(spec.endpoint for spec in peers)
+    try:
+        result = await pipeline.submit(PruneSyncStatesOp(keep))
+    except MsgbusError as error:
+        log.warning("cannot prune the sync state of peers no longer configured: %s", error)
+        return
+    if isinstance(result, PruneResult) and result.pruned:
+        log.info(
+            "pruned %d sync state rows of peers no longer configured: %s",
+            sum(result.pruned.values()),
+            ", ".join(f"{peer} ({count})" for peer, count in sorted(result.pruned.items())),
+        )
 
 
 class PeerSync:

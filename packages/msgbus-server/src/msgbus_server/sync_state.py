@@ -7,6 +7,13 @@ something an operator cares about changed: a head, the last synced head, the fai
 the error. An idle pass, where every log is already in sync, writes nothing. The timestamps
 therefore say when the state last changed, not when the peer was last polled.
 
+A log that is simply in sync needs no record at all: when a pass finds a log's local head at or
+above the peer's and stored nothing from this peer beyond the `last_synced_head` already
+recorded, nothing is written for it, whether or not it has a record. So a log has a record only
+once data was pulled from this peer (the record says up to where, and when it last arrived) or
+once it failed with this peer (the record is rewritten when the failure changes or ends). The
+heads of a record are those of its last write. The peer-level record is kept as before.
+
 The book also keeps what this run of the daemon decided about the peer's logs but never
 persists: when a failing log may be tried again, and which errors were already announced in the
 log output (each is logged when it starts or changes, not on every retry).
@@ -111,11 +118,25 @@ class SyncStateBook:
         """Note a successful attempt (or an in-sync observation) of the peer or of a log.
 
         `progressed` forces a write even when nothing else changed, so that
-        `last_success_at_ms` tells when data last arrived. A success ends any backoff.
+        `last_success_at_ms` tells when data last arrived. A success ends any backoff. A log
+        that is simply in sync (see the module docstring) records nothing.
         """
         key = self.key(log)
         self._retry_at.pop(key, None)
+        if log is not None and self._simply_in_sync(key, heads):
+            return
         self._put(key, self._record(log, heads, 0, "", None), force=progressed)
+
+    def _simply_in_sync(self, key: StateKey, heads: Heads) -> bool:
+        """True for a log in sync whose record (if any) has no failure and no newer pull."""
+        if heads.local < heads.remote:
+            return False
+        previous = self.current(key)
+        if previous is None:
+            return not heads.synced
+        if previous.consecutive_failures or previous.last_error:
+            return False  # a recovery: the failure must not stay on record
+        return heads.synced is None or heads.synced <= previous.last_synced_head
 
     def failure(
         self, error: str, log: LogId | None = None, heads: Heads = _NO_HEADS, *, count: bool = True

@@ -226,7 +226,11 @@ impl MsgbusClient {
     pub async fn list_peer_sync_states(&mut self) -> Result<Vec<pb::PeerSyncState>> {
         Ok(self
             .inner
-            .list_peer_sync_states(pb::ListPeerSyncStatesRequest {})
+            // As the original: neither page field, so every state in one response.
+            .list_peer_sync_states(pb::ListPeerSyncStatesRequest {
+                page_size: 0,
+                page_token: String::new(),
+            })
             .await?
             .into_inner()
             .states)

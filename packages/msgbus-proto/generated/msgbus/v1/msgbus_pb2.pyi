@@ -457,6 +457,14 @@ Global___TopicHead: _TypeAlias = TopicHead  # noqa: Y015
 class PeerSyncState(_message.Message):
     """PeerSyncState is the persisted sync state of one peer (topic empty, origin absent) or of one
     log synced from that peer.
+
+    Every configured peer has its peer-level state once it was tried; the states of a peer that
+    is no longer configured are deleted when the daemon starts. A log has a state of its own only
+    once data was pulled from this peer (the state says up to where, and when data last arrived)
+    or once the log failed with this peer (rewritten when the failure changes or ends). A pass
+    that finds a log simply in sync (local head at or above the peer's, nothing stored from this
+    peer beyond the recorded last_synced_head) writes nothing for it: a log not listed is in sync
+    as of the peer-level last_success_at_ms, and the heads of a state are those of its last write.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -558,16 +566,33 @@ Global___ListHeadsResponse: _TypeAlias = ListHeadsResponse  # noqa: Y015
 
 @_typing.final
 class ListPeerSyncStatesRequest(_message.Message):
-    """ListPeerSyncStatesRequest takes no arguments."""
+    """ListPeerSyncStatesRequest asks for one page of sync states. An original client sends neither
+    field and gets every state in one response (up to 100,000 states and about 3 MiB; beyond
+    that the response is the first page and next_page_token is set).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The most states in the page: 0 is 1,000 once a page_token is given (or every state, as
+    above, without one); larger values are clamped to 10,000. A page may hold fewer states
+    (pages are also bounded to about 3 MiB), so only an empty next_page_token ends the list.
+    """
+    page_token: _builtins.str
+    """A next_page_token from an earlier response; empty for the first page. It is opaque; a
+    malformed one is INVALID_ARGUMENT naming page_token.
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -575,11 +600,16 @@ Global___ListPeerSyncStatesRequest: _TypeAlias = ListPeerSyncStatesRequest  # no
 
 @_typing.final
 class ListPeerSyncStatesResponse(_message.Message):
-    """ListPeerSyncStatesResponse lists every persisted sync state."""
+    """ListPeerSyncStatesResponse lists one page of the persisted sync states."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     STATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Where the next page starts; empty after the last page. Pages are keyset-paged: a state
+    added or deleted meanwhile never makes a page repeat or skip the others.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerSyncState]:
         """Ordered by peer, topic and origin."""
@@ -588,10 +618,11 @@ class ListPeerSyncStatesResponse(_message.Message):
         self,
         *,
         states: _abc.Iterable[Global___PeerSyncState] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

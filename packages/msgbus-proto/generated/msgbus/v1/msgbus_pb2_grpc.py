@@ -167,8 +167,9 @@ class MsgbusServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPeerSyncStates(self, request, context):
-        """ListPeerSyncStates returns the persisted sync state of every peer and of every log synced
-        from it.
+        """ListPeerSyncStates returns the persisted sync state of every configured peer and of the logs
+        synced from it, in pages (see ListPeerSyncStatesRequest). A log that is simply in sync with a
+        peer has no state of its own (see PeerSyncState).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

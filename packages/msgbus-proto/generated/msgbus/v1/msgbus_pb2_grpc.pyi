@@ -66,8 +66,9 @@ class MsgbusServiceStub:
     `$msgbus.delete` marker logs included, ordered by topic and then origin.
     """
     ListPeerSyncStates: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.ListPeerSyncStatesRequest, _msgbus_pb2.ListPeerSyncStatesResponse]
-    """ListPeerSyncStates returns the persisted sync state of every peer and of every log synced
-    from it.
+    """ListPeerSyncStates returns the persisted sync state of every configured peer and of the logs
+    synced from it, in pages (see ListPeerSyncStatesRequest). A log that is simply in sync with a
+    peer has no state of its own (see PeerSyncState).
     """
     DeleteRange: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.DeleteRangeRequest, _msgbus_pb2.DeleteRangeResponse]
     """DeleteRange tombstones a range of the local node's log: the rows are marked deleted, their
@@ -130,8 +131,9 @@ class MsgbusServiceAsyncStub(MsgbusServiceStub):
     `$msgbus.delete` marker logs included, ordered by topic and then origin.
     """
     ListPeerSyncStates: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.ListPeerSyncStatesRequest, _msgbus_pb2.ListPeerSyncStatesResponse]  # type: ignore[assignment]
-    """ListPeerSyncStates returns the persisted sync state of every peer and of every log synced
-    from it.
+    """ListPeerSyncStates returns the persisted sync state of every configured peer and of the logs
+    synced from it, in pages (see ListPeerSyncStatesRequest). A log that is simply in sync with a
+    peer has no state of its own (see PeerSyncState).
     """
     DeleteRange: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.DeleteRangeRequest, _msgbus_pb2.DeleteRangeResponse]  # type: ignore[assignment]
     """DeleteRange tombstones a range of the local node's log: the rows are marked deleted, their
@@ -227,8 +229,9 @@ class MsgbusServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _msgbus_pb2.ListPeerSyncStatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_msgbus_pb2.ListPeerSyncStatesResponse, _abc.Awaitable[_msgbus_pb2.ListPeerSyncStatesResponse]]:
-        """ListPeerSyncStates returns the persisted sync state of every peer and of every log synced
-        from it.
+        """ListPeerSyncStates returns the persisted sync state of every configured peer and of the logs
+        synced from it, in pages (see ListPeerSyncStatesRequest). A log that is simply in sync with a
+        peer has no state of its own (see PeerSyncState).
         """
 
     @_abc_1.abstractmethod

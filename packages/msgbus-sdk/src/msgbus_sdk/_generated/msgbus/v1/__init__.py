@@ -418,10 +418,23 @@ default_message_pool.register_message("msgbus.v1", "ListHeadsResponse", ListHead
 @dataclass(eq=False, repr=False)
 class ListPeerSyncStatesRequest(betterproto2.Message):
     """
-    ListPeerSyncStatesRequest takes no arguments.
+    ListPeerSyncStatesRequest asks for one page of sync states. An original client sends neither
+    field and gets every state in one response (up to 100,000 states and about 3 MiB; beyond
+    that the response is the first page and next_page_token is set).
     """
 
-    pass
+    page_size: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    The most states in the page: 0 is 1,000 once a page_token is given (or every state, as
+    above, without one); larger values are clamped to 10,000. A page may hold fewer states
+    (pages are also bounded to about 3 MiB), so only an empty next_page_token ends the list.
+    """
+
+    page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    A next_page_token from an earlier response; empty for the first page. It is opaque; a
+    malformed one is INVALID_ARGUMENT naming page_token.
+    """
 
 
 default_message_pool.register_message(
@@ -432,12 +445,18 @@ default_message_pool.register_message(
 @dataclass(eq=False, repr=False)
 class ListPeerSyncStatesResponse(betterproto2.Message):
     """
-    ListPeerSyncStatesResponse lists every persisted sync state.
+    ListPeerSyncStatesResponse lists one page of the persisted sync states.
     """
 
     states: "list[PeerSyncState]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Ordered by peer, topic and origin.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Where the next page starts; empty after the last page. Pages are keyset-paged: a state
+    added or deleted meanwhile never makes a page repeat or skip the others.
     """
 
 
@@ -562,6 +581,14 @@ class PeerSyncState(betterproto2.Message):
     """
     PeerSyncState is the persisted sync state of one peer (topic empty, origin absent) or of one
     log synced from that peer.
+
+    Every configured peer has its peer-level state once it was tried; the states of a peer that
+    is no longer configured are deleted when the daemon starts. A log has a state of its own only
+    once data was pulled from this peer (the state says up to where, and when data last arrived)
+    or once the log failed with this peer (rewritten when the failure changes or ends). A pass
+    that finds a log simply in sync (local head at or above the peer's, nothing stored from this
+    peer beyond the recorded last_synced_head) writes nothing for it: a log not listed is in sync
+    as of the peer-level last_success_at_ms, and the heads of a state are those of its last write.
     """
 
     peer: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
