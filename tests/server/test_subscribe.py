@@ -124,6 +124,41 @@ async def test_packed_subscription(shared_daemon: Daemon, name: Callable[[str], 
     assert max(sizes) == 8
 
 
+async def test_a_live_commit_larger_than_one_read_is_delivered_whole(
+    tmp_path: Path, backend: str
+) -> None:
+    """One commit of ~19 MiB reaches a caught-up subscriber in several byte-sized reads: a read
+    cut short by the 8 MiB budget must not make the stream wait for a commit that never comes."""
+    with Daemon.start(tmp_path, storage=backend) as daemon:
+        stub = daemon.stub()
+        publish(stub, "big", b"first")
+        async with daemon.aio_channel() as channel:
+            call = rpc.MsgbusServiceStub(channel).Subscribe(pb.SubscribeRequest(topic="big"))
+            try:
+                first = await asyncio.wait_for(call.read(), 30)
+                assert isinstance(first, pb.SubscribeResponse)
+                assert first.message.head_id == 1
+                payload = b"x" * 1_000_000
+                entries = [pb.PublishRequest(topic="big", payload=payload) for _ in range(20)]
+                # The batch's answer echoes every message: receive more than gRPC's 4 MiB.
+                options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+                with grpc.insecure_channel(daemon.endpoint, options=options) as big:
+                    await asyncio.to_thread(
+                        rpc.MsgbusServiceStub(big).PublishBatch,
+                        pb.PublishBatchRequest(entries=entries),
+                        timeout=60,
+                    )
+                heads = []
+                for _ in range(20):
+                    response = await asyncio.wait_for(call.read(), 30)
+                    assert isinstance(response, pb.SubscribeResponse)
+                    assert response.message.payload == payload
+                    heads.append(response.message.head_id)
+            finally:
+                call.cancel()
+        assert heads == list(range(2, 22))
+
+
 async def test_subscription_sees_deletes_and_markers(
     shared_daemon: Daemon, name: Callable[[str], str]
 ) -> None:

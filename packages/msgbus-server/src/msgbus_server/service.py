@@ -424,6 +424,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         next_head = max(request.from_head_id, 1)
         notifier = self._notifier
         # Watch BEFORE the first read: a commit that the read misses is still remembered.
+        caught_up = False
         with notifier.watch(topic, origin) as watch:
             while True:
                 if next_head > MAX_STORED_INT:
@@ -440,9 +441,16 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 next_head = chunk.next_head
                 if notifier.closed:
                     break
-                # A short read may have stopped at the byte budget, so read again until a read
-                # finds nothing; only then wait for the next commit.
-                if not found and not await watch.wait_beyond(next_head - 1):
+                if found and not caught_up:
+                    # Replaying: a short read may have stopped at the byte budget, and the watch
+                    # knows nothing of the backlog committed before it, so read on until a read
+                    # finds nothing.
+                    continue
+                # From the first empty read on, every later message was committed after the
+                # watch began, so the watch knows whether the log holds more than was read:
+                # it returns at once after a read cut short by the budget, and waits otherwise.
+                caught_up = True
+                if not await watch.wait_beyond(next_head - 1):
                     break
         await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
