@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,24 @@ T = TypeVar("T")
 
 SYNC_ARGS = ("--sync-interval-ms", "100")
 """Fast passes, so that tests converge quickly; the backoff cap follows the interval."""
+
+
+@contextlib.asynccontextmanager
+async def in_process_peer(
+    servicer: rpc.MsgbusServiceServicer, channel_options: Sequence[tuple[str, Any]] = ()
+) -> AsyncIterator[rpc.MsgbusServiceAsyncStub]:
+    """Serve `servicer` on a free loopback port in this event loop; yield a stub of a channel
+    to it (with `channel_options`), for tests that drive sync's client side directly."""
+    server = grpc.aio.server()
+    rpc.add_MsgbusServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=list(channel_options))
+    try:
+        yield rpc.MsgbusServiceStub(channel)
+    finally:
+        await channel.close(grace=None)
+        await server.stop(None)
 
 
 def peer_arg(daemon_endpoint: str, node: str | NodeId | None = None) -> list[str]:

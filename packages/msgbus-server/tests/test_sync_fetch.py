@@ -15,6 +15,7 @@ from msgbus_core.errors import StorageError
 from msgbus_proto import pb, rpc
 from msgbus_server.sync_fetch import BatchFetcher, FailureKind, SyncFailure, envelopes
 from msgbus_server.testing import wait_until
+from msgbus_testkit.peers import in_process_peer
 
 ORIGIN = NodeId("t", "b", "remote")
 OTHER = NodeId("t", "b", "other")
@@ -66,16 +67,8 @@ class Peer(rpc.MsgbusServiceServicer):
 @pytest.fixture
 async def peer() -> AsyncIterator[tuple[Peer, rpc.MsgbusServiceAsyncStub]]:
     servicer = Peer()  # type: ignore[abstract]  # serves Fetch only
-    server = aio.server()
-    rpc.add_MsgbusServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield servicer, rpc.MsgbusServiceStub(channel)
-    finally:
-        await channel.close(grace=None)
-        await server.stop(None)
+    async with in_process_peer(servicer) as stub:
+        yield servicer, stub
 
 
 def fetcher(stub: rpc.MsgbusServiceAsyncStub, *, limit: int = 4, packing: int = 4) -> BatchFetcher:

@@ -7,11 +7,11 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc import aio
 
 from msgbus_core import NodeId
 from msgbus_proto import pb, rpc
 from msgbus_server.sync_fetch import BatchFetcher
+from msgbus_testkit.peers import in_process_peer
 
 ORIGIN = NodeId("t", "b", "remote")
 
@@ -39,18 +39,9 @@ class SizedPeer(rpc.MsgbusServiceServicer):
 @pytest.fixture
 async def peer() -> AsyncIterator[tuple[SizedPeer, rpc.MsgbusServiceAsyncStub]]:
     servicer = SizedPeer()  # type: ignore[abstract]  # serves Fetch only
-    server = aio.server()
-    rpc.add_MsgbusServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = aio.insecure_channel(
-        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 300_000)]
-    )
-    try:
-        yield servicer, rpc.MsgbusServiceStub(channel)
-    finally:
-        await channel.close(grace=None)
-        await server.stop(None)
+    options = [("grpc.max_receive_message_length", 300_000)]
+    async with in_process_peer(servicer, options) as stub:
+        yield servicer, stub
 
 
 def fetcher(stub: rpc.MsgbusServiceAsyncStub, **limits: int) -> BatchFetcher:
