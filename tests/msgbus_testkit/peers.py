@@ -23,21 +23,34 @@ SYNC_ARGS = ("--sync-interval-ms", "100")
 
 
 @contextlib.asynccontextmanager
-async def in_process_peer(
-    servicer: rpc.MsgbusServiceServicer, channel_options: Sequence[tuple[str, Any]] = ()
-) -> AsyncIterator[rpc.MsgbusServiceAsyncStub]:
-    """Serve `servicer` on a free loopback port in this event loop; yield a stub of a channel
-    to it (with `channel_options`), for tests that drive sync's client side directly."""
+async def in_process_server(servicer: rpc.MsgbusServiceServicer) -> AsyncIterator[str]:
+    """Serve `servicer` on a free loopback port in this event loop; yield its endpoint.
+
+    For hand-written daemons and peers (an original daemon's subset of RPCs, a peer that
+    misbehaves) that a test drives from the same loop.
+    """
     server = grpc.aio.server()
     rpc.add_MsgbusServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=list(channel_options))
     try:
-        yield rpc.MsgbusServiceStub(channel)
+        yield f"127.0.0.1:{port}"
     finally:
-        await channel.close(grace=None)
         await server.stop(None)
+
+
+@contextlib.asynccontextmanager
+async def in_process_peer(
+    servicer: rpc.MsgbusServiceServicer, channel_options: Sequence[tuple[str, Any]] = ()
+) -> AsyncIterator[rpc.MsgbusServiceAsyncStub]:
+    """`in_process_server`, and a stub of a channel to it (with `channel_options`), for tests
+    that drive sync's client side directly."""
+    async with in_process_server(servicer) as endpoint:
+        channel = grpc.aio.insecure_channel(endpoint, options=list(channel_options))
+        try:
+            yield rpc.MsgbusServiceStub(channel)
+        finally:
+            await channel.close(grace=None)
 
 
 def peer_arg(daemon_endpoint: str, node: str | NodeId | None = None) -> list[str]:

@@ -33,6 +33,7 @@ from msgbus_sdk import (
     UnavailableError,
 )
 from msgbus_server.testing import Daemon, free_port
+from msgbus_testkit.peers import in_process_server
 
 # -- details from msgbusd --------------------------------------------------------------------
 
@@ -135,16 +136,12 @@ class HandMadeDaemon(rpc.MsgbusServiceServicer):
 
 @pytest.fixture
 async def hand_made() -> AsyncIterator[tuple[str, HandMadeDaemon]]:
-    server = grpc.aio.server()
     servicer = HandMadeDaemon()  # type: ignore[abstract]
-    rpc.add_MsgbusServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        servicer.release.set()
-        await server.stop(None)
+    async with in_process_server(servicer) as endpoint:
+        try:
+            yield endpoint, servicer
+        finally:
+            servicer.release.set()
 
 
 async def test_without_details_the_entry_comes_from_the_message(

@@ -29,6 +29,7 @@ from msgbus_sdk import (
     UnimplementedError,
 )
 from msgbus_server.testing import Daemon
+from msgbus_testkit.peers import in_process_server
 
 LOCAL = NodeId(tenant_id="tenant", bl_name="default", device_id="device")
 
@@ -307,16 +308,10 @@ class OriginalDaemon(rpc.MsgbusServiceServicer):
 
 @pytest.fixture
 async def original() -> AsyncIterator[tuple[str, OriginalDaemon]]:
-    server = grpc.aio.server()
     # The RPCs it leaves out (PublishBatch among them) answer UNIMPLEMENTED: that is the point.
     servicer = OriginalDaemon()  # type: ignore[abstract]
-    rpc.add_MsgbusServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        await server.stop(None)
+    async with in_process_server(servicer) as endpoint:
+        yield endpoint, servicer
 
 
 async def test_coalescing_falls_back_to_publish_for_good_on_an_original_daemon(
