@@ -266,6 +266,12 @@ class FetchResponse(_message.Message):
 
     MESSAGE_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    FIRST_HEAD_ID_FIELD_NUMBER: _builtins.int
+    first_head_id: _builtins.int
+    """Extension: set on the response whose first message comes after a trimmed prefix, to that
+    message's head_id. Retention removed every head below it (the log now starts there), so
+    the heads between the requested from_head_id and it were trimmed, not lost. 0 otherwise.
+    """
     @_builtins.property
     def message(self) -> Global___MessageEnvelope:
         """The next message, in ascending head_id order. Unset when the request asked for packing."""
@@ -281,10 +287,11 @@ class FetchResponse(_message.Message):
         *,
         message: Global___MessageEnvelope | None = ...,
         messages: _abc.Iterable[Global___MessageEnvelope] | None = ...,
+        first_head_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_head_id", b"first_head_id", "message", b"message", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,6 +350,13 @@ class SubscribeResponse(_message.Message):
 
     MESSAGE_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    FIRST_HEAD_ID_FIELD_NUMBER: _builtins.int
+    first_head_id: _builtins.int
+    """Extension: set on the response whose first message comes after a trimmed prefix (at the
+    start of the replay, or later when retention overtakes a slow subscriber), to that
+    message's head_id: the log now starts there, and the skipped heads were trimmed by
+    retention, not lost. 0 otherwise. Heads stay contiguous from there on.
+    """
     @_builtins.property
     def message(self) -> Global___MessageEnvelope:
         """The next message; head_ids arrive contiguous and in order. Unset when packing was asked for."""
@@ -358,10 +372,11 @@ class SubscribeResponse(_message.Message):
         *,
         message: Global___MessageEnvelope | None = ...,
         messages: _abc.Iterable[Global___MessageEnvelope] | None = ...,
+        first_head_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_head_id", b"first_head_id", "message", b"message", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,19 +418,30 @@ class GetHeadResponse(_message.Message):
 
     HEAD_ID_FIELD_NUMBER: _builtins.int
     FOUND_FIELD_NUMBER: _builtins.int
+    FIRST_HEAD_ID_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
     head_id: _builtins.int
     """The highest head_id stored, or 0 when the log has no message."""
     found: _builtins.bool
     """False when the log has no message (the status is still OK)."""
+    first_head_id: _builtins.int
+    """Extension: the lowest head_id still held, or 0 when the log holds no message (it never had
+    one, or retention trimmed all of them; head_id stays, as heads are never reused). Above 1
+    once retention has trimmed the log's oldest messages.
+    """
+    bytes: _builtins.int
+    """Extension: the bytes of payloads and headers the log holds (deleted messages count 0)."""
     def __init__(
         self,
         *,
         head_id: _builtins.int = ...,
         found: _builtins.bool = ...,
+        first_head_id: _builtins.int = ...,
+        bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "head_id", b"head_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "first_head_id", b"first_head_id", "found", b"found", "head_id", b"head_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,10 +456,18 @@ class TopicHead(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     HEAD_ID_FIELD_NUMBER: _builtins.int
+    FIRST_HEAD_ID_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """The topic of the log."""
     head_id: _builtins.int
     """The highest head_id stored for the log."""
+    first_head_id: _builtins.int
+    """Extension: the lowest head_id still held, or 0 when the log holds no message (see
+    GetHeadResponse.first_head_id). The log holds every head from it to head_id.
+    """
+    bytes: _builtins.int
+    """Extension: the bytes of payloads and headers the log holds (deleted messages count 0)."""
     @_builtins.property
     def origin(self) -> Global___NodeId:
         """The origin of the log."""
@@ -444,10 +478,12 @@ class TopicHead(_message.Message):
         topic: _builtins.str = ...,
         origin: Global___NodeId | None = ...,
         head_id: _builtins.int = ...,
+        first_head_id: _builtins.int = ...,
+        bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_id", b"head_id", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "first_head_id", b"first_head_id", "head_id", b"head_id", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -137,7 +137,8 @@ class MsgbusServiceServicer:
 
     def Fetch(self, request, context):
         """Fetch streams one page of at most `limit` messages in ascending head_id order, starting at
-        `from_head_id`. An unknown log gives an empty stream.
+        `from_head_id`. An unknown log gives an empty stream. A from_head_id below the log's first
+        head (retention trimmed it) starts at the first head, and the response says so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +154,7 @@ class MsgbusServiceServicer:
 
     def GetHead(self, request, context):
         """GetHead returns the highest head_id of a log, or {0, false} when the log has no message.
+        The first_head_id extension says where the log starts once retention trimmed it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

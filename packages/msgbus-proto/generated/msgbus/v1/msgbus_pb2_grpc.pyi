@@ -53,14 +53,17 @@ class MsgbusServiceStub:
     """
     Fetch: _grpc.UnaryStreamMultiCallable[_msgbus_pb2.FetchRequest, _msgbus_pb2.FetchResponse]
     """Fetch streams one page of at most `limit` messages in ascending head_id order, starting at
-    `from_head_id`. An unknown log gives an empty stream.
+    `from_head_id`. An unknown log gives an empty stream. A from_head_id below the log's first
+    head (retention trimmed it) starts at the first head, and the response says so.
     """
     Subscribe: _grpc.UnaryStreamMultiCallable[_msgbus_pb2.SubscribeRequest, _msgbus_pb2.SubscribeResponse]
     """Subscribe replays the log from `from_head_id` and then follows it live, with no gap and no
     duplicate. The stream never ends for lagging; it ends with UNAVAILABLE on daemon shutdown.
     """
     GetHead: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.GetHeadRequest, _msgbus_pb2.GetHeadResponse]
-    """GetHead returns the highest head_id of a log, or {0, false} when the log has no message."""
+    """GetHead returns the highest head_id of a log, or {0, false} when the log has no message.
+    The first_head_id extension says where the log starts once retention trimmed it.
+    """
     ListHeads: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.ListHeadsRequest, _msgbus_pb2.ListHeadsResponse]
     """ListHeads returns the head of every log in the local store, replicated logs and the
     `$msgbus.delete` marker logs included, ordered by topic and then origin.
@@ -118,14 +121,17 @@ class MsgbusServiceAsyncStub(MsgbusServiceStub):
     """
     Fetch: _aio.UnaryStreamMultiCallable[_msgbus_pb2.FetchRequest, _msgbus_pb2.FetchResponse]  # type: ignore[assignment]
     """Fetch streams one page of at most `limit` messages in ascending head_id order, starting at
-    `from_head_id`. An unknown log gives an empty stream.
+    `from_head_id`. An unknown log gives an empty stream. A from_head_id below the log's first
+    head (retention trimmed it) starts at the first head, and the response says so.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_msgbus_pb2.SubscribeRequest, _msgbus_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Subscribe replays the log from `from_head_id` and then follows it live, with no gap and no
     duplicate. The stream never ends for lagging; it ends with UNAVAILABLE on daemon shutdown.
     """
     GetHead: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.GetHeadRequest, _msgbus_pb2.GetHeadResponse]  # type: ignore[assignment]
-    """GetHead returns the highest head_id of a log, or {0, false} when the log has no message."""
+    """GetHead returns the highest head_id of a log, or {0, false} when the log has no message.
+    The first_head_id extension says where the log starts once retention trimmed it.
+    """
     ListHeads: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.ListHeadsRequest, _msgbus_pb2.ListHeadsResponse]  # type: ignore[assignment]
     """ListHeads returns the head of every log in the local store, replicated logs and the
     `$msgbus.delete` marker logs included, ordered by topic and then origin.
@@ -192,7 +198,8 @@ class MsgbusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_msgbus_pb2.FetchResponse], _abc.AsyncIterator[_msgbus_pb2.FetchResponse]]:
         """Fetch streams one page of at most `limit` messages in ascending head_id order, starting at
-        `from_head_id`. An unknown log gives an empty stream.
+        `from_head_id`. An unknown log gives an empty stream. A from_head_id below the log's first
+        head (retention trimmed it) starts at the first head, and the response says so.
         """
 
     @_abc_1.abstractmethod
@@ -211,7 +218,9 @@ class MsgbusServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _msgbus_pb2.GetHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_msgbus_pb2.GetHeadResponse, _abc.Awaitable[_msgbus_pb2.GetHeadResponse]]:
-        """GetHead returns the highest head_id of a log, or {0, false} when the log has no message."""
+        """GetHead returns the highest head_id of a log, or {0, false} when the log has no message.
+        The first_head_id extension says where the log starts once retention trimmed it.
+        """
 
     @_abc_1.abstractmethod
     def ListHeads(

@@ -248,6 +248,13 @@ class FetchResponse(betterproto2.Message):
     max_messages_per_response is > 0.
     """
 
+    first_head_id: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    Extension: set on the response whose first message comes after a trimmed prefix, to that
+    message's head_id. Retention removed every head below it (the log now starts there), so
+    the heads between the requested from_head_id and it were trimmed, not lost. 0 otherwise.
+    """
+
 
 default_message_pool.register_message("msgbus.v1", "FetchResponse", FetchResponse)
 
@@ -350,6 +357,18 @@ class GetHeadResponse(betterproto2.Message):
     found: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
     """
     False when the log has no message (the status is still OK).
+    """
+
+    first_head_id: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    Extension: the lowest head_id still held, or 0 when the log holds no message (it never had
+    one, or retention trimmed all of them; head_id stays, as heads are never reused). Above 1
+    once retention has trimmed the log's oldest messages.
+    """
+
+    bytes: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    Extension: the bytes of payloads and headers the log holds (deleted messages count 0).
     """
 
 
@@ -869,6 +888,14 @@ class SubscribeResponse(betterproto2.Message):
     max_messages_per_response is > 0.
     """
 
+    first_head_id: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    Extension: set on the response whose first message comes after a trimmed prefix (at the
+    start of the replay, or later when retention overtakes a slow subscriber), to that
+    message's head_id: the log now starts there, and the skipped heads were trimmed by
+    retention, not lost. 0 otherwise. Heads stay contiguous from there on.
+    """
+
 
 default_message_pool.register_message("msgbus.v1", "SubscribeResponse", SubscribeResponse)
 
@@ -892,6 +919,17 @@ class TopicHead(betterproto2.Message):
     head_id: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
     """
     The highest head_id stored for the log.
+    """
+
+    first_head_id: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    Extension: the lowest head_id still held, or 0 when the log holds no message (see
+    GetHeadResponse.first_head_id). The log holds every head from it to head_id.
+    """
+
+    bytes: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+    """
+    Extension: the bytes of payloads and headers the log holds (deleted messages count 0).
     """
 
 
