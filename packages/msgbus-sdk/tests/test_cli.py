@@ -130,8 +130,15 @@ def test_heads_delete_and_sync_state(daemon: Daemon, topic: str) -> None:
     for i in range(3):
         ok(daemon, "publish", topic, str(i))
     heads = json_lines(ok(daemon, "heads", "--json"))
-    assert {"topic": topic, "origin": "tenant/default/device", "head_id": 3} in heads
-    assert topic in ok(daemon, "heads")
+    (head,) = [h for h in heads if h["topic"] == topic]
+    assert {k: head[k] for k in ("origin", "head_id")} == {
+        "origin": "tenant/default/device",
+        "head_id": 3,
+    }
+    assert set(head) == {"topic", "origin", "first_head_id", "head_id", "count", "bytes"}
+    table = ok(daemon, "heads").splitlines()
+    assert table[0].split() == ["TOPIC", "ORIGIN", "FIRST", "HEAD", "COUNT", "BYTES"]
+    assert any(line.split()[:2] == [topic, "tenant/default/device"] for line in table[1:])
     assert json_lines(ok(daemon, "delete", topic, "1", "2", "--json")) == [{"deleted_count": 2}]
     assert ok(daemon, "delete", topic, "1", "2") == "deleted=0\n"
     assert [r["deleted"] for r in json_lines(ok(daemon, "fetch", topic, "--json"))] == [

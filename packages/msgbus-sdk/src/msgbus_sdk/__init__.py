@@ -27,6 +27,7 @@ from ._errors import (
     ResourceExhaustedError,
     StatusCode,
     TransientError,
+    TrimmedError,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
@@ -43,6 +44,7 @@ from ._generated.msgbus.v1 import (
     TopicHead,
 )
 from ._requests import BatchEntry, PublishEntry
+from ._subscription import Trim, TrimPolicy
 from ._sync_client import MsgbusClient
 from ._sync_subscription import Subscription
 from ._tls import TlsConfig
@@ -86,6 +88,9 @@ __all__ = [
     "TlsConfig",
     "TopicHead",
     "TransientError",
+    "Trim",
+    "TrimPolicy",
+    "TrimmedError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

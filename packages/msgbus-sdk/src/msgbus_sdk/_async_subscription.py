@@ -20,7 +20,7 @@ from ._config import ReconnectPolicy
 from ._convert import subscribe_envelopes
 from ._errors import MsgbusError, translate_rpc_error
 from ._generated.msgbus.v1 import MessageEnvelope
-from ._subscription import Cursor, StreamClosed, StreamEnded, retry_while_open
+from ._subscription import Cursor, StreamClosed, StreamEnded, Trim, retry_while_open
 
 if TYPE_CHECKING:
     from msgbus.v1.msgbus_pb2_grpc import MsgbusServiceAsyncStub
@@ -36,6 +36,10 @@ class AsyncSubscription:
     a broken stream (daemon restart, network error) is reopened at the last delivered
     head_id + 1 after a backoff; other errors, or running out of attempts, raise
     a :class:`MsgbusError`.
+
+    When retention trimmed heads before the subscription reached them, the daemon says so and
+    the subscription's ``on_trim`` policy handles the :class:`Trim` (see
+    :meth:`AsyncMsgbusClient.subscribe`); delivery goes on at the log's new first head.
     """
 
     def __init__(
@@ -45,11 +49,12 @@ class AsyncSubscription:
         from_head_id: int,
         policy: ReconnectPolicy | None,
         is_client_closed: Callable[[], bool],
+        on_trim: Callable[[Trim], None],
     ) -> None:
         """Used by the client's ``subscribe``; ``policy`` ``None`` means no reconnect."""
         self._stub = stub
         self._make_request = make_request
-        self._cursor = Cursor(from_head_id)
+        self._cursor = Cursor(from_head_id, on_trim)
         self._is_client_closed = is_client_closed
         self._call: transport.SubscribeCall | None = None
         self._closed = False
@@ -67,6 +72,11 @@ class AsyncSubscription:
     def next_head_id(self) -> int:
         """The head_id the subscription will deliver next (its resume point)."""
         return self._cursor.next_head_id
+
+    @property
+    def trims(self) -> int:
+        """How many trims the subscription has seen (heads retention removed before delivery)."""
+        return self._cursor.trims
 
     def __aiter__(self) -> Self:
         return self
@@ -136,8 +146,10 @@ class AsyncSubscription:
                     raise StreamClosed
                 raise StreamEnded()
             try:
-                self._cursor.take(subscribe_envelopes(response))
-            except MsgbusError:
+                self._cursor.take(subscribe_envelopes(response), response.first_head_id)
+            except BaseException:
+                # A protocol error, or the trim policy (or a caller's on_trim) raising: the
+                # response is not delivered, so the stream must not go on after it.
                 self._drop_call()
                 raise
             env = self._cursor.deliver()

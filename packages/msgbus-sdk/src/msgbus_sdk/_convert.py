@@ -152,7 +152,13 @@ def fifo_message(p: pb.FifoMessage) -> FifoMessage:
 
 def topic_head(p: pb.TopicHead) -> TopicHead:
     """Convert a decoded TopicHead."""
-    return TopicHead(topic=p.topic, origin=_optional_node(p, "origin"), head_id=p.head_id)
+    return TopicHead(
+        topic=p.topic,
+        origin=_optional_node(p, "origin"),
+        head_id=p.head_id,
+        first_head_id=p.first_head_id,
+        bytes=p.bytes,
+    )
 
 
 def peer_sync_state(p: pb.PeerSyncState) -> PeerSyncState:
@@ -185,7 +191,9 @@ def ready(p: pb.ReadyResponse) -> ReadyResponse:
 
 def get_head(p: pb.GetHeadResponse) -> GetHeadResponse:
     """Convert a decoded GetHeadResponse."""
-    return GetHeadResponse(head_id=p.head_id, found=p.found)
+    return GetHeadResponse(
+        head_id=p.head_id, found=p.found, first_head_id=p.first_head_id, bytes=p.bytes
+    )
 
 
 def require_envelope(response: pb.PublishResponse) -> MessageEnvelope:

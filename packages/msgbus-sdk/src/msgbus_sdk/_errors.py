@@ -21,6 +21,8 @@ the clients, so an application handles ``msgbus_sdk.NotFoundError`` and friends 
     ├── InternalError               INTERNAL, DATA_LOSS: a bug in the daemon
     ├── UnknownError                anything else, or a transport failure without a status
     ├── ProtocolError               the daemon broke the contract (raised by the SDK)
+    ├── TrimmedError                retention trimmed heads a subscription still expected
+    │                               (raised only with ``on_trim="raise"``)
     └── ConfigurationError          a wrong target, TLS files or argument (also a ValueError)
         └── ClientClosedError       the client was used after close()
 
@@ -32,11 +34,14 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+if TYPE_CHECKING:
+    from ._generated.msgbus.v1 import NodeId
 
 __all__ = [
     "AbortedError",
@@ -55,6 +60,7 @@ __all__ = [
     "ResourceExhaustedError",
     "StatusCode",
     "TransientError",
+    "TrimmedError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
@@ -197,6 +203,37 @@ class UnknownError(MsgbusError):
 
 class ProtocolError(MsgbusError):
     """The daemon answered in a way the contract does not allow (e.g. an empty response)."""
+
+
+class TrimmedError(MsgbusError):
+    """Retention trimmed heads that a subscription had not delivered yet.
+
+    Raised by a subscription made with ``on_trim="raise"`` when the daemon says its log now
+    starts above the head the subscription expected next. Not retryable: the heads are gone.
+    The subscription's ``next_head_id`` is then ``first_head_id``, so iterating on, or
+    subscribing again from ``first_head_id``, delivers the log from where it now starts.
+
+    Attributes:
+        topic: the subscription's topic.
+        origin: the origin of the log, as the daemon's envelopes name it.
+        expected_head_id: the head the subscription wanted next (the first one trimmed).
+        first_head_id: where the log now starts (the lowest head still held).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str,
+        origin: NodeId | None,
+        expected_head_id: int,
+        first_head_id: int,
+    ) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.origin = origin
+        self.expected_head_id = expected_head_id
+        self.first_head_id = first_head_id
 
 
 class ConfigurationError(MsgbusError, ValueError):

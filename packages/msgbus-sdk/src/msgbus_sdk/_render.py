@@ -93,9 +93,52 @@ def fifo_json(msg: FifoMessage) -> dict[str, Any]:
     }
 
 
+def log_count(head: TopicHead) -> int:
+    """How many messages a log holds: it is gap-free from its first head to its head."""
+    return head.head_id - head.first_head_id + 1 if head.first_head_id > 0 else 0
+
+
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def byte_size(count: int) -> str:
+    """A byte count for people: ``512 B``, ``1.5 MiB``."""
+    if count < 1024:
+        return f"{count} B"
+    value = float(count)
+    for unit in _BYTE_UNITS:
+        value /= 1024
+        # Compared as shown, so that 1048575 bytes reads 1.0 MiB, not 1024.0 KiB.
+        if round(value, 1) < 1024 or unit == _BYTE_UNITS[-1]:
+            break
+    return f"{value:.1f} {unit}"
+
+
 def head_json(head: TopicHead) -> dict[str, Any]:
-    """A log head as a JSON object."""
-    return {"topic": head.topic, "origin": _node(head.origin), "head_id": head.head_id}
+    """A log head as a JSON object, with raw integers."""
+    return {
+        "topic": head.topic,
+        "origin": _node(head.origin),
+        "first_head_id": head.first_head_id,
+        "head_id": head.head_id,
+        "count": log_count(head),
+        "bytes": head.bytes,
+    }
+
+
+HEAD_COLUMNS = ("TOPIC", "ORIGIN", "FIRST", "HEAD", "COUNT", "BYTES")
+
+
+def head_row(head: TopicHead) -> list[str]:
+    """A log head as a table row (see ``HEAD_COLUMNS``); FIRST is ``-`` for an empty log."""
+    return [
+        head.topic,
+        _node(head.origin) or "-",
+        str(head.first_head_id) if head.first_head_id > 0 else "-",
+        str(head.head_id),
+        str(log_count(head)),
+        byte_size(head.bytes),
+    ]
 
 
 def sync_state_json(state: PeerSyncState) -> dict[str, Any]:

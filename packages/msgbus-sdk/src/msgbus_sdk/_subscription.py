@@ -10,19 +10,108 @@ Reconnecting is driven by tenacity. The common path (an open, healthy stream) do
 tenacity at all; only a failure does, and each delivered message starts a fresh retry state,
 so ``max_attempts`` counts consecutive failures. The subscriptions themselves are in
 ``_async_subscription.py`` and, generated from it, ``_sync_subscription.py``.
+
+Retention is the one exception to "never skips one": a daemon that trimmed a log's prefix
+answers a subscription expecting head 10 with head 800 and ``first_head_id=800`` on that
+response, which tells a trim (heads 10..799 are gone for good) from a gap (a jump without the
+field, repaired by reopening). A trim is a :class:`Trim` event that the subscription's
+``on_trim`` policy handles; the cursor then goes on from ``first_head_id``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 import tenacity
 
-from ._errors import MsgbusError, ProtocolError, UnavailableError
-from ._generated.msgbus.v1 import MessageEnvelope
+from ._convert import node_key
+from ._errors import ConfigurationError, MsgbusError, ProtocolError, TrimmedError, UnavailableError
+from ._generated.msgbus.v1 import MessageEnvelope, NodeId
 
-__all__ = ["Cursor", "StreamClosed", "StreamEnded", "retry_while_open"]
+__all__ = [
+    "Cursor",
+    "StreamClosed",
+    "StreamEnded",
+    "Trim",
+    "TrimPolicy",
+    "resolve_on_trim",
+    "retry_while_open",
+]
+
+_log = logging.getLogger("msgbus_sdk")
+
+
+@dataclass(frozen=True, slots=True)
+class Trim:
+    """Heads a subscription never delivered because retention trimmed them first.
+
+    Heads ``expected_head_id .. first_head_id - 1`` were removed from the log before the
+    subscription reached them; delivery goes on at ``first_head_id``, where the log now starts.
+
+    Attributes:
+        topic: the subscription's topic.
+        origin: the origin of the log, as the daemon's envelopes name it.
+        expected_head_id: the head the subscription wanted next (the first one trimmed).
+        first_head_id: where the log now starts (the next head delivered).
+    """
+
+    topic: str
+    origin: NodeId | None
+    expected_head_id: int
+    first_head_id: int
+
+    @property
+    def skipped(self) -> int:
+        """How many heads were trimmed before delivery."""
+        return self.first_head_id - self.expected_head_id
+
+    def __str__(self) -> str:
+        return (
+            f"subscription topic={self.topic} origin={node_key(self.origin) or '-'}: heads "
+            f"{self.expected_head_id}..{self.first_head_id - 1} were trimmed by retention "
+            "before delivery"
+        )
+
+
+TrimPolicy: TypeAlias = Literal["continue", "raise"] | Callable[[Trim], None]
+"""What a subscription does on a :class:`Trim`: ``"continue"`` (log a warning on the
+``msgbus_sdk`` logger and go on), ``"raise"`` (:class:`TrimmedError`), or a callable that
+receives the :class:`Trim` and returns to go on."""
+
+
+def _continue(trim: Trim) -> None:
+    _log.warning("%s; continuing at %d", trim, trim.first_head_id)
+
+
+def _raise(trim: Trim) -> None:
+    raise TrimmedError(
+        f"{trim}; the log now starts at {trim.first_head_id}",
+        topic=trim.topic,
+        origin=trim.origin,
+        expected_head_id=trim.expected_head_id,
+        first_head_id=trim.first_head_id,
+    )
+
+
+def resolve_on_trim(on_trim: TrimPolicy) -> Callable[[Trim], None]:
+    """The handler for a subscription's ``on_trim`` policy.
+
+    Raises:
+        ConfigurationError: ``on_trim`` is neither ``"continue"``, ``"raise"`` nor a callable.
+    """
+    if on_trim == "continue":
+        return _continue
+    if on_trim == "raise":
+        return _raise
+    if callable(on_trim):
+        return on_trim
+    raise ConfigurationError(
+        f"on_trim must be 'continue', 'raise' or a callable taking a Trim, got {on_trim!r}"
+    )
 
 
 class StreamEnded(UnavailableError):
@@ -47,17 +136,30 @@ class StreamClosed(Exception):
 
 
 class Cursor:
-    """The resume point and the duplicate/gap guard."""
+    """The resume point, the duplicate/gap guard, and where trims are told from gaps."""
 
-    __slots__ = ("next_head_id", "pending")
+    __slots__ = ("_on_trim", "next_head_id", "pending", "trims")
 
-    def __init__(self, from_head_id: int) -> None:
+    def __init__(self, from_head_id: int, on_trim: Callable[[Trim], None] = _continue) -> None:
         # The daemon treats 0 as 1; so does the cursor, so the guard matches what arrives.
         self.next_head_id = max(from_head_id, 1)
         self.pending: deque[MessageEnvelope] = deque()
+        self.trims = 0
+        self._on_trim = on_trim
 
-    def take(self, envelopes: list[MessageEnvelope]) -> None:
-        """Queue the envelopes of one response for delivery, dropping duplicates."""
+    def take(self, envelopes: list[MessageEnvelope], first_head_id: int = 0) -> None:
+        """Queue the envelopes of one response for delivery, dropping duplicates.
+
+        ``first_head_id`` is the response's own (0: the response follows no trimmed prefix).
+        Above the expected head it is a trim: the cursor moves to it, then the ``on_trim``
+        handler runs (and may raise, leaving the envelopes undelivered), then delivery goes on.
+
+        Raises:
+            ProtocolError: ``first_head_id`` is not the response's first head, or lies below
+                the head expected next; or a head jumps without it (a gap, retried by reopening).
+        """
+        if first_head_id:
+            self._trim(envelopes, first_head_id)
         for env in envelopes:
             head = env.head_id
             if head < self.next_head_id:
@@ -68,6 +170,26 @@ class Cursor:
                 )
             self.pending.append(env)
             self.next_head_id = head + 1
+
+    def _trim(self, envelopes: list[MessageEnvelope], first_head_id: int) -> None:
+        first = envelopes[0] if envelopes else None
+        if first is None or first.head_id != first_head_id:
+            sent = "no message" if first is None else f"head_id {first.head_id} first"
+            raise ProtocolError(
+                f"server sent first_head_id {first_head_id} on a response with {sent}"
+            )
+        if first_head_id < self.next_head_id:
+            # The daemon sets the field only above the head it was asked for.
+            raise ProtocolError(
+                f"server sent first_head_id {first_head_id} below the expected head_id "
+                f"{self.next_head_id}"
+            )
+        if first_head_id == self.next_head_id:
+            return  # the log starts exactly where the subscription is: nothing was skipped
+        trim = Trim(first.topic, first.origin, self.next_head_id, first_head_id)
+        self.next_head_id = first_head_id
+        self.trims += 1
+        self._on_trim(trim)
 
     def deliver(self) -> MessageEnvelope | None:
         """The next envelope to deliver, or None when the queue is empty."""

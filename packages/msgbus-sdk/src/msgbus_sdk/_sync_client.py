@@ -41,6 +41,7 @@ from ._generated.msgbus.v1 import (
     TopicHead,
 )
 from ._requests import BatchEntry
+from ._subscription import TrimPolicy, resolve_on_trim
 from ._sync_subscription import Subscription
 from ._tls import TlsConfig
 
@@ -285,7 +286,9 @@ class MsgbusClient:
         longer ranges.
 
         ``origin`` names the log's origin (``None``: the default origin, else the daemon's node).
-        An unknown log gives an empty list.
+        An unknown log gives an empty list. Below the log's first head (retention trimmed the
+        messages before it) the page starts at the first head; compare the first message's
+        ``head_id`` with ``from_head_id`` to see that.
         """
         request = requests.fetch(topic, self._origin(origin), from_head_id, limit)
         return list(self._fetch_page(request))
@@ -318,7 +321,8 @@ class MsgbusClient:
 
         The range ends at ``to_head_id`` (inclusive; ``None``: the head at the time the last
         page is read). Memory stays bounded by one page whatever the range. Stops early if you
-        stop iterating.
+        stop iterating. Heads that retention trimmed are not there: the iteration starts at
+        the log's first head when ``from_head_id`` is below it.
         """
         size = requests.page_size(page_size)
         next_head = max(from_head_id, 1)
@@ -327,6 +331,10 @@ class MsgbusClient:
             limit = size if to_head_id is None else min(size, to_head_id - next_head + 1)
             count = 0
             for env in self._fetch_page(requests.fetch(topic, origin, next_head, limit)):
+                if to_head_id is not None and env.head_id > to_head_id:
+                    # A page below a trimmed prefix starts at the first head, so a full
+                    # page can reach past the range.
+                    return
                 count += 1
                 next_head = env.head_id + 1
                 yield env
@@ -342,19 +350,34 @@ class MsgbusClient:
         from_head_id: int = 1,
         replay_limit: int = 100,
         reconnect: bool | ReconnectPolicy = True,
+        *,
+        on_trim: TrimPolicy = "continue",
     ) -> Subscription:
         """Follow a log: replay it from ``from_head_id``, then deliver new messages live.
 
-        Returns an iterator that never yields a head_id twice and never skips one.
-        ``replay_limit`` is the daemon's replay page size, not a cap on delivery. With
-        ``reconnect`` (``True``, or a :class:`ReconnectPolicy` for custom backoff and
-        attempts), a broken stream is reopened at the last delivered head_id + 1, across
-        daemon restarts; with ``False`` the first error ends the iteration. Closing the client
-        ends the iteration; subscribing on a closed client raises :class:`ClientClosedError`.
+        Returns an iterator that never yields a head_id twice and never skips one,
+        except heads that retention trimmed before delivery. ``replay_limit`` is the daemon's
+        replay page size, not a cap on delivery. With ``reconnect`` (``True``, or a
+        :class:`ReconnectPolicy` for custom backoff and attempts), a broken stream is reopened
+        at the last delivered head_id + 1, across daemon restarts; with ``False`` the first
+        error ends the iteration. Closing the client ends the iteration; subscribing on a
+        closed client raises :class:`ClientClosedError`.
+
+        When the daemon says the log now starts above the head expected next (retention
+        trimmed it, at the start or while the subscription lagged behind), ``on_trim`` decides:
+        ``"continue"`` logs one warning on the ``msgbus_sdk`` logger and delivers on from the
+        log's first head; ``"raise"`` raises :class:`TrimmedError`; a callable receives the
+        :class:`Trim` and delivery goes on when it returns. Either way the subscription's
+        ``trims`` counts it. A jump the daemon does not explain is a gap, repaired by
+        reopening the stream.
+
+        Raises:
+            ConfigurationError: ``on_trim`` is not one of the above.
         """
         self._check_open()
         origin = self._origin(origin)
         requests.subscribe(topic, origin, from_head_id, replay_limit)  # validate eagerly
+        handle_trim = resolve_on_trim(on_trim)
 
         def make_request(next_head_id: int) -> pb.SubscribeRequest:
             return requests.subscribe(topic, origin, next_head_id, replay_limit)
@@ -365,15 +388,25 @@ class MsgbusClient:
             from_head_id,
             resolve_reconnect(reconnect) if reconnect is not False else None,
             lambda: self._closed,
+            handle_trim,
         )
 
     def get_head(self, topic: str, origin: NodeLike | None = None) -> GetHeadResponse:
-        """The head of a log: ``head_id`` and ``found`` (``{0, False}`` for an empty log)."""
+        """The head of a log: ``head_id`` and ``found`` (``{0, False}`` for an empty log).
+
+        Also ``first_head_id``, the lowest head still held (above 1 once retention trimmed
+        the log; 0 when it holds no message), and ``bytes``, the payload and header bytes it
+        holds. A daemon that predates retention sends 0 for both.
+        """
         request = requests.get_head(topic, self._origin(origin))
         return convert.get_head(self._unary(self._stub.GetHead, request))
 
     def list_heads(self) -> list[TopicHead]:
-        """The head of every log in the daemon's store, ordered by topic and origin."""
+        """The head of every log in the daemon's store, ordered by topic and origin.
+
+        Each :class:`TopicHead` has ``first_head_id`` and ``bytes`` as in :meth:`get_head`;
+        the log holds ``head_id - first_head_id + 1`` messages when ``first_head_id`` > 0.
+        """
         response = self._unary(self._stub.ListHeads, pb.ListHeadsRequest())
         return [convert.topic_head(h) for h in response.heads]
 

@@ -34,6 +34,7 @@ from ._errors import (
     UnavailableError,
 )
 from ._generated.msgbus.v1 import MessageEnvelope, NodeId
+from ._subscription import Trim
 from ._sync_client import MsgbusClient
 from ._tls import TlsConfig
 
@@ -211,6 +212,12 @@ def _show_page(io: _Io, batch: list[MessageEnvelope], header_written: bool) -> N
 def _cmd_subscribe(args: argparse.Namespace, io: _Io) -> int:
     origin = _origin(args.origin)
     count = 0
+
+    def report_trim(trim: Trim) -> None:
+        # On stderr, so that --json and --raw output on stdout stays messages only.
+        io.err.write(f"msgbus: {trim}; continuing at {trim.first_head_id}\n")
+        io.err.flush()
+
     with _client(args) as bus:
         if not (io.json or io.raw):
             io.out.write(render.stream_line(render.ENVELOPE_COLUMNS))
@@ -221,6 +228,7 @@ def _cmd_subscribe(args: argparse.Namespace, io: _Io) -> int:
             args.from_head_id,
             args.replay_limit,
             reconnect=not args.no_reconnect,
+            on_trim=report_trim,
         )
         with subscription:
             for env in subscription:
@@ -245,8 +253,7 @@ def _cmd_heads(args: argparse.Namespace, io: _Io) -> int:
         for head in heads:
             render.write_json(io.out, render.head_json(head))
     else:
-        rows = [[h.topic, node_key(h.origin) or "-", str(h.head_id)] for h in heads]
-        render.write_table(io.out, ("TOPIC", "ORIGIN", "HEAD_ID"), rows)
+        render.write_table(io.out, render.HEAD_COLUMNS, [render.head_row(h) for h in heads])
     return EXIT_OK
 
 
