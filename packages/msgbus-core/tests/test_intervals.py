@@ -122,3 +122,25 @@ def test_a_set_equals_only_a_set_with_the_same_ranges() -> None:
     assert TombstoneSet([(1, 2), (3, 3)]) == TombstoneSet([(1, 3)])
     assert TombstoneSet([(1, 2)]) != TombstoneSet([(1, 3)])
     assert TombstoneSet([(1, 2)]) != [(1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("head", "left"),
+    [
+        (1, [(2, 4), (7, 9)]),
+        (3, [(3, 4), (7, 9)]),
+        (5, [(7, 9)]),
+        (9, [(9, 9)]),
+        (10, []),
+    ],
+)
+def test_dropping_a_trimmed_prefix_keeps_only_the_heads_at_or_above_it(
+    head: int, left: list[tuple[int, int]]
+) -> None:
+    tombstones = TombstoneSet([(2, 4), (7, 9)])
+    tombstones.drop_below(head)
+    assert list(tombstones) == left
+    assert not tombstones.covers(head - 1)
+    # The set still merges and bisects as before.
+    tombstones.add(20, 21)
+    assert tombstones.covers(20)

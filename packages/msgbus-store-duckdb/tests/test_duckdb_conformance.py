@@ -31,6 +31,10 @@ class _FailingCommit:
 class TestDuckdbConformance(StoreConformance):
     factory = DuckdbStore
     entry_point = "duckdb"
+    downgrade_to_v1 = (
+        "ALTER TABLE logs DROP COLUMN first_head",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    )
 
     @classmethod
     def execute_raw(cls, path: Path, *statements: str) -> None:

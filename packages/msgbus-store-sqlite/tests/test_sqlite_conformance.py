@@ -31,6 +31,11 @@ class _FailingCommit:
 class TestSqliteConformance(StoreConformance):
     factory = SqliteStore
     entry_point = "sqlite"
+    downgrade_to_v1 = (
+        "ALTER TABLE logs DROP COLUMN first_head",
+        "ALTER TABLE logs DROP COLUMN bytes",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    )
 
     @classmethod
     def execute_raw(cls, path: Path, *statements: str) -> None:

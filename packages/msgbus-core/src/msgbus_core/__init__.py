@@ -48,10 +48,18 @@ from msgbus_core.ops import (
     RejectOp,
     ReplicateOp,
     ReplicateResult,
+    TrimOp,
+    TrimResult,
     WriteOp,
     WriteResult,
 )
-from msgbus_core.store import ENTRY_POINT_GROUP, MsgbusStore, StoreFactory
+from msgbus_core.store import (
+    ENTRY_POINT_GROUP,
+    DiskUsage,
+    MessageSummary,
+    MsgbusStore,
+    StoreFactory,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -60,6 +68,7 @@ __all__ = [
     "ConflictError",
     "DeleteRangeOp",
     "DeleteResult",
+    "DiskUsage",
     "EnqueueOp",
     "FifoMessage",
     "GapError",
@@ -67,6 +76,7 @@ __all__ = [
     "LogKey",
     "MemoryStore",
     "Message",
+    "MessageSummary",
     "MsgbusError",
     "MsgbusStore",
     "NodeId",
@@ -86,6 +96,8 @@ __all__ = [
     "StoreFactory",
     "TombstoneRange",
     "TopicHead",
+    "TrimOp",
+    "TrimResult",
     "WriteOp",
     "WriteResult",
 ]

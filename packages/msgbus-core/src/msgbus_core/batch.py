@@ -1,18 +1,27 @@
 """`BatchWriter`: how every store applies a `write` batch, op by op, each to its own outcome.
 
-The memory store and the SQL stores share it, so the dispatch, the per-op error rule and the
-rules of a local delete (bounds, clamping, the marker it appends) are written once.
+The memory store and the SQL stores share it, so the dispatch, the per-op error rule, the rules
+of a local delete (bounds, clamping, the marker it appends) and of a trim (how far it may go,
+markers kept while they matter, a peer's trimmed copy taken without a gap) are written once.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 from msgbus_core.errors import InvalidArgumentError, MsgbusError
 from msgbus_core.limits import DELETE_TOPIC
-from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange
+from msgbus_core.model import (
+    FifoMessage,
+    Message,
+    NodeId,
+    PeerSyncState,
+    TombstoneRange,
+    first_held,
+)
 from msgbus_core.ops import (
     AckOp,
     AppendOp,
@@ -26,12 +35,23 @@ from msgbus_core.ops import (
     RejectOp,
     ReplicateOp,
     ReplicateResult,
+    TrimOp,
+    TrimResult,
     WriteOp,
     WriteResult,
 )
+from msgbus_core.replication import (
+    check_replicated,
+    marker_still_needed,
+    marker_tombstone,
+    rebase_point,
+)
+from msgbus_core.validation import validate_stored_int
 
 MAX_ATTEMPTS: Final = 2**32 - 1
 """FIFO attempts are a uint32 on the wire and saturate there."""
+MARKER_PAGE: Final = 512
+"""Markers read at a time while a trim of a marker log looks for one still needed."""
 
 
 class BatchWriter(abc.ABC):
@@ -58,9 +78,11 @@ class BatchWriter(abc.ABC):
             case AppendOp():
                 return self._append(op)
             case ReplicateOp():
-                return self._replicate(op)
+                return self._replicate_from(op)
             case DeleteRangeOp():
                 return self._delete_range(op)
+            case TrimOp():
+                return self._trim(op)
             case EnqueueOp():
                 return self._enqueue(op)
             case AckOp():
@@ -92,6 +114,54 @@ class BatchWriter(abc.ABC):
         self._store_marker(marker)
         return DeleteResult(count, marker, tombstone)
 
+    def _trim(self, op: TrimOp) -> TrimResult:
+        """Remove the op's prefix, as far as the log and its markers allow (see `TrimOp`)."""
+        start, head = self._extent(op.topic, op.origin)
+        before = min(op.before_head_id, head + 1)
+        if op.topic == DELETE_TOPIC and before > start:
+            before = self._first_needed_marker(op.origin, start, before)
+        if before <= start:
+            return TrimResult(0, 0, first_held(start, head))
+        removed, freed = self._cut(op.topic, op.origin, before)
+        return TrimResult(removed, freed, first_held(before, head))
+
+    def _first_needed_marker(self, origin: NodeId, start: int, before: int) -> int:
+        """The head of the first marker in start..before-1 still needed, else `before`."""
+        for marker in self._markers(origin, start, before - 1):
+            if marker.deleted:
+                continue
+            # Every stored marker was parsed when it was stored, so this cannot fail.
+            tombstone = marker_tombstone(marker)
+            if marker_still_needed(tombstone, self._extent(tombstone.topic, tombstone.origin)):
+                return marker.head_id
+        return before
+
+    def _markers(self, origin: NodeId, first: int, last: int) -> Iterator[Message]:
+        """The stored markers of `origin` with heads first..last, read a page at a time."""
+        while first <= last:
+            page = self._held(DELETE_TOPIC, origin, first, min(last, first + MARKER_PAGE - 1))
+            if not page:
+                return
+            yield from page
+            first = page[-1].head_id + 1
+
+    def _replicate_from(self, op: ReplicateOp) -> ReplicateResult:
+        """Replicate, first moving the local log's start up to the peer's when it must."""
+        if op.first_head_id and op.messages:
+            first = op.messages[0]
+            _, head = self._extent(first.topic, first.origin)
+            rebase = rebase_point(op.first_head_id, first, head)
+            if rebase:
+                try:
+                    # Nothing changes for a batch whose first message would be refused anyway.
+                    validate_stored_int("first_head_id", rebase)
+                    check_replicated(first)
+                except MsgbusError as error:
+                    return ReplicateResult(error=error)
+                self._cut(first.topic, first.origin, rebase)
+                return dataclasses.replace(self._replicate(op), rebased_at=rebase)
+        return self._replicate(op)
+
     def _enqueue(self, op: EnqueueOp) -> FifoMessage:
         """Append to the back of a queue, under the next sequence the queue hands out."""
         self._check_stored_time(op.created_at_ms)
@@ -109,6 +179,22 @@ class BatchWriter(abc.ABC):
     @abc.abstractmethod
     def _head(self, topic: str, origin: NodeId) -> int:
         """The writer's current head of a log (0 when it does not exist)."""
+
+    @abc.abstractmethod
+    def _extent(self, topic: str, origin: NodeId) -> tuple[int, int]:
+        """The writer's (start, head) of a log: it holds start..head; (1, 0) when it is new."""
+
+    @abc.abstractmethod
+    def _held(self, topic: str, origin: NodeId, first: int, last: int) -> list[Message]:
+        """The stored messages of a log with heads first..last, in the writer's transaction."""
+
+    @abc.abstractmethod
+    def _cut(self, topic: str, origin: NodeId, before: int) -> tuple[int, int]:
+        """Make the log start at `before` (creating it if new); the rows removed and their bytes.
+
+        Every row below `before` and every tombstone wholly below it go, and a head below
+        `before - 1` rises to it. The bytes are the removed rows' `read_size` total.
+        """
 
     @abc.abstractmethod
     def _store_marker(self, marker: Message) -> None:

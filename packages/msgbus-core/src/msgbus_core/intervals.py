@@ -48,6 +48,13 @@ class TombstoneSet:
         self._firsts[lo:hi] = [first]
         self._lasts[lo:hi] = [last]
 
+    def drop_below(self, head: int) -> None:
+        """Forget the heads below `head` (a trimmed prefix: no message can arrive there)."""
+        cut = bisect.bisect_left(self._lasts, head)
+        del self._firsts[:cut], self._lasts[:cut]
+        if self._firsts and self._firsts[0] < head:
+            self._firsts[0] = head
+
     def covers(self, head: int) -> bool:
         """True when `head` lies in one of the ranges."""
         index = bisect.bisect_right(self._firsts, head) - 1

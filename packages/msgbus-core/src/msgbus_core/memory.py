@@ -22,6 +22,7 @@ from msgbus_core.model import (
     PeerSyncState,
     TombstoneRange,
     TopicHead,
+    first_held,
 )
 from msgbus_core.ops import (
     AckOp,
@@ -39,7 +40,7 @@ from msgbus_core.replication import (
     decide,
     marker_tombstone,
 )
-from msgbus_core.store import read_size
+from msgbus_core.store import DiskUsage, MessageSummary, read_size
 
 LogId = tuple[str, NodeId]
 
@@ -51,8 +52,10 @@ class MemoryStore(BatchWriter):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # A log is contiguous from head 1, so a list indexed by head - 1 holds it.
+        # A log is contiguous from its start (1 until retention trims it), so a list indexed
+        # by head - start holds it.
         self._logs: dict[LogId, list[Message]] = {}
+        self._starts: dict[LogId, int] = {}
         # Every tombstone as recorded, by its range (the first of duplicates is kept), and the
         # merged set that appends and replicates ask.
         self._tombstones: dict[LogId, dict[tuple[int, int], TombstoneRange]] = {}
@@ -86,8 +89,9 @@ class MemoryStore(BatchWriter):
 
     def _append(self, op: AppendOp) -> Message:
         log = self._logs.setdefault((op.topic, op.origin), [])
+        head = self._starts.get((op.topic, op.origin), 1) + len(log) - 1
         message = Message(
-            op.id, op.topic, op.origin, len(log) + 1, op.payload, dict(op.headers), op.created_at_ms
+            op.id, op.topic, op.origin, head + 1, op.payload, dict(op.headers), op.created_at_ms
         )
         erased = self._erased.get((op.topic, op.origin))
         if erased is not None:
@@ -106,8 +110,12 @@ class MemoryStore(BatchWriter):
                 if erased is not None:
                     incoming = apply_tombstones(incoming, erased)
                 log = self._logs.get(log_id, [])
-                existing = log[incoming.head_id - 1] if incoming.head_id <= len(log) else None
-                decision = decide(existing, incoming, len(log))
+                start = self._starts.get(log_id, 1)
+                head = start + len(log) - 1
+                existing = (
+                    log[incoming.head_id - start] if start <= incoming.head_id <= head else None
+                )
+                decision = decide(existing, incoming, head, start)
             except MsgbusError as error:
                 return ReplicateResult(changed, unchanged, error)
             if decision is Decision.UNCHANGED:
@@ -119,7 +127,7 @@ class MemoryStore(BatchWriter):
                 if incoming.topic == DELETE_TOPIC and not incoming.deleted:
                     self._record_tombstone(marker_tombstone(incoming))
             else:
-                log[incoming.head_id - 1] = incoming
+                log[incoming.head_id - start] = incoming
             changed.append(incoming)
         return ReplicateResult(changed, unchanged)
 
@@ -130,15 +138,41 @@ class MemoryStore(BatchWriter):
         self._tombstones.setdefault(log_id, {}).setdefault(span, tombstone)
         self._erased.setdefault(log_id, TombstoneSet()).add(*span)
         log = self._logs.get(log_id, [])
+        start = self._starts.get(log_id, 1)
         count = 0
-        for index in range(tombstone.from_head_id - 1, min(tombstone.to_head_id, len(log))):
+        first = max(tombstone.from_head_id, start) - start
+        for index in range(first, min(tombstone.to_head_id - start + 1, len(log))):
             if not log[index].deleted:
                 log[index] = log[index].erased()
                 count += 1
         return count
 
     def _head(self, topic: str, origin: NodeId) -> int:
-        return len(self._logs.get((topic, origin), ()))
+        return self._extent(topic, origin)[1]
+
+    def _extent(self, topic: str, origin: NodeId) -> tuple[int, int]:
+        start = self._starts.get((topic, origin), 1)
+        return start, start + len(self._logs.get((topic, origin), ())) - 1
+
+    def _held(self, topic: str, origin: NodeId, first: int, last: int) -> list[Message]:
+        start = self._starts.get((topic, origin), 1)
+        log = self._logs.get((topic, origin), [])
+        return log[max(first - start, 0) : max(last - start + 1, 0)]
+
+    def _cut(self, topic: str, origin: NodeId, before: int) -> tuple[int, int]:
+        log_id = (topic, origin)
+        log = self._logs.setdefault(log_id, [])
+        start = self._starts.get(log_id, 1)
+        removed = log[: max(before - start, 0)]
+        # The rest of the list starts at `before`; an emptied log's head is before - 1.
+        del log[: len(removed)]
+        self._starts[log_id] = before
+        spans = self._tombstones.get(log_id, {})
+        for span in [span for span in spans if span[1] < before]:
+            del spans[span]
+        if log_id in self._erased:
+            self._erased[log_id].drop_below(before)
+        return len(removed), sum(read_size(message) for message in removed)
 
     def _store_marker(self, marker: Message) -> None:
         self._logs.setdefault((marker.topic, marker.origin), []).append(marker)
@@ -177,8 +211,8 @@ class MemoryStore(BatchWriter):
         """Up to `limit` messages from `from_head_id`, in head order, within `max_bytes`."""
         with self._lock:
             log = self._logs.get((topic, origin), [])
-            start = max(from_head_id, 1) - 1
-            page = log[start : start + max(limit, 0)]
+            index = max(max(from_head_id, 1) - self._starts.get((topic, origin), 1), 0)
+            page = log[index : index + max(limit, 0)]
         if max_bytes is None:
             return page
         total = 0
@@ -191,17 +225,38 @@ class MemoryStore(BatchWriter):
     def get_head(self, topic: str, origin: NodeId) -> int:
         """The log's highest head, or 0."""
         with self._lock:
-            return len(self._logs.get((topic, origin), []))
+            return self._extent(topic, origin)[1]
+
+    def log_head(self, topic: str, origin: NodeId) -> TopicHead:
+        """The log's head, first head held and bytes; zeros for an unknown log."""
+        with self._lock:
+            return self._describe(topic, origin)
+
+    def _describe(self, topic: str, origin: NodeId) -> TopicHead:
+        start, head = self._extent(topic, origin)
+        size = sum(read_size(message) for message in self._logs.get((topic, origin), ()))
+        return TopicHead(topic, origin, head, first_held(start, head), size)
 
     def list_heads(self) -> list[TopicHead]:
-        """Every non-empty log's head, by topic then origin key."""
+        """Every log that ever had a message, by topic then origin key."""
         with self._lock:
-            heads = [
-                TopicHead(topic, origin, len(log))
-                for (topic, origin), log in self._logs.items()
-                if log
-            ]
-        return sorted(heads, key=lambda h: (h.topic, h.origin.key))
+            heads = [self._describe(topic, origin) for topic, origin in self._logs]
+        return sorted((h for h in heads if h.head_id), key=lambda h: (h.topic, h.origin.key))
+
+    def summaries(
+        self, topic: str, origin: NodeId, from_head_id: int, limit: int
+    ) -> list[MessageSummary]:
+        """Head, `read_size` and time of up to `limit` messages from `from_head_id`."""
+        return [
+            MessageSummary(m.head_id, read_size(m), m.created_at_ms)
+            for m in self.fetch(topic, origin, from_head_id, limit)
+        ]
+
+    def disk_usage(self) -> DiskUsage:
+        """Nothing is on disk: the bytes held, as if they were."""
+        with self._lock:
+            held = sum(read_size(m) for log in self._logs.values() for m in log)
+        return DiskUsage(held, 0)
 
     def list_tombstones(self) -> list[TombstoneRange]:
         """Every tombstone, by topic, origin key, from and to."""

@@ -95,11 +95,30 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class TopicHead:
-    """The highest head_id stored for one log."""
+    """One log's extent: its highest head_id, the lowest it still holds, and its bytes.
+
+    A log holds every head from `first_head_id` to `head_id`. Retention trims a prefix, so
+    `first_head_id` rises above 1; when everything was trimmed the log holds nothing and
+    `first_head_id` is 0, while `head_id` stays (heads are never reused).
+    """
 
     topic: str
     origin: NodeId
     head_id: int
+    first_head_id: int = 0
+    """The lowest head still held; 0 when the log holds no message."""
+    bytes: int = 0
+    """The `read_size` total of the messages held (a deleted message counts 0)."""
+
+    @property
+    def count(self) -> int:
+        """How many messages the log holds (deleted ones included: they keep their head)."""
+        return self.head_id - self.first_head_id + 1 if self.first_head_id else 0
+
+
+def first_held(start: int, head: int) -> int:
+    """The `first_head_id` of a log whose untrimmed heads start at `start`, up to `head`."""
+    return start if start <= head else 0
 
 
 @dataclass(frozen=True, slots=True)

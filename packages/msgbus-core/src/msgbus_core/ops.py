@@ -33,10 +33,17 @@ class AppendOp:
 class ReplicateOp:
     """Insert messages received from a peer, all of one log, in ascending head order.
 
+    `first_head_id` is where the peer says its copy of the log starts (its retention trimmed
+    the heads below), or 0 when it says nothing, as original peers do. When the batch starts
+    exactly there and the local head is below it, the local copy is first trimmed to start
+    there too, so the batch continues it without a gap (heads between are gone everywhere this
+    peer knows of). Without it, such a batch is a gap, refused as always.
+
     Result: a `ReplicateResult`. The messages before the first failing one are kept.
     """
 
     messages: Sequence[Message]
+    first_head_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,8 @@ class ReplicateResult:
     changed: list[Message] = field(default_factory=list)
     unchanged: int = 0
     error: Exception | None = None
+    rebased_at: int = 0
+    """The peer's first head, when the local copy was trimmed to start there (0: it was not)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,34 @@ class DeleteResult:
     deleted_count: int
     marker: Message | None = None
     tombstone: TombstoneRange | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrimOp:
+    """Remove the oldest messages of one log: every head below `before_head_id`.
+
+    The log's first head becomes `before_head_id`, at most its head + 1 (a log may be trimmed
+    empty; its head stays, as heads are never reused). Tombstones wholly below the new first
+    head go with the rows. A `$msgbus.delete` marker is kept while any message it covers is
+    still held, so trimming a marker log stops at the first such marker.
+    Result: a `TrimResult`.
+    """
+
+    topic: str
+    origin: NodeId
+    before_head_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrimResult:
+    """What a `TrimOp` removed, and where the log starts now."""
+
+    removed: int
+    """Rows removed (deleted ones included)."""
+    freed_bytes: int
+    """Their `read_size` total."""
+    first_head_id: int
+    """The log's lowest head held afterwards; 0 when it holds nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +173,7 @@ WriteOp = (
     AppendOp
     | ReplicateOp
     | DeleteRangeOp
+    | TrimOp
     | EnqueueOp
     | AckOp
     | RejectOp
@@ -144,7 +182,9 @@ WriteOp = (
 )
 """Any operation a store's `write` accepts."""
 
-WriteResult = Message | ReplicateResult | DeleteResult | FifoMessage | PruneResult | bool | None
+WriteResult = (
+    Message | ReplicateResult | DeleteResult | TrimResult | FifoMessage | PruneResult | bool | None
+)
 """Any successful result of a write operation."""
 
 Outcome = WriteResult | Exception

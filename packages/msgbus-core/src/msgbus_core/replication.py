@@ -27,7 +27,8 @@ class Decision(enum.Enum):
     INSERT = "insert"
     """No row at that head: insert it."""
     UNCHANGED = "unchanged"
-    """The stored row already says the same (or is deleted, and deleted wins)."""
+    """The stored row already says the same (or is deleted, and deleted wins), or the head was
+    trimmed here."""
     MARK_DELETED = "mark_deleted"
     """The incoming copy is deleted and the stored one is not: mark the row deleted and erase it."""
 
@@ -82,6 +83,27 @@ def marker_tombstone(marker: Message) -> TombstoneRange:
     return tombstone
 
 
+def marker_still_needed(tombstone: TombstoneRange, held: tuple[int, int]) -> bool:
+    """True while the log a delete marker names holds a head of its range.
+
+    `held` is that log's (start, head): it holds start..head. Until then the marker must stay,
+    so that a peer pulling the marker log learns of the delete while the messages exist.
+    """
+    start, head = held
+    return max(tombstone.from_head_id, start) <= min(tombstone.to_head_id, head)
+
+
+def rebase_point(op_first_head: int, first: Message | None, local_head: int) -> int:
+    """Where a replicate must restart the local log to take a peer's trimmed copy; 0 if not.
+
+    Only when the peer said where its copy starts (`op_first_head`), the batch starts exactly
+    there, and the local copy ends before it (otherwise the batch is an ordinary one).
+    """
+    if not op_first_head or first is None or first.head_id != op_first_head:
+        return 0
+    return op_first_head if local_head + 1 < op_first_head else 0
+
+
 def apply_tombstones(message: Message, tombstones: TombstoneSet) -> Message:
     """The message as stored: erased when a tombstone of its log covers its head.
 
@@ -93,12 +115,18 @@ def apply_tombstones(message: Message, tombstones: TombstoneSet) -> Message:
     return message
 
 
-def decide(existing: Message | None, incoming: Message, current_head: int) -> Decision:
+def decide(
+    existing: Message | None, incoming: Message, current_head: int, start: int = 1
+) -> Decision:
     """Decide how to store `incoming` (already checked and tombstoned) given the stored row.
 
+    `start` is the lowest head the local log did not trim: a copy of a trimmed message is not
+    brought back (retention removed it on purpose), so it counts as unchanged.
     Raises `GapError` when the message would leave a gap, and `ConflictError` when the stored
     row differs in anything but the deleted flag.
     """
+    if incoming.head_id < start:
+        return Decision.UNCHANGED
     if existing is None:
         if incoming.head_id > current_head + 1:
             raise GapError(

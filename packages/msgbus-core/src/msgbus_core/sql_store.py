@@ -45,7 +45,15 @@ from msgbus_core.batch import MAX_ATTEMPTS, BatchWriter
 from msgbus_core.errors import MsgbusError, StorageError
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
-from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
+from msgbus_core.model import (
+    FifoMessage,
+    Message,
+    NodeId,
+    PeerSyncState,
+    TombstoneRange,
+    TopicHead,
+    first_held,
+)
 from msgbus_core.ops import (
     AckOp,
     AppendOp,
@@ -73,6 +81,7 @@ from msgbus_core.rows import (
     sync_state_from_row,
     sync_state_row,
 )
+from msgbus_core.store import DiskUsage, MessageSummary
 from msgbus_core.validation import clamp_stored, validate_stored_int
 
 MESSAGE_COLUMNS: Final = ("head_id", "id", "payload", "headers", "created_at_ms", "deleted")
@@ -108,6 +117,17 @@ class SqlDialect:
     """How the driver marks a parameter: `?` (sqlite3, DuckDB) or `%s` (psycopg)."""
     lock_rows: str = ""
     """Ends the writer's reads of a log row and a queue front (` FOR UPDATE` on a shared one)."""
+    blob_length: str = "length"
+    """The function that gives a BLOB's length in bytes (`octet_length` where `length` of a
+    BLOB is not its bytes)."""
+
+    def read_size(self, table: str = "") -> str:
+        """SQL for a message row's `read_size`: payload bytes plus the stored header JSON text.
+
+        `length` of TEXT counts characters, as Python's `len` of the JSON string does.
+        """
+        prefix = f"{table}." if table else ""
+        return f"{self.blob_length}({prefix}payload) + coalesce(length({prefix}headers), 0)"
 
     def render(self, sql: str) -> str:
         """`sql`, written with `?` placeholders, in this dialect's placeholder style."""
@@ -135,7 +155,10 @@ class SqlStatements:
         sync_updates = ", ".join(
             f"{name} = excluded.{name}" for name in SYNC_COLUMNS.split(", ")[3:]
         )
-        self.find_log: Final = render(f"SELECT id, head FROM logs WHERE {_KEY}{lock}")
+        size, m_size = dialect.read_size(), dialect.read_size("m")
+        self.find_log: Final = render(
+            f"SELECT id, head, first_head, bytes FROM logs WHERE {_KEY}{lock}"
+        )
         self.log_tombstones: Final = render(
             f"SELECT from_head_id, to_head_id FROM tombstones WHERE {log} = ?"
         )
@@ -143,7 +166,21 @@ class SqlStatements:
             "INSERT INTO logs (topic, tenant_id, bl_name, device_id) VALUES (?, ?, ?, ?) "
             "RETURNING id"
         )
-        self.update_head: Final = render("UPDATE logs SET head = ? WHERE id = ?")
+        self.update_head: Final = render(
+            "UPDATE logs SET head = ?, first_head = ?, bytes = ? WHERE id = ?"
+        )
+        self.live_bytes: Final = render(
+            f"SELECT coalesce(sum({size}), 0) FROM messages "
+            f"WHERE {log} = ? AND head_id BETWEEN ? AND ? AND deleted = ?"
+        )
+        self.prefix_stats: Final = render(
+            f"SELECT count(*), coalesce(sum({size}), 0) FROM messages "
+            f"WHERE {log} = ? AND head_id < ?"
+        )
+        self.delete_prefix: Final = render(f"DELETE FROM messages WHERE {log} = ? AND head_id < ?")
+        self.drop_tombstones: Final = render(
+            f"DELETE FROM tombstones WHERE {log} = ? AND to_head_id < ?"
+        )
         self.insert_message: Final = render(
             f"INSERT INTO messages ({log}, {message_columns}) VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
@@ -189,8 +226,16 @@ class SqlStatements:
             "AND m.head_id >= ? ORDER BY m.head_id LIMIT ?"
         )
         self.head: Final = render(f"SELECT head FROM logs WHERE {_KEY}")
+        self.log_head: Final = render(f"SELECT head, first_head, bytes FROM logs WHERE {_KEY}")
         self.heads: Final = (
-            "SELECT topic, tenant_id, bl_name, device_id, head FROM logs WHERE head > 0"
+            "SELECT topic, tenant_id, bl_name, device_id, head, first_head, bytes FROM logs "
+            "WHERE head > 0"
+        )
+        self.summaries: Final = render(
+            f"SELECT m.head_id, {m_size}, m.created_at_ms "
+            f"FROM logs AS l JOIN messages AS m ON m.{log} = l.id "
+            "WHERE l.topic = ? AND l.tenant_id = ? AND l.bl_name = ? AND l.device_id = ? "
+            "AND m.head_id >= ? ORDER BY m.head_id LIMIT ?"
         )
         self.tombstones: Final = (
             "SELECT l.topic, l.tenant_id, l.bl_name, l.device_id, t.from_head_id, "
@@ -224,6 +269,10 @@ class LogState:
     key: LogKey
     id: int
     head: int
+    first: int = 1
+    """The lowest head not trimmed: the log holds first..head (nothing when first > head)."""
+    bytes: int = 0
+    """The `read_size` total of the rows held."""
     tombstones: TombstoneSet = field(default_factory=TombstoneSet)
     """The heads the log's tombstones cover, merged: every append and replicate asks it."""
 
@@ -309,7 +358,7 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         """Write what the batch buffered, store the heads it moved and commit."""
         self._flush()
         for log in self._dirty.values():
-            self._writer.execute(self._sql.update_head, (log.head, log.id))
+            self._writer.execute(self._sql.update_head, (log.head, log.first, log.bytes, log.id))
         self._writer.execute("COMMIT")
 
     def _abort(self) -> None:
@@ -367,25 +416,61 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         return log
 
     def _insert(self, log: LogState, message: Message) -> None:
+        headers = encode_headers(message.headers)
         self._pending.append(
             (
                 log.id,
                 message.head_id,
                 message.id,
                 message.payload,
-                encode_headers(message.headers),
+                headers,
                 message.created_at_ms,
                 message.deleted,
             )
         )
         log.head = message.head_id
+        log.bytes += len(message.payload) + (len(headers) if headers else 0)
         self._dirty[log.id] = log
 
     def _erase(self, log: LogState, first: int, last: int) -> int:
         """Erase the live rows of heads first..last; return how many there were."""
         self._flush()
+        freed = self._execute(self._sql.live_bytes, (log.id, first, last, False)).fetchone()[0]
         cursor = self._execute(self._sql.erase, (True, b"", log.id, first, last, False))
+        if freed:
+            log.bytes -= int(freed)
+            self._dirty[log.id] = log
         return int(cursor.rowcount)
+
+    def _extent(self, topic: str, origin: NodeId) -> tuple[int, int]:
+        log = self._find_log(topic, origin)
+        return (1, 0) if log is None else (log.first, log.head)
+
+    def _held(self, topic: str, origin: NodeId, first: int, last: int) -> list[Message]:
+        log = self._find_log(topic, origin)
+        if log is None:
+            return []
+        self._flush()
+        rows = self._execute(self._sql.message_range, (log.id, first, last)).fetchall()
+        return self._messages(topic, origin, rows)
+
+    def _cut(self, topic: str, origin: NodeId, before: int) -> tuple[int, int]:
+        log = self._log(topic, origin)
+        self._flush()
+        count, freed = self._execute(self._sql.prefix_stats, (log.id, before)).fetchone()
+        if count:
+            self._execute(self._sql.delete_prefix, (log.id, before))
+        self._execute(self._sql.drop_tombstones, (log.id, before))
+        log.tombstones.drop_below(before)
+        log.first = before
+        log.head = max(log.head, before - 1)
+        log.bytes -= int(freed)
+        self._dirty[log.id] = log
+        self._trimmed(log)
+        return int(count), int(freed)
+
+    def _trimmed(self, log: LogState) -> None:
+        """Persist a log's new start now, if the backend does not at commit (default: it does)."""
 
     # -- write operations -----------------------------------------------------------------------
 
@@ -411,13 +496,13 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             try:
                 incoming = check_replicated(raw)
                 log = self._find_log(incoming.topic, incoming.origin)
-                head = 0 if log is None else log.head
+                head, start = (0, 1) if log is None else (log.head, log.first)
                 existing = None
                 if log is not None:
                     incoming = apply_tombstones(incoming, log.tombstones)
-                    if incoming.head_id <= head:
+                    if start <= incoming.head_id <= head:
                         existing = self._stored(log, incoming, op, seen)
-                decision = decide(existing, incoming, head)
+                decision = decide(existing, incoming, head, start)
             except MsgbusError as error:
                 return ReplicateResult(changed, unchanged, error)
             if decision is Decision.UNCHANGED:
@@ -599,17 +684,39 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         return self._messages(topic, origin, rows)
 
     def get_head(self, topic: str, origin: NodeId) -> int:
-        """The highest head of a log, or 0 when it has no message."""
+        """The highest head of a log, or 0 when it never had a message."""
         rows = self._query(self._sql.head, log_key(topic, origin))
         return int(rows[0][0]) if rows else 0
 
+    def log_head(self, topic: str, origin: NodeId) -> TopicHead:
+        """One log's head, first head held and bytes; all zero for an unknown log."""
+        rows = self._query(self._sql.log_head, log_key(topic, origin))
+        if not rows:
+            return TopicHead(topic, origin, 0)
+        head, start, size = rows[0]
+        return TopicHead(topic, origin, int(head), first_held(int(start), int(head)), int(size))
+
     def list_heads(self) -> list[TopicHead]:
-        """Every non-empty log's head, ordered by topic and then origin key (code points)."""
+        """Every log that ever had a message, by topic and then origin key (code points)."""
         heads = [
-            TopicHead(topic, NodeId(tenant, bl, device), head)
-            for topic, tenant, bl, device, head in self._query(self._sql.heads)
+            TopicHead(topic, NodeId(tenant, bl, device), head, first_held(start, head), size)
+            for topic, tenant, bl, device, head, start, size in self._query(self._sql.heads)
         ]
         return self._sorted_heads(heads)
+
+    def summaries(
+        self, topic: str, origin: NodeId, from_head_id: int, limit: int
+    ) -> list[MessageSummary]:
+        """Up to `limit` summaries of a log's messages from `from_head_id`, in head order."""
+        if limit <= 0:
+            return []
+        parameters = (*log_key(topic, origin), clamp_stored(max(from_head_id, 1)), limit)
+        rows = self._query(self._sql.summaries, parameters)
+        return [MessageSummary(int(h), int(size), int(t)) for h, size, t in rows]
+
+    @abc.abstractmethod
+    def disk_usage(self) -> DiskUsage:
+        """The database's files and their reusable free space (see `MsgbusStore.disk_usage`)."""
 
     @staticmethod
     def _sorted_heads(heads: list[TopicHead]) -> list[TopicHead]:

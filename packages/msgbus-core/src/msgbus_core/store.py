@@ -12,7 +12,7 @@ Backends are found through the `msgbus.stores` entry point group: the entry poin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
 from msgbus_core.ops import Outcome, WriteOp
@@ -30,6 +30,28 @@ def read_size(message: Message) -> int:
     if not message.headers:
         return len(message.payload)
     return len(message.payload) + len(encode_headers(message.headers) or "")
+
+
+class MessageSummary(NamedTuple):
+    """What retention needs of one stored message: its head, `read_size` and commit time."""
+
+    head_id: int
+    size: int
+    created_at_ms: int
+
+
+class DiskUsage(NamedTuple):
+    """What a store takes on disk, for the daemon's disk budget."""
+
+    file_bytes: int
+    """The database's files (the write-ahead log included)."""
+    reusable_bytes: int
+    """Free space inside them that the database reuses before it grows the files."""
+
+    @property
+    def used_bytes(self) -> int:
+        """What the data takes: the files less their reusable free space."""
+        return max(self.file_bytes - self.reusable_bytes, 0)
 
 
 class MsgbusStore(Protocol):
@@ -66,11 +88,28 @@ class MsgbusStore(Protocol):
         ...
 
     def get_head(self, topic: str, origin: NodeId) -> int:
-        """The highest head of a log, or 0 when it has no message."""
+        """The highest head of a log, or 0 when it never had a message."""
+        ...
+
+    def log_head(self, topic: str, origin: NodeId) -> TopicHead:
+        """One log's extent (head, first head held, bytes); all zero for an unknown log."""
         ...
 
     def list_heads(self) -> list[TopicHead]:
-        """Every log's head, ordered by topic and then origin key."""
+        """Every log that ever had a message, ordered by topic and then origin key.
+
+        A log trimmed empty is listed too (head kept, `first_head_id` 0).
+        """
+        ...
+
+    def summaries(
+        self, topic: str, origin: NodeId, from_head_id: int, limit: int
+    ) -> list[MessageSummary]:
+        """Up to `limit` summaries of a log's messages with head >= `from_head_id`, in order."""
+        ...
+
+    def disk_usage(self) -> DiskUsage:
+        """The store's files and the free space within them, as of the last commit."""
         ...
 
     def list_tombstones(self) -> list[TombstoneRange]:

@@ -56,7 +56,7 @@ from msgbus_core.errors import (
 )
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT, U64_MAX
 from msgbus_core.memory import MemoryStore
-from msgbus_core.model import Message, NodeId, PeerSyncState, TombstoneRange
+from msgbus_core.model import Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
 from msgbus_core.ops import (
     AckOp,
     AppendOp,
@@ -70,9 +70,11 @@ from msgbus_core.ops import (
     RejectOp,
     ReplicateOp,
     ReplicateResult,
+    TrimOp,
+    TrimResult,
     WriteOp,
 )
-from msgbus_core.store import MsgbusStore, StoreFactory, read_size
+from msgbus_core.store import MessageSummary, MsgbusStore, StoreFactory, read_size
 
 LOCAL = NodeId("tenant", "default", "local")
 REMOTE = NodeId("tenant", "default", "remote")
@@ -135,7 +137,13 @@ def comparable(outcome: Outcome) -> object:
     if isinstance(outcome, Exception):
         return (type(outcome).__name__, str(outcome))
     if isinstance(outcome, ReplicateResult):
-        return ("replicate", outcome.changed, outcome.unchanged, comparable(outcome.error))
+        return (
+            "replicate",
+            outcome.changed,
+            outcome.unchanged,
+            comparable(outcome.error),
+            outcome.rebased_at,
+        )
     return outcome
 
 
@@ -171,6 +179,9 @@ class StoreConformance(StoreFixtures):
     """The store's name in the `msgbus.stores` entry point group, checked when set."""
     limits_stored_integers: ClassVar[bool] = True
     """False for stores that keep integers of any size (the memory store)."""
+    downgrade_to_v1: ClassVar[tuple[str, ...]] = ()
+    """Statements that turn a file of the current schema into one of schema version 1 (with
+    its data), so the migration at open is tested; empty for a store without versions."""
 
     @classmethod
     def execute_raw(cls, path: Path, *statements: str) -> None:
@@ -632,6 +643,183 @@ class StoreConformance(StoreFixtures):
         store.check()
         assert store.schema_version >= 1
 
+    # -- retention: trimming a log's prefix ----------------------------------------------------
+
+    def _log(self, store: MsgbusStore, n: int, topic: str = "events") -> list[Message]:
+        return [write_one(store, append_op(topic, b"payload-%d" % i, i)) for i in range(1, n + 1)]
+
+    def test_trim_removes_a_prefix_and_the_log_starts_at_its_new_first_head(
+        self, store: MsgbusStore
+    ) -> None:
+        messages = self._log(store, 10)
+        result = write_one(store, TrimOp("events", LOCAL, 4))
+        assert result == TrimResult(3, sum(read_size(m) for m in messages[:3]), 4)
+        assert [m.head_id for m in store.fetch("events", LOCAL, 1, 100)] == list(range(4, 11))
+        head = store.log_head("events", LOCAL)
+        assert (head.head_id, head.first_head_id, head.count) == (10, 4, 7)
+        assert head.bytes == sum(read_size(m) for m in messages[3:])
+        assert store.list_heads() == [head]
+        assert write_one(store, append_op("events", b"next", 11)).head_id == 11
+        # Trimming below the first head again removes nothing.
+        assert write_one(store, TrimOp("events", LOCAL, 2)) == TrimResult(0, 0, 4)
+
+    def test_a_log_trimmed_empty_keeps_its_head_and_never_reuses_one(
+        self, store: MsgbusStore
+    ) -> None:
+        self._log(store, 5)
+        result = write_one(store, TrimOp("events", LOCAL, 1_000))
+        assert (result.removed, result.first_head_id) == (5, 0)
+        head = store.log_head("events", LOCAL)
+        assert (head.head_id, head.first_head_id, head.bytes, head.count) == (5, 0, 0, 0)
+        assert store.get_head("events", LOCAL) == 5
+        assert store.list_heads() == [head]
+        assert store.fetch("events", LOCAL, 1, 100) == []
+        assert write_one(store, append_op("events", b"again", 6)).head_id == 6
+        assert store.log_head("events", LOCAL).first_head_id == 6
+
+    def test_an_unknown_log_has_no_extent(self, store: MsgbusStore) -> None:
+        assert store.log_head("missing", LOCAL) == TopicHead("missing", LOCAL, 0, 0, 0)
+        assert write_one(store, TrimOp("missing", LOCAL, 10)) == TrimResult(0, 0, 0)
+        assert store.list_heads() == []
+
+    def test_bytes_follow_appends_deletes_replicates_and_trims(self, store: MsgbusStore) -> None:
+        self._log(store, 6)
+        store.write([DeleteRangeOp("events", LOCAL, 2, 3, "m", 1)])
+        write_one(store, TrimOp("events", LOCAL, 2))
+        store.write([ReplicateOp([remote_message(1, b"abc"), remote_message(2, b"")])])
+        for head in store.list_heads():
+            held = store.fetch(head.topic, head.origin, 1, 100)
+            assert head.bytes == sum(read_size(m) for m in held), head
+            assert head.count == len(held)
+
+    def test_trim_drops_erased_rows_and_tombstones_below_the_first_head(
+        self, store: MsgbusStore
+    ) -> None:
+        self._log(store, 10)
+        for n, (first, last) in enumerate([(2, 3), (4, 6), (8, 8)]):
+            store.write([DeleteRangeOp("events", LOCAL, first, last, f"m{n}", n)])
+        write_one(store, TrimOp("events", LOCAL, 5))
+        spans = [
+            (t.from_head_id, t.to_head_id) for t in store.list_tombstones() if t.topic == "events"
+        ]
+        # (2, 3) lay wholly below the first head; (4, 6) still covers held heads 5 and 6.
+        assert spans == [(4, 6), (8, 8)]
+        held = store.fetch("events", LOCAL, 1, 100)
+        assert [(m.head_id, m.deleted) for m in held][:2] == [(5, True), (6, True)]
+
+    def test_a_delete_marker_is_kept_while_a_message_it_covers_is_held(
+        self, store: MsgbusStore
+    ) -> None:
+        self._log(store, 10)
+        store.write([DeleteRangeOp("events", LOCAL, 1, 2, "m1", 1)])
+        store.write([DeleteRangeOp("events", LOCAL, 6, 7, "m2", 2)])
+        # Marker 1 covers heads 1..2 and marker 2 heads 6..7, all still held: nothing goes.
+        assert write_one(store, TrimOp(DELETE_TOPIC, LOCAL, 100)).removed == 0
+        write_one(store, TrimOp("events", LOCAL, 3))
+        result = write_one(store, TrimOp(DELETE_TOPIC, LOCAL, 100))
+        assert (result.removed, result.first_head_id) == (1, 2)
+        write_one(store, TrimOp("events", LOCAL, 100))
+        assert write_one(store, TrimOp(DELETE_TOPIC, LOCAL, 100)).removed == 1
+        assert store.log_head(DELETE_TOPIC, LOCAL).first_head_id == 0
+
+    def test_a_replicated_copy_of_a_trimmed_message_is_not_brought_back(
+        self, store: MsgbusStore
+    ) -> None:
+        store.write([ReplicateOp([remote_message(h) for h in range(1, 6)])])
+        write_one(store, TrimOp("events", REMOTE, 4))
+        result = write_one(store, ReplicateOp([remote_message(h) for h in range(1, 7)]))
+        assert (result.unchanged, [m.head_id for m in result.changed]) == (5, [6])
+        assert [m.head_id for m in store.fetch("events", REMOTE, 1, 100)] == [4, 5, 6]
+
+    def test_a_peers_trimmed_copy_starts_a_fresh_log_at_its_first_head(
+        self, store: MsgbusStore
+    ) -> None:
+        batch = [remote_message(h) for h in range(1001, 1004)]
+        refused = write_one(store, ReplicateOp(batch))
+        assert isinstance(refused.error, GapError)
+        assert not refused.changed
+        result = write_one(store, ReplicateOp(batch, first_head_id=1001))
+        assert (result.error, result.rebased_at, len(result.changed)) == (None, 1001, 3)
+        head = store.log_head("events", REMOTE)
+        assert (head.first_head_id, head.head_id) == (1001, 1003)
+        assert store.fetch("events", REMOTE, 1, 10) == batch
+
+    def test_a_peers_trimmed_copy_past_the_local_head_restarts_the_log_there(
+        self, store: MsgbusStore
+    ) -> None:
+        store.write([ReplicateOp([remote_message(h) for h in range(1, 4)])])
+        # A first head that does not start the batch, or that the local log reaches, changes
+        # nothing: those are ordinary batches.
+        assert write_one(store, ReplicateOp([remote_message(11)], first_head_id=10)).error
+        same = write_one(store, ReplicateOp([remote_message(4)], first_head_id=4))
+        assert (same.rebased_at, len(same.changed)) == (0, 1)
+        result = write_one(store, ReplicateOp([remote_message(10)], first_head_id=10))
+        assert (result.rebased_at, [m.head_id for m in result.changed]) == (10, [10])
+        assert [m.head_id for m in store.fetch("events", REMOTE, 1, 100)] == [10]
+
+    def test_a_peers_trimmed_copy_with_an_invalid_first_message_changes_nothing(
+        self, store: MsgbusStore
+    ) -> None:
+        store.write([ReplicateOp([remote_message(h) for h in range(1, 4)])])
+        bad = Message("", "events", REMOTE, 10, b"x", {}, 1)
+        result = write_one(store, ReplicateOp([bad], first_head_id=10))
+        assert isinstance(result.error, InvalidArgumentError)
+        assert result.rebased_at == 0
+        assert [m.head_id for m in store.fetch("events", REMOTE, 1, 100)] == [1, 2, 3]
+
+    def test_summaries_give_heads_sizes_and_times_in_order(self, store: MsgbusStore) -> None:
+        messages = self._log(store, 5)
+        write_one(store, TrimOp("events", LOCAL, 2))
+        assert store.summaries("events", LOCAL, 1, 3) == [
+            MessageSummary(m.head_id, read_size(m), m.created_at_ms) for m in messages[1:4]
+        ]
+        assert store.summaries("events", LOCAL, 9, 3) == []
+        assert store.summaries("missing", LOCAL, 1, 3) == []
+
+    def test_disk_usage_reports_the_files(self, db_file: Path) -> None:
+        store = self.factory.open(str(db_file))
+        try:
+            store.write([append_op("events", bytes(4096), n) for n in range(1, 200)])
+            usage = store.disk_usage()
+            assert usage.file_bytes >= db_file.stat().st_size > 0
+            assert 0 <= usage.reusable_bytes <= usage.file_bytes
+            assert usage.used_bytes >= 199 * 4096 // 2  # compression aside, the data is there
+        finally:
+            store.close()
+
+    def test_trimmed_starts_and_bytes_survive_a_reopen(self, db_file: Path) -> None:
+        store = self.factory.open(str(db_file))
+        self._log(store, 6)
+        self._log(store, 3, topic="emptied")
+        store.write([TrimOp("events", LOCAL, 3), TrimOp("emptied", LOCAL, 100)])
+        store.write([DeleteRangeOp("events", LOCAL, 5, 5, "m", 1)])
+        before = snapshot(store)
+        store.close()
+        reopened = self.factory.open(str(db_file))
+        try:
+            assert snapshot(reopened) == before
+            assert write_one(reopened, append_op("emptied", b"x", 9)).head_id == 4
+        finally:
+            reopened.close()
+
+    def test_a_schema_1_file_is_migrated_at_open(self, db_file: Path) -> None:
+        if not self.downgrade_to_v1:
+            pytest.skip("this store has no older schema")
+        store = self.factory.open(str(db_file))
+        self._log(store, 4)
+        store.write([DeleteRangeOp("events", LOCAL, 2, 2, "m", 1)])
+        version, before = store.schema_version, snapshot(store)
+        store.close()
+        self.execute_raw(db_file, *self.downgrade_to_v1)
+        reopened = self.factory.open(str(db_file))
+        try:
+            assert reopened.schema_version == version
+            assert snapshot(reopened) == before
+        finally:
+            reopened.close()
+        again = self.factory.open(str(db_file))  # migrated once: opens as the current schema
+        again.close()
+
     # -- persistence ------------------------------------------------------------------------------
 
     def test_reopen_keeps_everything(self, db_file: Path) -> None:
@@ -908,6 +1096,28 @@ class _ReferenceComparison(RuleBasedStateMachine):
             payload = payload[:-3]
         message = Message(f"mk{head}", DELETE_TOPIC, REMOTE, head, payload, {}, head)
         self._both([ReplicateOp([message])])
+
+    @rule(
+        topic=st.sampled_from(["a", "b", DELETE_TOPIC]),
+        origin=_ORIGINS,
+        before=st.integers(0, 9),
+    )
+    def trim(self, topic: str, origin: NodeId, before: int) -> None:
+        self._both([TrimOp(topic, origin, before)])
+
+    @rule(topic=_TOPICS, first=st.integers(1, 12), count=st.integers(1, 3))
+    def replicate_trimmed(self, topic: str, first: int, count: int) -> None:
+        messages = [
+            Message(f"t{topic}{h}", topic, REMOTE, h, b"t%d" % h, {}, 200 + h)
+            for h in range(first, first + count)
+        ]
+        self._both([ReplicateOp(messages, first_head_id=first)])
+
+    @rule(topic=_TOPICS, origin=_ORIGINS, start=st.integers(0, 10), limit=st.integers(1, 4))
+    def summaries(self, topic: str, origin: NodeId, start: int, limit: int) -> None:
+        expected = self.model.summaries(topic, origin, start, limit)
+        assert self.backend.summaries(topic, origin, start, limit) == expected
+        assert self.backend.log_head(topic, origin) == self.model.log_head(topic, origin)
 
     # Once per sequence at most: a DuckDB open costs tens of milliseconds.
     @precondition(lambda self: self.reopens and not self.reopened)

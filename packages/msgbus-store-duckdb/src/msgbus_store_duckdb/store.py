@@ -14,15 +14,16 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import duckdb
 
 from msgbus_core.errors import SchemaError
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import MAX_STORED_INT
-from msgbus_core.model import Message, NodeId, TopicHead
+from msgbus_core.model import Message, NodeId, TopicHead, first_held
 from msgbus_core.sql_store import LogKey, LogState, SqlDialect, SqlStore, log_key
+from msgbus_core.store import DiskUsage, MessageSummary
 from msgbus_core.validation import clamp_stored
 from msgbus_store_duckdb import schema
 from msgbus_store_duckdb.errors import storage_error
@@ -35,11 +36,26 @@ CONFIG: Final = {
 }
 """DuckDB settings every connection of this store uses."""
 
+_DIALECT: Final = SqlDialect(log_column="log_id", blob_length="octet_length")
+
 _READ_SIZES: Final = (
-    "SELECT head_id, octet_length(payload) + coalesce(length(headers), 0) FROM messages "
+    f"SELECT head_id, {_DIALECT.read_size()} FROM messages "
     "WHERE log_id = ? AND head_id BETWEEN ? AND ? ORDER BY head_id"
 )
 """Each message's `read_size` (payload bytes and header JSON characters), in head order."""
+_SUMMARIES: Final = (
+    f"SELECT head_id, {_DIALECT.read_size()}, created_at_ms FROM messages "
+    "WHERE log_id = ? AND head_id BETWEEN ? AND ? ORDER BY head_id"
+)
+
+
+class _Committed(NamedTuple):
+    """What readers see of one log: as of the last commit."""
+
+    id: int
+    head: int
+    first: int
+    bytes: int
 
 
 def _connect(path: str) -> duckdb.DuckDBPyConnection:
@@ -65,7 +81,7 @@ def _connect(path: str) -> duckdb.DuckDBPyConnection:
 class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
     """A `MsgbusStore` in one DuckDB database file."""
 
-    dialect = SqlDialect(log_column="log_id")
+    dialect = _DIALECT
     driver_error = duckdb.Error
     wrap_error = storage_error
 
@@ -74,8 +90,8 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         self._next_log_id = 1
         self._appender: Any = None
         self._in_transaction = False
-        # What readers may see: (log id, head) of every log as of the last commit.
-        self._committed: dict[LogKey, tuple[int, int]] = {}
+        # What readers may see of every log, as of the last commit.
+        self._committed: dict[LogKey, _Committed] = {}
         self._committed_lock = threading.Lock()
         # Cursors are made from a connection nobody queries, under a lock, never from the
         # writer while it works.
@@ -95,6 +111,11 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         try:
             try:
                 version = schema.verify(writer, path)
+                if version is not None and version < schema.SCHEMA_VERSION:
+                    writer.begin()
+                    schema.migrate(writer, version)
+                    writer.commit()
+                    version = schema.SCHEMA_VERSION
                 if version is None:
                     writer.begin()
                     schema.create(writer)
@@ -113,15 +134,24 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
     def _load(self) -> None:
         """(Re)build the writer's view of every log from committed data."""
         con = self._writer
-        heads = dict(
-            con.execute("SELECT log_id, max(head_id) FROM messages GROUP BY log_id").fetchall()
-        )
+        stats = {
+            log_id: (int(head), int(size))
+            for log_id, head, size in con.execute(
+                f"SELECT log_id, max(head_id), sum({self.dialect.read_size()}) FROM messages "
+                "GROUP BY log_id"
+            ).fetchall()
+        }
         logs: dict[LogKey, LogState] = {}
         by_id: dict[int, LogState] = {}
-        rows = con.execute("SELECT id, topic, tenant_id, bl_name, device_id FROM logs").fetchall()
-        for log_id, topic, tenant, bl, device in rows:
+        rows = con.execute(
+            "SELECT id, topic, tenant_id, bl_name, device_id, first_head FROM logs"
+        ).fetchall()
+        for log_id, topic, tenant, bl, device, first in rows:
             key = (topic, NodeId(tenant, bl, device))
-            logs[key] = by_id[log_id] = LogState(key, log_id, heads.get(log_id, 0))
+            top, size = stats.get(log_id, (0, 0))
+            # A log trimmed empty has no row left to tell its head: its start does.
+            head = max(top, first - 1)
+            logs[key] = by_id[log_id] = LogState(key, log_id, head, first, size)
         ranges: dict[int, list[tuple[int, int]]] = {}
         for log_id, first, last in con.execute(
             "SELECT log_id, from_head_id, to_head_id FROM tombstones"
@@ -135,7 +165,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         self._dirty.clear()
         self._appender = None
         with self._committed_lock:
-            self._committed = {key: (log.id, log.head) for key, log in logs.items()}
+            self._committed = {key: _view(log) for key, log in logs.items()}
 
     # -- the write transaction: opened only when a statement needs one --------------------------
 
@@ -156,7 +186,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
             self._writer.commit()
         with self._committed_lock:
             for log in self._dirty.values():
-                self._committed[log.key] = (log.id, log.head)
+                self._committed[log.key] = _view(log)
 
     def _abort(self) -> None:
         if self._in_transaction:
@@ -194,9 +224,15 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
 
     def _create_log(self, topic: str, origin: NodeId) -> int:
         log_id = self._next_log_id
-        self._execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?)", (log_id, *log_key(topic, origin)))
+        self._execute(
+            "INSERT INTO logs VALUES (?, ?, ?, ?, ?, 1)", (log_id, *log_key(topic, origin))
+        )
         self._next_log_id += 1
         return log_id
+
+    def _trimmed(self, log: LogState) -> None:
+        # Heads and bytes are rebuilt at open; only the start must be written down.
+        self._execute("UPDATE logs SET first_head = ? WHERE id = ?", (log.first, log.id))
 
     # -- reads: heads from the committed view ---------------------------------------------------
 
@@ -216,8 +252,9 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         found = self._committed.get((topic, origin))
         if found is None or limit <= 0:
             return []
-        log_id, head = found
-        first = clamp_stored(max(from_head_id, 1))
+        log_id, head, start = found.id, found.head, found.first
+        # Rows below the start are trimmed: the page begins at the first head held.
+        first = max(clamp_stored(max(from_head_id, 1)), start)
         # Logs are gap-free, so the page is exactly heads first..first+limit-1: a closed range
         # lets DuckDB skip row groups by their zone maps instead of sorting a top-N.
         last = min(head, first + min(limit, MAX_STORED_INT) - 1)
@@ -242,19 +279,58 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
                 return int(head_id) - 1
         return last
 
-    def get_head(self, topic: str, origin: NodeId) -> int:
-        """The highest head of a log, or 0 when it has no message."""
+    def summaries(
+        self, topic: str, origin: NodeId, from_head_id: int, limit: int
+    ) -> list[MessageSummary]:
+        """`MsgbusStore.summaries` on the committed view, as one closed range of heads."""
         self._ensure_open()
         found = self._committed.get((topic, origin))
-        return 0 if found is None else found[1]
+        if found is None or limit <= 0:
+            return []
+        first = max(clamp_stored(max(from_head_id, 1)), found.first)
+        last = min(found.head, first + min(limit, MAX_STORED_INT) - 1)
+        if first > last:
+            return []
+        rows = self._query(_SUMMARIES, (found.id, first, last))
+        return [MessageSummary(int(h), int(size), int(t)) for h, size, t in rows]
+
+    def get_head(self, topic: str, origin: NodeId) -> int:
+        """The highest head of a log, or 0 when it never had a message."""
+        self._ensure_open()
+        found = self._committed.get((topic, origin))
+        return 0 if found is None else found.head
+
+    def log_head(self, topic: str, origin: NodeId) -> TopicHead:
+        """One log's head, first head held and bytes, from the committed view."""
+        self._ensure_open()
+        found = self._committed.get((topic, origin))
+        return TopicHead(topic, origin, 0) if found is None else _head(topic, origin, found)
 
     def list_heads(self) -> list[TopicHead]:
-        """Every non-empty log's head, ordered by topic and then origin key (code points)."""
+        """Every log that ever had a message, by topic and then origin key (code points)."""
         self._ensure_open()
         with self._committed_lock:
             entries = list(self._committed.items())
-        heads = [TopicHead(topic, origin, head) for (topic, origin), (_, head) in entries if head]
+        heads = [_head(topic, origin, seen) for (topic, origin), seen in entries if seen.head]
         return self._sorted_heads(heads)
+
+    def disk_usage(self) -> DiskUsage:
+        """The database file and its WAL, and the free blocks DuckDB reuses before growing."""
+        self._ensure_open()
+        try:
+            row = (
+                self._reader()
+                .execute("SELECT block_size, free_blocks FROM pragma_database_size()")
+                .fetchone()
+            )
+        except duckdb.Error as error:
+            raise self._storage_error(error, "measuring the database") from None
+        size = 0
+        for name in (self._path, f"{self._path}.wal"):
+            with contextlib.suppress(OSError):
+                size += os.path.getsize(name)
+        block_size, free_blocks = (int(row[0]), int(row[1])) if row else (0, 0)
+        return DiskUsage(size, block_size * free_blocks)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -263,3 +339,11 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         self._appender = None
         self._root.close()
         self._writer.close()
+
+
+def _view(log: LogState) -> _Committed:
+    return _Committed(log.id, log.head, log.first, log.bytes)
+
+
+def _head(topic: str, origin: NodeId, seen: _Committed) -> TopicHead:
+    return TopicHead(topic, origin, seen.head, first_held(seen.first, seen.head), seen.bytes)

@@ -12,8 +12,9 @@ from typing import Final
 from msgbus_core import sql_schema
 from msgbus_core.errors import SchemaError
 
-SCHEMA_VERSION: Final = 1
-"""The schema this code writes. Older versions would be migrated here; newer ones are refused."""
+SCHEMA_VERSION: Final = 2
+"""The schema this code writes. Older versions are migrated at open (`migrate`); newer ones are
+refused. Version 2 added `logs.first_head` and `logs.bytes` (retention)."""
 
 APPLICATION_ID: Final = 0x6D736762
 """`PRAGMA application_id` ("msgb"): lets `file(1)` and other tools tell what the file is."""
@@ -24,7 +25,9 @@ APPLICATION_ID: Final = 0x6D736762
 _TABLES: Final = (
     # One row per (topic, origin) log. The parts of the origin are separate columns, so two
     # different NodeIds can never collide the way a joined string could. `head` is the highest
-    # head_id stored, kept here so that get_head and list_heads never scan messages.
+    # head_id stored, kept here so that get_head and list_heads never scan messages; retention
+    # trims below `first_head` (the log holds first_head..head), and `bytes` is the read_size
+    # total of the rows held, so that retention and ListHeads never sum a log either.
     """CREATE TABLE logs (
         id INTEGER PRIMARY KEY,
         topic TEXT NOT NULL,
@@ -32,6 +35,8 @@ _TABLES: Final = (
         bl_name TEXT NOT NULL,
         device_id TEXT NOT NULL,
         head INTEGER NOT NULL DEFAULT 0,
+        first_head INTEGER NOT NULL DEFAULT 1,
+        bytes INTEGER NOT NULL DEFAULT 0,
         UNIQUE (topic, tenant_id, bl_name, device_id)
     )""",
     # A rowid table (appends land at the end of the b-tree) with a unique (log, head_id) index:
@@ -126,6 +131,28 @@ def verify(con: sqlite3.Connection, path: str) -> int | None:
     return sql_schema.check_version(
         path, _table_names(con, path), read_meta, kind="an SQLite database", current=SCHEMA_VERSION
     )
+
+
+_MIGRATIONS: Final = {
+    # 1 -> 2: nothing was ever trimmed, so every log starts at 1; its bytes are summed once.
+    1: (
+        "ALTER TABLE logs ADD COLUMN first_head INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE logs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+        "UPDATE logs SET bytes = (SELECT coalesce(sum(length(payload) + "
+        "coalesce(length(headers), 0)), 0) FROM messages WHERE messages.log = logs.id)",
+    ),
+}
+
+
+def migrate(con: sqlite3.Connection, version: int) -> None:
+    """Bring a database of an older schema `version` to SCHEMA_VERSION, step by step.
+
+    The caller holds a write transaction, so a migration that fails changes nothing.
+    """
+    for step in range(version, SCHEMA_VERSION):
+        for statement in _MIGRATIONS[step]:
+            con.execute(statement)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 def create(con: sqlite3.Connection) -> None:

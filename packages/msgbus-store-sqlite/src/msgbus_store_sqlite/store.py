@@ -9,16 +9,25 @@ Everything that is not SQLite's own lives in `msgbus_core.sql_store.SqlStore`.
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import time
 from typing import Final
 
 from msgbus_core.errors import StorageError
 from msgbus_core.sql_store import SqlDialect, SqlStore
+from msgbus_core.store import DiskUsage
 from msgbus_store_sqlite import schema
 from msgbus_store_sqlite.errors import storage_error
 
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a connection waits for a lock (another process's checkpoint, say) before failing."""
+WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
+"""`journal_size_limit`: after a checkpoint the WAL is truncated to this, so one burst (or a
+long reader that held checkpoints back) does not leave a large WAL on a small disk for good."""
+
+logger = logging.getLogger("msgbus_store_sqlite")
 
 
 class SqliteStore(SqlStore[sqlite3.Connection]):
@@ -61,6 +70,9 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             # FULL: every commit is fsynced before `write` returns, so an acknowledged write
             # survives power loss (NORMAL in WAL mode would only protect against crashes).
             writer.execute("PRAGMA synchronous = FULL")
+            writer.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            if version is not None and version < schema.SCHEMA_VERSION:
+                version = SqliteStore._migrate(writer, path, version)
             if version is None:
                 writer.execute("BEGIN IMMEDIATE")
                 try:
@@ -76,6 +88,43 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         except sqlite3.Error as error:
             raise storage_error(error, path, "opening the database") from None
         return version
+
+    @staticmethod
+    def _migrate(writer: sqlite3.Connection, path: str, version: int) -> int:
+        started = time.monotonic()
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated it between our check and our lock.
+            current = schema.verify(writer, path)
+            if current is not None and current < schema.SCHEMA_VERSION:
+                schema.migrate(writer, current)
+            writer.execute("COMMIT")
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+        logger.info(
+            "%s: migrated the msgbus schema from version %d to %d in %.0f ms",
+            path,
+            version,
+            schema.SCHEMA_VERSION,
+            (time.monotonic() - started) * 1000,
+        )
+        return schema.SCHEMA_VERSION
+
+    def disk_usage(self) -> DiskUsage:
+        """The database file and its WAL, and the free pages SQLite reuses before growing."""
+        con = self._reader()
+        try:
+            page_size = int(con.execute("PRAGMA page_size").fetchone()[0])
+            pages = int(con.execute("PRAGMA page_count").fetchone()[0])
+            free = int(con.execute("PRAGMA freelist_count").fetchone()[0])
+        except sqlite3.Error as error:
+            raise self._storage_error(error, "measuring the database") from None
+        try:
+            wal = os.path.getsize(f"{self._path}-wal")
+        except OSError:
+            wal = 0
+        return DiskUsage(pages * page_size + wal, free * page_size)
 
     def _flush(self) -> None:
         """Insert the buffered message rows (one executemany) before anything reads them."""
