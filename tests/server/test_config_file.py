@@ -223,7 +223,10 @@ BAD_FILES = [
     ('lisen = "127.0.0.1:1"', ["unknown key 'lisen'", "did you mean 'listen'?"]),
     ("max_payload_bytes = 1", ["unknown key 'max_payload_bytes'", "mean 'max-payload-bytes'?"]),
     ('config = "other.toml"', ["unknown key 'config'"]),
-    ('[retention."telemetry.*"]\nmax-age = "7d"', ["unknown key 'retention'"]),
+    (
+        '[retention."telemetry.*"]\nmax-age = "7x"',
+        ["retention.\"telemetry.*\".max-age: invalid duration '7x'", "(use a number with ms,"],
+    ),
     ('data = "x"\nlisten = 127.0.0.1:5', ["line 2: invalid TOML", "'listen = 127.0.0.1:5'"]),
     ('tenant-id = "a\n', ["line 1: invalid TOML", "tenant-id"]),
     ('log-format = "xml"', ["log-format: invalid choice 'xml'", "text, json"]),

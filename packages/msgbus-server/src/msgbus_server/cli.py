@@ -37,6 +37,13 @@ from msgbus_server.config import (
 from msgbus_server.config_file import FileKey, ValueKind, load_config_file
 from msgbus_server.logs import LOG_FORMATS, LOG_LEVELS
 from msgbus_server.peers import PeerTlsConfig, parse_peer_spec
+from msgbus_server.retention_rules import (
+    DISCARD_POLICIES,
+    RetentionPolicy,
+    RetentionRule,
+    parse_retention,
+    parse_size,
+)
 from msgbus_server.tls import load_server_tls
 
 EXIT_CONFIG = 2
@@ -45,6 +52,11 @@ MAX_STREAMS_LIMIT = 2**31 - 1
 VOLATILE_STORES = frozenset({"memory"})
 """Stores that keep nothing on disk. A daemon on one would acknowledge publishes that the next
 restart loses, so it starts only when the operator asks for that with --volatile."""
+MIN_DISK_BYTES = 1024 * 1024
+"""The smallest --max-disk-bytes: a smaller budget leaves next to no room for messages beside the
+store's own tables and journal, and is most likely a unit mistake (bytes meant as KiB or MiB)."""
+RETENTION_ENV_SEPARATOR = ";"
+"""Separates the specs in MSGBUS_RETENTION; commas already separate the rules of one spec."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +95,24 @@ class _Parser(argparse.ArgumentParser):
         fail(message)
 
     def option(
-        self, flag: str, *, env: str, default: Any = None, is_path: bool = False, **kwargs: Any
+        self,
+        flag: str,
+        *,
+        env: str,
+        default: Any = None,
+        is_path: bool = False,
+        kind: ValueKind | None = None,
+        **kwargs: Any,
     ) -> None:
-        """Add a layered flag; `env` is its variable, and the kind comes from `action`/`type`."""
+        """Add a layered flag; `env` is its variable.
+
+        The file's `kind` comes from `action`/`type` unless given (a size or retention).
+        """
         help_text = kwargs.pop("help", None)
         kwargs["help"] = f"{help_text} (env {env})" if help_text else f"env {env}"
+        # default=None also for --x/--no-x switches, so an absent one is told from a given one.
         action = self.add_argument(flag, default=None, **kwargs)
-        if kwargs.get("action") == "store_true":
-            kind: ValueKind = "boolean"
-        elif kwargs.get("action") == "append":
-            kind = "strings"
-        else:
-            kind = "integer" if kwargs.get("type") is int else "string"
-        self.options.append(_Option(action, env, default, kind, is_path))
+        self.options.append(_Option(action, env, default, kind or _kind_of(kwargs), is_path))
 
     def resolve(self, args: argparse.Namespace, config_path: str | None) -> dict[str, str]:
         """Fill every absent flag from its variable, the file or its default, in that order.
@@ -125,12 +142,25 @@ class _Parser(argparse.ArgumentParser):
         return origins
 
 
+def _kind_of(kwargs: dict[str, Any]) -> ValueKind:
+    """The file type of a flag, from how argparse parses it."""
+    if kwargs.get("action") in ("store_true", argparse.BooleanOptionalAction):
+        return "boolean"
+    if kwargs.get("action") == "append":
+        return "strings"
+    return "integer" if kwargs.get("type") is int else "string"
+
+
 def _from_text(option: _Option, text: str, source: str) -> Any:
     """Convert a variable's or the file's text as argparse converts the flag's."""
+    if option.kind == "boolean" and isinstance(option.action, argparse.BooleanOptionalAction):
+        return _switch(text, source)
     if option.kind == "boolean":
         return _truthy(text)
     if option.kind == "strings":
         return [text]
+    if option.kind == "retention":
+        return [spec.strip() for spec in text.split(RETENTION_ENV_SEPARATOR) if spec.strip()]
     convert = option.action.type if callable(option.action.type) else str
     try:
         value = convert(text)
@@ -160,8 +190,26 @@ def _env(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+    return (value or "").strip().lower() in _TRUE
+
+
+def _switch(text: str, source: str) -> bool:
+    """A variable for an on-by-default switch, read strictly.
+
+    The older off-by-default flags read anything but a truthy word as off, their default; here
+    a typo would silently turn the setting off, so only the listed words are taken.
+    """
+    word = text.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ConfigError(
+        f"{source}: invalid boolean value {text!r} (use 1/0, true/false, yes/no or on/off)"
+    )
 
 
 def build_parser() -> _Parser:
@@ -171,8 +219,9 @@ def build_parser() -> _Parser:
         description="msgbusd: the local msgbus daemon (gRPC msgbus.v1 on 127.0.0.1:50051).",
         epilog="Each setting comes from its flag, else its MSGBUS_* variable, else the TOML file "
         'given by --config (keys are the flag names without dashes: listen = "127.0.0.1:50051", '
-        'peer = ["host:port"], volatile = true; relative paths are relative to the file), '
-        "else the default.",
+        'peer = ["host:port"], volatile = true, max-disk-bytes = "2GiB", retention = '
+        '["telemetry.*:max-age=7d"] or a [retention."telemetry.*"] table with max-age = "7d"; '
+        "relative paths are relative to the file), else the default.",
     )
     parser.add_argument(
         "--config",
@@ -266,6 +315,44 @@ def build_parser() -> _Parser:
         action="store_true",
         help="allow a store that keeps nothing on disk (--storage memory): "
         "every message is lost when the daemon stops",
+    )
+    add(
+        "--retention",
+        env="MSGBUS_RETENTION",
+        default=[],
+        action="append",
+        kind="retention",
+        metavar="PATTERN:RULES",
+        help="how much of the logs whose topic matches the glob PATTERN to keep, e.g. "
+        "--retention 'telemetry.*:max-age=7d,max-bytes=1GiB'; RULES are comma-separated "
+        "max-messages=N, max-age=DURATION (90s, 12h, 7d), max-bytes=SIZE (500MiB, 2GiB); "
+        "repeatable: the first matching pattern applies, to each log separately; default: keep "
+        f"everything; the variable takes several specs separated by "
+        f"'{RETENTION_ENV_SEPARATOR}'",
+    )
+    add(
+        "--max-disk-bytes",
+        env="MSGBUS_MAX_DISK_BYTES",
+        kind="size",
+        metavar="SIZE",
+        help="disk budget of the whole daemon, in bytes or with a unit (2GiB, 500MB), at least "
+        "1MiB; default: none",
+    )
+    add(
+        "--discard",
+        env="MSGBUS_DISCARD",
+        default="old",
+        choices=DISCARD_POLICIES,
+        help="at --max-disk-bytes: old trims the oldest messages first (default), new refuses "
+        "writes with RESOURCE_EXHAUSTED",
+    )
+    add(
+        "--retain-unsynced",
+        env="MSGBUS_RETAIN_UNSYNCED",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="a message of this node's own origin is not trimmed until a configured peer has "
+        "reported holding it; with no peer configured it has no effect (default on)",
     )
     return parser
 
@@ -365,6 +452,8 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         )
     except (ValueError, OSError) as error:
         raise ConfigError(str(error)) from None
+    retention = _retention_policy(args.retention)
+    max_disk_bytes = _disk_budget(args.max_disk_bytes)
 
     return DaemonConfig(
         node=node,
@@ -384,7 +473,32 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         log_level=args.log_level,
         allow_insecure=args.allow_insecure,
         volatile=args.storage in VOLATILE_STORES,
+        retention=retention,
+        max_disk_bytes=max_disk_bytes,
+        discard=args.discard,
+        retain_unsynced=args.retain_unsynced,
     )
+
+
+def _retention_policy(specs: list[str] | tuple[RetentionRule, ...]) -> RetentionPolicy:
+    """The policy of `--retention` specs, or of the rules the file's tables already hold."""
+    rules = tuple(parse_retention(spec) if isinstance(spec, str) else spec for spec in specs)
+    try:
+        return RetentionPolicy(rules)
+    except ConfigError as error:  # a pattern given twice
+        raise ConfigError(f"--retention: {error}") from None
+
+
+def _disk_budget(value: str | int | None) -> int | None:
+    """--max-disk-bytes in bytes, from a size string (flag, variable, file) or the file's bytes."""
+    if value is None:
+        return None
+    budget = parse_size(str(value), "--max-disk-bytes")
+    if budget < MIN_DISK_BYTES:
+        raise ConfigError(
+            f"--max-disk-bytes must be at least 1MiB ({MIN_DISK_BYTES} bytes), got {value!r}"
+        )
+    return budget
 
 
 def check_bindable(host: str, port: int) -> None:

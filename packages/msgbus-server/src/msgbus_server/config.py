@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
 from msgbus_core.model import NodeId
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
+from msgbus_server.retention_rules import RetentionPolicy
 
 DEFAULT_MAX_STREAMS_PER_CONNECTION = 4096
 """Concurrent streams per client connection unless `--max-streams-per-connection` says.
@@ -58,6 +59,16 @@ class DaemonConfig:
     everything, and the daemon says so at startup."""
     grace_s: float = 2.0
     """How long in-flight unary calls get to finish on shutdown."""
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    """How much of each log to keep, by topic pattern (`--retention`); empty keeps everything."""
+    max_disk_bytes: int | None = None
+    """The daemon-wide disk budget (`--max-disk-bytes`), at least 1 MiB; None for no budget."""
+    discard: str = "old"
+    """At the disk budget: `old` trims the oldest messages, `new` refuses writes
+    (RESOURCE_EXHAUSTED); one of `retention_rules.DISCARD_POLICIES`."""
+    retain_unsynced: bool = True
+    """A message of this node's own origin is not trimmed until a configured peer has reported
+    holding it (`--retain-unsynced`); without peers it has no effect."""
 
     @property
     def listen(self) -> str:

@@ -2,18 +2,26 @@
 
 A key is the flag's long name without its dashes (`listen`, `max-payload-bytes`), and its value
 has the flag's type: a string, an integer, a boolean for an on/off flag such as `volatile`, and
-for a repeatable flag (`peer`) an array of strings or one string. Relative paths resolve against
-the file's directory, not the daemon's working directory: a file in /etc/msgbus means the same
-wherever msgbusd is started from.
+for a repeatable flag (`peer`) an array of strings or one string. A size (`max-disk-bytes`) is
+an integer of bytes or a string such as "2GiB". Relative paths resolve against the file's
+directory, not the daemon's working directory: a file in /etc/msgbus means the same wherever
+msgbusd is started from.
+
+Retention is an array of `PATTERN:RULES` strings, as the flag takes them, or a table per
+pattern, in file order (the first matching pattern applies):
+
+    [retention."telemetry.*"]
+    max-age = "7d"
+    max-bytes = "1GiB"
 
 The file knows nothing of argparse: the CLI derives the keys from its flags and says how each
-one is typed. A setting whose file form is a table per name (retention rules per topic pattern,
-later) becomes one more `ValueKind`, checked here like the others.
+one is typed.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -22,17 +30,22 @@ from pathlib import Path
 from typing import Literal
 
 from msgbus_server.config import ConfigError
+from msgbus_server.retention_rules import RetentionRule, rule_from_table
 
-ValueKind = Literal["string", "integer", "boolean", "strings"]
-"""The TOML type a key takes; `strings` is a repeatable flag (an array, or one string)."""
+ValueKind = Literal["string", "integer", "boolean", "strings", "size", "retention"]
+"""The TOML type a key takes; `strings` is a repeatable flag (an array, or one string), `size`
+an integer or a string, `retention` an array of strings or a table of rule tables."""
 
-FileValue = str | int | bool | list[str]
+FileValue = str | int | bool | list[str] | tuple[RetentionRule, ...]
+"""A checked value; retention tables arrive parsed, as rules in file order."""
 
 _EXPECTED: dict[ValueKind, str] = {
     "string": "a string",
     "integer": "an integer",
     "boolean": "a boolean (true or false)",
     "strings": "an array of strings",
+    "size": "an integer (bytes) or a size string such as '2GiB'",
+    "retention": 'an array of "PATTERN:RULES" strings or a table per pattern',
 }
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 
@@ -79,15 +92,49 @@ def _checked(path: str, key: str, value: object, kind: ValueKind) -> FileValue:
     if kind == "boolean" and isinstance(value, bool):
         return value
     # TOML booleans are Python ints as well: `true` is not an integer setting.
-    if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
+    if kind in ("integer", "size") and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if kind in ("string", "strings") and isinstance(value, str):
-        return [value] if kind == "strings" else value
-    if kind == "strings" and isinstance(value, list):
+    if kind in ("string", "size") and isinstance(value, str):
+        return value
+    if kind in ("strings", "retention") and isinstance(value, str):
+        return [value]
+    if kind == "retention" and isinstance(value, dict):
+        return _retention_tables(path, key, value)
+    if kind in ("strings", "retention") and isinstance(value, list):
         strings = [item for item in value if isinstance(item, str)]
         if len(strings) == len(value):
             return strings
     raise ConfigError(f"{path}: {key} must be {_EXPECTED[kind]}, got {_described(value)}")
+
+
+def _retention_tables(
+    path: str, key: str, tables: Mapping[str, object]
+) -> tuple[RetentionRule, ...]:
+    # tomllib keeps the file's order, which is the order patterns are matched in.
+    rules = []
+    for pattern, table in tables.items():
+        where = f"{key}.{_quoted(pattern)}"
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f'{path}: {where} must be a table of rules such as max-age = "7d", '
+                f"got {_described(table)}"
+            )
+        for name, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ConfigError(
+                    f"{path}: {where}.{name} must be an integer or a string, "
+                    f"got {_described(value)}"
+                )
+        try:
+            rules.append(rule_from_table(pattern, table, where))
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    return tuple(rules)
+
+
+def _quoted(name: str) -> str:
+    """`name` as a TOML key, quoted as the file must write a pattern such as `telemetry.*`."""
+    return json.dumps(name, ensure_ascii=False)
 
 
 def _resolved(value: FileValue, base: Path) -> FileValue:
