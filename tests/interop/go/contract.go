@@ -275,13 +275,19 @@ func headIDs(messages []*msgbusv1.MessageEnvelope) []uint64 {
 	return ids
 }
 
+// findHead is the head_id of the log's ListHeads entry, 0 when it has none.
 func findHead(heads []*msgbusv1.TopicHead, topic string, origin *msgbusv1.NodeId) uint64 {
+	return findTopicHead(heads, topic, origin).GetHeadId() // nil-safe getter: 0 without an entry
+}
+
+// findTopicHead is the log's ListHeads entry, nil when it has none.
+func findTopicHead(heads []*msgbusv1.TopicHead, topic string, origin *msgbusv1.NodeId) *msgbusv1.TopicHead {
 	for _, h := range heads {
 		if h.GetTopic() == topic && proto.Equal(h.GetOrigin(), origin) {
-			return h.GetHeadId()
+			return h
 		}
 	}
-	return 0
+	return nil
 }
 
 func markerHead(ctx context.Context, client *Client, node *msgbusv1.NodeId) uint64 {

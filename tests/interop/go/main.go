@@ -7,6 +7,7 @@
 //	msgbus-interop-go resume   -addr ... -topic T -count N -progress FILE
 //	msgbus-interop-go fixtures -dir tests/interop/fixtures
 //	msgbus-interop-go sync-pages -addr ... [-min-states N]
+//	msgbus-interop-go retention-check -addr ... -topic trim.X -untrimmed-topic keep.X [-publish 20 -max-messages 5]
 package main
 
 import (
@@ -22,7 +23,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: msgbus-interop-go contract|tls|resume|fixtures|sync-pages [flags]")
+		fail("usage: msgbus-interop-go contract|tls|resume|fixtures|sync-pages|retention-check [flags]")
 	}
 	command, args := os.Args[1], os.Args[2:]
 	switch command {
@@ -36,6 +37,8 @@ func main() {
 		runFixtures(args)
 	case "sync-pages":
 		runSyncPages(args)
+	case "retention-check":
+		runRetentionCheck(args)
 	default:
 		fail("unknown command %q", command)
 	}
