@@ -129,7 +129,13 @@ def fifo_to_pb(message: FifoMessage) -> pb.FifoMessage:
 
 def head_to_pb(head: TopicHead) -> pb.TopicHead:
     """The wire form of a log head."""
-    return pb.TopicHead(topic=head.topic, origin=node_to_pb(head.origin), head_id=head.head_id)
+    return pb.TopicHead(
+        topic=head.topic,
+        origin=node_to_pb(head.origin),
+        head_id=head.head_id,
+        first_head_id=head.first_head_id,
+        bytes=head.bytes,
+    )
 
 
 def sync_state_to_pb(state: PeerSyncState) -> pb.PeerSyncState:

@@ -20,10 +20,12 @@ from msgbus_core.store import MsgbusStore
 from msgbus_proto import SERVICE_NAME
 from msgbus_server.config import ConfigError, DaemonConfig
 from msgbus_server.decoding import add_msgbus_service
+from msgbus_server.disk_budget import DiskBudget, format_bytes
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.read_gate import ReadGate
+from msgbus_server.retention import PeerHoldings, RetentionWorker
 from msgbus_server.service import SHUTTING_DOWN, MsgbusService
 from msgbus_server.sync import PeerSync, SyncSettings, forget_unconfigured_peers
 from msgbus_server.tls import server_credentials
@@ -64,6 +66,23 @@ class Daemon:
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="msgbus-reader")
         self.read_gate = ReadGate(config.max_read_bytes_in_flight)
         """Bytes read for Fetch and Subscribe streams and not yet written, across the daemon."""
+        self.disk_budget = (
+            DiskBudget(config.max_disk_bytes, config.discard)
+            if config.max_disk_bytes is not None
+            else None
+        )
+        # Only a daemon that has peers to wait for protects what they have not pulled.
+        self.holdings = PeerHoldings() if config.retain_unsynced and config.peers else None
+        self.retention: RetentionWorker | None = None
+        if config.retention or self.disk_budget is not None:
+            self.retention = RetentionWorker(
+                store=store,
+                pipeline=self.pipeline,
+                policy=config.retention,
+                local_node=config.node,
+                budget=self.disk_budget,
+                holdings=self.holdings,
+            )
         self.service = MsgbusService(
             node=config.node,
             store=store,
@@ -73,6 +92,7 @@ class Daemon:
             readers=self.readers,
             max_payload_bytes=config.max_payload_bytes,
             read_gate=self.read_gate,
+            disk_budget=self.disk_budget,
         )
         self.grpc_health: Any = _health_aio.HealthServicer()
         self.health.on_change(self._on_health_change)
@@ -91,6 +111,7 @@ class Daemon:
             await forget_unconfigured_peers(self.pipeline, self.config.peers)
             port = await self._start_server()
             await self._start_sync()
+            await self._start_retention()
             self._install_signal_handlers()
             self._monitor = asyncio.create_task(self._health_monitor(), name="health-monitor")
             host = self.config.listen_host
@@ -180,6 +201,7 @@ class Daemon:
                 max_payload_bytes=config.max_payload_bytes,
             ),
             tls=config.peer_tls,
+            holdings=self.holdings,
         )
         logger.info(
             "starting peer sync with %d peer(s) every %.0f ms",
@@ -187,6 +209,24 @@ class Daemon:
             config.sync_interval_s * 1000,
         )
         await self.sync.start()
+
+    async def _start_retention(self) -> None:
+        if self.retention is None:
+            return
+        config = self.config
+        rules = "; ".join(str(rule) for rule in config.retention.rules) or "none"
+        budget = (
+            f"{format_bytes(config.max_disk_bytes)} (--discard {config.discard})"
+            if config.max_disk_bytes is not None
+            else "none"
+        )
+        logger.info(
+            "retention: rules %s; disk budget %s; retain-unsynced %s",
+            rules,
+            budget,
+            "on" if self.holdings is not None else "off",
+        )
+        await self.retention.start()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -236,6 +276,8 @@ class Daemon:
             tasks.append(self.server.stop(self.config.grace_s))
         if self.sync is not None:
             tasks.append(self._stop_sync())
+        if self.retention is not None:
+            tasks.append(self.retention.stop())
         await asyncio.gather(*tasks)
         remaining = max(deadline - time.monotonic(), 0.5)
         try:
@@ -263,6 +305,8 @@ class Daemon:
             await self.server.stop(None)
         if self.sync is not None and not self._shutting_down:
             await self._stop_sync()
+        if self.retention is not None and not self._shutting_down:
+            await self.retention.stop()
         self.notifier.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.pipeline.stop(), 2.0)

@@ -48,6 +48,7 @@ from msgbus_core.validation import (
 )
 from msgbus_proto import pb, rpc
 from msgbus_server import convert
+from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
@@ -113,6 +114,9 @@ class _Chunk:
     """The head after the last message handed to gRPC: where the stream reads next."""
     sent: int = 0
     """How many messages were handed to gRPC."""
+    trimmed_to: int = 0
+    """The first message's head when retention trimmed the heads asked for before it: the
+    first response says so (`first_head_id`), so the client can tell a trim from a gap."""
 
     def take(self) -> tuple[Message, int]:
         """The next message to send and its size; the stream goes on after it."""
@@ -203,6 +207,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         max_payload_bytes: int,
         read_gate: ReadGate,
         read_budget_bytes: int = READ_BUDGET_BYTES,
+        disk_budget: DiskBudget | None = None,
     ) -> None:
         self._node = node
         self._node_pb = convert.node_to_pb(node)
@@ -213,6 +218,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         self._max_payload = max_payload_bytes
         self._read_gate = read_gate
         self._read_budget = read_budget_bytes
+        self._disk_budget = disk_budget
         self._valid_topics: dict[str, None] = {}
         """Topics already validated for writing; the same few topics arrive again and again."""
         self._health = health
@@ -243,7 +249,10 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             raise
         sizes = [read_size(m) for m in messages]
         gate.settle(granted, sum(sizes))
-        return _Chunk(deque(messages), deque(sizes), from_head_id)
+        # Logs are gap-free from their first head on, so a read that starts later than asked
+        # started at the first head: the heads before it were trimmed.
+        trimmed_to = messages[0].head_id if messages and messages[0].head_id > from_head_id else 0
+        return _Chunk(deque(messages), deque(sizes), from_head_id, trimmed_to=trimmed_to)
 
     async def _deliver(
         self, chunk: _Chunk, pack: int, response_type: type[_Delivered]
@@ -268,6 +277,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                     response = response_type(message=convert.envelope(message))
                     del message
                 gate.release(size)
+                if chunk.trimmed_to:
+                    response.first_head_id, chunk.trimmed_to = chunk.trimmed_to, 0
                 if chunk.messages:
                     gate.stall(chunk)
                 yield response
@@ -318,6 +329,11 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         headers = validate_headers(request.headers) if request.headers else EMPTY_HEADERS
         return AppendOp(topic, origin, payload, headers, new_id(), created_at_ms)
 
+    def _admit(self, incoming_bytes: int) -> None:
+        """Refuse a write when the disk budget says so (`--discard new`); else count it."""
+        if self._disk_budget is not None:
+            self._disk_budget.check_writable(incoming_bytes)
+
     async def Publish(
         self,
         request: pb.PublishRequest,
@@ -325,7 +341,9 @@ class MsgbusService(rpc.MsgbusServiceServicer):
     ) -> pb.PublishResponse:
         """Append one message to a local log; answered after the commit is durable."""
         try:
-            message = await self._pipeline.submit(self._append_op(request, now_ms()))
+            op = self._append_op(request, now_ms())
+            self._admit(len(op.payload))
+            message = await self._pipeline.submit(op)
             assert isinstance(message, Message)
         except Exception as error:
             await self._fail(context, error)
@@ -357,6 +375,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 except (InvalidArgumentError, PermissionDeniedError) as error:
                     # Field names are built only on failure: the error names the entry.
                     raise error.in_entry(index) from None
+            self._admit(sum(len(op.payload) for op in ops))
             outcomes = await self._pipeline.submit_many(ops)
             stored: list[Message] = []
             for outcome in outcomes:
@@ -463,10 +482,15 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         try:
             topic = validate_topic(request.topic)
             origin = self._origin(request.HasField("origin"), request.origin)
-            head = await self._read(functools.partial(self._store.get_head, topic, origin))
+            head = await self._read(functools.partial(self._store.log_head, topic, origin))
         except Exception as error:
             await self._fail(context, error)
-        return pb.GetHeadResponse(head_id=head, found=head > 0)
+        return pb.GetHeadResponse(
+            head_id=head.head_id,
+            found=head.head_id > 0,
+            first_head_id=head.first_head_id,
+            bytes=head.bytes,
+        )
 
     async def ListHeads(
         self,
@@ -562,6 +586,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             op = EnqueueOp(
                 queue, topic, source, target, request.payload, headers, new_id(), now_ms()
             )
+            self._admit(len(op.payload))
             message = await self._pipeline.submit(op)
             assert isinstance(message, FifoMessage)
         except Exception as error:

@@ -24,6 +24,7 @@ from msgbus_core import (
 )
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.retention import PeerHoldings
 from msgbus_server.sync_peer import PeerContext, PeerWorker, SyncSettings
 from msgbus_server.sync_state import LogId, SyncStateBook
 
@@ -69,8 +70,10 @@ class PeerSync:
         pipeline: CommitPipeline,
         settings: SyncSettings,
         tls: PeerTlsConfig | None,
+        holdings: PeerHoldings | None = None,
     ) -> None:
         self._local_node = local_node
+        self._holdings = holdings
         # One task per endpoint: a peer listed twice is synced once.
         unique: dict[str, PeerSpec] = {}
         for spec in peers:
@@ -126,6 +129,7 @@ class PeerSync:
             claims=self._claims,
             tls=self._tls,
             backoff=backoff,
+            holdings=self._holdings,
         )
 
     async def stop(self) -> None:

@@ -102,6 +102,9 @@ class ServedBatch:
 
     messages: list[Message]
     problem: str | None = None
+    first_head_id: int = 0
+    """Where the peer said its copy of the log starts, when the batch starts after a trimmed
+    prefix (`FetchResponse.first_head_id`); 0 otherwise, and always from original peers."""
 
 
 class BatchFetcher:
@@ -186,8 +189,11 @@ class BatchFetcher:
         messages: list[Message] = []
         size = 0
         problem: str | None = None
+        first_head_id = 0
         try:
             async for response in call:
+                if not messages and response.first_head_id:
+                    first_head_id = response.first_head_id
                 for envelope in envelopes(response):
                     if not envelope.HasField("origin"):
                         raise SyncFailure(FailureKind.LOG, "message origin is required")
@@ -210,7 +216,7 @@ class BatchFetcher:
         messages = messages[:limit]
         if messages:
             self._asked = min(max(self._max_bytes * len(messages) // max(size, 1), 1), self._limit)
-        return ServedBatch(messages, problem)
+        return ServedBatch(messages, problem, first_head_id)
 
     def _where(self) -> str:
         return f"topic={self._topic} origin={self._origin.key}"
@@ -245,15 +251,17 @@ class BatchFetcher:
             if message.topic != topic or message.origin != origin:
                 return ServedBatch(
                     batch[:index],
-                    f"peer {self._endpoint} returned mismatched message for topic={topic} "
+                    first_head_id=served.first_head_id,
+                    problem=f"peer {self._endpoint} returned mismatched message for topic={topic} "
                     f"origin={origin.key}: got topic={message.topic} "
                     f"origin={message.origin.key}",
                 )
             if message.head_id <= previous:
                 return ServedBatch(
                     batch[:index],
-                    f"peer {self._endpoint} served topic={topic} origin={origin.key} out of "
-                    f"order: head_id {message.head_id} after {previous}",
+                    first_head_id=served.first_head_id,
+                    problem=f"peer {self._endpoint} served topic={topic} origin={origin.key} out "
+                    f"of order: head_id {message.head_id} after {previous}",
                 )
             previous = message.head_id
         return served

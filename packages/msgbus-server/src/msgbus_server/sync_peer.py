@@ -45,6 +45,7 @@ from msgbus_server.backoff import backoff_delay, default_backoff_cap
 from msgbus_server.convert import node_from_pb
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
 from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.retention import PeerHoldings
 from msgbus_server.sync_fetch import BatchFetcher, FailureKind, SyncFailure
 from msgbus_server.sync_state import Heads, LogId, SyncStateBook
 
@@ -120,6 +121,9 @@ class PeerContext:
     tls: PeerTlsConfig | None
     backoff: Callable[[int], float]
     """Seconds to wait after n consecutive failures."""
+    holdings: PeerHoldings | None = None
+    """Where the heads of this node's own logs that the peer lists are reported, for
+    --retain-unsynced (one book shared by all workers); None when nobody needs them."""
 
 
 @dataclass(slots=True)
@@ -177,6 +181,7 @@ class PeerWorker:
         try:
             await self._check_identity()
             heads = await self._list_heads()
+            self._report_holdings(heads)
             local_heads = {
                 (h.topic, h.origin): h.head_id
                 for h in await asyncio.to_thread(self._context.store.list_heads)
@@ -242,6 +247,21 @@ class PeerWorker:
         except aio.AioRpcError as error:
             raise SyncFailure.from_rpc(self.endpoint, "ListHeads", error, whole_peer=True) from None
         return list(response.heads)
+
+    def _report_holdings(self, heads: list[pb.TopicHead]) -> None:
+        """Tell retention how much of this node's own logs the peer holds."""
+        holdings = self._context.holdings
+        if holdings is None:
+            return
+        local = self._context.local_node
+        for head in heads:
+            origin = head.origin
+            if (origin.tenant_id, origin.bl_name, origin.device_id) == (
+                local.tenant_id,
+                local.bl_name,
+                local.device_id,
+            ):
+                holdings.report(head.topic, head.head_id)
 
     # -- one log ----------------------------------------------------------------------------------
 
@@ -350,7 +370,7 @@ class PeerWorker:
                 next_from = batch[-1].head_id + 1
                 if served.problem is None and next_from <= pull.remote_head:
                     fetcher.prefetch(next_from)
-                await self._commit(batch, pull)
+                await self._commit(batch, pull, served.first_head_id)
             if served.problem is not None:
                 raise SyncFailure(FailureKind.LOG, served.problem)
             if pull.local_head <= before:
@@ -362,11 +382,26 @@ class PeerWorker:
                     f"{expected}, got heads {batch[0].head_id}..{batch[-1].head_id}",
                 )
 
-    async def _commit(self, batch: list[Message], pull: _Pull) -> None:
-        """Store one batch as one ReplicateOp, and note in `pull` how far it got."""
-        result = await self._context.pipeline.submit(ReplicateOp(batch))
+    async def _commit(self, batch: list[Message], pull: _Pull, first_head_id: int = 0) -> None:
+        """Store one batch as one ReplicateOp, and note in `pull` how far it got.
+
+        `first_head_id` is where the peer says the log starts now (its retention trimmed the
+        heads below): the store then takes a batch that starts there after a lower local head.
+        """
+        result = await self._context.pipeline.submit(ReplicateOp(batch, first_head_id))
         if not isinstance(result, ReplicateResult):  # pragma: no cover - contract violation
             raise MsgbusError(f"pipeline returned {type(result).__name__} for a ReplicateOp")
+        if result.rebased_at:
+            topic, origin = batch[0].topic, batch[0].origin
+            log.info(
+                "peer %s: log topic=%s origin=%s starts at head %d there (trimmed by its "
+                "retention); the local copy, at head %d, now starts there too",
+                self.endpoint,
+                topic,
+                origin.key,
+                result.rebased_at,
+                pull.local_head,
+            )
         accepted = len(result.changed) + result.unchanged
         pull.progressed |= bool(result.changed)
         if accepted:

@@ -1,0 +1,356 @@
+"""The retention worker: trims each log to its retention rule, and the store to its disk budget.
+
+Every `RETENTION_INTERVAL_S` a pass reads every log's extent (`list_heads`: heads, first heads
+and bytes, kept by the store, so nothing is summed) and, for each log whose topic matches a rule
+(`retention_rules`), works out how far its prefix must go: below the newest `max-messages`, below
+what keeps it within `max-bytes`, below the first message younger than `max-age`. The summaries
+it needs are read a page at a time on a reader thread.
+
+Trimming itself goes through the commit pipeline as `TrimOp`s of at most `TRIM_BATCH_ROWS` rows
+and about `TRIM_BATCH_BYTES`, so a trim shares transactions with publishes and never holds the
+writer for long; the store applies the rules a trim must keep (heads are never reused, a delete
+marker stays while it covers a held message). Freed pages are reused by the database, so under a
+steady load the file stops growing.
+
+With `--retain-unsynced` (the default) and peers configured, a message of this node's own origin
+is kept until a peer's ListHeads has shown that it holds it (`PeerHoldings`, filled by the sync
+workers); after a restart nothing local is trimmed until a peer has answered. With a disk budget
+and `--discard old`, a pass that finds the store above the budget trims the oldest messages
+across all logs, those retain-unsynced protects last, and says so when it has to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from msgbus_core.errors import MsgbusError
+from msgbus_core.model import NodeId, TopicHead
+from msgbus_core.ops import TrimOp, TrimResult
+from msgbus_core.store import MessageSummary, MsgbusStore
+from msgbus_server.disk_budget import DISCARD_OLD, DiskBudget, format_bytes
+from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.retention_rules import RetentionPolicy, RetentionRule
+
+__all__ = ["PeerHoldings", "RetentionWorker", "TrimReport"]
+
+log = logging.getLogger("msgbus_server.retention")
+
+RETENTION_INTERVAL_S: Final = 1.0
+"""Seconds between two retention passes."""
+TRIM_BATCH_ROWS: Final = 1000
+"""Most rows one `TrimOp` removes: a few milliseconds of the writer's time."""
+TRIM_BATCH_BYTES: Final = 8 * 1024 * 1024
+"""About the most bytes one `TrimOp` removes (large messages free many pages each)."""
+SCAN_PAGE: Final = 1000
+"""Summaries read at a time while a pass looks for where a log's prefix ends."""
+REPORT_EVERY_S: Final = 60.0
+"""How often the worker logs what it trimmed (at most), so a steady load logs one line a
+minute rather than one a pass."""
+
+
+def now_ms() -> int:
+    """The wall clock in milliseconds since the epoch: what message times are in."""
+    return time.time_ns() // 1_000_000
+
+
+class PeerHoldings:
+    """The highest head of each local log that a configured peer has reported holding.
+
+    Filled from every peer's ListHeads (the peer lists this node's logs it holds); in memory
+    only, so after a restart a local message counts as unsynced until a peer answers again.
+    One entry per local log: as bounded as the local logs are.
+    """
+
+    def __init__(self) -> None:
+        """An empty book: no peer has reported anything yet."""
+        self._heads: dict[str, int] = {}
+
+    def report(self, topic: str, head_id: int) -> None:
+        """A peer listed head `head_id` of this node's log of `topic`."""
+        if head_id > self._heads.get(topic, 0):
+            self._heads[topic] = head_id
+
+    def held(self, topic: str) -> int:
+        """The highest head of this node's log of `topic` some peer holds (0: none known)."""
+        return self._heads.get(topic, 0)
+
+
+@dataclass(slots=True)
+class TrimReport:
+    """What retention trimmed, for the log (and for tests and metrics)."""
+
+    messages: int = 0
+    bytes: int = 0
+    logs: set[tuple[str, NodeId]] = field(default_factory=set)
+
+    def add(self, key: tuple[str, NodeId], result: TrimResult) -> None:
+        """Count one trim's result."""
+        if result.removed:
+            self.messages += result.removed
+            self.bytes += result.freed_bytes
+            self.logs.add(key)
+
+
+class RetentionWorker:
+    """Runs retention passes until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: MsgbusStore,
+        pipeline: CommitPipeline,
+        policy: RetentionPolicy,
+        local_node: NodeId,
+        budget: DiskBudget | None = None,
+        holdings: PeerHoldings | None = None,
+        interval_s: float = RETENTION_INTERVAL_S,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        """`holdings` None means no message is protected (no peer, or --no-retain-unsynced)."""
+        self._store = store
+        self._pipeline = pipeline
+        self._policy = policy
+        self._local = local_node
+        self._budget = budget
+        self._holdings = holdings
+        self._interval_s = interval_s
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self.total = TrimReport()
+        """Everything trimmed since the daemon started."""
+        self._unreported = TrimReport()
+        self._reported_at = time.monotonic()
+        self._budget_conflict = False
+
+    async def start(self) -> None:
+        """Start the passes in a background task; returns at once."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        """Stop after the trim in flight, if any (its commit is not interrupted)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_pass()
+            except MsgbusError as error:
+                # The store or the pipeline failed (a full disk, shutdown): try again later.
+                log.warning("retention pass failed: %s", error)
+            except Exception:
+                log.exception("retention pass failed unexpectedly")
+            await asyncio.sleep(self._interval_s)
+
+    async def run_pass(self) -> TrimReport:
+        """One pass: every log to its rule, then the store to its budget. What it trimmed."""
+        report = TrimReport()
+        heads = await asyncio.to_thread(self._store.list_heads)
+        if self._policy:
+            for head in heads:
+                rule = self._policy.rule_for(head.topic)
+                if rule is None or not head.first_head_id:
+                    continue
+                before = min(await self._rule_target(head, rule), self._protected_from(head))
+                if before > head.first_head_id:
+                    await self._trim(head, before, report)
+        if self._budget is not None:
+            await self._keep_to_budget(self._budget, report)
+        self._note(report)
+        return report
+
+    # -- the rules --------------------------------------------------------------------------------
+
+    async def _rule_target(self, head: TopicHead, rule: RetentionRule) -> int:
+        """The head the log's prefix must be trimmed below to obey `rule` (its first: none)."""
+        before = head.first_head_id
+        if rule.max_messages is not None:
+            before = max(before, head.head_id - rule.max_messages + 1)
+        excess = head.bytes - rule.max_bytes if rule.max_bytes is not None else 0
+        cutoff = self._clock() - rule.max_age_ms if rule.max_age_ms is not None else None
+        if excess <= 0 and cutoff is None:
+            return before
+        # One scan from the first head serves both limits: it ends once the bytes passed are
+        # the excess and the next message is young enough.
+        freed = 0
+        async for summary in self._scan(head, head.first_head_id):
+            too_old = cutoff is not None and summary.created_at_ms < cutoff
+            if freed >= excess and not too_old:
+                break
+            freed += summary.size
+            before = max(before, summary.head_id + 1)
+        return before
+
+    def _protected_from(self, head: TopicHead) -> int:
+        """The lowest head retain-unsynced keeps in this log (past its head: none)."""
+        if self._holdings is None or head.origin != self._local:
+            return head.head_id + 1
+        return self._holdings.held(head.topic) + 1
+
+    async def _scan(self, head: TopicHead, first: int) -> AsyncIterator[MessageSummary]:
+        """The log's summaries from `first` on, a page at a time."""
+        while first <= head.head_id:
+            page: list[MessageSummary] = await asyncio.to_thread(
+                self._store.summaries, head.topic, head.origin, first, SCAN_PAGE
+            )
+            if not page:
+                return
+            for summary in page:
+                yield summary
+            first = page[-1].head_id + 1
+
+    # -- trimming ---------------------------------------------------------------------------------
+
+    async def _trim(self, head: TopicHead, before: int, report: TrimReport) -> int:
+        """Trim the log below `before` in batches; the bytes freed (read sizes)."""
+        key = (head.topic, head.origin)
+        freed = 0
+        first = head.first_head_id
+        while first < before:
+            end = await self._batch_end(head, first, before)
+            result = await self._pipeline.submit(TrimOp(head.topic, head.origin, end))
+            assert isinstance(result, TrimResult)
+            report.add(key, result)
+            freed += result.freed_bytes
+            if not result.removed:
+                break  # a delete marker still needed, or someone else trimmed it already
+            first = result.first_head_id or before
+        return freed
+
+    async def _batch_end(self, head: TopicHead, first: int, before: int) -> int:
+        """Where one trim batch from `first` ends: TRIM_BATCH_ROWS rows or ~TRIM_BATCH_BYTES."""
+        page = await asyncio.to_thread(
+            self._store.summaries,
+            head.topic,
+            head.origin,
+            first,
+            min(before - first, TRIM_BATCH_ROWS),
+        )
+        size = 0
+        for summary in page:
+            size += summary.size
+            if size >= TRIM_BATCH_BYTES:
+                return min(summary.head_id + 1, before)
+        return min(page[-1].head_id + 1, before) if page else before
+
+    async def _keep_to_budget(self, budget: DiskBudget, report: TrimReport) -> None:
+        """Measure the store; with --discard old, trim the oldest messages down to the budget."""
+        usage = await asyncio.to_thread(self._store.disk_usage)
+        budget.measured(usage)
+        if budget.discard != DISCARD_OLD or not budget.excess_bytes:
+            return
+        heads = [h for h in await asyncio.to_thread(self._store.list_heads) if h.first_head_id]
+        held = sum(h.bytes for h in heads)
+        # The files hold more than the messages' own bytes (row and index overhead): scale what
+        # must be freed by that ratio, so one pass frees about enough.
+        overhead = max(usage.used_bytes / held, 1.0) if held else 1.0
+        needed = int(budget.excess_bytes / overhead) + 1
+        freed = await self._trim_oldest(heads, needed, report, protect=True)
+        if freed < needed:
+            more = await self._trim_oldest(
+                await self._fresh(heads), needed - freed, report, protect=False
+            )
+            if more and not self._budget_conflict:
+                log.warning(
+                    "disk budget --max-disk-bytes %s: trimmed %s of this node's messages that "
+                    "no peer has reported holding yet (--retain-unsynced gives way to "
+                    "--discard old)",
+                    format_bytes(budget.max_bytes),
+                    format_bytes(more),
+                )
+            self._budget_conflict = more > 0
+        else:
+            self._budget_conflict = False
+
+    async def _fresh(self, heads: list[TopicHead]) -> list[TopicHead]:
+        fresh = []
+        for head in heads:
+            now = await asyncio.to_thread(self._store.log_head, head.topic, head.origin)
+            if now.first_head_id:
+                fresh.append(now)
+        return fresh
+
+    async def _trim_oldest(
+        self, heads: list[TopicHead], needed: int, report: TrimReport, *, protect: bool
+    ) -> int:
+        """Trim the oldest messages across `heads` until about `needed` bytes are freed."""
+        # A heap of each log's oldest held message: (its time, order, log, its head, limit).
+        queue: list[tuple[int, int, TopicHead, int, int]] = []
+
+        async def push(order: int, head: TopicHead, from_head: int, limit: int) -> None:
+            oldest = await asyncio.to_thread(
+                self._store.summaries, head.topic, head.origin, from_head, 1
+            )
+            if oldest and oldest[0].head_id < limit:
+                heapq.heappush(
+                    queue, (oldest[0].created_at_ms, order, head, oldest[0].head_id, limit)
+                )
+
+        for order, head in enumerate(heads):
+            limit = self._protected_from(head) if protect else head.head_id + 1
+            await push(order, head, head.first_head_id, limit)
+        freed = 0
+        while queue and freed < needed:
+            _, order, head, start, limit = heapq.heappop(queue)
+            rival = queue[0][0] if queue else None
+            end = await self._oldest_batch_end(head, start, limit, rival, needed - freed)
+            result = await self._pipeline.submit(TrimOp(head.topic, head.origin, end))
+            assert isinstance(result, TrimResult)
+            report.add((head.topic, head.origin), result)
+            freed += result.freed_bytes
+            if result.removed and result.first_head_id:
+                await push(order, head, result.first_head_id, limit)
+        return freed
+
+    async def _oldest_batch_end(
+        self, head: TopicHead, start: int, limit: int, rival: int | None, needed: int
+    ) -> int:
+        """Where a budget trim of one log from `start` ends.
+
+        It stops at `limit` (what must be kept), at the first message newer than `rival` (the
+        oldest message of the next log), at `needed` bytes, or at one batch; the oldest message
+        of all always goes.
+        """
+        page = await asyncio.to_thread(
+            self._store.summaries, head.topic, head.origin, start, TRIM_BATCH_ROWS
+        )
+        end, size = start + 1, 0
+        for summary in page:
+            newer = rival is not None and summary.created_at_ms > rival
+            if summary.head_id >= limit or (newer and summary.head_id > start):
+                break
+            end, size = summary.head_id + 1, size + summary.size
+            if size >= needed or size >= TRIM_BATCH_BYTES:
+                break
+        return min(end, limit)
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    def _note(self, report: TrimReport) -> None:
+        for total in (self.total, self._unreported):
+            total.messages += report.messages
+            total.bytes += report.bytes
+        self._unreported.logs |= report.logs
+        if not self._unreported.messages:
+            return
+        # The first trim is logged at once, so an operator sees retention start working.
+        first_ever = self.total.messages == self._unreported.messages
+        if not first_ever and time.monotonic() - self._reported_at < REPORT_EVERY_S:
+            return
+        log.info(
+            "retention trimmed %d messages (%s) from %d logs",
+            self._unreported.messages,
+            format_bytes(self._unreported.bytes),
+            len(self._unreported.logs),
+        )
+        self._unreported = TrimReport()
+        self._reported_at = time.monotonic()
