@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from msgbus_core.errors import MsgbusError
+from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import NodeId, TopicHead
 from msgbus_core.ops import TrimOp, TrimResult
 from msgbus_core.store import MessageSummary, MsgbusStore
@@ -156,7 +157,9 @@ class RetentionWorker:
         report = TrimReport()
         heads = await asyncio.to_thread(self._store.list_heads)
         if self._policy:
-            for head in heads:
+            # Marker logs last: a marker may go once the messages it covers are trimmed, which
+            # may be earlier in this very pass.
+            for head in sorted(heads, key=lambda h: h.topic == DELETE_TOPIC):
                 rule = self._policy.rule_for(head.topic)
                 if rule is None or not head.first_head_id:
                     continue
