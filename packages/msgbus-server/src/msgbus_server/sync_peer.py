@@ -361,7 +361,8 @@ class PeerWorker:
                 raise SyncFailure(
                     FailureKind.LOG,
                     f"peer {self.endpoint} lists head {pull.remote_head} for {where} "
-                    f"but served nothing from head {expected}",
+                    f"but served nothing from head {expected} (a peer whose retention trimmed "
+                    "the log empty serves nothing until the log has new messages)",
                 )
             before = pull.local_head
             if batch:
