@@ -45,9 +45,12 @@ log = logging.getLogger("msgbus_server.retention")
 RETENTION_INTERVAL_S: Final = 1.0
 """Seconds between two retention passes."""
 TRIM_BATCH_ROWS: Final = 1000
-"""Most rows one `TrimOp` removes: a few milliseconds of the writer's time."""
-TRIM_BATCH_BYTES: Final = 8 * 1024 * 1024
-"""About the most bytes one `TrimOp` removes (large messages free many pages each)."""
+"""Most rows one `TrimOp` removes."""
+TRIM_BATCH_BYTES: Final = 1024 * 1024
+"""About the most bytes one `TrimOp` removes; a larger message goes alone. Freeing pages is
+what a trim costs: measured on 2026-12-01, a trim of 1,000 rows of 1 KiB, 256 of 4 KiB, 16 of
+64 KiB or one of 1 MiB held the writer for a median of 1.7 to 2.8 ms (SQLite and DuckDB),
+where 1,000 rows of 4 KiB took 12.8 ms and 8 of 1 MiB 21 ms."""
 SCAN_PAGE: Final = 1000
 """Summaries read at a time while a pass looks for where a log's prefix ends."""
 REPORT_EVERY_S: Final = 60.0
