@@ -217,7 +217,12 @@ impl MsgbusClient {
     pub async fn list_heads(&mut self) -> Result<Vec<pb::TopicHead>> {
         Ok(self
             .inner
-            .list_heads(pb::ListHeadsRequest {})
+            // As the original: no page or cursor field, so every head in one response.
+            .list_heads(pb::ListHeadsRequest {
+                page_size: 0,
+                page_token: String::new(),
+                changed_since: String::new(),
+            })
             .await?
             .into_inner()
             .heads)

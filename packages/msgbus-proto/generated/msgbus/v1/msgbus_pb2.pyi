@@ -561,16 +561,42 @@ Global___PeerSyncState: _TypeAlias = PeerSyncState  # noqa: Y015
 
 @_typing.final
 class ListHeadsRequest(_message.Message):
-    """ListHeadsRequest takes no arguments."""
+    """ListHeadsRequest asks for log heads. An original client sends no field and gets every head in
+    one response (up to about 3 MiB of heads; beyond that the response is the first page and
+    next_page_token is set).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CHANGED_SINCE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Extension: the most heads in a page: 0 is 1,000 once a page_token or changed_since is
+    given (or every head, as above, without either); larger values are clamped to 10,000. A
+    page may hold fewer (pages are also bounded to about 3 MiB), so only an empty
+    next_page_token ends the list.
+    """
+    page_token: _builtins.str
+    """Extension: a next_page_token from an earlier response of the same listing; empty for the
+    first page. Opaque; a malformed one is INVALID_ARGUMENT naming page_token.
+    """
+    changed_since: _builtins.str
+    """Extension: a cursor from an earlier response. Only the logs whose head changed after it are
+    listed, in the order of their changes (not by topic), so a peer that polls costs the daemon
+    O(changed logs). Opaque. A cursor from an earlier run of the daemon is FAILED_PRECONDITION
+    naming changed_since: list every head again (without it) and use the new cursor.
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        changed_since: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_since", b"changed_since", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -578,23 +604,37 @@ Global___ListHeadsRequest: _TypeAlias = ListHeadsRequest  # noqa: Y015
 
 @_typing.final
 class ListHeadsResponse(_message.Message):
-    """ListHeadsResponse lists every log head."""
+    """ListHeadsResponse lists one page of log heads."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Extension: where the next page starts; empty after the last page. Without changed_since,
+    pages are keyset-paged by topic and origin: a log added meanwhile never makes a page repeat
+    or skip the others.
+    """
+    cursor: _builtins.str
+    """Extension: pass as changed_since to list only the logs whose head changed after what this
+    response (and, when paging, the listing it belongs to) covers. Set by daemons that track
+    changes; empty from original daemons.
+    """
     @_builtins.property
     def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicHead]:
-        """One entry per log, ordered by topic and then origin."""
+        """One entry per log: ordered by topic and then origin, or by change with changed_since."""
 
     def __init__(
         self,
         *,
         heads: _abc.Iterable[Global___TopicHead] | None = ...,
+        next_page_token: _builtins.str = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "heads", b"heads", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

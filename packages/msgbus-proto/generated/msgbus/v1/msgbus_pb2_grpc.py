@@ -162,7 +162,8 @@ class MsgbusServiceServicer:
 
     def ListHeads(self, request, context):
         """ListHeads returns the head of every log in the local store, replicated logs and the
-        `$msgbus.delete` marker logs included, ordered by topic and then origin.
+        `$msgbus.delete` marker logs included, ordered by topic and then origin. Extensions page
+        it and list only the logs changed since a cursor (see ListHeadsRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,7 +66,8 @@ class MsgbusServiceStub:
     """
     ListHeads: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.ListHeadsRequest, _msgbus_pb2.ListHeadsResponse]
     """ListHeads returns the head of every log in the local store, replicated logs and the
-    `$msgbus.delete` marker logs included, ordered by topic and then origin.
+    `$msgbus.delete` marker logs included, ordered by topic and then origin. Extensions page
+    it and list only the logs changed since a cursor (see ListHeadsRequest).
     """
     ListPeerSyncStates: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.ListPeerSyncStatesRequest, _msgbus_pb2.ListPeerSyncStatesResponse]
     """ListPeerSyncStates returns the persisted sync state of every configured peer and of the logs
@@ -134,7 +135,8 @@ class MsgbusServiceAsyncStub(MsgbusServiceStub):
     """
     ListHeads: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.ListHeadsRequest, _msgbus_pb2.ListHeadsResponse]  # type: ignore[assignment]
     """ListHeads returns the head of every log in the local store, replicated logs and the
-    `$msgbus.delete` marker logs included, ordered by topic and then origin.
+    `$msgbus.delete` marker logs included, ordered by topic and then origin. Extensions page
+    it and list only the logs changed since a cursor (see ListHeadsRequest).
     """
     ListPeerSyncStates: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.ListPeerSyncStatesRequest, _msgbus_pb2.ListPeerSyncStatesResponse]  # type: ignore[assignment]
     """ListPeerSyncStates returns the persisted sync state of every configured peer and of the logs
@@ -229,7 +231,8 @@ class MsgbusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_msgbus_pb2.ListHeadsResponse, _abc.Awaitable[_msgbus_pb2.ListHeadsResponse]]:
         """ListHeads returns the head of every log in the local store, replicated logs and the
-        `$msgbus.delete` marker logs included, ordered by topic and then origin.
+        `$msgbus.delete` marker logs included, ordered by topic and then origin. Extensions page
+        it and list only the logs changed since a cursor (see ListHeadsRequest).
         """
 
     @_abc_1.abstractmethod

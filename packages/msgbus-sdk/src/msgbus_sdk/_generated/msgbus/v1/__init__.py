@@ -410,10 +410,32 @@ default_message_pool.register_message("msgbus.v1", "HealthResponse", HealthRespo
 @dataclass(eq=False, repr=False)
 class ListHeadsRequest(betterproto2.Message):
     """
-    ListHeadsRequest takes no arguments.
+    ListHeadsRequest asks for log heads. An original client sends no field and gets every head in
+    one response (up to about 3 MiB of heads; beyond that the response is the first page and
+    next_page_token is set).
     """
 
-    pass
+    page_size: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    Extension: the most heads in a page: 0 is 1,000 once a page_token or changed_since is
+    given (or every head, as above, without either); larger values are clamped to 10,000. A
+    page may hold fewer (pages are also bounded to about 3 MiB), so only an empty
+    next_page_token ends the list.
+    """
+
+    page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Extension: a next_page_token from an earlier response of the same listing; empty for the
+    first page. Opaque; a malformed one is INVALID_ARGUMENT naming page_token.
+    """
+
+    changed_since: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Extension: a cursor from an earlier response. Only the logs whose head changed after it are
+    listed, in the order of their changes (not by topic), so a peer that polls costs the daemon
+    O(changed logs). Opaque. A cursor from an earlier run of the daemon is FAILED_PRECONDITION
+    naming changed_since: list every head again (without it) and use the new cursor.
+    """
 
 
 default_message_pool.register_message("msgbus.v1", "ListHeadsRequest", ListHeadsRequest)
@@ -422,12 +444,26 @@ default_message_pool.register_message("msgbus.v1", "ListHeadsRequest", ListHeads
 @dataclass(eq=False, repr=False)
 class ListHeadsResponse(betterproto2.Message):
     """
-    ListHeadsResponse lists every log head.
+    ListHeadsResponse lists one page of log heads.
     """
 
     heads: "list[TopicHead]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
-    One entry per log, ordered by topic and then origin.
+    One entry per log: ordered by topic and then origin, or by change with changed_since.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Extension: where the next page starts; empty after the last page. Without changed_since,
+    pages are keyset-paged by topic and origin: a log added meanwhile never makes a page repeat
+    or skip the others.
+    """
+
+    cursor: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Extension: pass as changed_since to list only the logs whose head changed after what this
+    response (and, when paging, the listing it belongs to) covers. Set by daemons that track
+    changes; empty from original daemons.
     """
 
 
