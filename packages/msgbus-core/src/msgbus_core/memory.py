@@ -23,6 +23,7 @@ from msgbus_core.model import (
     TombstoneRange,
     TopicHead,
     first_held,
+    page_of_heads,
 )
 from msgbus_core.ops import (
     AckOp,
@@ -237,11 +238,13 @@ class MemoryStore(BatchWriter):
         size = sum(read_size(message) for message in self._logs.get((topic, origin), ()))
         return TopicHead(topic, origin, head, first_held(start, head), size)
 
-    def list_heads(self) -> list[TopicHead]:
-        """Every log that ever had a message, by topic then origin key."""
+    def list_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[TopicHead]:
+        """Every log that ever had a message, by topic then origin key; a page of them."""
         with self._lock:
             heads = [self._describe(topic, origin) for topic, origin in self._logs]
-        return sorted((h for h in heads if h.head_id), key=lambda h: (h.topic, h.origin.key))
+        return page_of_heads([h for h in heads if h.head_id], after, limit)
 
     def summaries(
         self, topic: str, origin: NodeId, from_head_id: int, limit: int

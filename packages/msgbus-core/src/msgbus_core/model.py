@@ -116,6 +116,16 @@ class TopicHead:
         return self.head_id - self.first_head_id + 1 if self.first_head_id else 0
 
 
+def page_of_heads(
+    heads: list[TopicHead], after: tuple[str, str] | None = None, limit: int | None = None
+) -> list[TopicHead]:
+    """`heads` in ListHeads order (topic, then origin key), past `after`, at most `limit`."""
+    ordered = sorted(heads, key=lambda h: (h.topic, h.origin.key))
+    if after is not None:
+        ordered = [h for h in ordered if (h.topic, h.origin.key) > after]
+    return ordered if limit is None else ordered[: max(limit, 0)]
+
+
 def first_held(start: int, head: int) -> int:
     """The `first_head_id` of a log whose untrimmed heads start at `start`, up to `head`."""
     return start if start <= head else 0

@@ -53,6 +53,7 @@ from msgbus_core.model import (
     TombstoneRange,
     TopicHead,
     first_held,
+    page_of_heads,
 )
 from msgbus_core.ops import (
     AckOp,
@@ -231,6 +232,15 @@ class SqlStatements:
             "SELECT topic, tenant_id, bl_name, device_id, head, first_head, bytes FROM logs "
             "WHERE head > 0"
         )
+        # Keyset pages in ListHeads order: topic, then the origin KEY (not its columns: "a/b"
+        # sorts after "a-b", while the column "a" sorts before "a-b"). Text compares by UTF-8
+        # bytes, which is code-point order.
+        origin_key = "tenant_id || '/' || bl_name || '/' || device_id"
+        self.heads_after: Final = render(
+            f"{self.heads} AND (topic > ? OR (topic = ? AND {origin_key} > ?)) "
+            f"ORDER BY topic, {origin_key} LIMIT ?"
+        )
+        self.heads_first: Final = render(f"{self.heads} ORDER BY topic, {origin_key} LIMIT ?")
         self.summaries: Final = render(
             f"SELECT m.head_id, {m_size}, m.created_at_ms "
             f"FROM logs AS l JOIN messages AS m ON m.{log} = l.id "
@@ -696,11 +706,27 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         head, start, size = rows[0]
         return TopicHead(topic, origin, int(head), first_held(int(start), int(head)), int(size))
 
-    def list_heads(self) -> list[TopicHead]:
-        """Every log that ever had a message, by topic and then origin key (code points)."""
+    def list_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[TopicHead]:
+        """Every log that ever had a message, by topic and then origin key (code points).
+
+        `after` and `limit` make it a keyset page (see `MsgbusStore.list_heads`).
+        """
+        if limit is not None and limit <= 0:
+            return []
+        parameters: list[object]
+        if limit is None and after is None:
+            sql, parameters = self._sql.heads, []
+        elif after is None:
+            sql, parameters = self._sql.heads_first, [clamp_stored(limit or MAX_STORED_INT)]
+        else:
+            topic, origin_key = after
+            sql = self._sql.heads_after
+            parameters = [topic, topic, origin_key, clamp_stored(limit or MAX_STORED_INT)]
         heads = [
             TopicHead(topic, NodeId(tenant, bl, device), head, first_held(start, head), size)
-            for topic, tenant, bl, device, head, start, size in self._query(self._sql.heads)
+            for topic, tenant, bl, device, head, start, size in self._query(sql, parameters)
         ]
         return self._sorted_heads(heads)
 
@@ -719,10 +745,12 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         """The database's files and their reusable free space (see `MsgbusStore.disk_usage`)."""
 
     @staticmethod
-    def _sorted_heads(heads: list[TopicHead]) -> list[TopicHead]:
-        # Sorted here rather than by SQL so the order is Python's code-point order by
+    def _sorted_heads(
+        heads: list[TopicHead], after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[TopicHead]:
+        # Sorted here as well as by SQL, so the order is Python's code-point order by
         # construction, exactly as the reference store sorts, whatever the collation.
-        return sorted(heads, key=lambda h: (h.topic, h.origin.key))
+        return page_of_heads(heads, after, limit)
 
     def list_tombstones(self) -> list[TombstoneRange]:
         """Every recorded tombstone, ordered by topic, origin key, from and to."""

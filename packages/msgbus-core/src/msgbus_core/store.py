@@ -95,10 +95,14 @@ class MsgbusStore(Protocol):
         """One log's extent (head, first head held, bytes); all zero for an unknown log."""
         ...
 
-    def list_heads(self) -> list[TopicHead]:
+    def list_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[TopicHead]:
         """Every log that ever had a message, ordered by topic and then origin key.
 
-        A log trimmed empty is listed too (head kept, `first_head_id` 0).
+        A log trimmed empty is listed too (head kept, `first_head_id` 0). `after` (a
+        (topic, origin key) pair) starts past that log, whether or not it exists; `limit`
+        returns at most that many: a keyset page, stable while logs are added around it.
         """
         ...
 

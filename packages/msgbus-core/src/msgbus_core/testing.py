@@ -308,6 +308,37 @@ class StoreConformance(StoreFixtures):
             ("zeta", "b/a/a", 1),
         ]
 
+    def test_list_heads_pages_by_key_in_code_point_order(self, store: MsgbusStore) -> None:
+        # Origins whose columns sort one way and whose keys the other ("a" < "a-b" but
+        # "a/..." > "a-b/..."), and topics beyond ASCII.
+        origins = [NodeId("a", "x", "y"), NodeId("a-b", "x", "y"), NodeId("a", "x-", "y")]
+        topics = ["t", "t-", "é", "\U0001f600", "T"]
+        store.write(
+            [
+                append_op(topic, b"", n, origin=origin)
+                for n, (topic, origin) in enumerate(
+                    (topic, origin) for topic in topics for origin in origins
+                )
+            ]
+        )
+        everything = store.list_heads()
+        assert [(h.topic, h.origin.key) for h in everything] == sorted(
+            (h.topic, h.origin.key) for h in everything
+        )
+        for size in (1, 2, 7):
+            pages: list[TopicHead] = []
+            after: tuple[str, str] | None = None
+            while page := store.list_heads(after=after, limit=size):
+                assert len(page) <= size
+                pages += page
+                after = (page[-1].topic, page[-1].origin.key)
+            assert pages == everything
+        # A key that no log has starts right after where it would be.
+        [next_log] = store.list_heads(after=("t", "a/x-/y~"), limit=1)
+        assert (next_log.topic, next_log.origin.key) == ("t", "a/x/y")
+        assert store.list_heads(after=("\U0010ffff", ""), limit=5) == []
+        assert store.list_heads(limit=0) == []
+
     def test_origins_that_share_a_joined_string_stay_apart(self, store: MsgbusStore) -> None:
         # Parts cannot contain "/", but a backend that joins parts naively could still collide
         # on other separators; distinct NodeIds must always be distinct logs.
@@ -1112,6 +1143,14 @@ class _ReferenceComparison(RuleBasedStateMachine):
             for h in range(first, first + count)
         ]
         self._both([ReplicateOp(messages, first_head_id=first)])
+
+    @rule(
+        after=st.none() | st.tuples(st.sampled_from(["", "a", "b"]), st.sampled_from(["", "t"])),
+        limit=st.none() | st.integers(0, 3),
+    )
+    def list_heads_page(self, after: tuple[str, str] | None, limit: int | None) -> None:
+        page = self.backend.list_heads(after=after, limit=limit)
+        assert page == self.model.list_heads(after=after, limit=limit)
 
     @rule(topic=_TOPICS, origin=_ORIGINS, start=st.integers(0, 10), limit=st.integers(1, 4))
     def summaries(self, topic: str, origin: NodeId, start: int, limit: int) -> None:

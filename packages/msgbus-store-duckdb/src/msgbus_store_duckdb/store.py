@@ -306,13 +306,22 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         found = self._committed.get((topic, origin))
         return TopicHead(topic, origin, 0) if found is None else _head(topic, origin, found)
 
-    def list_heads(self) -> list[TopicHead]:
-        """Every log that ever had a message, by topic and then origin key (code points)."""
+    def list_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[TopicHead]:
+        """Every log that ever had a message, by topic and then origin key (code points).
+
+        `after` and `limit` make it a keyset page, from the committed view.
+        """
         self._ensure_open()
         with self._committed_lock:
             entries = list(self._committed.items())
-        heads = [_head(topic, origin, seen) for (topic, origin), seen in entries if seen.head]
-        return self._sorted_heads(heads)
+        heads = [
+            _head(topic, origin, seen)
+            for (topic, origin), seen in entries
+            if seen.head and (after is None or (topic, origin.key) > after)
+        ]
+        return self._sorted_heads(heads, limit=limit)
 
     def disk_usage(self) -> DiskUsage:
         """The database file and its WAL, and the free blocks DuckDB reuses before growing."""
