@@ -16,6 +16,7 @@ This package uses the standard library only. The daemon and every store package 
 
 from msgbus_core.errors import (
     ConflictError,
+    FailedPreconditionError,
     GapError,
     InvalidArgumentError,
     MsgbusError,
@@ -66,6 +67,7 @@ __all__ = [
     "AckOp",
     "AppendOp",
     "ConflictError",
+    "FailedPreconditionError",
     "DeleteRangeOp",
     "DeleteResult",
     "DiskUsage",

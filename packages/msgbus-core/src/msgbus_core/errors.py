@@ -53,7 +53,11 @@ class NotFoundError(MsgbusError):
     """The requested thing does not exist, such as the front of an empty queue (NOT_FOUND)."""
 
 
-class ConflictError(MsgbusError):
+class FailedPreconditionError(MsgbusError):
+    """The request cannot be served in the daemon's present state (FAILED_PRECONDITION)."""
+
+
+class ConflictError(FailedPreconditionError):
     """A replicated message differs from the stored one at the same head (FAILED_PRECONDITION)."""
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 
 from msgbus_core.model import NodeId
+from msgbus_server.head_changes import HeadChanges
 
 LogId = tuple[str, NodeId]
 
@@ -80,9 +81,14 @@ class LogWatch:
 
 
 class LogNotifier:
-    """Wake-up signals per log, for any number of subscribers on any number of logs."""
+    """Wake-up signals per log, for any number of subscribers on any number of logs.
 
-    def __init__(self) -> None:
+    Every advance is also noted in `changes` (ListHeads' "changed since" index), since the
+    notifier is where every commit reports the logs it moved, in commit order.
+    """
+
+    def __init__(self, changes: HeadChanges | None = None) -> None:
+        self.changes = changes
         self._logs: dict[LogId, _LogState] = {}
         self._closed = False
         self._closed_event = asyncio.Event()
@@ -94,6 +100,8 @@ class LogNotifier:
 
     def notify(self, topic: str, origin: NodeId, head_id: int) -> None:
         """Record that the log reaches `head_id` and wake its waiters. O(1) when unwatched."""
+        if self.changes is not None:
+            self.changes.note(topic, origin)
         state = self._logs.get((topic, origin))
         if state is None:
             return

@@ -35,7 +35,7 @@ from msgbus_core.limits import (
     MAX_STORED_INT,
     READ_BUDGET_BYTES,
 )
-from msgbus_core.model import EMPTY_HEADERS, FifoMessage, Message, NodeId
+from msgbus_core.model import EMPTY_HEADERS, FifoMessage, Message, NodeId, TopicHead
 from msgbus_core.ops import AckOp, AppendOp, DeleteRangeOp, DeleteResult, EnqueueOp, RejectOp
 from msgbus_core.store import MsgbusStore, read_size
 from msgbus_core.validation import (
@@ -70,6 +70,14 @@ PACK_BUDGET_BYTES = 3 * 1024 * 1024
 """Bytes per packed response: below the 4 MiB default receive limit of gRPC clients."""
 
 SHUTTING_DOWN = "msgbusd is shutting down; reconnect later"
+
+HEADS_PAGE_DEFAULT = 1_000
+"""ListHeads heads per page when a page_token or changed_since is given with page_size 0."""
+HEADS_PAGE_MAX = 10_000
+"""The largest ListHeads page_size honoured; a larger one is clamped."""
+HEADS_UNPAGED_MAX = 1_000_000
+"""Heads answered to a request with no extension field (an original client expects every head
+in one response); the ~3 MiB page budget usually ends it first."""
 
 SYNC_STATES_PAGE_DEFAULT = 1_000
 """ListPeerSyncStates states per page when a page token is given with page_size 0."""
@@ -172,6 +180,49 @@ def _fill(envelopes: _EnvelopeList, messages: list[Message]) -> None:
     add = envelopes.add
     for message in messages:
         convert.fill_envelope(add(), message)
+
+
+def _fill_heads(response: pb.ListHeadsResponse, heads: list[TopicHead]) -> None:
+    """Add heads to a ListHeads response while it stays below ~PACK_BUDGET_BYTES."""
+    size = 0
+    for count, head in enumerate(heads):
+        entry = convert.head_to_pb(head)
+        # Below the 4 MiB default receive limit of gRPC clients (original peers included).
+        size += entry.ByteSize() + 8
+        if count and size > PACK_BUDGET_BYTES:
+            break
+        response.heads.append(entry)
+
+
+def node_key(node: pb.NodeId) -> str:
+    """A wire NodeId's key, `tenant_id/bl_name/device_id`."""
+    return f"{node.tenant_id}/{node.bl_name}/{node.device_id}"
+
+
+def _heads_page_token(key: tuple[str, str], seq: int) -> str:
+    """The opaque token of the ListHeads page after log `key`, of a listing as of change `seq`."""
+    return base64.urlsafe_b64encode(json.dumps([key[0], key[1], seq]).encode()).decode()
+
+
+def _heads_page_after(token: str) -> tuple[tuple[str, str], int]:
+    """The log key and change sequence a `_heads_page_token` names; INVALID_ARGUMENT if not."""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, UnicodeError):
+        value = None
+    valid = (
+        isinstance(value, list)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and isinstance(value[1], str)
+        and isinstance(value[2], int)
+        and not isinstance(value[2], bool)
+    )
+    if not valid:
+        raise InvalidArgumentError(
+            "page_token is malformed: pass a next_page_token unchanged", field="page_token"
+        )
+    return (value[0], value[1]), value[2]
 
 
 def _page_token(key: tuple[str, str, str]) -> str:
@@ -497,12 +548,61 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         request: pb.ListHeadsRequest,
         context: grpc.aio.ServicerContext[pb.ListHeadsRequest, pb.ListHeadsResponse],
     ) -> pb.ListHeadsResponse:
-        """Every log's head, by topic then origin key."""
+        """Every log's head by topic then origin key, in pages; or only those changed since."""
         try:
-            heads = await self._read(self._store.list_heads)
+            if request.changed_since:
+                return await self._changed_heads(request)
+            return await self._head_page(request)
         except Exception as error:
             await self._fail(context, error)
-        return pb.ListHeadsResponse(heads=[convert.head_to_pb(head) for head in heads])
+
+    async def _head_page(self, request: pb.ListHeadsRequest) -> pb.ListHeadsResponse:
+        """One keyset page of every head (all of them, up to ~3 MiB, for an original client)."""
+        changes = self._notifier.changes
+        if request.page_token:
+            after, seq = _heads_page_after(request.page_token)
+        else:
+            # Everything committed up to here is in this listing or changes after `seq`.
+            after, seq = None, changes.seq if changes is not None else 0
+        if after is None and not request.page_size:
+            limit = HEADS_UNPAGED_MAX
+        else:
+            limit = min(request.page_size or HEADS_PAGE_DEFAULT, HEADS_PAGE_MAX)
+        heads = await self._read(
+            functools.partial(self._store.list_heads, after=after, limit=limit + 1)
+        )
+        response = pb.ListHeadsResponse()
+        _fill_heads(response, heads[:limit])
+        if len(response.heads) < len(heads):
+            last = response.heads[-1]
+            key = (last.topic, node_key(last.origin))
+            response.next_page_token = _heads_page_token(key, seq)
+        if changes is not None:
+            response.cursor = changes.cursor(seq)
+        return response
+
+    async def _changed_heads(self, request: pb.ListHeadsRequest) -> pb.ListHeadsResponse:
+        """The heads of the logs changed after the request's cursor, in change order."""
+        changes = self._notifier.changes
+        if changes is None:
+            raise InvalidArgumentError(
+                "changed_since is not supported by this daemon", field="changed_since"
+            )
+        seq = changes.cursor_after(request.changed_since)
+        limit = min(request.page_size or HEADS_PAGE_DEFAULT, HEADS_PAGE_MAX)
+        changed = changes.since(seq, limit + 1)
+        page = changed[:limit]
+        heads = await self._read(
+            lambda: [self._store.log_head(topic, origin) for _, (topic, origin) in page]
+        )
+        response = pb.ListHeadsResponse()
+        _fill_heads(response, heads)
+        # The cursor covers what this page answered; more pages follow when it was cut.
+        covered = page[len(response.heads) - 1][0] if response.heads else changes.seq
+        if len(response.heads) < len(changed):
+            response.next_page_token = changes.cursor(covered)
+        response.cursor = changes.cursor(covered)
+        return response
 
     async def ListPeerSyncStates(
         self,
