@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from msgbus_core import MemoryStore, NodeId
+from msgbus_core import MemoryStore, NodeId, TopicHead
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.ops import AppendOp, DeleteRangeOp, Outcome, TrimOp, TrimResult, WriteOp
 from msgbus_server.disk_budget import DiskBudget
+from msgbus_server.head_changes import HeadChanges
 from msgbus_server.health import Health
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
@@ -235,3 +236,58 @@ async def test_a_marker_log_is_trimmed_only_past_what_its_markers_still_cover(
     result = await pipe.submit(TrimOp(DELETE_TOPIC, LOCAL, 100))
     assert isinstance(result, TrimResult)
     assert (result.removed, result.first_head_id) == (1, 7)
+
+
+async def test_between_sweeps_a_pass_looks_only_at_the_logs_that_changed() -> None:
+    store = CountingStore()
+    changes = HeadChanges()
+    pipe = CommitPipeline(store, LogNotifier(changes), Health())
+    await pipe.start()
+    try:
+        for topic in ("a", "b"):
+            await publish(pipe, topic, 20)
+        holdings = PeerHoldings()
+        retention = RetentionWorker(
+            store=store,
+            pipeline=pipe,
+            policy=policy("*:max-messages=5"),
+            local_node=LOCAL,
+            holdings=holdings,
+            changes=lambda: changes,
+        )
+        await retention.run_pass()  # the first pass sweeps every log; nothing is held yet
+        assert store.listed == 1
+        assert (first(store, "a"), first(store, "b")) == (1, 1)
+        # A peer now holds all of "a"; "b" gains messages. Only those two are looked at, by
+        # their own heads, without listing every log.
+        holdings.report("a", 20)
+        await publish(pipe, "b", 5, start_ms=NOW + 100)
+        holdings.report("b", 25)
+        await retention.run_pass()
+        assert store.listed == 1
+        assert (first(store, "a"), first(store, "b")) == (16, 21)
+        # Idle: nothing changed, nothing is read.
+        looked = store.looked
+        await retention.run_pass()
+        assert (store.listed, store.looked) == (1, looked)
+    finally:
+        await pipe.stop()
+
+
+class CountingStore(RecordingStore):
+    """Counts the whole-store listings and the single-log reads retention makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed = 0
+        self.looked = 0
+
+    def list_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[TopicHead]:
+        self.listed += 1
+        return super().list_heads(after, limit)
+
+    def log_head(self, topic: str, origin: NodeId) -> TopicHead:
+        self.looked += 1
+        return super().log_head(topic, origin)
