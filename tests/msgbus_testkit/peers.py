@@ -178,3 +178,66 @@ def envelope(
         created_at_ms=1_700_000_000_000 + head_id,
         deleted=deleted,
     )
+
+
+class TransferPeer(rpc.MsgbusServiceServicer):
+    """A peer whose Fetch of a log stalls or breaks mid-stream, as over a slow or flaky link.
+
+    It serves `logs` honestly (from the requested head, at most `limit`, one message per
+    response, no paging), except that a Fetch of a log in `stall_at` sends the heads below that
+    head and then hangs until the client gives up, and a Fetch of a log in `break_after` aborts
+    with UNAVAILABLE (as a reset connection does) after that many messages. `fetches` records
+    every Fetch as it arrives. Serve it with `FakePeer`; the test thread may replace the dicts'
+    entries at any time.
+    """
+
+    def __init__(self, node: NodeId) -> None:
+        self.node = node
+        self.logs: dict[tuple[str, str], list[pb.MessageEnvelope]] = {}
+        self.stall_at: dict[tuple[str, str], int] = {}
+        self.break_after: dict[tuple[str, str], int] = {}
+        self.fetches: list[pb.FetchRequest] = []
+
+    def put(self, topic: str, count: int, payload: bytes = b"x") -> None:
+        """Make `topic` of this peer's own origin hold heads 1..`count`."""
+        self.logs[(topic, self.node.key)] = [
+            envelope(topic, self.node, head_id, payload) for head_id in range(1, count + 1)
+        ]
+
+    def fetches_of(self, topic: str) -> list[tuple[int, int]]:
+        """(from_head_id, limit) of every Fetch of `topic`, in arrival order."""
+        return [(f.from_head_id, f.limit) for f in list(self.fetches) if f.topic == topic]
+
+    async def Health(
+        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.HealthResponse:
+        return pb.HealthResponse(status="SERVING", node=to_pb(self.node))
+
+    async def ListHeads(
+        self, request: pb.ListHeadsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListHeadsResponse:
+        return pb.ListHeadsResponse(
+            heads=[
+                pb.TopicHead(
+                    topic=topic, origin=to_pb(NodeId.from_key(key)), head_id=messages[-1].head_id
+                )
+                for (topic, key), messages in sorted(self.logs.items())
+                if messages
+            ]
+        )
+
+    async def Fetch(
+        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.FetchResponse]:
+        self.fetches.append(request)
+        origin = request.origin
+        key = (request.topic, f"{origin.tenant_id}/{origin.bl_name}/{origin.device_id}")
+        stall_at = self.stall_at.get(key)
+        break_after = self.break_after.get(key)
+        wanted = [m for m in self.logs.get(key, []) if m.head_id >= request.from_head_id]
+        for sent, message in enumerate(wanted[: request.limit or 100]):
+            if stall_at is not None and message.head_id >= stall_at:
+                await asyncio.Event().wait()  # until the client cancels the call
+            if break_after is not None and sent >= break_after:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset (test peer)")
+            yield pb.FetchResponse(message=message)

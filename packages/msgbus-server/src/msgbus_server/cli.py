@@ -44,6 +44,7 @@ from msgbus_server.retention_rules import (
     parse_retention,
     parse_size,
 )
+from msgbus_server.sync_fetch import DEFAULT_RESPONSE_IDLE_TIMEOUT_S, FETCH_STREAM_CAP_S
 from msgbus_server.tls import load_server_tls
 
 EXIT_CONFIG = 2
@@ -52,6 +53,8 @@ MAX_STREAMS_LIMIT = 2**31 - 1
 VOLATILE_STORES = frozenset({"memory"})
 """Stores that keep nothing on disk. A daemon on one would acknowledge publishes that the next
 restart loses, so it starts only when the operator asks for that with --volatile."""
+MAX_SYNC_RESPONSE_IDLE_MS = int(FETCH_STREAM_CAP_S * 1000)
+"""Upper bound for --sync-response-idle-ms: the backstop deadline of one whole Fetch stream."""
 MIN_DISK_BYTES = 1024 * 1024
 """The smallest --max-disk-bytes: a smaller budget leaves next to no room for messages beside the
 store's own tables and journal, and is most likely a unit mistake (bytes meant as KiB or MiB)."""
@@ -266,6 +269,15 @@ def build_parser() -> _Parser:
     )
     add("--sync-interval-ms", env="MSGBUS_SYNC_INTERVAL_MS", default=1000, type=int)
     add("--sync-batch-limit", env="MSGBUS_SYNC_BATCH_LIMIT", default=100, type=int)
+    add(
+        "--sync-response-idle-ms",
+        env="MSGBUS_SYNC_RESPONSE_IDLE_MS",
+        default=int(DEFAULT_RESPONSE_IDLE_TIMEOUT_S * 1000),
+        type=int,
+        help="how long a sync Fetch from a peer may go without a response before the log's "
+        "transfer stops, keeps what arrived and resumes later with half the batch (default "
+        "30000; raise it on a slow link)",
+    )
     add("--tenant-id", env="MSGBUS_TENANT_ID", default="tenant")
     add("--bl-name", env="MSGBUS_BL_NAME", default="default")
     add("--device-id", env="MSGBUS_DEVICE_ID", default="device")
@@ -424,6 +436,11 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
             f"--max-streams-per-connection must be between 1 and {MAX_STREAMS_LIMIT}, "
             f"got {args.max_streams_per_connection}"
         )
+    if not 1 <= args.sync_response_idle_ms <= MAX_SYNC_RESPONSE_IDLE_MS:
+        raise ConfigError(
+            f"--sync-response-idle-ms must be between 1 and {MAX_SYNC_RESPONSE_IDLE_MS} (the "
+            f"deadline of one whole Fetch stream), got {args.sync_response_idle_ms}"
+        )
     if args.max_read_bytes_in_flight < 1:
         raise ConfigError(
             f"--max-read-bytes-in-flight must be at least 1, got {args.max_read_bytes_in_flight}"
@@ -466,6 +483,7 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         tls=tls,
         sync_interval_s=max(args.sync_interval_ms, 100) / 1000.0,
         sync_batch_limit=max(args.sync_batch_limit, 1),
+        sync_response_idle_s=args.sync_response_idle_ms / 1000.0,
         max_payload_bytes=args.max_payload_bytes,
         max_streams_per_connection=args.max_streams_per_connection,
         max_read_bytes_in_flight=args.max_read_bytes_in_flight,

@@ -8,6 +8,7 @@ from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
 from msgbus_core.model import NodeId
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.retention_rules import RetentionPolicy
+from msgbus_server.sync_fetch import DEFAULT_RESPONSE_IDLE_TIMEOUT_S
 
 DEFAULT_MAX_STREAMS_PER_CONNECTION = 4096
 """Concurrent streams per client connection unless `--max-streams-per-connection` says.
@@ -46,6 +47,8 @@ class DaemonConfig:
     tls: ServerTls | None = None
     sync_interval_s: float = 1.0
     sync_batch_limit: int = 100
+    sync_response_idle_s: float = DEFAULT_RESPONSE_IDLE_TIMEOUT_S
+    """How long a sync Fetch may go without a response (`--sync-response-idle-ms`)."""
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
     """Concurrent gRPC streams (calls) one client connection may have open."""

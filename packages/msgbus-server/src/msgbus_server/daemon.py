@@ -199,6 +199,7 @@ class Daemon:
                 interval_s=config.sync_interval_s,
                 batch_limit=config.sync_batch_limit,
                 max_payload_bytes=config.max_payload_bytes,
+                response_idle_timeout_s=config.sync_response_idle_s,
             ),
             tls=config.peer_tls,
             holdings=self.holdings,

@@ -1,9 +1,16 @@
 """One log's batches from one peer (`BatchFetcher`), and what a sync failure is (`SyncFailure`).
 
-Every Fetch runs under its deadline, in the packed or the original one-per-response form, with
-at most one batch in flight ahead of the one being committed. A batch holds at most its count
-and about its byte budget (a larger message comes alone), and a message above
-`--max-payload-bytes` ends it: the messages before it are kept, the log is refused by name.
+Every Fetch runs in the packed or the original one-per-response form, with at most one batch in
+flight ahead of the one being committed. A batch holds at most its count and about its byte
+budget (a larger message comes alone), and a message above `--max-payload-bytes` ends it: the
+messages before it are kept, the log is refused by name.
+
+Transfers resume. Each response has its own idle deadline (`--sync-response-idle-ms`), so a long
+transfer that keeps moving is never cut short; the stream's own deadline is only a backstop. A
+stream that stalls or breaks after some messages keeps them: the batch is the prefix, with the
+problem, and the caller commits the prefix before it records the failure on the log. After a
+deadline the log's batch halves (down to one message); each complete batch doubles it again, up
+to the batch limit. `BatchLimits` keeps where each log's batch stands from one pass to the next.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc import aio
@@ -22,11 +29,31 @@ from msgbus_core.model import Message
 from msgbus_core.store import read_size
 from msgbus_proto import pb, rpc
 from msgbus_server.convert import message_from_envelope, node_to_pb
+from msgbus_server.sync_state import LogId
 
-__all__ = ["BatchFetcher", "FailureKind", "ServedBatch", "SyncFailure", "envelopes"]
+__all__ = [
+    "DEFAULT_RESPONSE_IDLE_TIMEOUT_S",
+    "FETCH_STREAM_CAP_S",
+    "BatchFetcher",
+    "BatchLimits",
+    "FailureKind",
+    "ServedBatch",
+    "SyncFailure",
+    "envelopes",
+]
+
+DEFAULT_RESPONSE_IDLE_TIMEOUT_S = 30.0
+"""How long a Fetch may go without a response unless `--sync-response-idle-ms` says."""
+FETCH_STREAM_CAP_S = 600.0
+"""The backstop deadline of one whole Fetch stream (10 minutes), far above any idle deadline.
+
+It bounds a peer that trickles responses just inside the idle deadline forever; a batch (at most
+`--sync-batch-limit` messages and about 8 MiB) that needs longer is cut there, keeps its prefix
+and halves like after an idle deadline."""
 
 # Status codes that say the peer (or the path to it) is down rather than that one request was
-# bad: they end the pass and back the whole peer off. Any other code fails only the log.
+# bad: they end the pass and back the whole peer off. Any other code fails only the log. A Fetch
+# that fails with them after it received something is only the log's failure (see `_fetch`).
 _PEER_DOWN_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
@@ -107,11 +134,39 @@ class ServedBatch:
     prefix (`FetchResponse.first_head_id`); 0 otherwise, and always from original peers."""
 
 
+@dataclass(slots=True)
+class BatchLimits:
+    """Where each log's batch size stands with one peer, from one pass to the next.
+
+    Only logs below `ceiling` (halved after a deadline, not yet grown back) are kept, at most
+    `capacity` of them: a log dropped beyond that starts again at the ceiling, which is safe
+    (its next deadline halves it again).
+    """
+
+    ceiling: int
+    capacity: int = 10_000
+    _below: dict[LogId, int] = field(default_factory=dict)
+
+    def get(self, log: LogId) -> int:
+        """The count `log`'s next batch may ask for."""
+        return self._below.get(log, self.ceiling)
+
+    def set(self, log: LogId, limit: int) -> None:
+        """Remember where `log`'s batch ended a pull (`BatchFetcher.limit`)."""
+        self._below.pop(log, None)
+        if limit >= self.ceiling:
+            return
+        self._below[log] = max(limit, 1)
+        if len(self._below) > self.capacity:
+            del self._below[next(iter(self._below))]  # the longest untouched
+
+
 class BatchFetcher:
     """Fetches one log from one peer in batches of at most `limit` messages and ~`max_bytes`.
 
     `close()` cancels a prefetch that is still in flight; call it however the pull ends, so a
-    failure, a cancellation (shutdown) or a bug leaves no Fetch behind.
+    failure, a cancellation (shutdown) or a bug leaves no Fetch behind. `limit` (the property)
+    is where the batch size stands when the pull ends, for `BatchLimits`.
     """
 
     def __init__(
@@ -122,24 +177,48 @@ class BatchFetcher:
         *,
         limit: int,
         packing: int,
-        timeout_s: float,
+        timeout_s: float = FETCH_STREAM_CAP_S,
+        idle_timeout_s: float = DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
+        start_limit: int | None = None,
+        channel: aio.Channel | None = None,
         max_bytes: int = READ_BUDGET_BYTES,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         receive_limit: int | None = None,
     ) -> None:
         """A fetcher of `log` that keeps each batch within `limit` messages and ~`max_bytes`.
 
-        `receive_limit` is the channel's, named when a response exceeds it (None: derived from
-        `max_payload_bytes`, as `PeerWorker` sets it).
+        Args:
+            stub: The peer's stub.
+            endpoint: The peer's endpoint, as failures name it.
+            log: The (topic, origin) to fetch.
+            limit: The most messages a batch holds (the batch limit).
+            packing: Messages per response to ask for; 0 for one per response.
+            timeout_s: The backstop deadline of one whole Fetch stream.
+            idle_timeout_s: How long the stream may go without a response.
+            start_limit: Where this log's batch stands after earlier deadlines (`BatchLimits`);
+                None starts at `limit`.
+            channel: The stub's channel: when a Fetch that received nothing hits its idle
+                deadline, its state tells a lost connection (the peer's failure) from a silent
+                log (the log's). None counts as a lost connection.
+            max_bytes: About the most bytes a batch holds.
+            max_payload_bytes: A larger payload is refused, by name.
+            receive_limit: The channel's receive limit, named when a response exceeds it (None:
+                derived from `max_payload_bytes`, as `PeerWorker` sets it).
         """
         self._stub = stub
         self._endpoint = endpoint
         self._topic, self._origin = log
-        self._limit = limit
-        self._asked = limit
-        """The count the next Fetch asks for: about `max_bytes` at the last batch's sizes."""
+        self._ceiling = limit
+        self._limit = limit if start_limit is None else min(max(start_limit, 1), limit)
+        """The count a batch may hold now: halved after a deadline, doubled after a success."""
+        self._by_bytes = limit
+        """The count of about `max_bytes` at the last batch's sizes."""
+        self._asked = self._limit
+        """The count the next Fetch asks for: the smaller of the two above."""
         self._packing = packing
         self._timeout_s = timeout_s
+        self._idle_s = idle_timeout_s
+        self._channel = channel
         self._max_bytes = max_bytes
         self._max_payload = max_payload_bytes
         self._receive_limit = (
@@ -147,6 +226,11 @@ class BatchFetcher:
         )
         self._prefetch: asyncio.Task[ServedBatch] | None = None
         self._prefetch_from = 0
+
+    @property
+    def limit(self) -> int:
+        """The count this log's next batch may ask for (below the batch limit after deadlines)."""
+        return self._limit
 
     async def batch(self, from_head_id: int) -> ServedBatch:
         """The batch from `from_head_id`: the prefetched one when it starts there."""
@@ -183,15 +267,24 @@ class BatchFetcher:
             limit=limit,
             max_messages_per_response=self._packing,
         )
-        # The deadline covers the whole stream, so a peer that stalls mid-stream cannot hold
-        # this task longer than the fetch timeout.
+        # Each response gets its own idle deadline below; the stream's deadline is a backstop.
         call = self._stub.Fetch(request, timeout=self._timeout_s)
         messages: list[Message] = []
         size = 0
         problem: str | None = None
         first_head_id = 0
+        deadline = False
         try:
-            async for response in call:
+            while True:
+                try:
+                    async with asyncio.timeout(self._idle_s):
+                        response = await call.read()
+                except TimeoutError:
+                    deadline = True
+                    problem = self._silent(messages, from_head_id)
+                    break
+                if not isinstance(response, pb.FetchResponse):
+                    break  # the end of the stream (grpc.aio.EOF)
                 if not messages and response.first_head_id:
                     first_head_id = response.first_head_id
                 for envelope in envelopes(response):
@@ -207,16 +300,61 @@ class BatchFetcher:
                 if problem or len(messages) >= limit or size >= self._max_bytes:
                     break
         except aio.AioRpcError as error:
-            if not _over_receive_limit(error):
+            if _over_receive_limit(error):
+                # A response above the receive limit: what came before it is good.
+                problem = self._too_large(messages, error)
+            elif messages:
+                # The stream broke (reset, peer restarting, the backstop deadline) after some
+                # messages: they are good, and committing them is this transfer's progress. The
+                # log fails; a peer that is really down fails the pass at its next call.
+                failed = SyncFailure.from_rpc(self._endpoint, "Fetch", error)
+                problem = f"{failed} on {self._where()} after head_id {messages[-1].head_id}"
+                deadline = error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            else:
                 raise SyncFailure.from_rpc(self._endpoint, "Fetch", error) from None
-            # A response above the receive limit: what came before it is good.
-            problem = self._too_large(messages, error)
         finally:
             call.cancel()
         messages = messages[:limit]
-        if messages:
-            self._asked = min(max(self._max_bytes * len(messages) // max(size, 1), 1), self._limit)
+        self._adapt(messages, size, deadline=deadline, complete=problem is None)
         return ServedBatch(messages, problem, first_head_id)
+
+    def _adapt(self, messages: list[Message], size: int, *, deadline: bool, complete: bool) -> None:
+        """Size the next batch after one Fetch.
+
+        By bytes at this batch's sizes; the count halves after a deadline and doubles after a
+        complete batch, within 1 and the batch limit.
+        """
+        if messages:
+            self._by_bytes = max(self._max_bytes * len(messages) // max(size, 1), 1)
+        if deadline:
+            self._limit = max(self._asked // 2, 1)
+        elif complete:
+            self._limit = min(self._limit * 2, self._ceiling)
+        self._asked = min(self._by_bytes, self._limit)
+
+    def _silent(self, received: list[Message], from_head_id: int) -> str:
+        """The problem of a stream that sent nothing for the idle deadline.
+
+        Raises the peer's failure when the peer, not the log, is what went silent.
+        """
+        after = received[-1].head_id if received else from_head_id - 1
+        problem = (
+            f"no response from peer {self._endpoint} for {self._idle_s:g}s on {self._where()} "
+            f"after head_id {after}"
+        )
+        # A stream that received something is a slow log: the peer was answering. One that
+        # received nothing is still the log's, as long as the channel is connected: the peer
+        # answered Health and ListHeads this pass, and a hung peer fails its next Health. A
+        # channel that lost its connection while waiting means the peer (or the path) is down.
+        if not received and not self._connected():
+            raise SyncFailure(FailureKind.PEER, f"{problem} (connection lost)")
+        return problem
+
+    def _connected(self) -> bool:
+        return (
+            self._channel is not None
+            and self._channel.get_state() is grpc.ChannelConnectivity.READY
+        )
 
     def _where(self) -> str:
         return f"topic={self._topic} origin={self._origin.key}"

@@ -46,7 +46,14 @@ from msgbus_server.convert import node_from_pb
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
-from msgbus_server.sync_fetch import BatchFetcher, FailureKind, SyncFailure
+from msgbus_server.sync_fetch import (
+    DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
+    FETCH_STREAM_CAP_S,
+    BatchFetcher,
+    BatchLimits,
+    FailureKind,
+    SyncFailure,
+)
 from msgbus_server.sync_state import Heads, LogId, SyncStateBook
 
 __all__ = ["PeerContext", "PeerWorker", "SyncSettings"]
@@ -69,7 +76,11 @@ class SyncSettings:
     batch_bytes: int = READ_BUDGET_BYTES
     """About the most bytes one batch holds; a larger message is a batch alone."""
     rpc_timeout_s: float = 10.0
-    fetch_timeout_s: float = 60.0
+    response_idle_timeout_s: float = DEFAULT_RESPONSE_IDLE_TIMEOUT_S
+    """How long a Fetch stream may go without a response (`--sync-response-idle-ms`): each
+    response has its own deadline, so a long transfer that keeps moving is never cut short."""
+    fetch_timeout_s: float = FETCH_STREAM_CAP_S
+    """The backstop deadline of one whole Fetch stream, far above the idle deadline."""
 
     @classmethod
     def of(
@@ -80,15 +91,23 @@ class SyncSettings:
         backoff_cap_s: float | None = None,
         fetch_packing: int | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        response_idle_timeout_s: float | None = None,
     ) -> SyncSettings:
         """Settings from the daemon's options.
 
         `backoff_cap_s` None is `default_backoff_cap`. `fetch_packing` None asks for a whole
         batch per response: packing makes catch-up several times faster (one message per
         response is the streaming bottleneck), and original peers answer one per response.
+        `response_idle_timeout_s` None is `DEFAULT_RESPONSE_IDLE_TIMEOUT_S`; it is kept within
+        1 ms and the stream's backstop deadline.
         """
         interval = max(interval_s, 0.01)
         limit = min(max(batch_limit, 1), MAX_FETCH_LIMIT)
+        idle = (
+            DEFAULT_RESPONSE_IDLE_TIMEOUT_S
+            if response_idle_timeout_s is None
+            else min(max(response_idle_timeout_s, 0.001), FETCH_STREAM_CAP_S)
+        )
         return cls(
             interval_s=interval,
             batch_limit=limit,
@@ -97,6 +116,7 @@ class SyncSettings:
             ),
             fetch_packing=limit if fetch_packing is None else max(fetch_packing, 0),
             max_payload_bytes=max_payload_bytes,
+            response_idle_timeout_s=idle,
         )
 
     def backoff(self, failures: int, rng: random.Random) -> float:
@@ -156,6 +176,8 @@ class PeerWorker:
             ],
         )
         self._stub = rpc.MsgbusServiceStub(self._channel)
+        self._batch_limits = BatchLimits(context.settings.batch_limit)
+        """Each log's batch size after deadlines, kept across passes (see `_pull`)."""
 
     async def close(self) -> None:
         """Close the channel (cancelling any call still on it)."""
@@ -331,6 +353,9 @@ class PeerWorker:
             limit=settings.batch_limit,
             packing=settings.fetch_packing,
             timeout_s=settings.fetch_timeout_s,
+            idle_timeout_s=settings.response_idle_timeout_s,
+            start_limit=self._batch_limits.get(log_id),
+            channel=self._channel,
             max_bytes=settings.batch_bytes,
             max_payload_bytes=settings.max_payload_bytes,
             receive_limit=self._receive_limit,
@@ -341,12 +366,18 @@ class PeerWorker:
             failure = SyncFailure.of(error)
             if failure.kind is FailureKind.BUG:
                 raise  # the pass logs it, with its traceback
+            if pull.progressed and failure.kind is FailureKind.LOG:
+                # A transfer that stored something before it failed (a stalled or broken
+                # stream keeps its prefix) starts a new run of failures: a slow log that gains
+                # on every attempt is retried after one interval, not after a growing backoff.
+                self._book.success(log_id, pull.heads(), progressed=True)
             self._log_failed(log_id, str(failure), pull.heads())
             if failure.kind is FailureKind.PEER:
                 raise
             return pull.progressed
         finally:
             fetcher.close()
+            self._batch_limits.set(log_id, fetcher.limit)
         self._log_in_sync(log_id, pull.heads())
         return pull.progressed
 
