@@ -9,7 +9,7 @@ same methods. Messages are the contract's own types (:class:`MessageEnvelope`,
 from ._async_client import AsyncMsgbusClient
 from ._async_subscription import AsyncSubscription
 from ._config import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ReconnectPolicy, parse_target
-from ._convert import NodeLike, Payload, node_key, parse_node_id
+from ._convert import HeadsChanged, NodeLike, Payload, node_key, parse_node_id
 from ._errors import (
     AbortedError,
     AlreadyExistsError,
@@ -17,6 +17,7 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     ConflictError,
+    CursorExpiredError,
     DeadlineExceededError,
     InternalError,
     InvalidArgumentError,
@@ -63,9 +64,11 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "CursorExpiredError",
     "DeadlineExceededError",
     "FifoMessage",
     "GetHeadResponse",
+    "HeadsChanged",
     "HealthResponse",
     "InternalError",
     "InvalidArgumentError",

@@ -13,6 +13,8 @@ the extension ignores the request field and answers one per response; both forms
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from msgbus_proto import pb
 
 from ._errors import ConfigurationError, ProtocolError
@@ -28,6 +30,7 @@ from ._generated.msgbus.v1 import (
 )
 
 __all__ = [
+    "HeadsChanged",
     "NodeLike",
     "Payload",
     "envelope",
@@ -159,6 +162,26 @@ def topic_head(p: pb.TopicHead) -> TopicHead:
         first_head_id=p.first_head_id,
         bytes=p.bytes,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsChanged:
+    """What :meth:`~msgbus_sdk.AsyncMsgbusClient.list_heads_changed` found, and where to go on.
+
+    Attributes:
+        heads: the logs whose head changed after the cursor, in the order of their latest
+            change, each once and with its head as of now; or, when ``full``, every log
+            ordered by topic and origin.
+        cursor: pass it to the next ``list_heads_changed`` call to list only what changes
+            after this answer. ``None`` from a daemon that does not track changes (an
+            original daemon): the next call lists every head again.
+        full: ``heads`` is every log rather than only the changed ones: the call had no
+            cursor, or the daemon does not track changes.
+    """
+
+    heads: list[TopicHead]
+    cursor: str | None
+    full: bool
 
 
 def peer_sync_state(p: pb.PeerSyncState) -> PeerSyncState:

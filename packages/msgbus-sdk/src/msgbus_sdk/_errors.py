@@ -14,6 +14,8 @@ the clients, so an application handles ``msgbus_sdk.NotFoundError`` and friends 
     ├── NotFoundError               NOT_FOUND
     ├── AlreadyExistsError          ALREADY_EXISTS
     ├── ConflictError               FAILED_PRECONDITION
+    │   └── CursorExpiredError      a ListHeads cursor of an earlier run of the daemon: list
+    │                               again without one (``list_heads_changed(None)``)
     ├── ResourceExhaustedError      RESOURCE_EXHAUSTED: the daemon's disk is full, or a message
     │                               is over gRPC's size limit; waiting briefly does not help
     ├── UnauthenticatedError        UNAUTHENTICATED
@@ -50,6 +52,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "CursorExpiredError",
     "DeadlineExceededError",
     "InternalError",
     "InvalidArgumentError",
@@ -156,6 +159,16 @@ class AlreadyExistsError(MsgbusError):
 
 class ConflictError(MsgbusError):
     """The daemon's state forbids the operation (FAILED_PRECONDITION), e.g. a sync conflict."""
+
+
+class CursorExpiredError(ConflictError):
+    """The daemon no longer knows the cursor given to ``list_heads_changed``.
+
+    A cursor names one run of the daemon (FAILED_PRECONDITION naming ``changed_since``): once
+    the daemon restarted, what changed since it cannot be told. List again without a cursor,
+    ``list_heads_changed(None)``, which lists every head and returns a cursor that works. Not
+    retryable with the same cursor.
+    """
 
 
 class ResourceExhaustedError(MsgbusError):

@@ -11,7 +11,8 @@ from ._convert import NodeLike, Payload, to_payload, to_pb_node
 from ._errors import ConfigurationError
 
 MAX_PAGE = 10_000
-"""The daemon caps Fetch ``limit`` and Subscribe ``replay_limit`` at this value."""
+"""The daemon caps Fetch ``limit``, Subscribe ``replay_limit`` and the ``page_size`` of ListHeads
+and ListPeerSyncStates at this value."""
 
 PACKING = 256
 """Envelopes per streamed response the SDK asks for (the ``max_messages_per_response``
@@ -108,6 +109,31 @@ def get_head(topic: str, origin: NodeLike | None) -> pb.GetHeadRequest:
     return pb.GetHeadRequest(topic=topic, origin=to_pb_node(origin))
 
 
+def list_heads(size: int, cursor: str | None = None) -> pb.ListHeadsRequest:
+    """The first ListHeadsRequest of a listing: every head, or those changed since ``cursor``."""
+    if cursor is None:
+        return pb.ListHeadsRequest(page_size=page_size(size))
+    if not cursor:
+        # The contract reads an empty changed_since as "no cursor": a silent full listing
+        # would hide that the caller lost its cursor.
+        raise ConfigurationError(
+            "cursor must be a cursor from an earlier list_heads_changed, or None to list every "
+            "head, got ''"
+        )
+    return pb.ListHeadsRequest(page_size=page_size(size), changed_since=cursor)
+
+
+def next_heads_page(request: pb.ListHeadsRequest, token: str) -> pb.ListHeadsRequest:
+    """The request for the page after the one ``request`` got, whose next_page_token is ``token``.
+
+    A listing of changes goes on from the token as its cursor (changed_since); a listing of
+    every head goes on from it as its page_token.
+    """
+    if request.changed_since:
+        return pb.ListHeadsRequest(page_size=request.page_size, changed_since=token)
+    return pb.ListHeadsRequest(page_size=request.page_size, page_token=token)
+
+
 def delete_range(
     topic: str, origin: NodeLike | None, from_head_id: int, to_head_id: int
 ) -> pb.DeleteRangeRequest:
@@ -140,7 +166,7 @@ def enqueue_fifo(
 
 
 def page_size(value: int) -> int:
-    """Validate an ``iter_fetch`` page size."""
+    """Validate the page size of an ``iter_*`` method."""
     if not 1 <= value <= MAX_PAGE:
         raise ConfigurationError(f"page_size must be between 1 and {MAX_PAGE}, got {value}")
     return value

@@ -22,9 +22,11 @@ from ._config import (
     parse_target,
     resolve_reconnect,
 )
-from ._convert import NodeLike, Payload
+from ._convert import HeadsChanged, NodeLike, Payload
 from ._errors import (
     ClientClosedError,
+    ConflictError,
+    CursorExpiredError,
     MsgbusError,
     NotFoundError,
     ProtocolError,
@@ -402,13 +404,83 @@ class MsgbusClient:
         return convert.get_head(self._unary(self._stub.GetHead, request))
 
     def list_heads(self) -> list[TopicHead]:
-        """The head of every log in the daemon's store, ordered by topic and origin.
+        """The head of every log in the daemon's store, ordered by topic and origin: every page.
 
         Each :class:`TopicHead` has ``first_head_id`` and ``bytes`` as in :meth:`get_head`;
         the log holds ``head_id - first_head_id + 1`` messages when ``first_head_id`` > 0.
+        See :meth:`iter_heads` to hold one page at a time, and :meth:`list_heads_changed` to
+        list only the logs that changed.
         """
-        response = self._unary(self._stub.ListHeads, pb.ListHeadsRequest())
-        return [convert.topic_head(h) for h in response.heads]
+        heads: list[TopicHead] = []
+        for response in self._head_pages(requests.list_heads(requests.MAX_PAGE)):
+            heads.extend(convert.topic_head(head) for head in response.heads)
+        return heads
+
+    def iter_heads(self, *, page_size: int = 1000) -> Iterator[TopicHead]:
+        """Iterate over the head of every log, one ListHeads page at a time.
+
+        Ordered by topic and origin; memory stays bounded by one page of at most ``page_size``
+        (1 to 10,000) heads. The pages are keyset-paged: a log created meanwhile never makes
+        one repeat or skip the others (it may or may not be listed). A daemon without paging
+        answers every head in its first response, which ends the iteration.
+        """
+        for response in self._head_pages(requests.list_heads(page_size)):
+            for head in response.heads:
+                yield convert.topic_head(head)
+
+    def list_heads_changed(self, cursor: str | None) -> HeadsChanged:
+        """The heads of the logs that changed after ``cursor``, and the cursor for next time.
+
+        ``cursor`` is the :attr:`HeadsChanged.cursor` of an earlier call, or ``None`` for a
+        full listing now (every head, as :meth:`list_heads`) with the cursor to go on from. A
+        log that changed several times is listed once, at its latest head; an idle daemon
+        lists nothing, at the cost of one call however many logs it holds::
+
+            listing = bus.list_heads_changed(None)  # every head
+            ...
+            listing = bus.list_heads_changed(listing.cursor)  # only what changed since
+
+        A daemon that does not track changes (an original daemon) answers every head each
+        time, with ``full`` set and ``cursor`` ``None``.
+
+        Raises:
+            CursorExpiredError: the daemon restarted since it gave the cursor; call again with
+                ``None``.
+            ConfigurationError: ``cursor`` is an empty string.
+            InvalidArgumentError: ``cursor`` is not one the daemon gave (``field`` is
+                ``"changed_since"``).
+        """
+        heads: list[TopicHead] = []
+        cursors: list[str] = []
+        for response in self._head_pages(requests.list_heads(requests.MAX_PAGE, cursor)):
+            heads.extend(convert.topic_head(head) for head in response.heads)
+            cursors.append(response.cursor)
+        if not cursors[-1]:
+            # The daemon ignored changed_since (it tracks no changes), so it listed every head.
+            return HeadsChanged(heads, None, full=True)
+        if cursor is None:
+            # Every page of a full listing carries the cursor of the listing's start. The first
+            # page's is kept, so a listing that spans a daemon restart gives a cursor the new
+            # run refuses (CursorExpiredError: list again), never one that misses changes.
+            return HeadsChanged(heads, cursors[0], full=True)
+        # Each page of changes carries a cursor that covers it and the pages before it.
+        return HeadsChanged(heads, cursors[-1], full=False)
+
+    def _head_pages(self, request: pb.ListHeadsRequest) -> Iterator[pb.ListHeadsResponse]:
+        """The ListHeads responses of one listing, from ``request`` until the last page."""
+        while True:
+            try:
+                response = self._unary(self._stub.ListHeads, request)
+            except ConflictError as error:
+                # FAILED_PRECONDITION on ListHeads is the contract's answer to a cursor of an
+                # earlier run of the daemon.
+                if not request.changed_since:
+                    raise
+                raise CursorExpiredError(error.message, error.code, field=error.field) from None
+            yield response
+            if not response.next_page_token:
+                return
+            request = requests.next_heads_page(request, response.next_page_token)
 
     def list_peer_sync_states(self) -> list[PeerSyncState]:
         """The daemon's persisted sync state, per peer and per log synced from it: every page.

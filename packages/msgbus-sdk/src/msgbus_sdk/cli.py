@@ -248,12 +248,14 @@ def _cmd_subscribe(args: argparse.Namespace, io: _Io) -> int:
 
 def _cmd_heads(args: argparse.Namespace, io: _Io) -> int:
     with _client(args) as bus:
+        if io.json:
+            # One line per head as its page arrives: memory stays at one page however many
+            # logs the daemon holds. The table needs every row first, for its column widths.
+            for head in bus.iter_heads():
+                render.write_json(io.out, render.head_json(head))
+            return EXIT_OK
         heads = bus.list_heads()
-    if io.json:
-        for head in heads:
-            render.write_json(io.out, render.head_json(head))
-    else:
-        render.write_table(io.out, render.HEAD_COLUMNS, [render.head_row(h) for h in heads])
+    render.write_table(io.out, render.HEAD_COLUMNS, [render.head_row(h) for h in heads])
     return EXIT_OK
 
 
@@ -524,7 +526,7 @@ def _cmd_probe(args: argparse.Namespace, io: _Io) -> int:
             to_head = _env_int("MSGBUS_TO_HEAD", from_head)
             out.write(f"deleted={bus.delete_range(topic, from_head, to_head, origin)}\n")
         elif action == "list-heads":
-            for h in bus.list_heads():
+            for h in bus.iter_heads():
                 if h.origin is None:
                     continue
                 out.write(f"head topic={h.topic} origin={node_key(h.origin)} head_id={h.head_id}\n")
