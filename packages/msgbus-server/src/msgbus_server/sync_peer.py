@@ -24,15 +24,17 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import grpc
 import tenacity
 from grpc import aio
 
 from msgbus_core import MsgbusError, NodeId, RecordSyncStateOp, ReplicateOp, ReplicateResult
 from msgbus_core.limits import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DELETE_TOPIC,
     MAX_FETCH_LIMIT,
     READ_BUDGET_BYTES,
     receive_limit_bytes,
@@ -59,6 +61,11 @@ from msgbus_server.sync_state import Heads, LogId, SyncStateBook
 __all__ = ["PeerContext", "PeerWorker", "SyncSettings"]
 
 log = logging.getLogger("msgbus_server.sync")
+
+HEADS_PAGE = 1_000
+"""Heads asked for per ListHeads page."""
+YIELD_EVERY = 256
+"""Heads handled between two yields to the event loop while a page is worked through."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +185,15 @@ class PeerWorker:
         self._stub = rpc.MsgbusServiceStub(self._channel)
         self._batch_limits = BatchLimits(context.settings.batch_limit)
         """Each log's batch size after deadlines, kept across passes (see `_pull`)."""
+        self._cursor = ""
+        """The peer's ListHeads cursor after the last complete listing; "" before the first,
+        and always for an original peer (it has none): then every pass lists every head."""
+        self._settled: dict[LogId, int] = {}
+        """The remote head at which each log was last found in sync (or refused for good): a
+        listing that shows the same head again needs no work and no local read."""
+        self._unsettled: dict[LogId, int] = {}
+        """Logs left behind in a pass (a failure, a backoff, another worker's claim), with the
+        remote head: retried on every pass, even when the peer lists no change for them."""
 
     async def close(self) -> None:
         """Close the channel (cancelling any call still on it)."""
@@ -202,15 +218,13 @@ class PeerWorker:
     async def _pass(self) -> None:
         try:
             await self._check_identity()
-            heads = await self._list_heads()
-            self._report_holdings(heads)
-            local_heads = {
-                (h.topic, h.origin): h.head_id
-                for h in await asyncio.to_thread(self._context.store.list_heads)
-            }
             progressed = False
-            for head in heads:
-                progressed |= await self._sync_log(head, local_heads)
+            listed: set[LogId] = set()
+            async for page in self._head_pages():
+                self._report_holdings(page)
+                progressed |= await self._sync_page(page, listed)
+            # Logs left behind earlier come back even when the peer lists no change for them.
+            progressed |= await self._sync_unsettled(listed)
         except Exception as error:
             failure = SyncFailure.of(error)
             if failure.kind is FailureKind.BUG:
@@ -261,14 +275,97 @@ class PeerWorker:
         if response.status != "SERVING":
             raise self._unavailable(f"is not serving: {response.status!r}")
 
-    async def _list_heads(self) -> list[pb.TopicHead]:
+    async def _list_heads(self, request: pb.ListHeadsRequest) -> pb.ListHeadsResponse | None:
+        """One ListHeads page; None when the peer no longer knows the request's cursor."""
         try:
-            response = await self._stub.ListHeads(
-                pb.ListHeadsRequest(), timeout=self._context.settings.rpc_timeout_s
+            response: pb.ListHeadsResponse = await self._stub.ListHeads(
+                request, timeout=self._context.settings.rpc_timeout_s
             )
         except aio.AioRpcError as error:
+            if request.changed_since and error.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                return None
             raise SyncFailure.from_rpc(self.endpoint, "ListHeads", error, whole_peer=True) from None
-        return list(response.heads)
+        return response
+
+    async def _head_pages(self) -> AsyncIterator[list[pb.TopicHead]]:
+        """The peer's heads that may need work, a page at a time.
+
+        With a cursor, only the logs changed since (an idle pass is one call that lists
+        nothing); without one, every head, paged, and the listing's cursor is kept for the
+        next pass. A cursor advances only once the consumer has handled the page it covers,
+        so a pass that fails midway lists the rest again. An original peer ignores the paging
+        fields and answers every head at once, with no cursor: every pass lists it all.
+        """
+        if self._cursor:
+            request = pb.ListHeadsRequest(changed_since=self._cursor, page_size=HEADS_PAGE)
+            while True:
+                changed = await self._list_heads(request)
+                if changed is None:
+                    # The peer restarted: its change numbers start over. List everything.
+                    log.info("peer %s restarted; listing every head again", self.endpoint)
+                    self._cursor = ""
+                    self._settled.clear()
+                    break
+                response = changed
+                yield list(response.heads)
+                self._cursor = response.cursor or self._cursor
+                if not response.next_page_token:
+                    return
+                request = pb.ListHeadsRequest(
+                    changed_since=response.next_page_token, page_size=HEADS_PAGE
+                )
+        request = pb.ListHeadsRequest(page_size=HEADS_PAGE)
+        cursor = ""
+        while True:
+            listed = await self._list_heads(request)
+            if listed is None:  # pragma: no cover - only a request with changed_since gets None
+                raise SyncFailure(FailureKind.PEER, f"peer {self.endpoint} ListHeads failed")
+            response = listed
+            cursor = cursor or response.cursor
+            yield list(response.heads)
+            if not response.next_page_token:
+                break
+            request = pb.ListHeadsRequest(page_token=response.next_page_token, page_size=HEADS_PAGE)
+        self._cursor = cursor
+
+    async def _sync_page(self, heads: list[pb.TopicHead], listed: set[LogId]) -> bool:
+        """Sync the logs of one page of the peer's heads; True when something was stored.
+
+        A log listed at the head it was last found in sync at is skipped without a local read;
+        the local heads of the rest are read in one call. The page is worked through in
+        slices that yield to the event loop, so a page of an original peer's whole listing
+        never blocks publishes for long.
+        """
+        work: list[tuple[LogId, int]] = []
+        for index, head in enumerate(heads):
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            parsed = self._parse_head(head)
+            if parsed is None:
+                continue
+            listed.add(parsed[0])
+            if self._settled.get(parsed[0]) != parsed[1]:
+                work.append(parsed)
+        return await self._sync_logs(work)
+
+    async def _sync_unsettled(self, listed: set[LogId]) -> bool:
+        """Retry the logs left behind in earlier passes that this pass's listing did not show."""
+        work = [(log_id, head) for log_id, head in self._unsettled.items() if log_id not in listed]
+        return await self._sync_logs(work)
+
+    async def _sync_logs(self, work: list[tuple[LogId, int]]) -> bool:
+        if not work:
+            return False
+        # Marker logs first: a deleted copy is taken only with its origin's marker held.
+        work = sorted(work, key=lambda item: item[0][0] != DELETE_TOPIC)
+        store = self._context.store
+        local_heads = await asyncio.to_thread(
+            lambda: [store.get_head(topic, origin) for (topic, origin), _ in work]
+        )
+        progressed = False
+        for (log_id, remote_head), local_head in zip(work, local_heads, strict=True):
+            progressed |= await self._sync_log(log_id, remote_head, local_head)
+        return progressed
 
     def _report_holdings(self, heads: list[pb.TopicHead]) -> None:
         """Tell retention how much of this node's own logs the peer holds."""
@@ -300,14 +397,9 @@ class PeerWorker:
             return None
         return (head.topic, origin), head.head_id
 
-    async def _sync_log(self, head: pb.TopicHead, local_heads: dict[LogId, int]) -> bool:
+    async def _sync_log(self, log_id: LogId, remote_head: int, local_head: int) -> bool:
         """Bring one log up to the peer's head; True when something was stored."""
-        parsed = self._parse_head(head)
-        if parsed is None:
-            return False
-        log_id, remote_head = parsed
         origin = log_id[1]
-        local_head = local_heads.get(log_id, 0)
         if origin == self._context.local_node and remote_head > local_head:
             # This daemon is the only authority for its own logs: a peer that has "more" of one
             # holds forged data, or data from before a local reset. Refuse, never fetch. A peer
@@ -318,16 +410,19 @@ class PeerWorker:
                 Heads(local_head, remote_head),
                 count=False,
             )
+            self._settle(log_id, remote_head)  # refused for as long as the peer lists this
             return False
         if remote_head <= local_head:
             self._log_in_sync(log_id, Heads(local_head, remote_head))
             return False
         if not self._book.retry_due(log_id):
+            self._unsettled[log_id] = remote_head
             return False  # still backing off after a failure
         claims = self._context.claims
         if log_id in claims:
             # Another peer's worker is pulling this log. Skip it for this pass instead of
             # waiting, so that it never blocks the other logs and no batch is fetched twice.
+            self._unsettled[log_id] = remote_head
             return False
         claims.add(log_id)
         try:
@@ -445,7 +540,13 @@ class PeerWorker:
                 FailureKind.LOG, f"rejected from peer {self.endpoint}: {result.error}"
             ) from result.error
 
+    def _settle(self, log_id: LogId, remote_head: int) -> None:
+        self._settled[log_id] = remote_head
+        self._unsettled.pop(log_id, None)
+
     def _log_failed(self, log_id: LogId, error: str, heads: Heads, *, count: bool = True) -> None:
+        self._unsettled[log_id] = heads.remote
+        self._settled.pop(log_id, None)
         self._book.failure(error, log_id, heads, count=count)
         if self._book.announce_failure(self._book.key(log_id), error):
             topic, origin = log_id
@@ -458,6 +559,7 @@ class PeerWorker:
             )
 
     def _log_in_sync(self, log_id: LogId, heads: Heads) -> None:
+        self._settle(log_id, heads.remote)
         self._book.success(log_id, heads)
         if self._book.announce_recovery(self._book.key(log_id)):
             log.info("peer %s: log %s/%s in sync again", self.endpoint, log_id[0], log_id[1].key)
