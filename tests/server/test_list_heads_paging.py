@@ -7,6 +7,7 @@ asks for the changes only, so an idle sync pass costs one call that lists nothin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def test_bad_tokens_and_cursors_are_refused_by_name(daemon: Daemon) -> None:
         (pb.ListHeadsRequest(page_token="not a token"), "page_token"),
         (pb.ListHeadsRequest(changed_since="@@@"), "changed_since"),
     ]:
-        error = rpc_error(lambda r=request: stub.ListHeads(r, timeout=10))
+        error = rpc_error(functools.partial(stub.ListHeads, request, timeout=10))
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert field in (error.details() or "")
 
