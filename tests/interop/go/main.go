@@ -8,6 +8,8 @@
 //	msgbus-interop-go fixtures -dir tests/interop/fixtures
 //	msgbus-interop-go sync-pages -addr ... [-min-states N]
 //	msgbus-interop-go retention-check -addr ... -topic trim.X -untrimmed-topic keep.X [-publish 20 -max-messages 5]
+//	msgbus-interop-go heads-pages -addr ... -topics a,b,c -change b,new [-page-size 3]
+//	msgbus-interop-go heads-pages -addr ... -stale-cursor CURSOR
 package main
 
 import (
@@ -23,7 +25,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: msgbus-interop-go contract|tls|resume|fixtures|sync-pages|retention-check [flags]")
+		fail("usage: msgbus-interop-go contract|tls|resume|fixtures|sync-pages|retention-check|heads-pages [flags]")
 	}
 	command, args := os.Args[1], os.Args[2:]
 	switch command {
@@ -39,6 +41,8 @@ func main() {
 		runSyncPages(args)
 	case "retention-check":
 		runRetentionCheck(args)
+	case "heads-pages":
+		runHeadsPages(args)
 	default:
 		fail("unknown command %q", command)
 	}
