@@ -29,6 +29,7 @@ from msgbus_core.ops import (
     DeleteResult,
     EnqueueOp,
     Outcome,
+    ProbeOp,
     PruneResult,
     PruneSyncStatesOp,
     RecordSyncStateOp,
@@ -94,6 +95,9 @@ class BatchWriter(abc.ABC):
                 return None
             case PruneSyncStatesOp():
                 return PruneResult(self._prune_sync_states(op.keep_peers))
+            case ProbeOp():
+                # The transaction around it (its BEGIN and COMMIT) is the probe.
+                return None
 
     def _delete_range(self, op: DeleteRangeOp) -> DeleteResult:
         """Tombstone the op's range, clamped to [1, head], and append its marker."""

@@ -169,6 +169,18 @@ class PruneResult:
     pruned: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeOp:
+    """Change nothing: the write transaction around it is the probe. Result: None.
+
+    The daemon's health monitor writes one while the last transaction failed, so that a quiet
+    node learns that the store commits again without waiting for a client's write. It fails
+    when the store cannot open or commit a write transaction (SQLite's database locked by
+    another writer, a store closed after a failed commit). It needs no disk space, so a full
+    disk alone does not fail it (and a DuckDB transaction that changes nothing touches no file).
+    """
+
+
 WriteOp = (
     AppendOp
     | ReplicateOp
@@ -179,6 +191,7 @@ WriteOp = (
     | RejectOp
     | RecordSyncStateOp
     | PruneSyncStatesOp
+    | ProbeOp
 )
 """Any operation a store's `write` accepts."""
 

@@ -251,16 +251,31 @@ class Daemon:
             await self.grpc_health.set(name, status)
 
     async def _health_monitor(self) -> None:
-        """Report the store to `self.health`, so it turns NOT_SERVING while the store fails."""
+        """Report the store to `self.health`, so it turns NOT_SERVING while the store fails.
+
+        While the last write transaction failed, it also probes the commit pipeline with a
+        write that changes nothing. A quiet node is then SERVING again as soon as the store
+        commits, not at the next client write, and NOT_SERVING, with the probe's error, while
+        the store still fails.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
-            try:
-                await loop.run_in_executor(self.readers, self.store.check)
-            except Exception as error:
-                self.health.report(Subsystem.STORE, False, storage_reason(error))
-            else:
-                self.health.report(Subsystem.STORE, True)
+        probe: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+                try:
+                    await loop.run_in_executor(self.readers, self.store.check)
+                except Exception as error:
+                    self.health.report(Subsystem.STORE, False, storage_reason(error))
+                else:
+                    self.health.report(Subsystem.STORE, True)
+                # One probe at a time, in its own task: a writer stuck in a transaction must
+                # neither pile probes up nor hold up the store checks.
+                if self.health.failing(Subsystem.PIPELINE) and (probe is None or probe.done()):
+                    probe = asyncio.create_task(self.pipeline.probe(), name="pipeline-probe")
+        finally:
+            if probe is not None:
+                probe.cancel()
 
     async def _shutdown(self) -> None:
         """Stop accepting calls, end subscriptions, finish writes, stop sync."""

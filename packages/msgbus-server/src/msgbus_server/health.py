@@ -1,7 +1,8 @@
 """Whether this daemon is serving, and if not, why.
 
 `Health` is the one owner of that answer. Each subsystem reports to it: the store monitor and
-Ready (does the store answer?), the commit pipeline (did the last write transaction commit?)
+Ready (does the store answer?), the commit pipeline (did the last write transaction commit?
+while it did not, the daemon's health monitor probes it with a write that changes nothing)
 and shutdown. The Health and Ready RPCs read it, and the daemon mirrors it into
 grpc.health.v1 from its one change listener. Every transition is logged once, with the reasons.
 """
@@ -53,6 +54,10 @@ class Health:
     def reasons(self) -> dict[Subsystem, str]:
         """The reason of every failing subsystem, in `Subsystem` order (for a status page)."""
         return {s: self._failing[s] for s in Subsystem if s in self._failing}
+
+    def failing(self, subsystem: Subsystem) -> bool:
+        """True while `subsystem` reports a failure."""
+        return subsystem in self._failing
 
     def reason(self) -> str:
         """The first reason not to serve (in `Subsystem` order); "" while serving."""

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from msgbus_core.errors import MsgbusError, StorageError
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import Message
-from msgbus_core.ops import DeleteResult, Outcome, ReplicateResult, WriteOp, WriteResult
+from msgbus_core.ops import (
+    DeleteResult,
+    Outcome,
+    ProbeOp,
+    ReplicateResult,
+    WriteOp,
+    WriteResult,
+)
 from msgbus_core.store import MsgbusStore
 from msgbus_server.health import Health, Subsystem
 from msgbus_server.notify import LogNotifier
@@ -28,7 +35,8 @@ logger = logging.getLogger("msgbus_server.pipeline")
 MAX_OPS_PER_TRANSACTION = 8192
 """Bound on one transaction; a backlog larger than this is committed in several."""
 FAILED_TRANSACTION = "storage error: the last write transaction failed"
-"""The health reason while the last transaction failed (Ready answers it as its error)."""
+"""The start of the health reason while the last transaction failed, followed by its error
+(Ready answers it as its error)."""
 
 
 @dataclass(slots=True)
@@ -44,7 +52,8 @@ class CommitPipeline:
     """Serialises every write through one thread and groups concurrent writes per transaction.
 
     Each transaction reports to `health`: a failed one makes the daemon not serving until one
-    commits again.
+    commits again. On a quiet node that is the daemon's `probe`, which its health monitor
+    writes while the pipeline fails.
     """
 
     def __init__(
@@ -85,6 +94,18 @@ class CommitPipeline:
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+    async def probe(self) -> bool:
+        """Commit a transaction that changes nothing (a `ProbeOp`); True when it committed.
+
+        Like every transaction, it reports to `health`: one that commits clears the failure of
+        an earlier one, and one that fails keeps the daemon not serving, with its error.
+        """
+        try:
+            await self.submit(ProbeOp())
+        except MsgbusError:
+            return False
+        return True
 
     async def submit_many(self, ops: Sequence[WriteOp]) -> list[Outcome]:
         """Apply `ops` in one transaction (never split); one outcome per op, errors included."""
@@ -154,7 +175,7 @@ class CommitPipeline:
     ) -> None:
         """Notify advanced logs in commit order, then resolve the futures (loop thread)."""
         if failure is not None:
-            self._health.report(Subsystem.PIPELINE, False, FAILED_TRANSACTION)
+            self._health.report(Subsystem.PIPELINE, False, f"{FAILED_TRANSACTION}: {failure}")
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(failure)
