@@ -199,30 +199,31 @@ def node_key(node: pb.NodeId) -> str:
     return f"{node.tenant_id}/{node.bl_name}/{node.device_id}"
 
 
-def _heads_page_token(key: tuple[str, str], seq: int) -> str:
-    """The opaque token of the ListHeads page after log `key`, of a listing as of change `seq`."""
-    return base64.urlsafe_b64encode(json.dumps([key[0], key[1], seq]).encode()).decode()
+def _heads_page_token(key: tuple[str, str], seq: int, epoch: str) -> str:
+    """The token of the page after log `key`, in a listing at change `seq` of run `epoch`."""
+    return base64.urlsafe_b64encode(json.dumps([key[0], key[1], seq, epoch]).encode()).decode()
 
 
-def _heads_page_after(token: str) -> tuple[tuple[str, str], int]:
-    """The log key and change sequence a `_heads_page_token` names; INVALID_ARGUMENT if not."""
+def _heads_page_after(token: str) -> tuple[tuple[str, str], int, str]:
+    """The log key, change sequence and run of a `_heads_page_token`; else INVALID_ARGUMENT."""
     try:
         value = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
     except (ValueError, UnicodeError):
         value = None
     valid = (
         isinstance(value, list)
-        and len(value) == 3
+        and len(value) == 4
         and isinstance(value[0], str)
         and isinstance(value[1], str)
         and isinstance(value[2], int)
         and not isinstance(value[2], bool)
+        and isinstance(value[3], str)
     )
     if not valid:
         raise InvalidArgumentError(
             "page_token is malformed: pass a next_page_token unchanged", field="page_token"
         )
-    return (value[0], value[1]), value[2]
+    return (value[0], value[1]), value[2], value[3]
 
 
 def _page_token(key: tuple[str, str, str]) -> str:
@@ -560,7 +561,11 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         """One keyset page of every head (all of them, up to ~3 MiB, for an original client)."""
         changes = self._notifier.changes
         if request.page_token:
-            after, seq = _heads_page_after(request.page_token)
+            after, seq, epoch = _heads_page_after(request.page_token)
+            if changes is not None and epoch != changes.epoch:
+                # A listing begun before a restart goes on by key, but its change numbers
+                # mean nothing now: its cursor then covers no change of this run.
+                seq = 0
         else:
             # Everything committed up to here is in this listing or changes after `seq`.
             after, seq = None, changes.seq if changes is not None else 0
@@ -576,7 +581,9 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         if len(response.heads) < len(heads):
             last = response.heads[-1]
             key = (last.topic, node_key(last.origin))
-            response.next_page_token = _heads_page_token(key, seq)
+            response.next_page_token = _heads_page_token(
+                key, seq, changes.epoch if changes is not None else ""
+            )
         if changes is not None:
             response.cursor = changes.cursor(seq)
         return response

@@ -22,6 +22,7 @@ from msgbus_core import (
     PruneResult,
     PruneSyncStatesOp,
 )
+from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
@@ -71,9 +72,11 @@ class PeerSync:
         settings: SyncSettings,
         tls: PeerTlsConfig | None,
         holdings: PeerHoldings | None = None,
+        budget: DiskBudget | None = None,
     ) -> None:
         self._local_node = local_node
         self._holdings = holdings
+        self._budget = budget
         # One task per endpoint: a peer listed twice is synced once.
         unique: dict[str, PeerSpec] = {}
         for spec in peers:
@@ -130,6 +133,7 @@ class PeerSync:
             tls=self._tls,
             backoff=backoff,
             holdings=self._holdings,
+            budget=self._budget,
         )
 
     async def stop(self) -> None:

@@ -45,6 +45,7 @@ from msgbus_core.validation import validate_topic
 from msgbus_proto import pb, rpc
 from msgbus_server.backoff import backoff_delay, default_backoff_cap
 from msgbus_server.convert import node_from_pb
+from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
@@ -62,6 +63,10 @@ __all__ = ["PeerContext", "PeerWorker", "SyncSettings"]
 
 log = logging.getLogger("msgbus_server.sync")
 
+KEEPALIVE_MS = 30_000
+"""How often an idle peer channel pings the peer."""
+KEEPALIVE_TIMEOUT_MS = 10_000
+"""How long a ping may go unanswered before the channel counts as broken."""
 HEADS_PAGE = 1_000
 """Heads asked for per ListHeads page."""
 YIELD_EVERY = 256
@@ -151,6 +156,8 @@ class PeerContext:
     holdings: PeerHoldings | None = None
     """Where the heads of this node's own logs that the peer lists are reported, for
     --retain-unsynced (one book shared by all workers); None when nobody needs them."""
+    budget: DiskBudget | None = None
+    """The daemon's disk budget: with --discard new, pulled data is refused like publishes."""
 
 
 @dataclass(slots=True)
@@ -180,6 +187,11 @@ class PeerWorker:
             options=[
                 ("grpc.max_receive_message_length", self._receive_limit),
                 ("grpc.max_send_message_length", self._receive_limit),
+                # A peer that hangs with its connection open (a stopped process, a dead
+                # route) fails its pings within about 40 s, and with them the pass, instead of
+                # costing every log its idle deadline. Peers accept a ping every 10 s or more.
+                ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             ],
         )
         self._stub = rpc.MsgbusServiceStub(self._channel)
@@ -515,6 +527,9 @@ class PeerWorker:
         `first_head_id` is where the peer says the log starts now (its retention trimmed the
         heads below): the store then takes a batch that starts there after a lower local head.
         """
+        if self._context.budget is not None:
+            # A full budget refuses this log's data (recorded on the log), not the peer.
+            self._context.budget.check_writable(sum(len(m.payload) for m in batch))
         result = await self._context.pipeline.submit(ReplicateOp(batch, first_head_id))
         if not isinstance(result, ReplicateResult):  # pragma: no cover - contract violation
             raise MsgbusError(f"pipeline returned {type(result).__name__} for a ReplicateOp")
