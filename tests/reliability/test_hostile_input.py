@@ -711,8 +711,12 @@ def broken_rule(message: pb.MessageEnvelope) -> str | None:
         validate_stored_int("message.created_at_ms", message.created_at_ms)
         if len(message.payload) > PEER_MAX_PAYLOAD:
             return f"a payload of {len(message.payload)} bytes, above --max-payload-bytes"
+        if message.deleted and message.topic == DELETE_TOPIC:
+            return "a delete marker sent deleted"
         if message.deleted:
-            return None  # stored erased: its payload and headers are not kept
+            # Stored erased (its payload and headers are not kept), and only with a marker of
+            # its origin covering it: `check_stored_rules` checks that against the stored log.
+            return None
         validate_headers(dict(message.headers), "message.headers")
         if message.topic == DELETE_TOPIC:
             tombstone = TombstoneRange.from_marker_payload(message.payload)
@@ -755,6 +759,13 @@ def check_stored_rules(
         validate_topic(topic)
         origin.validate("origin")
         rows = fetch_log(stub, topic, origin)
+        # Only its origin deletes a message, with a marker (held: markers are never trimmed
+        # here).
+        deletes = [
+            TombstoneRange.from_marker_payload(m.payload)
+            for m in fetch_log(stub, DELETE_TOPIC, origin)
+            if topic != DELETE_TOPIC and not m.deleted
+        ]
         check_log_shape(rows, f"{topic} from {key}")
         assert len(rows) == head
         for row in rows:
@@ -772,6 +783,11 @@ def check_stored_rules(
             if topic == "$msgbus.delete" and not row.deleted:
                 marker = TombstoneRange.from_marker_payload(row.payload)
                 assert marker.origin == origin, "a marker deleting another node's log"
+            if row.deleted and topic != DELETE_TOPIC:
+                assert any(
+                    t.topic == topic and t.from_head_id <= row.head_id <= t.to_head_id
+                    for t in deletes
+                ), f"{topic} from {key} head {row.head_id}: deleted without a marker of {key}"
             checked += 1
     return checked
 
@@ -828,6 +844,8 @@ SPOILS: dict[str, Any] = {
     "marker-for-another-origin": lambda m: setattr(
         m, "payload", TombstoneRange("p1", THIRD, 1, 1, 1).to_marker_payload()
     ),
+    "marker-sent-deleted": lambda m: setattr(m, "deleted", True),
+    "deleted-without-a-marker": lambda m: setattr(m, "deleted", True),
 }
 """One rule broken per message, the rest of it honest: stored only if that rule is missing."""
 

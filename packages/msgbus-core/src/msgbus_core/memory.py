@@ -40,6 +40,7 @@ from msgbus_core.replication import (
     check_replicated,
     decide,
     marker_tombstone,
+    replicated_copy,
 )
 from msgbus_core.store import DiskUsage, MessageSummary, read_size
 
@@ -107,11 +108,9 @@ class MemoryStore(BatchWriter):
             try:
                 incoming = check_replicated(raw)
                 log_id = (incoming.topic, incoming.origin)
-                erased = self._erased.get(log_id)
-                if erased is not None:
-                    incoming = apply_tombstones(incoming, erased)
-                log = self._logs.get(log_id, [])
                 start = self._starts.get(log_id, 1)
+                incoming = replicated_copy(incoming, self._erased.get(log_id), start)
+                log = self._logs.get(log_id, [])
                 head = start + len(log) - 1
                 existing = (
                     log[incoming.head_id - start] if start <= incoming.head_id <= head else None

@@ -1,7 +1,9 @@
 """The rules for accepting a message from a peer, shared by every store.
 
-A store calls `check_replicated` on each incoming message, looks up what it already holds at
-that head, and asks `decide` what to do. Keeping the rules here means no backend can differ.
+A store calls `check_replicated` on each incoming message, takes its stored form from
+`replicated_copy` (which applies the log's tombstones and refuses a deleted copy they do not
+cover), looks up what it already holds at that head, and asks `decide` what to do. Keeping the
+rules here means no backend can differ.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def check_replicated(message: Message) -> Message:
 
     A deleted message is returned erased. A delete marker is parsed here too, so a malformed
     marker is refused before anything is stored.
+
+    Raises:
+        InvalidArgumentError: a field is malformed or out of range.
+        PermissionDeniedError: a delete marker sent deleted, or one naming another origin's log.
     """
     validate_name("message.id", message.id)
     validate_topic(message.topic, "message.topic")
@@ -53,6 +59,14 @@ def check_replicated(message: Message) -> Message:
     validate_stored_int("message.head_id", message.head_id)
     validate_stored_int("message.created_at_ms", message.created_at_ms)
     if message.deleted:
+        if message.topic == DELETE_TOPIC:
+            # Stored deleted, the marker would be a row whose tombstone is never recorded, and
+            # the genuine marker arriving later would be an unchanged copy of it.
+            raise PermissionDeniedError(
+                f"deleted copy of a delete marker refused at topic={message.topic} "
+                f"origin={message.origin.key} head_id={message.head_id}: a delete marker is "
+                "never deleted; a relay that sends one deleted would cancel the delete"
+            )
         return message.erased()
     if message.headers:
         # The header limits bind every node, so a peer cannot store what a client could not.
@@ -112,6 +126,32 @@ def apply_tombstones(message: Message, tombstones: TombstoneSet) -> Message:
     """
     if not message.deleted and tombstones.covers(message.head_id):
         return message.erased()
+    return message
+
+
+def replicated_copy(message: Message, tombstones: TombstoneSet | None, start: int = 1) -> Message:
+    """A checked replicated message as stored: `apply_tombstones`, refusing unproven deletes.
+
+    `tombstones` is the log's merged set (None for a log not held yet) and `start` its lowest
+    head not trimmed. Only a log's origin deletes its messages, and it always records the delete
+    in a marker of its `$msgbus.delete` log, which sync pulls before the other logs. So a copy
+    sent deleted is taken only when a held marker covers its head (one held already, or one that
+    arrived earlier in this sync pass); without one, the peer would be deleting another node's
+    message on its own authority. A copy of a trimmed head is left to `decide`, which takes it
+    as unchanged whatever it says.
+
+    Raises:
+        PermissionDeniedError: the copy is deleted and no tombstone of its log covers its head.
+    """
+    if not message.deleted:
+        return message if tombstones is None else apply_tombstones(message, tombstones)
+    if message.head_id >= start and (tombstones is None or not tombstones.covers(message.head_id)):
+        raise PermissionDeniedError(
+            f"deleted copy without a covering delete marker from origin {message.origin.key} "
+            f"refused at topic={message.topic} origin={message.origin.key} "
+            f"head_id={message.head_id}: only the origin deletes its messages, and it records "
+            f"each delete in its {DELETE_TOPIC} log"
+        )
     return message
 
 

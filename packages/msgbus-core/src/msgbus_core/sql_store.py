@@ -70,6 +70,7 @@ from msgbus_core.replication import (
     check_replicated,
     decide,
     marker_tombstone,
+    replicated_copy,
 )
 from msgbus_core.rows import (
     FIFO_COLUMNS,
@@ -507,11 +508,11 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
                 incoming = check_replicated(raw)
                 log = self._find_log(incoming.topic, incoming.origin)
                 head, start = (0, 1) if log is None else (log.head, log.first)
+                tombstones = None if log is None else log.tombstones
+                incoming = replicated_copy(incoming, tombstones, start)
                 existing = None
-                if log is not None:
-                    incoming = apply_tombstones(incoming, log.tombstones)
-                    if start <= incoming.head_id <= head:
-                        existing = self._stored(log, incoming, op, seen)
+                if log is not None and start <= incoming.head_id <= head:
+                    existing = self._stored(log, incoming, op, seen)
                 decision = decide(existing, incoming, head, start)
             except MsgbusError as error:
                 return ReplicateResult(changed, unchanged, error)

@@ -64,6 +64,7 @@ from msgbus_core.ops import (
     DeleteResult,
     EnqueueOp,
     Outcome,
+    ProbeOp,
     PruneResult,
     PruneSyncStatesOp,
     RecordSyncStateOp,
@@ -504,16 +505,101 @@ class StoreConformance(StoreFixtures):
         assert isinstance(result.error, ConflictError)
         assert store.fetch("events", REMOTE, 1, 1)[0].payload == b"one"
 
-    def test_replicated_deleted_copy_wins_and_is_erased(self, store: MsgbusStore) -> None:
-        write_one(store, ReplicateOp([remote_message(1, b"secret")]))
-        deleted = Message(**{**_fields(remote_message(1, b"secret")), "deleted": True})
-        result = write_one(store, ReplicateOp([deleted]))
-        assert result.changed == [deleted.erased()]
+    def test_replicated_deleted_copy_with_its_marker_wins_and_is_erased(
+        self, store: MsgbusStore
+    ) -> None:
+        deleted = _deleted(remote_message(1, b"secret"))
+        tombstone = TombstoneRange("events", REMOTE, 1, 1, 1)
+        # The marker arrives first, here in the same transaction.
+        outcomes = store.write([ReplicateOp([marker(1, tombstone)]), ReplicateOp([deleted])])
+        assert outcomes[1] == ReplicateResult([deleted.erased()], 0)
         stored = store.fetch("events", REMOTE, 1, 1)[0]
         assert stored.deleted
         assert stored.payload == b""
         # The live copy arriving again after the delete changes nothing: deleted wins.
         assert write_one(store, ReplicateOp([remote_message(1, b"secret")])).unchanged == 1
+        # Nor does the deleted copy again: its marker still covers it.
+        assert write_one(store, ReplicateOp([deleted])) == ReplicateResult([], 1)
+
+    def test_a_deleted_copy_of_a_delete_marker_is_refused(self, store: MsgbusStore) -> None:
+        # A relay that sent the marker deleted would have the delete never applied here.
+        write_one(store, ReplicateOp([remote_message(1, b"secret")]))
+        real = marker(1, TombstoneRange("events", REMOTE, 1, 1, 1))
+        result = write_one(store, ReplicateOp([_deleted(real)]))
+        assert isinstance(result.error, PermissionDeniedError)
+        assert (result.changed, result.unchanged) == ([], 0)
+        assert (
+            f"deleted copy of a delete marker refused at topic={DELETE_TOPIC} "
+            f"origin={REMOTE.key} head_id=1: a delete marker is never deleted"
+        ) in str(result.error)
+        assert store.get_head(DELETE_TOPIC, REMOTE) == 0
+        # The genuine marker is still taken, and its delete applies.
+        assert write_one(store, ReplicateOp([real])).error is None
+        assert store.fetch("events", REMOTE, 1, 1)[0].deleted
+
+    def test_a_deleted_copy_without_a_covering_marker_is_refused_after_the_good_ones(
+        self, store: MsgbusStore
+    ) -> None:
+        # A marker of heads 1..2 is held; head 3 is sent deleted without one.
+        write_one(store, ReplicateOp([marker(1, TombstoneRange("events", REMOTE, 1, 2, 1))]))
+        batch = [
+            _deleted(remote_message(1)),
+            remote_message(2),
+            _deleted(remote_message(3)),
+            remote_message(4),
+        ]
+        result = write_one(store, ReplicateOp(batch))
+        assert [(m.head_id, m.deleted) for m in result.changed] == [(1, True), (2, True)]
+        assert isinstance(result.error, PermissionDeniedError)
+        assert (
+            f"deleted copy without a covering delete marker from origin {REMOTE.key} "
+            f"refused at topic=events origin={REMOTE.key} head_id=3"
+        ) in str(result.error)
+        assert store.get_head("events", REMOTE) == 2
+        # A copy of a head stored live is not deleted by a peer's say-so either.
+        write_one(store, ReplicateOp([remote_message(3, b"live")]))
+        refused = write_one(store, ReplicateOp([_deleted(remote_message(3, b"live"))]))
+        assert isinstance(refused.error, PermissionDeniedError)
+        assert not store.fetch("events", REMOTE, 3, 1)[0].deleted
+        # Nor a message of a log not held yet.
+        fresh = write_one(store, ReplicateOp([_deleted(remote_message(1, topic="other"))]))
+        assert isinstance(fresh.error, PermissionDeniedError)
+        assert store.get_head("other", REMOTE) == 0
+
+    def test_a_refused_deleted_copy_is_taken_once_its_marker_is_held(
+        self, store: MsgbusStore
+    ) -> None:
+        batch = [remote_message(1), _deleted(remote_message(2)), remote_message(3)]
+        refused = write_one(store, ReplicateOp(batch))
+        assert isinstance(refused.error, PermissionDeniedError)
+        assert store.get_head("events", REMOTE) == 1
+        write_one(store, ReplicateOp([marker(1, TombstoneRange("events", REMOTE, 2, 2, 1))]))
+        result = write_one(store, ReplicateOp(batch))
+        assert (result.error, result.unchanged) == (None, 1)
+        rows = store.fetch("events", REMOTE, 1, 10)
+        assert [(m.head_id, m.deleted) for m in rows] == [(1, False), (2, True), (3, False)]
+
+    def test_a_deleted_copy_of_a_trimmed_head_is_unchanged_without_its_marker(
+        self, store: MsgbusStore
+    ) -> None:
+        write_one(store, ReplicateOp([marker(1, TombstoneRange("events", REMOTE, 1, 2, 1))]))
+        write_one(store, ReplicateOp([remote_message(h) for h in range(1, 5)]))
+        # The trim drops the tombstone (wholly below the first head) with the rows.
+        write_one(store, TrimOp("events", REMOTE, 3))
+        assert store.list_tombstones() == []
+        result = write_one(store, ReplicateOp([_deleted(remote_message(h)) for h in (1, 2)]))
+        assert result == ReplicateResult([], 2)
+        assert [m.head_id for m in store.fetch("events", REMOTE, 1, 10)] == [3, 4]
+
+    def test_a_probe_commits_and_changes_nothing(self, store: MsgbusStore) -> None:
+        write_one(store, append_op("events", b"1", 1))
+        before = snapshot(store)
+        assert store.write([ProbeOp()]) == [None]
+        assert snapshot(store) == before
+        # Among other ops it is just as inert.
+        outcomes = store.write([ProbeOp(), append_op("events", b"2", 2), ProbeOp()])
+        assert (outcomes[0], outcomes[2]) == (None, None)
+        assert [m.head_id for m in store.fetch("events", LOCAL, 1, 10)] == [1, 2]
 
     def test_replicated_message_over_the_header_limits_is_refused(self, store: MsgbusStore) -> None:
         crowded = Message(
@@ -1042,6 +1128,11 @@ def _fields(message: Message) -> dict[str, Any]:
     return {name: getattr(message, name) for name in Message.__slots__}
 
 
+def _deleted(message: Message) -> Message:
+    """`message` as a peer sends it deleted (the store erases the payload)."""
+    return Message(**{**_fields(message), "deleted": True})
+
+
 _TOPICS = st.sampled_from(["a", "b"])
 _ORIGINS = st.sampled_from([LOCAL, REMOTE])
 _PAYLOADS = st.sampled_from([b"", b"x", b"y"])
@@ -1100,18 +1191,28 @@ class _ReferenceComparison(RuleBasedStateMachine):
     @rule(
         topic=_TOPICS,
         heads=st.lists(st.integers(1, 7), min_size=1, max_size=4),
-        variant=st.sampled_from(["same", "other-payload", "deleted", "other-id"]),
+        variant=st.sampled_from(["same", "other-payload", "deleted", "marked-deleted", "other-id"]),
     )
     def replicate(self, topic: str, heads: list[int], variant: str) -> None:
+        ops: list[WriteOp] = []
+        if variant == "marked-deleted":
+            # The origin's marker first, as sync pulls it: then the deleted copies are taken
+            # (a plain "deleted" batch is refused unless an earlier marker covers it).
+            head = self.model.get_head(DELETE_TOPIC, REMOTE) + 1
+            covered = TombstoneRange(topic, REMOTE, min(heads), max(heads), 1)
+            payload = covered.to_marker_payload()
+            ops.append(
+                ReplicateOp([Message(f"mk{head}", DELETE_TOPIC, REMOTE, head, payload, {}, head)])
+            )
         messages = []
         for head in heads:
             payload = b"other" if variant == "other-payload" else b"p%d" % head
             message_id = f"x{head}" if variant == "other-id" else f"r{topic}{head}"
-            deleted = variant == "deleted"
+            deleted = variant.endswith("deleted")
             messages.append(
                 Message(message_id, topic, REMOTE, head, payload, {}, 100 + head, deleted)
             )
-        self._both([ReplicateOp(messages)])
+        self._both([*ops, ReplicateOp(messages)])
 
     @rule(
         head=st.integers(1, 3),
