@@ -21,6 +21,7 @@ from msgbus_proto import SERVICE_NAME
 from msgbus_server.config import ConfigError, DaemonConfig
 from msgbus_server.decoding import add_msgbus_service
 from msgbus_server.disk_budget import DiskBudget, format_bytes
+from msgbus_server.head_changes import HeadChanges
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
@@ -82,6 +83,7 @@ class Daemon:
                 local_node=config.node,
                 budget=self.disk_budget,
                 holdings=self.holdings,
+                changes=lambda: self.notifier.changes,
             )
         self.service = MsgbusService(
             node=config.node,
@@ -109,6 +111,9 @@ class Daemon:
         try:
             await self.pipeline.start()
             await forget_unconfigured_peers(self.pipeline, self.config.peers)
+            # Every log counts as changed once, so a peer's first "changed since" is complete.
+            logs = await asyncio.to_thread(self.store.list_heads)
+            self.notifier.changes = HeadChanges((head.topic, head.origin) for head in logs)
             port = await self._start_server()
             await self._start_sync()
             await self._start_retention()
@@ -203,6 +208,7 @@ class Daemon:
             ),
             tls=config.peer_tls,
             holdings=self.holdings,
+            budget=self.disk_budget,
         )
         logger.info(
             "starting peer sync with %d peer(s) every %.0f ms",
