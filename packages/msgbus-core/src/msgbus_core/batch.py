@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Final
 
 from msgbus_core.errors import InvalidArgumentError, MsgbusError
+from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import (
     FifoMessage,
@@ -25,6 +26,7 @@ from msgbus_core.model import (
 from msgbus_core.ops import (
     AckOp,
     AppendOp,
+    CompactOp,
     DeleteRangeOp,
     DeleteResult,
     EnqueueOp,
@@ -46,6 +48,7 @@ from msgbus_core.replication import (
     marker_still_needed,
     marker_tombstone,
     rebase_point,
+    replicated_copy,
 )
 from msgbus_core.validation import validate_stored_int
 
@@ -57,6 +60,9 @@ MARKER_PAGE: Final = 512
 
 class BatchWriter(abc.ABC):
     """The write side of a store: one method per kind of op, called in batch order."""
+
+    _compact_after_commit: bool = False
+    """Set by a `CompactOp`: the store reclaims freed space once the transaction commits."""
 
     def _apply_all(self, ops: Sequence[WriteOp]) -> list[Outcome]:
         """Apply `ops` in order; an op that fails yields its `MsgbusError` as its outcome."""
@@ -97,6 +103,9 @@ class BatchWriter(abc.ABC):
                 return PruneResult(self._prune_sync_states(op.keep_peers))
             case ProbeOp():
                 # The transaction around it (its BEGIN and COMMIT) is the probe.
+                return None
+            case CompactOp():
+                self._compact_after_commit = True
                 return None
 
     def _delete_range(self, op: DeleteRangeOp) -> DeleteResult:
@@ -159,7 +168,8 @@ class BatchWriter(abc.ABC):
                 try:
                     # Nothing changes for a batch whose first message would be refused anyway.
                     validate_stored_int("first_head_id", rebase)
-                    check_replicated(first)
+                    tombstones = self._merged_tombstones(first.topic, first.origin)
+                    replicated_copy(check_replicated(first), tombstones, rebase)
                 except MsgbusError as error:
                     return ReplicateResult(error=error)
                 self._cut(first.topic, first.origin, rebase)
@@ -183,6 +193,10 @@ class BatchWriter(abc.ABC):
     @abc.abstractmethod
     def _head(self, topic: str, origin: NodeId) -> int:
         """The writer's current head of a log (0 when it does not exist)."""
+
+    @abc.abstractmethod
+    def _merged_tombstones(self, topic: str, origin: NodeId) -> TombstoneSet | None:
+        """The writer's merged tombstones of a log; None when the log is not held."""
 
     @abc.abstractmethod
     def _extent(self, topic: str, origin: NodeId) -> tuple[int, int]:

@@ -77,7 +77,9 @@ class MemoryStore(BatchWriter):
     def write(self, ops: Sequence[WriteOp]) -> list[Outcome]:
         """Apply each op in order; a failing op returns its error and changes nothing."""
         with self._lock:
-            return self._apply_all(ops)
+            outcomes = self._apply_all(ops)
+            self._compact_after_commit = False  # memory frees what it drops at once
+            return outcomes
 
     def _record_sync_state(self, state: PeerSyncState) -> None:
         self._sync_states[state.sort_key] = state
@@ -149,6 +151,9 @@ class MemoryStore(BatchWriter):
 
     def _head(self, topic: str, origin: NodeId) -> int:
         return self._extent(topic, origin)[1]
+
+    def _merged_tombstones(self, topic: str, origin: NodeId) -> TombstoneSet | None:
+        return self._erased.get((topic, origin))
 
     def _extent(self, topic: str, origin: NodeId) -> tuple[int, int]:
         start = self._starts.get((topic, origin), 1)

@@ -181,6 +181,19 @@ class ProbeOp:
     """
 
 
+@dataclass(frozen=True, slots=True)
+class CompactOp:
+    """Make the space that trims freed reusable, and measured as free, now. Result: None.
+
+    SQLite puts freed pages on its freelist as the transaction commits, but the pages a trim
+    rewrote sit in the WAL until a checkpoint; DuckDB frees a block only at a checkpoint, which
+    it otherwise runs when its WAL reaches 16 MiB. Until then a trimmed store looks as large
+    as before. The store checkpoints after the transaction that holds this op (SQLite also
+    truncates its WAL), which takes the writer for as long as writing the WAL into the file
+    takes; the retention worker asks for one only when a disk budget needs the measurement.
+    """
+
+
 WriteOp = (
     AppendOp
     | ReplicateOp
@@ -192,6 +205,7 @@ WriteOp = (
     | RecordSyncStateOp
     | PruneSyncStatesOp
     | ProbeOp
+    | CompactOp
 )
 """Any operation a store's `write` accepts."""
 

@@ -352,12 +352,22 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
                 outcomes = self._apply_all(ops)
                 self._commit()
             except BaseException as error:
+                self._compact_after_commit = False
                 self._abort()
                 if isinstance(error, self.driver_error):
                     raise self._storage_error(error, "writing") from None
                 raise
             self._dirty.clear()
+            if self._compact_after_commit:
+                self._compact_after_commit = False
+                try:
+                    self._compact()
+                except self.driver_error as error:
+                    raise self._storage_error(error, "compacting") from None
             return outcomes
+
+    def _compact(self) -> None:
+        """Make freed space reusable after a commit (a `CompactOp`); SQLite's already is."""
 
     def _begin(self) -> None:
         """Open the write transaction."""
@@ -456,6 +466,10 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
     def _extent(self, topic: str, origin: NodeId) -> tuple[int, int]:
         log = self._find_log(topic, origin)
         return (1, 0) if log is None else (log.first, log.head)
+
+    def _merged_tombstones(self, topic: str, origin: NodeId) -> TombstoneSet | None:
+        log = self._find_log(topic, origin)
+        return None if log is None else log.tombstones
 
     def _held(self, topic: str, origin: NodeId, first: int, last: int) -> list[Message]:
         log = self._find_log(topic, origin)

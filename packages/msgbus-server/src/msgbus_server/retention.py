@@ -32,9 +32,9 @@ from typing import Final
 from msgbus_core.errors import MsgbusError
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.model import NodeId, TopicHead
-from msgbus_core.ops import TrimOp, TrimResult
+from msgbus_core.ops import CompactOp, TrimOp, TrimResult
 from msgbus_core.store import MessageSummary, MsgbusStore
-from msgbus_server.disk_budget import DISCARD_OLD, DiskBudget, format_bytes
+from msgbus_server.disk_budget import DISCARD_OLD, LOW_WATER, DiskBudget, format_bytes
 from msgbus_server.head_changes import HeadChanges
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention_rules import RetentionPolicy, RetentionRule
@@ -57,6 +57,8 @@ SCAN_PAGE: Final = 1000
 FULL_SWEEP_S: Final = 60.0
 """The longest time between two passes that look at every log (the others look only at what
 changed)."""
+COMPACT_EVERY_S: Final = 5.0
+"""The least time between two `CompactOp`s (checkpoints) asked for the disk budget."""
 REPORT_EVERY_S: Final = 60.0
 """How often the worker logs what it trimmed (at most), so a steady load logs one line a
 minute rather than one a pass."""
@@ -147,6 +149,8 @@ class RetentionWorker:
         self._unreported = TrimReport()
         self._reported_at = time.monotonic()
         self._budget_conflict = False
+        self._trimmed_since_compact = False
+        self._next_compact = 0.0
         self._changes = changes
         self._epoch = ""
         self._seq = 0
@@ -301,11 +305,24 @@ class RetentionWorker:
         return min(page[-1].head_id + 1, before) if page else before
 
     async def _keep_to_budget(self, budget: DiskBudget, report: TrimReport) -> None:
-        """Measure the store; with --discard old, trim the oldest messages down to the budget."""
+        """Measure the store; with --discard old, trim the oldest messages down to the budget.
+
+        Space that trims freed shows (and is reusable) in some stores only after a
+        checkpoint: near the budget, after trims, a `CompactOp` makes the measurement true.
+        """
+        self._trimmed_since_compact |= report.messages > 0
         usage = await asyncio.to_thread(self._store.disk_usage)
         budget.measured(usage)
+        near = budget.used_bytes >= budget.max_bytes * LOW_WATER
+        if near and self._trimmed_since_compact and time.monotonic() >= self._next_compact:
+            await self._pipeline.submit(CompactOp())
+            self._trimmed_since_compact = False
+            self._next_compact = time.monotonic() + COMPACT_EVERY_S
+            usage = await asyncio.to_thread(self._store.disk_usage)
+            budget.measured(usage)
         if budget.discard != DISCARD_OLD or not budget.excess_bytes:
             return
+        self._trimmed_since_compact = True
         heads = [h for h in await asyncio.to_thread(self._store.list_heads) if h.first_head_id]
         held = sum(h.bytes for h in heads)
         # The files hold more than the messages' own bytes (row and index overhead): scale what

@@ -230,6 +230,11 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         self._next_log_id += 1
         return log_id
 
+    def _compact(self) -> None:
+        # A block freed by a trim becomes free (reusable, and counted by disk_usage) only at a
+        # checkpoint; it also folds the WAL into the file.
+        self._writer.execute("CHECKPOINT")
+
     def _trimmed(self, log: LogState) -> None:
         # Heads and bytes are rebuilt at open; only the start must be written down.
         self._execute("UPDATE logs SET first_head = ? WHERE id = ?", (log.first, log.id))
