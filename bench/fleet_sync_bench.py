@@ -61,6 +61,8 @@ SETTLE_S = 5.0
 """Seconds between the end of the first sync and the idle window: the last pass finishes and
 its sync state is written."""
 POLL_S = 0.5
+PROGRESS_S = 30.0
+"""Seconds between full counts of the device's logs during the first sync."""
 
 
 @dataclass(frozen=True)
@@ -178,23 +180,43 @@ def count_logs_of(stub: rpc.MsgbusServiceStub, origin: pb.NodeId) -> int:
             return count
 
 
-def wait_first_sync(device: Daemon, logs: int, launched: float, timeout_s: float) -> float:
-    """Seconds from `launched` until the device lists all `logs` logs of the hub."""
+def wait_first_sync(device: Daemon, args: argparse.Namespace, launched: float) -> float:
+    """Seconds from `launched` until the device lists all `args.logs` logs of the hub.
+
+    Fails when the sync takes longer than `--sync-timeout`, or when the device gains no log
+    for `--stall-seconds` (a sync that stopped short would otherwise wait out the timeout).
+    """
+    logs: int = args.logs
     stub, lister = device.stub(), listing_stub(device)
     hub = node_pb(HUB_NODE)
     last = pb.GetHeadRequest(topic=fleet_topic(logs - 1), origin=hub)
-    deadline = launched + timeout_s
-    # A pass syncs the logs in listing (topic) order, so the last topic arrives last: until it
-    # does, a GetHead is enough, and the full listing (which costs the device CPU) is asked
-    # for only once it is there.
+    deadline = launched + args.sync_timeout
+    held, grew, counted = 0, launched, launched
     while time.perf_counter() < deadline:
         if device.poll() is not None:
             raise SystemExit(f"the device exited during its first sync:\n{device.stderr_text()}")
-        if stub.GetHead(last, timeout=30.0).found and count_logs_of(lister, hub) == logs:
-            return time.perf_counter() - launched
+        now = time.perf_counter()
+        # A pass syncs the logs in listing (topic) order, so the last topic arrives last: until
+        # it does, a GetHead is enough, and the full listing (which costs the device CPU) is
+        # asked for only every PROGRESS_S, to see that the sync moves.
+        arrived = stub.GetHead(last, timeout=30.0).found
+        if arrived or now - counted >= PROGRESS_S:
+            count, counted = count_logs_of(lister, hub), now
+            if count == logs:
+                return time.perf_counter() - launched
+            if count > held:
+                held, grew = count, now
+                progress(f"the device holds {held:,} of {logs:,} logs")
+            elif now - grew >= args.stall_seconds:
+                raise SystemExit(
+                    f"the first sync stalled: the device held {held:,} of {logs:,} logs "
+                    f"and gained none in {now - grew:.0f} s"
+                )
         time.sleep(POLL_S)
     held = count_logs_of(lister, hub)
-    raise SystemExit(f"the first sync was not done after {timeout_s:.0f} s: {held:,} of {logs:,}")
+    raise SystemExit(
+        f"the first sync was not done after {args.sync_timeout:.0f} s: {held:,} of {logs:,}"
+    )
 
 
 def measure_idle(device: Daemon, hub: Daemon, seconds: float) -> IdleCpu:
@@ -251,7 +273,7 @@ def run(directory: Path, args: argparse.Namespace) -> FleetResult:
         launched = time.perf_counter()
         device = Daemon.start(device_dir, storage=storage, node=DEVICE_NODE, extra_args=peer)
         try:
-            first_sync_s = wait_first_sync(device, args.logs, launched, args.sync_timeout)
+            first_sync_s = wait_first_sync(device, args, launched)
             device_rss_mib = device.rss_kib() / 1024
             progress(f"first sync done in {first_sync_s:.1f} s")
             time.sleep(SETTLE_S)
@@ -338,6 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sync-timeout", type=float, default=3_600.0, help="seconds the first sync may take"
     )
+    parser.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=120.0,
+        help="fail when the first sync gains no log for this long",
+    )
     parser.add_argument("--dir", default=None, help="where the database files go (default: tmp)")
     parser.add_argument("--output", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -349,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--publishes must be at least 100 (for a p99), got {args.publishes}")
     if args.sync_timeout <= 0:
         parser.error(f"--sync-timeout must be above 0, got {args.sync_timeout}")
+    if args.stall_seconds <= 0:
+        parser.error(f"--stall-seconds must be above 0, got {args.stall_seconds}")
     if args.tree is not None:
         args.tree = args.tree.resolve()
         tree_command(args.tree)
