@@ -25,7 +25,7 @@ from msgbus_core import NodeId
 from msgbus_proto import pb, rpc
 from msgbus_sdk import MsgbusClient, Trim
 from msgbus_server.retention import RETENTION_INTERVAL_S
-from msgbus_server.testing import Daemon, wait_until
+from msgbus_server.testing import Daemon, WaitTimeout, wait_until
 from msgbus_testkit.logs import fetch_log
 from msgbus_testkit.nodes import NODE
 
@@ -430,10 +430,11 @@ def budget_bound(storage: str, load: SteadyLoad) -> int:
     the oldest messages are trimmed. It counts the WAL, and the free pages inside the files as
     reusable, so the files hold at most the budget plus those writes:
     - SQLite: those writes take about 1.5 times their payload in pages. 31 MiB; measured
-      22.5 MiB; 40 MiB are written.
+      25.5 MiB; 40 MiB are written.
     - DuckDB: a checkpoint writes its new blocks before it frees the old ones, so the file holds
-      up to two versions of that. 52 MiB, above what this run writes: on DuckDB it is the first
-      heads and the trimming stopping once within budget that fail a store that never trims.
+      up to two versions of that. 52 MiB (measured 43 MiB), above what this run writes: on
+      DuckDB it is the first heads and the trimming stopping once within budget that fail a
+      store that never trims.
     """
     if storage == "sqlite":
         return BUDGET + int(1.5 * 2 * load.per_pass)
@@ -447,17 +448,19 @@ def first_heads(stub: rpc.MsgbusServiceStub) -> dict[str, int]:
     }
 
 
-def stops_changing(read: Callable[[], object]) -> Callable[[], bool]:
-    """A wait_until condition: True once `read()` returns what it returned on the last poll."""
-    last: list[object] = [object()]
+class Unchanged:
+    """A wait_until condition: true once `read()` returns what it returned on the last poll.
 
-    def same() -> bool:
-        now = read()
-        unchanged = now == last[0]
-        last[0] = now
-        return unchanged
+    `seen` keeps every answer, for the failure message.
+    """
 
-    return same
+    def __init__(self, read: Callable[[], object]) -> None:
+        self._read = read
+        self.seen: list[object] = []
+
+    def __call__(self) -> bool:
+        self.seen.append(self._read())
+        return len(self.seen) > 1 and self.seen[-1] == self.seen[-2]
 
 
 def test_discard_old_keeps_the_store_within_the_budget(tmp_path: Path, backend: str) -> None:
@@ -474,12 +477,16 @@ def test_discard_old_keeps_the_store_within_the_budget(tmp_path: Path, backend: 
         assert max(samples) <= bound, f"footprint {max(samples)} above {bound}: {samples}"
         # Once within the budget, trimming stops: the newest messages are not trimmed away
         # pass after pass. Polled a pass and a half apart, so a pass runs between two reads.
-        wait_until(
-            stops_changing(lambda: first_heads(stub)),
-            message="trimming to stop once the store is within its budget",
-            interval=1.5 * RETENTION_INTERVAL_S,
-            timeout=20,
-        )
+        settled = Unchanged(lambda: first_heads(stub))
+        try:
+            wait_until(
+                settled,
+                message="trimming to stop once the store is within its budget",
+                interval=1.5 * RETENTION_INTERVAL_S,
+                timeout=20,
+            )
+        except WaitTimeout as timeout:
+            raise AssertionError(f"{timeout}; first heads polled: {settled.seen}") from None
         heads = first_heads(stub)
         for topic in ("budget.a", "budget.b"):
             held = {m.head_id: m.payload for m in fetch_log(stub, topic)}
