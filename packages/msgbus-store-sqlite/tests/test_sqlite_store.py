@@ -5,6 +5,7 @@ Everything every store must do is in the conformance suite (`test_sqlite_conform
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from msgbus_core import SchemaError
+from msgbus_core import CompactOp, NodeId, SchemaError, TrimOp
 from msgbus_core.testing import StoreFixtures, append_op
 from msgbus_store_sqlite import SCHEMA_VERSION, SqliteStore
 
@@ -65,3 +66,33 @@ class TestSqliteFile(StoreFixtures):
         )
         assert done.stdout.split() == ["3", "3"]
         assert store.write([append_op("events", b"p4", 4)])[0].head_id == 4  # type: ignore[union-attr]
+
+
+class TestSqliteSpace(StoreFixtures):
+    factory = SqliteStore
+
+    def test_a_new_file_gives_trimmed_space_back_on_compact(
+        self, store: SqliteStore, path: Path
+    ) -> None:
+        con = sqlite3.connect(path)
+        try:
+            assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        finally:
+            con.close()
+        store.write([append_op("events", os.urandom(4000), n) for n in range(1, 2001)])
+        store.write([TrimOp("events", NodeId("tenant", "default", "local"), 1901)])
+        grown = store.disk_usage()
+        assert grown.reusable_bytes > 4_000_000  # the trimmed pages, still in the file
+        store.write([CompactOp()])
+        compacted = store.disk_usage()
+        # The file keeps about the 100 messages left; the freed pages and the WAL are gone.
+        assert compacted.reusable_bytes == 0
+        assert compacted.file_bytes < 100 * 4000 * 2
+        assert Path(f"{path}-wal").stat().st_size == 0
+        assert (
+            next(
+                m.head_id
+                for m in store.fetch("events", NodeId("tenant", "default", "local"), 1, 10)
+            )
+            == 1901
+        )

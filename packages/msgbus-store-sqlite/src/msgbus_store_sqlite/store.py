@@ -64,6 +64,10 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Verify before changing anything: a foreign file must come out untouched.
             version = schema.verify(writer, path)
+            if version is None:
+                # Only a file with no page yet takes it (WAL mode writes the first page), and
+                # only then can retention give trimmed space back to the file system.
+                writer.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 raise StorageError(f"{path}: SQLite refused WAL mode (journal_mode is {mode})")
@@ -127,10 +131,14 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         return DiskUsage(pages * page_size + wal, free * page_size)
 
     def _compact(self) -> None:
-        # Freed pages are on the freelist already; what a trim leaves behind is a WAL as long
-        # as the pages it rewrote. Fold it into the file and truncate it, so the footprint
-        # shows what the data takes. With readers in the middle of a snapshot the checkpoint
-        # stops short (it reports busy rather than failing); the next one finishes.
+        # Freed pages are on the freelist already and reused by the next writes; giving them
+        # back (incremental vacuum, in files created with auto_vacuum = INCREMENTAL; a no-op in
+        # older ones) keeps the file near what the data takes. What a trim also leaves behind
+        # is a WAL as long as the pages it rewrote: fold it into the file and truncate it. With
+        # readers in the middle of a snapshot the checkpoint stops short (it reports busy
+        # rather than failing); the next one finishes. executescript steps the vacuum to its
+        # end (one step of `execute` frees a single page).
+        self._writer.executescript("PRAGMA incremental_vacuum;")
         self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _flush(self) -> None:
