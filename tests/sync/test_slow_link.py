@@ -6,9 +6,10 @@ adds 150 ms to each direction and resets every connection twice during the trans
 `big` must arrive whole on B, byte for byte, while A's log `small`, published to every ~200 ms,
 keeps syncing from the same peer.
 
-The suite moves 200 messages of 32 KiB (6.4 MiB, about half a minute at 2 Mbit/s);
+The suite moves 200 messages of 32 KiB (6.25 MiB, about half a minute at 2 Mbit/s);
 `MSGBUS_SLOW_LINK_FULL=1` moves the 200 messages of 1 MiB issue 15 names (200 MiB, about 14
-minutes), with the same cuts and checks.
+minutes at the rate alone), with the same cuts and checks. That `small` keeps syncing while
+`big` transfers does not hold yet: the test ends in an xfail that says how far `small` got.
 """
 
 from __future__ import annotations
