@@ -366,6 +366,16 @@ def build_parser() -> _Parser:
         help="a message of this node's own origin is not trimmed until a configured peer has "
         "reported holding it; with no peer configured it has no effect (default on)",
     )
+    add(
+        "--no-recover",
+        env="MSGBUS_NO_RECOVER",
+        default=False,
+        action="store_true",
+        help="accept writes at once on a new store (one that did not exist or was empty, or "
+        "--volatile) instead of first recovering this node's own logs from every configured "
+        "peer; a node that lost its database then publishes heads its peers already hold, "
+        "which they record as a conflict",
+    )
     return parser
 
 
@@ -495,6 +505,7 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         max_disk_bytes=max_disk_bytes,
         discard=args.discard,
         retain_unsynced=args.retain_unsynced,
+        recover=not args.no_recover,
     )
 
 
@@ -542,6 +553,22 @@ def installed_stores() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def store_is_new(config: DaemonConfig) -> bool:
+    """True when the store holds nothing of an earlier run (call it before `open_store`).
+
+    A volatile store is always new; a file store is new when its file does not exist or is
+    empty.
+    """
+    if config.volatile:
+        return True
+    try:
+        return os.path.getsize(config.data) == 0
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # not ours to judge: opening the store reports the problem
+
+
 def open_store(storage: str, path: str) -> MsgbusStore:
     """Open the named backend; any failure is a `ConfigError` naming the store and path."""
     stores = installed_stores()
@@ -578,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Before opening the store: a taken port must not create or recover a database.
         check_bindable(config.listen_host, config.listen_port)
         opening = time.monotonic()
+        fresh_store = store_is_new(config)
         store = open_store(config.storage, config.data)
         logger = logging.getLogger("msgbus_server.cli")
         # Opening includes crash recovery (WAL replay), which the daemon's own "startup" figure
@@ -594,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "in process memory only; nothing survives a restart or a crash",
                 config.storage,
             )
-        code = run(config, store)
+        code = run(config, store, fresh_store=fresh_store)
     except ConfigError as error:
         fail(str(error))
     except KeyboardInterrupt:

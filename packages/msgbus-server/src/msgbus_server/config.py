@@ -72,6 +72,9 @@ class DaemonConfig:
     retain_unsynced: bool = True
     """A message of this node's own origin is not trimmed until a configured peer has reported
     holding it (`--retain-unsynced`); without peers it has no effect."""
+    recover: bool = True
+    """A daemon whose store is new recovers its own logs from its peers before it accepts
+    writes (`msgbus_server.recovery`); `--no-recover` turns that off."""
 
     @property
     def listen(self) -> str:

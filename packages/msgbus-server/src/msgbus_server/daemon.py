@@ -26,6 +26,7 @@ from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.read_gate import ReadGate
+from msgbus_server.recovery import SYNC_GRACE_S, OwnLogRecovery, WriteGate
 from msgbus_server.retention import PeerHoldings, RetentionWorker
 from msgbus_server.service import SHUTTING_DOWN, MsgbusService
 from msgbus_server.sync import PeerSync, SyncSettings, forget_unconfigured_peers
@@ -46,18 +47,22 @@ SHUTDOWN_BUDGET_S = 4.5
 """Everything after the signal must fit in this, to exit within 5 s even with subscribers."""
 
 
-def run(config: DaemonConfig, store: MsgbusStore) -> int:
+def run(config: DaemonConfig, store: MsgbusStore, *, fresh_store: bool = False) -> int:
     """Serve until SIGINT/SIGTERM; return the exit code. The store is closed on return.
 
+    `fresh_store` says the store holds nothing of an earlier run (`cli.store_is_new`): with
+    peers, the daemon then recovers its own logs from them first (`recovery`).
     Raises `ConfigError` when the listen address cannot be bound.
     """
-    return asyncio.run(Daemon(config, store).serve())
+    return asyncio.run(Daemon(config, store, fresh_store=fresh_store).serve())
 
 
 class Daemon:
     """One msgbusd instance inside a running event loop."""
 
-    def __init__(self, config: DaemonConfig, store: MsgbusStore) -> None:
+    def __init__(
+        self, config: DaemonConfig, store: MsgbusStore, *, fresh_store: bool = False
+    ) -> None:
         self.config = config
         self.store = store
         self.notifier = LogNotifier()
@@ -85,6 +90,22 @@ class Daemon:
                 holdings=self.holdings,
                 changes=lambda: self.notifier.changes,
             )
+        self.recovery: OwnLogRecovery | None = None
+        """Set when the store is new and peers may hold this node's own logs: writes wait for
+        it, and peer sync starts after it (see `_recover_then_sync`)."""
+        write_gate: WriteGate | None = None
+        if fresh_store and config.peers and config.recover:
+            write_gate = WriteGate(self.health)
+            self.recovery = OwnLogRecovery(
+                local_node=config.node,
+                peers=config.peers,
+                store=store,
+                pipeline=self.pipeline,
+                settings=self._sync_settings(),
+                tls=config.peer_tls,
+                gate=write_gate,
+            )
+        self._opening: asyncio.Task[None] | None = None
         self.service = MsgbusService(
             node=config.node,
             store=store,
@@ -95,6 +116,7 @@ class Daemon:
             max_payload_bytes=config.max_payload_bytes,
             read_gate=self.read_gate,
             disk_budget=self.disk_budget,
+            write_gate=write_gate,
         )
         self.grpc_health: Any = _health_aio.HealthServicer()
         self.health.on_change(self._on_health_change)
@@ -115,7 +137,11 @@ class Daemon:
             logs = await asyncio.to_thread(self.store.list_heads)
             self.notifier.changes = HeadChanges((head.topic, head.origin) for head in logs)
             port = await self._start_server()
-            await self._start_sync()
+            if self.recovery is not None:
+                # In the background: an unreachable peer must not hold up signals or shutdown.
+                self._opening = asyncio.create_task(self._recover_then_sync(), name="recovery")
+            else:
+                await self._start_sync()
             await self._start_retention()
             self._install_signal_handlers()
             self._monitor = asyncio.create_task(self._health_monitor(), name="health-monitor")
@@ -200,12 +226,7 @@ class Daemon:
             peers=config.peers,
             store=self.store,
             pipeline=self.pipeline,
-            settings=SyncSettings.of(
-                interval_s=config.sync_interval_s,
-                batch_limit=config.sync_batch_limit,
-                max_payload_bytes=config.max_payload_bytes,
-                response_idle_timeout_s=config.sync_response_idle_s,
-            ),
+            settings=self._sync_settings(),
             tls=config.peer_tls,
             holdings=self.holdings,
             budget=self.disk_budget,
@@ -216,6 +237,57 @@ class Daemon:
             config.sync_interval_s * 1000,
         )
         await self.sync.start()
+
+    def _sync_settings(self) -> SyncSettings:
+        config = self.config
+        return SyncSettings.of(
+            interval_s=config.sync_interval_s,
+            batch_limit=config.sync_batch_limit,
+            max_payload_bytes=config.max_payload_bytes,
+            response_idle_timeout_s=config.sync_response_idle_s,
+        )
+
+    async def _recover_then_sync(self) -> None:
+        """Recover this node's own logs (writes wait), then start peer sync.
+
+        Sync also starts once recovery has waited `SYNC_GRACE_S` for a peer: a peer that never
+        answers must hold up this node's writes, not its replication from the other peers.
+        Sync never takes this node's own logs, so the two do not pull the same log.
+        """
+        assert self.recovery is not None
+        recovering = asyncio.create_task(self.recovery.run(), name="recovery-run")
+        try:
+            done, _ = await asyncio.wait({recovering}, timeout=SYNC_GRACE_S)
+            if not done:
+                logger.warning(
+                    "recovery: still waiting after %.0f s; starting peer sync meanwhile",
+                    SYNC_GRACE_S,
+                )
+                await self._start_sync()
+            try:
+                await recovering
+            except Exception:
+                # A bug: writes stay refused rather than risk publishing heads peers hold.
+                logger.exception("recovery failed; writes stay refused (--no-recover skips it)")
+            if done:
+                await self._start_sync()
+        finally:
+            if not recovering.done():
+                recovering.cancel()  # shutdown: let it close its peer channels
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recovering
+
+    async def _stop_opening(self) -> None:
+        """Cancel a recovery that is still running (writes stay refused)."""
+        task, self._opening = self._opening, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await task
+            except Exception:
+                logger.exception("recovery failed")
 
     async def _start_retention(self) -> None:
         if self.retention is None:
@@ -293,6 +365,7 @@ class Daemon:
         # Subscribe streams see the closed notifier and end with UNAVAILABLE right away, so
         # SDKs reconnect (to us after a restart, or elsewhere).
         self.notifier.close()
+        await self._stop_opening()  # before sync: a recovery that finishes now would start it
         tasks = []
         if self.server is not None:
             tasks.append(self.server.stop(self.config.grace_s))
@@ -323,6 +396,7 @@ class Daemon:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        await self._stop_opening()
         if self.server is not None and not self._shutting_down:
             await self.server.stop(None)
         if self.sync is not None and not self._shutting_down:

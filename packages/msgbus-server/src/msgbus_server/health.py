@@ -5,6 +5,10 @@ Ready (does the store answer?), the commit pipeline (did the last write transact
 while it did not, the daemon's health monitor probes it with a write that changes nothing)
 and shutdown. The Health and Ready RPCs read it, and the daemon mirrors it into
 grpc.health.v1 from its one change listener. Every transition is logged once, with the reasons.
+
+Recovery (a daemon with a new store pulling its own logs back from its peers) makes the daemon
+not ready, so Ready answers NOT_READY with its reason, but it still serves: its peers must keep
+reaching it. It never changes `serving`, and the recovery logs its own progress.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ class Subsystem(enum.Enum):
     STORE = "store"
     SHUTDOWN = "shutdown"
     PIPELINE = "pipeline"
+    RECOVERY = "recovery"
+    """Not ready, still serving (see the module docstring)."""
+
+
+_READY_ONLY = frozenset({Subsystem.RECOVERY})
+"""Subsystems that make the daemon not ready without making it stop serving."""
 
 
 def storage_reason(error: Exception) -> str:
@@ -48,8 +58,8 @@ class Health:
 
     @property
     def serving(self) -> bool:
-        """True while no subsystem reports a failure."""
-        return not self._failing
+        """True while no subsystem reports a failure, recovery aside."""
+        return self._failing.keys() <= _READY_ONLY
 
     def reasons(self) -> dict[Subsystem, str]:
         """The reason of every failing subsystem, in `Subsystem` order (for a status page)."""
@@ -60,14 +70,22 @@ class Health:
         return subsystem in self._failing
 
     def reason(self) -> str:
-        """The first reason not to serve (in `Subsystem` order); "" while serving."""
+        """The first reason not to be ready (in `Subsystem` order); "" while ready."""
         return next(iter(self.reasons().values()), "")
 
     def report(self, subsystem: Subsystem, ok: bool, reason: str = "") -> None:
         """Note that `subsystem` works (`ok`), or fails for `reason`."""
         if ok and subsystem not in self._failing:
             return  # the common case: every commit reports, and nothing changes
+        if subsystem in _READY_ONLY:
+            # Not a transition of `serving`: no listener, and the subsystem logs its own.
+            if ok:
+                del self._failing[subsystem]
+            else:
+                self._failing[subsystem] = reason or f"{subsystem.value} pending"
+            return
         before = set(self._failing)
+        was_serving = self.serving
         if ok:
             self._failing.pop(subsystem, None)
         else:
@@ -75,7 +93,7 @@ class Health:
         if set(self._failing) == before:
             return  # a failing subsystem may fail again, differently: still one transition
         self._log_transition()
-        if not before or self.serving:
+        if self.serving != was_serving:
             for listener in self._listeners:
                 listener(self.serving)
 
@@ -90,5 +108,6 @@ class Health:
         reasons = self.reasons()
         shown = "; ".join(f"{s.value}: {r}" for s, r in reasons.items())
         # A shutdown is asked for; only a failure is worth a warning.
-        level = logging.INFO if list(reasons) == [Subsystem.SHUTDOWN] else logging.WARNING
+        failures = [s for s in reasons if s not in _READY_ONLY]
+        level = logging.INFO if failures == [Subsystem.SHUTDOWN] else logging.WARNING
         logger.log(level, "health is now NOT_SERVING (%s)", shown)

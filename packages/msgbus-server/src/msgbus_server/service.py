@@ -53,6 +53,7 @@ from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.read_gate import ReadGate
+from msgbus_server.recovery import WRITE_HOLD_S, WriteGate
 from msgbus_server.status import failure
 
 logger = logging.getLogger("msgbus_server.service")
@@ -260,6 +261,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         read_gate: ReadGate,
         read_budget_bytes: int = READ_BUDGET_BYTES,
         disk_budget: DiskBudget | None = None,
+        write_gate: WriteGate | None = None,
     ) -> None:
         self._node = node
         self._node_pb = convert.node_to_pb(node)
@@ -274,6 +276,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         self._valid_topics: dict[str, None] = {}
         """Topics already validated for writing; the same few topics arrive again and again."""
         self._health = health
+        self._write_gate = write_gate
+        """Closed while this node recovers its own logs (`recovery`); None when it never is."""
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -381,6 +385,20 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         headers = validate_headers(request.headers) if request.headers else EMPTY_HEADERS
         return AppendOp(topic, origin, payload, headers, new_id(), created_at_ms)
 
+    async def _writable(self, context: grpc.aio.ServicerContext[Req, Resp]) -> None:
+        """Hold a write while this node recovers its own logs; refuse it if that lasts.
+
+        Refused with UNAVAILABLE and the reason (clients retry it) when recovery has not
+        finished within `WRITE_HOLD_S`, or half of what is left of the call's deadline.
+        """
+        gate = self._write_gate
+        if gate is None or gate.is_open:
+            return
+        remaining = context.time_remaining()
+        hold = WRITE_HOLD_S if remaining is None else min(WRITE_HOLD_S, remaining / 2)
+        if not await gate.wait(hold):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, gate.reason)
+
     def _admit(self, incoming_bytes: int) -> None:
         """Refuse a write when the disk budget says so (`--discard new`); else count it."""
         if self._disk_budget is not None:
@@ -392,6 +410,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         context: grpc.aio.ServicerContext[pb.PublishRequest, pb.PublishResponse],
     ) -> pb.PublishResponse:
         """Append one message to a local log; answered after the commit is durable."""
+        await self._writable(context)
         try:
             op = self._append_op(request, now_ms())
             self._admit(len(op.payload))
@@ -411,6 +430,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         Every entry is validated before anything is submitted, so an invalid entry (named by its
         index) rejects the whole batch and nothing is stored.
         """
+        await self._writable(context)
         try:
             count = len(request.entries)
             if not 1 <= count <= MAX_BATCH_ENTRIES:
@@ -649,6 +669,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         context: grpc.aio.ServicerContext[pb.DeleteRangeRequest, pb.DeleteRangeResponse],
     ) -> pb.DeleteRangeResponse:
         """Tombstone a range of a local log, clamped to its head, erasing payload and headers."""
+        await self._writable(context)
         try:
             topic = validate_topic(request.topic)
             ensure_application_topic(topic)
@@ -682,6 +703,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         context: grpc.aio.ServicerContext[pb.EnqueueFifoRequest, pb.EnqueueFifoResponse],
     ) -> pb.EnqueueFifoResponse:
         """Append to the back of a local FIFO queue."""
+        await self._writable(context)
         try:
             queue = validate_name("queue", request.queue)
             topic = validate_topic(request.topic)

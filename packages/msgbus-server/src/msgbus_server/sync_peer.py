@@ -7,7 +7,9 @@ A pass:
 3. for every log whose remote head is above the local one, Fetch from local head + 1 in batches
    of `batch_limit` messages and about `batch_bytes` (see `sync_fetch`), each batch stored as
    ONE `ReplicateOp` (one transaction) through the commit pipeline, which also wakes local
-   subscribers.
+   subscribers. First, and for a log at or below the local head instead, the message at the
+   head both hold must be the same on both sides (`_diverged`): a history that differs there
+   (a node reset or cloned) is a conflict, never spliced.
 
 Every call has a deadline, so a hung peer costs at most one deadline. A pass that fails backs
 the peer off exponentially with jitter (`backoff`), and the backoff resets on the first good
@@ -44,7 +46,7 @@ from msgbus_core.store import MsgbusStore
 from msgbus_core.validation import validate_topic
 from msgbus_proto import pb, rpc
 from msgbus_server.backoff import backoff_delay, default_backoff_cap
-from msgbus_server.convert import node_from_pb
+from msgbus_server.convert import node_from_pb, node_to_pb
 from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
 from msgbus_server.pipeline import CommitPipeline
@@ -56,10 +58,11 @@ from msgbus_server.sync_fetch import (
     BatchLimits,
     FailureKind,
     SyncFailure,
+    envelopes,
 )
 from msgbus_server.sync_state import Heads, LogId, SyncStateBook
 
-__all__ = ["PeerContext", "PeerWorker", "SyncSettings"]
+__all__ = ["OwnIdentityFailure", "PeerContext", "PeerWorker", "RecoveredLogs", "SyncSettings"]
 
 log = logging.getLogger("msgbus_server.sync")
 
@@ -71,6 +74,8 @@ HEADS_PAGE = 1_000
 """Heads asked for per ListHeads page."""
 YIELD_EVERY = 256
 """Heads handled between two yields to the event loop while a page is worked through."""
+PULLED_TO_CAPACITY = 10_000
+"""Logs per peer whose local head is known to be that peer's message (`PeerWorker._pulled_to`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +165,18 @@ class PeerContext:
     """The daemon's disk budget: with --discard new, pulled data is refused like publishes."""
 
 
+class OwnIdentityFailure(SyncFailure):
+    """The peer reports this node's own identity: a loop back to this daemon, or a clone."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredLogs:
+    """What one peer gave back of this node's own logs (`PeerWorker.recover_local_logs`)."""
+
+    logs: int = 0
+    messages: int = 0
+
+
 @dataclass(slots=True)
 class _Pull:
     """How far one pull of a log got: what its sync state records, whatever happens."""
@@ -206,6 +223,13 @@ class PeerWorker:
         self._unsettled: dict[LogId, int] = {}
         """Logs left behind in a pass (a failure, a backoff, another worker's claim), with the
         remote head: retried on every pass, even when the peer lists no change for them."""
+        self._refused_at: dict[LogId, int] = {}
+        """The local head at which each log of the local node that the peer has more of was
+        last compared with the peer's copy: compared again only once local publishes moved it."""
+        self._pulled_to: dict[LogId, int] = {}
+        """The local head of logs whose last stored message came from this peer in this run:
+        a pull that starts there needs no common-head check (the message is the peer's). At
+        most `PULLED_TO_CAPACITY` logs; a log dropped from it is checked once more."""
 
     async def close(self) -> None:
         """Close the channel (cancelling any call still on it)."""
@@ -252,6 +276,61 @@ class PeerWorker:
             log.info("peer %s: sync recovered", self.endpoint)
         await self._flush()
 
+    async def recover_local_logs(self, pulling: asyncio.Lock) -> RecoveredLogs:
+        """Pull every log of this node's own origin that the peer holds more of (`recovery`).
+
+        For a daemon whose store is new, before it accepts writes: Health (with the identity
+        checks of a pass), the peer's whole listing, then each log of the local origin, marker
+        log first, through the pull path of sync. `_sync_log` refuses these logs from peers;
+        this is the one place that takes them. Only one worker pulls at a time (`pulling`), so
+        a log held by two peers is pulled once and then compared with the other's copy.
+
+        A peer that reports this node's own identity answers with nothing to recover. A log
+        that fails is recorded and logged, as in a pass; the peer has answered all the same.
+
+        Raises:
+            SyncFailure: the peer could not be asked (recorded on the peer, not logged).
+        """
+        local = self._context.local_node
+        store = self._context.store
+        recovered = RecoveredLogs()
+        try:
+            try:
+                await self._check_identity()
+            except OwnIdentityFailure as loop:
+                log.warning("recovery: %s: nothing to recover from it", loop)
+                return recovered
+            own: list[tuple[LogId, int]] = []
+            async for page in self._head_pages():
+                for head in page:
+                    parsed = self._parse_head(head)
+                    if parsed is not None and parsed[0][1] == local:
+                        own.append(parsed)
+            own.sort(key=lambda item: item[0][0] != DELETE_TOPIC)
+            for log_id, remote_head in own:
+                async with pulling:
+                    before = await asyncio.to_thread(store.get_head, *log_id)
+                    if remote_head <= before:
+                        continue
+                    await self._pull(log_id, remote_head)
+                    after = await asyncio.to_thread(store.get_head, *log_id)
+                if after > before:
+                    recovered = RecoveredLogs(
+                        recovered.logs + 1, recovered.messages + after - before
+                    )
+        except Exception as error:
+            failure = SyncFailure.of(error)
+            if failure.kind is FailureKind.BUG:
+                log.exception("peer %s: unexpected error in recovery", self.endpoint)
+            self._book.failure(str(failure))
+            await self._flush()
+            if failure is error:
+                raise
+            raise failure from error
+        self._book.success()
+        await self._flush()
+        return recovered
+
     async def _peer_failed(self, error: str) -> None:
         self._book.failure(error)
         # Log a failure when it starts or changes, not on every retry.
@@ -280,7 +359,9 @@ class PeerWorker:
         except MsgbusError as error:
             raise self._unavailable(f"reports an invalid identity: {error}") from None
         if remote == self._context.local_node:
-            raise self._unavailable("reports the local node identity")
+            raise OwnIdentityFailure(
+                FailureKind.PEER, f"peer {self.endpoint} reports the local node identity"
+            )
         pinned = self._context.spec.pinned
         if pinned is not None and remote != pinned:
             raise self._unavailable(f"identity mismatch: expected {pinned.key}, got {remote.key}")
@@ -317,6 +398,7 @@ class PeerWorker:
                     log.info("peer %s restarted; listing every head again", self.endpoint)
                     self._cursor = ""
                     self._settled.clear()
+                    self._pulled_to.clear()  # it may hold another history now
                     break
                 response = changed
                 yield list(response.heads)
@@ -410,22 +492,32 @@ class PeerWorker:
         return (head.topic, origin), head.head_id
 
     async def _sync_log(self, log_id: LogId, remote_head: int, local_head: int) -> bool:
-        """Bring one log up to the peer's head; True when something was stored."""
+        """Bring one log up to the peer's head; True when something was stored.
+
+        Both copies must hold the same message at the head they share (the lower of the two):
+        a log whose history differs there is a conflict, recorded and never pulled from this
+        peer while it lasts (see `_diverged`).
+        """
         origin = log_id[1]
-        if origin == self._context.local_node and remote_head > local_head:
+        heads = Heads(local_head, remote_head)
+        if remote_head <= local_head:
+            if remote_head and await self._diverged(log_id, remote_head, heads):
+                return False
+            self._log_in_sync(log_id, heads)
+            return False
+        if origin == self._context.local_node:
             # This daemon is the only authority for its own logs: a peer that has "more" of one
             # holds forged data, or data from before a local reset. Refuse, never fetch. A peer
             # that holds no more than this daemon (every two-way peer does) is simply in sync.
-            self._log_failed(
-                log_id,
-                f"refused: log of the local node {origin.key} is never accepted from a peer",
-                Heads(local_head, remote_head),
-                count=False,
-            )
-            self._settle(log_id, remote_head)  # refused for as long as the peer lists this
-            return False
-        if remote_head <= local_head:
-            self._log_in_sync(log_id, Heads(local_head, remote_head))
+            # The log stays unsettled, so that publishes here, which move the local head but
+            # not the peer's listing, are compared with the peer's copy too (a clone or a
+            # reset node whose new history is still shorter than the peer's).
+            refusal = f"refused: log of the local node {origin.key} is never accepted from a peer"
+            if self._refused_at.get(log_id) != local_head:
+                if local_head and await self._diverged(log_id, local_head, heads, refusal):
+                    return False
+                self._refused_at[log_id] = local_head
+            self._log_failed(log_id, refusal, heads, count=False)
             return False
         if not self._book.retry_due(log_id):
             self._unsettled[log_id] = remote_head
@@ -452,6 +544,12 @@ class PeerWorker:
         # Read the head again: another peer may have brought this log forward since the pass
         # started.
         local_head = await asyncio.to_thread(self._context.store.get_head, *log_id)
+        if (
+            local_head
+            and self._pulled_to.get(log_id) != local_head
+            and await self._diverged(log_id, local_head, Heads(local_head, remote_head))
+        ):
+            return False  # the peer's newer messages would follow a history that is not ours
         pull = _Pull(local_head, remote_head)
         fetcher = BatchFetcher(
             self._stub,
@@ -485,6 +583,7 @@ class PeerWorker:
         finally:
             fetcher.close()
             self._batch_limits.set(log_id, fetcher.limit)
+            self._note_pulled(log_id, pull)
         self._log_in_sync(log_id, pull.heads())
         return pull.progressed
 
@@ -554,6 +653,80 @@ class PeerWorker:
             raise SyncFailure(
                 FailureKind.LOG, f"rejected from peer {self.endpoint}: {result.error}"
             ) from result.error
+
+    def _note_pulled(self, log_id: LogId, pull: _Pull) -> None:
+        """Remember that the log's local head is a message of this peer, if it is.
+
+        A pull that stored nothing changes nothing: a head remembered earlier still holds
+        while the local head stays there.
+        """
+        if pull.synced is None:
+            return
+        self._pulled_to.pop(log_id, None)
+        if pull.synced != pull.local_head:
+            return
+        self._pulled_to[log_id] = pull.synced
+        if len(self._pulled_to) > PULLED_TO_CAPACITY:
+            del self._pulled_to[next(iter(self._pulled_to))]  # the longest untouched
+
+    async def _diverged(self, log_id: LogId, head: int, heads: Heads, refusal: str = "") -> bool:
+        """True when this log must not go on with the peer from `head`, a head both hold.
+
+        The peer's message at `head` must be ours (same id and creation time; a deleted copy
+        keeps both). When it is not, the two histories diverged: one of the nodes lost its
+        database and republished the heads, or two live nodes share one identity. Pulling the
+        peer's later heads would splice its history after ours, so the log is recorded as a
+        conflict and settled at the peer's head: it is compared again only once the peer lists
+        another head. A head trimmed on either side cannot be compared and counts as matching.
+        A Fetch that fails fails the log (with backoff); a peer that is down fails the pass.
+        `refusal` is why the log would not be pulled anyway, recorded with the conflict.
+        """
+        topic, origin = log_id
+        store = self._context.store
+        ours = await asyncio.to_thread(store.fetch, topic, origin, head, 1)
+        if not ours or ours[0].head_id != head:
+            return False  # trimmed here
+        try:
+            theirs = await self._peer_message_at(log_id, head)
+        except SyncFailure as failure:
+            if failure.kind is FailureKind.PEER:
+                raise
+            self._log_failed(log_id, str(failure), heads)
+            return True
+        if theirs is None or theirs.head_id != head:
+            return False  # trimmed on the peer
+        mine = ours[0]
+        if (theirs.id, theirs.created_at_ms) == (mine.id, mine.created_at_ms):
+            return False
+        conflict = (
+            f"conflict: history diverged at head {head}: the peer's message is {theirs.id}, "
+            f"ours is {mine.id}; one of the nodes was reset or cloned (nothing is pulled from "
+            "this peer while it lasts)"
+        )
+        self._log_failed(
+            log_id, f"{refusal}; {conflict}" if refusal else conflict, heads, count=False
+        )
+        self._settle(log_id, heads.remote)
+        return True
+
+    async def _peer_message_at(self, log_id: LogId, head: int) -> pb.MessageEnvelope | None:
+        """The peer's first message of `log_id` from `head` on (one small Fetch); None if none."""
+        topic, origin = log_id
+        request = pb.FetchRequest(
+            topic=topic, origin=node_to_pb(origin), from_head_id=head, limit=1
+        )
+        call = self._stub.Fetch(request, timeout=self._context.settings.rpc_timeout_s)
+        try:
+            while True:
+                response = await call.read()
+                if not isinstance(response, pb.FetchResponse):
+                    return None  # the end of the stream (grpc.aio.EOF)
+                for envelope in envelopes(response):
+                    return envelope
+        except aio.AioRpcError as error:
+            raise SyncFailure.from_rpc(self.endpoint, "Fetch", error) from None
+        finally:
+            call.cancel()
 
     def _settle(self, log_id: LogId, remote_head: int) -> None:
         self._settled[log_id] = remote_head
