@@ -46,11 +46,13 @@ class DiskUsage(NamedTuple):
     file_bytes: int
     """The database's files (the write-ahead log included)."""
     reusable_bytes: int
-    """Free space inside them that the database reuses before it grows the files."""
+    """Free space inside them that stays in the files (a `CompactOp` cannot give it back to
+    the file system) and that the database reuses before it grows them. Free space a compaction
+    gives back is not counted here: until then it takes the disk like data."""
 
     @property
     def used_bytes(self) -> int:
-        """What the data takes: the files less their reusable free space."""
+        """What the disk budget counts: the files, less the free space that stays in them."""
         return max(self.file_bytes - self.reusable_bytes, 0)
 
 

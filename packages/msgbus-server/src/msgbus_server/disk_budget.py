@@ -9,6 +9,7 @@ always go on and the retention worker trims the oldest messages instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Final
 
@@ -25,8 +26,8 @@ DISCARD_OLD: Final = DISCARD_POLICIES[0]
 DISCARD_NEW: Final = DISCARD_POLICIES[1]
 """Over the budget, refuse writes until retention frees space."""
 LOW_WATER: Final = 0.95
-"""Trimming for the budget frees space down to this share of it, so it does not run on every
-pass for the last few bytes."""
+"""Trimming for the budget starts above this share of it and frees space to below it (less
+room for the growth until the next pass), so it does not run on every pass for a few bytes."""
 
 
 def format_bytes(count: int) -> str:
@@ -49,18 +50,14 @@ class DiskBudget:
         self._measured = 0
         self._since = 0
         self._refusing = False
+        self.pressure = asyncio.Event()
+        """Set when accepted writes bring the budget near its limit: the retention worker
+        wakes up for it instead of waiting for its next pass."""
 
     @property
     def used_bytes(self) -> int:
         """The last measurement plus the bytes accepted for writing since."""
         return self._measured + self._since
-
-    @property
-    def excess_bytes(self) -> int:
-        """How much trimming must free to be back at the low-water mark (0 when under it)."""
-        if self.used_bytes <= self.max_bytes:
-            return 0
-        return self.used_bytes - int(self.max_bytes * LOW_WATER)
 
     def measured(self, usage: DiskUsage) -> None:
         """Take a fresh measurement of the store."""
@@ -92,9 +89,12 @@ class DiskBudget:
         """
         if self.discard == DISCARD_NEW and self.used_bytes >= self.max_bytes:
             self._refusing = True
+            self.pressure.set()
             raise StorageFullError(
                 f"disk budget used up: the store takes {format_bytes(self.used_bytes)} of "
                 f"--max-disk-bytes {self.max_bytes} ({format_bytes(self.max_bytes)}); writes are "
                 "refused until retention frees space (--discard new)"
             )
         self._since += incoming_bytes
+        if self.used_bytes >= self.max_bytes * LOW_WATER:
+            self.pressure.set()

@@ -22,6 +22,7 @@ across all logs, those retain-unsynced protects last, and says so when it has to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -33,7 +34,7 @@ from msgbus_core.errors import MsgbusError
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.model import NodeId, TopicHead
 from msgbus_core.ops import CompactOp, TrimOp, TrimResult
-from msgbus_core.store import MessageSummary, MsgbusStore
+from msgbus_core.store import DiskUsage, MessageSummary, MsgbusStore
 from msgbus_server.disk_budget import DISCARD_OLD, LOW_WATER, DiskBudget, format_bytes
 from msgbus_server.head_changes import HeadChanges
 from msgbus_server.pipeline import CommitPipeline
@@ -57,8 +58,8 @@ SCAN_PAGE: Final = 1000
 FULL_SWEEP_S: Final = 60.0
 """The longest time between two passes that look at every log (the others look only at what
 changed)."""
-COMPACT_EVERY_S: Final = 5.0
-"""The least time between two `CompactOp`s (checkpoints) asked for the disk budget."""
+PRESSURE_PAUSE_S: Final = 0.2
+"""The least time between two passes when writes keep the disk budget under pressure."""
 REPORT_EVERY_S: Final = 60.0
 """How often the worker logs what it trimmed (at most), so a steady load logs one line a
 minute rather than one a pass."""
@@ -149,8 +150,7 @@ class RetentionWorker:
         self._unreported = TrimReport()
         self._reported_at = time.monotonic()
         self._budget_conflict = False
-        self._trimmed_since_compact = False
-        self._next_compact = 0.0
+        self._budget_baseline: int | None = None
         self._changes = changes
         self._epoch = ""
         self._seq = 0
@@ -183,7 +183,22 @@ class RetentionWorker:
                 log.warning("retention pass failed: %s", error)
             except Exception:
                 log.exception("retention pass failed unexpectedly")
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Wait for the next pass: the interval, or less when writes near the disk budget.
+
+        Under a heavy load a second of writes is a lot of disk: the budget wakes the worker
+        as soon as accepted writes bring it near its limit, at most every PRESSURE_PAUSE_S.
+        """
+        if self._budget is None:
             await asyncio.sleep(self._interval_s)
+            return
+        await asyncio.sleep(min(PRESSURE_PAUSE_S, self._interval_s))
+        pressure = self._budget.pressure
+        pressure.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pressure.wait(), self._interval_s - PRESSURE_PAUSE_S)
 
     async def run_pass(self) -> TrimReport:
         """One pass: the logs to their rules, then the store to its budget. What it trimmed."""
@@ -307,28 +322,46 @@ class RetentionWorker:
     async def _keep_to_budget(self, budget: DiskBudget, report: TrimReport) -> None:
         """Measure the store; with --discard old, trim the oldest messages down to the budget.
 
-        Space that trims freed shows (and is reusable) in some stores only after a
-        checkpoint: near the budget, after trims, a `CompactOp` makes the measurement true.
+        Some stores show (and give back) the space a trim freed only after a checkpoint or a
+        vacuum: near the budget, a `CompactOp` follows every pass that trimmed, before the
+        store is measured again, so a trim is never repeated for bytes already freed. The
+        target leaves room for what the store grew by since the last pass, so a steady load
+        stays within the budget, not just returns to it.
         """
-        self._trimmed_since_compact |= report.messages > 0
+        usage = await self._measure(budget, compact=report.messages > 0)
+        # How much the store grew since the last pass left it (0 on the first look).
+        baseline, self._budget_baseline = self._budget_baseline, budget.used_bytes
+        growth = 0 if baseline is None else max(budget.used_bytes - baseline, 0)
+        if budget.discard != DISCARD_OLD or budget.used_bytes <= budget.max_bytes * LOW_WATER:
+            return
+        # Room for about two passes of growth, and never below half of the budget.
+        target = max(int(budget.max_bytes * LOW_WATER) - 2 * growth, budget.max_bytes // 2)
+        excess = budget.used_bytes - target
+        freed = await self._trim_to_budget(budget, usage, excess, report)
+        if freed:
+            await self._measure(budget, compact=True)
+            self._budget_baseline = budget.used_bytes
+
+    async def _measure(self, budget: DiskBudget, *, compact: bool) -> DiskUsage:
+        """The store's disk usage, compacted first when it trimmed and is near the budget."""
         usage = await asyncio.to_thread(self._store.disk_usage)
         budget.measured(usage)
-        near = budget.used_bytes >= budget.max_bytes * LOW_WATER
-        if near and self._trimmed_since_compact and time.monotonic() >= self._next_compact:
+        if compact and budget.used_bytes >= budget.max_bytes * LOW_WATER:
             await self._pipeline.submit(CompactOp())
-            self._trimmed_since_compact = False
-            self._next_compact = time.monotonic() + COMPACT_EVERY_S
             usage = await asyncio.to_thread(self._store.disk_usage)
             budget.measured(usage)
-        if budget.discard != DISCARD_OLD or not budget.excess_bytes:
-            return
-        self._trimmed_since_compact = True
+        return usage
+
+    async def _trim_to_budget(
+        self, budget: DiskBudget, usage: DiskUsage, excess: int, report: TrimReport
+    ) -> int:
+        """Trim the oldest messages until about `excess` bytes of disk are freed; what went."""
         heads = [h for h in await asyncio.to_thread(self._store.list_heads) if h.first_head_id]
         held = sum(h.bytes for h in heads)
         # The files hold more than the messages' own bytes (row and index overhead): scale what
         # must be freed by that ratio, so one pass frees about enough.
         overhead = max(usage.used_bytes / held, 1.0) if held else 1.0
-        needed = int(budget.excess_bytes / overhead) + 1
+        needed = int(excess / overhead) + 1
         freed = await self._trim_oldest(heads, needed, report, protect=True)
         if freed < needed:
             more = await self._trim_oldest(
@@ -343,8 +376,9 @@ class RetentionWorker:
                     format_bytes(more),
                 )
             self._budget_conflict = more > 0
-        else:
-            self._budget_conflict = False
+            return freed + more
+        self._budget_conflict = False
+        return freed
 
     async def _fresh(self, heads: list[TopicHead]) -> list[TopicHead]:
         fresh = []

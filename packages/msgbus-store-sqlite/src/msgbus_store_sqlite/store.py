@@ -9,6 +9,7 @@ Everything that is not SQLite's own lives in `msgbus_core.sql_store.SqlStore`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -23,9 +24,12 @@ from msgbus_store_sqlite.errors import storage_error
 
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a connection waits for a lock (another process's checkpoint, say) before failing."""
-WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
+WAL_SIZE_LIMIT: Final = 4 * 1024 * 1024
 """`journal_size_limit`: after a checkpoint the WAL is truncated to this, so one burst (or a
 long reader that held checkpoints back) does not leave a large WAL on a small disk for good."""
+
+CHECKPOINT_WAIT_MS: Final = 50
+"""How long a compaction's checkpoint waits for readers to leave the WAL before giving up."""
 
 logger = logging.getLogger("msgbus_store_sqlite")
 
@@ -128,18 +132,31 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             wal = os.path.getsize(f"{self._path}-wal")
         except OSError:
             wal = 0
-        return DiskUsage(pages * page_size + wal, free * page_size)
+        # A file that gives free pages back on a CompactOp counts them as used until it does;
+        # in an older file they stay in it for good, reused by the next writes.
+        reusable = 0 if self._gives_space_back else free * page_size
+        return DiskUsage(pages * page_size + wal, reusable)
+
+    @functools.cached_property
+    def _gives_space_back(self) -> bool:
+        """True for a file created with auto_vacuum = INCREMENTAL (every file since schema 2)."""
+        return int(self._writer.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
 
     def _compact(self) -> None:
-        # Freed pages are on the freelist already and reused by the next writes; giving them
-        # back (incremental vacuum, in files created with auto_vacuum = INCREMENTAL; a no-op in
-        # older ones) keeps the file near what the data takes. What a trim also leaves behind
-        # is a WAL as long as the pages it rewrote: fold it into the file and truncate it. With
-        # readers in the middle of a snapshot the checkpoint stops short (it reports busy
-        # rather than failing); the next one finishes. executescript steps the vacuum to its
-        # end (one step of `execute` frees a single page).
-        self._writer.executescript("PRAGMA incremental_vacuum;")
-        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        # Give the freed pages back to the file system (an incremental vacuum, which moves
+        # pages from the end of the file into the holes), so the file keeps to what the data
+        # takes; executescript steps it to its end (one step of `execute` frees a single
+        # page). Then fold the WAL into the file and truncate it, waiting for readers at most
+        # CHECKPOINT_WAIT_MS (they read for milliseconds; one that reads longer leaves the WAL
+        # for the next compaction instead of holding the writer). An older file without
+        # auto_vacuum keeps its free pages and reuses them.
+        if self._gives_space_back:
+            self._writer.executescript("PRAGMA incremental_vacuum;")
+        self._writer.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            self._writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _flush(self) -> None:
         """Insert the buffered message rows (one executemany) before anything reads them."""
