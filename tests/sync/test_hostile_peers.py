@@ -98,7 +98,11 @@ def test_malicious_peer_is_refused_log_by_log_and_the_daemon_restarts(tmp_path: 
     peer.put("good", m_id, [envelope("good", m_id, h, b"ok") for h in (1, 2, 3)])
 
     with FakePeer(peer) as fake:
-        a = start_node(tmp_path, "a", peers=[(fake.endpoint, m_id.key)], batch_limit=10)
+        # A new store would first recover its own logs from the peer, forged ones included
+        # (recovery trusts its peers, SECURITY.md); this test is about a running node.
+        a = start_node(
+            tmp_path, "a", peers=[(fake.endpoint, m_id.key)], batch_limit=10, extra=["--no-recover"]
+        )
         try:
             stub = a.stub()
             publish_many(stub, "events", 2, "mine")
@@ -157,7 +161,9 @@ def test_malicious_peer_is_refused_log_by_log_and_the_daemon_restarts(tmp_path: 
             assert gap_state.consecutive_failures >= 1
             refused = log_state(stub, fake.endpoint, "events", a_id)
             assert refused is not None
-            assert refused.consecutive_failures == 1  # a refusal is not retried, so not counted
+            # A refusal is not retried, so it is not counted; once a's own publishes move its
+            # head, the peer's forged copy also shows as a diverged history, counted once.
+            assert refused.consecutive_failures in (1, 2)
             peer_level = wait_until(
                 lambda: peer_state(stub, fake.endpoint), message="the peer record"
             )
@@ -239,7 +245,7 @@ def test_a_peer_cannot_delete_across_origins_or_delete_this_nodes_logs(tmp_path:
     peer.put(DELETE, yan, [envelope(DELETE, yan, 1, relayed)])
 
     with FakePeer(peer) as fake:
-        a = start_node(tmp_path, "a", peers=[(fake.endpoint, m_id.key)])
+        a = start_node(tmp_path, "a", peers=[(fake.endpoint, m_id.key)], extra=["--no-recover"])
         try:
             stub = a.stub()
             publish_many(stub, "events", 2, "mine")
