@@ -100,12 +100,9 @@ def test_retain_unsynced_keeps_what_no_peer_has_pulled(tmp_path: Path) -> None:
     hub_id, a_id = node_id("hub"), node_id("a")
     hub_port = free_port()
     hub = [(f"127.0.0.1:{hub_port}", hub_id.key)]
-    keep_5 = ["--retention", "*:max-messages=5"]
-    # Devices that ran before: a daemon on a new store would first try to recover its own
-    # logs from the hub, which is not running, and refuse writes until it answers.
-    for device in ("a", "a2"):
-        with start_node(tmp_path, device):
-            pass
+    # --no-recover: a daemon on a new store would first recover its own logs from the hub,
+    # which is not running, and refuse writes until it answers.
+    keep_5 = ["--retention", "*:max-messages=5", "--no-recover"]
     # Both devices name the hub, which is not running yet: nobody has pulled anything.
     with (
         start_node(tmp_path, "a", peers=hub, extra=keep_5) as a,
