@@ -70,6 +70,9 @@ KEEPALIVE_MS = 30_000
 """How often an idle peer channel pings the peer."""
 KEEPALIVE_TIMEOUT_MS = 10_000
 """How long a ping may go unanswered before the channel counts as broken."""
+PULL_SLICE_S = 5.0
+"""How long one log may pull in a pass: a larger log stops after its current batch and goes on
+in the next pass, so the peer's other logs get their turn while it transfers."""
 HEADS_PAGE = 1_000
 """Heads asked for per ListHeads page."""
 YIELD_EVERY = 256
@@ -185,6 +188,8 @@ class _Pull:
     remote_head: int
     synced: int | None = None
     progressed: bool = False
+    paused: bool = False
+    """The pull used up its slice (PULL_SLICE_S) before the peer's head: the next pass goes on."""
 
     def heads(self) -> Heads:
         return Heads(self.local_head, self.remote_head, self.synced)
@@ -220,6 +225,8 @@ class PeerWorker:
         self._settled: dict[LogId, int] = {}
         """The remote head at which each log was last found in sync (or refused for good): a
         listing that shows the same head again needs no work and no local read."""
+        self._more_work = False
+        """A pull paused at the end of its slice in the last pass: the next starts at once."""
         self._unsettled: dict[LogId, int] = {}
         """Logs left behind in a pass (a failure, a backoff, another worker's claim), with the
         remote head: retried on every pass, even when the peer lists no change for them."""
@@ -249,6 +256,9 @@ class PeerWorker:
         while True:
             # Each call starts a fresh attempt count, so the backoff resets after a good pass.
             await retrying(self._pass)
+            if self._more_work:
+                self._more_work = False  # a large log paused at its slice: go on at once
+                continue
             await asyncio.sleep(self._context.settings.interval_s)
 
     async def _pass(self) -> None:
@@ -567,6 +577,13 @@ class PeerWorker:
         )
         try:
             await self._pull_batches(fetcher, log_id, pull)
+            if pull.paused:
+                # Progress, not yet in sync: the log comes back on the next pass, which starts
+                # at once, after the peer's other changed logs.
+                self._book.success(log_id, pull.heads(), progressed=True)
+                self._unsettled[log_id] = remote_head
+                self._more_work = True
+                return pull.progressed
         except Exception as error:
             failure = SyncFailure.of(error)
             if failure.kind is FailureKind.BUG:
@@ -590,6 +607,8 @@ class PeerWorker:
     async def _pull_batches(self, fetcher: BatchFetcher, log_id: LogId, pull: _Pull) -> None:
         topic, origin = log_id
         where = f"topic={topic} origin={origin.key}"
+        loop = asyncio.get_running_loop()
+        slice_ends = loop.time() + PULL_SLICE_S
         while pull.local_head < pull.remote_head:
             expected = pull.local_head + 1
             served = await fetcher.batch(expected)
@@ -606,9 +625,15 @@ class PeerWorker:
                 # The next batch is fetched while this one commits, so the peer's read and the
                 # network overlap the local write instead of alternating with it.
                 next_from = batch[-1].head_id + 1
-                if served.problem is None and next_from <= pull.remote_head:
+                sliced = loop.time() >= slice_ends
+                # No prefetch at the end of a slice: on a slow link a cancelled Fetch wastes
+                # what it had received.
+                if served.problem is None and next_from <= pull.remote_head and not sliced:
                     fetcher.prefetch(next_from)
                 await self._commit(batch, pull, served.first_head_id)
+                if sliced and served.problem is None and pull.local_head < pull.remote_head:
+                    pull.paused = True
+                    return
             if served.problem is not None:
                 raise SyncFailure(FailureKind.LOG, served.problem)
             if pull.local_head <= before:
