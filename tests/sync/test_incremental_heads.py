@@ -37,7 +37,8 @@ class RecordingRelay(rpc.MsgbusServiceServicer):
         return self._stub
 
     async def Health(self, request: pb.HealthRequest, context: Any) -> pb.HealthResponse:
-        return await self.stub().Health(request, timeout=10)
+        response: pb.HealthResponse = await self.stub().Health(request, timeout=10)
+        return response
 
     async def ListHeads(self, request: pb.ListHeadsRequest, context: Any) -> pb.ListHeadsResponse:
         self.requests.append(request)
@@ -79,7 +80,7 @@ def test_idle_passes_ask_only_for_changes_and_changes_arrive(tmp_path: Path) -> 
     source = start_node(tmp_path, "source")
     topics = [f"fleet.{n:04d}" for n in range(2_500)]
     publish(source, topics)
-    relay = RecordingRelay(source.endpoint)
+    relay = RecordingRelay(source.endpoint)  # type: ignore[abstract]
     with (
         FakePeer(relay) as peer,
         start_node(tmp_path, "puller", peers=[(peer.endpoint, None)]) as puller,
@@ -116,7 +117,7 @@ def test_idle_passes_ask_only_for_changes_and_changes_arrive(tmp_path: Path) -> 
 def test_a_peer_that_restarted_is_listed_in_full_again(tmp_path: Path) -> None:
     source = start_node(tmp_path, "source")
     publish(source, [f"a.{n}" for n in range(20)])
-    relay = RecordingRelay(source.endpoint)
+    relay = RecordingRelay(source.endpoint)  # type: ignore[abstract]
     with (
         FakePeer(relay) as peer,
         start_node(tmp_path, "puller", peers=[(peer.endpoint, None)]) as puller,
@@ -141,7 +142,7 @@ def test_a_peer_that_restarted_is_listed_in_full_again(tmp_path: Path) -> None:
 def test_a_log_left_behind_is_retried_although_the_peer_lists_no_change(tmp_path: Path) -> None:
     source = start_node(tmp_path, "source")
     publish(source, ["steady", "refused.once"])
-    relay = RecordingRelay(source.endpoint, refuse_fetch={"refused.once"})
+    relay = RecordingRelay(source.endpoint, refuse_fetch={"refused.once"})  # type: ignore[abstract]
     with (
         FakePeer(relay) as peer,
         start_node(tmp_path, "puller", peers=[(peer.endpoint, None)]) as puller,

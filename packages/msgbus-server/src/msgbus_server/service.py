@@ -77,8 +77,13 @@ HEADS_PAGE_DEFAULT = 1_000
 HEADS_PAGE_MAX = 10_000
 """The largest ListHeads page_size honoured; a larger one is clamped."""
 HEADS_UNPAGED_MAX = 1_000_000
-"""Heads answered to a request with no extension field (an original client expects every head
-in one response); the ~3 MiB page budget usually ends it first."""
+"""Heads answered to a request with no extension field: an original client expects every head
+in one response."""
+HEADS_UNPAGED_BUDGET_BYTES = 60 * 1024 * 1024
+"""The most bytes of heads answered to a request with no extension field: today's answer, up to
+what an original peer receives (its sync channels take 64 MiB; about 600,000 logs). A client
+with gRPC's default 4 MiB limit fails beyond about 40,000 logs, as it always did; pages
+(page_size) are about PACK_BUDGET_BYTES each."""
 
 SYNC_STATES_PAGE_DEFAULT = 1_000
 """ListPeerSyncStates states per page when a page token is given with page_size 0."""
@@ -183,14 +188,15 @@ def _fill(envelopes: _EnvelopeList, messages: list[Message]) -> None:
         convert.fill_envelope(add(), message)
 
 
-def _fill_heads(response: pb.ListHeadsResponse, heads: list[TopicHead]) -> None:
-    """Add heads to a ListHeads response while it stays below ~PACK_BUDGET_BYTES."""
+def _fill_heads(
+    response: pb.ListHeadsResponse, heads: list[TopicHead], budget: int = PACK_BUDGET_BYTES
+) -> None:
+    """Add heads to a ListHeads response while it stays below about `budget` bytes."""
     size = 0
     for count, head in enumerate(heads):
         entry = convert.head_to_pb(head)
-        # Below the 4 MiB default receive limit of gRPC clients (original peers included).
         size += entry.ByteSize() + 8
-        if count and size > PACK_BUDGET_BYTES:
+        if count and size > budget:
             break
         response.heads.append(entry)
 
@@ -589,15 +595,17 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         else:
             # Everything committed up to here is in this listing or changes after `seq`.
             after, seq = None, changes.seq if changes is not None else 0
-        if after is None and not request.page_size:
-            limit = HEADS_UNPAGED_MAX
+        unpaged = after is None and not request.page_size
+        if unpaged:
+            limit, budget = HEADS_UNPAGED_MAX, HEADS_UNPAGED_BUDGET_BYTES
         else:
             limit = min(request.page_size or HEADS_PAGE_DEFAULT, HEADS_PAGE_MAX)
+            budget = PACK_BUDGET_BYTES
         heads = await self._read(
             functools.partial(self._store.list_heads, after=after, limit=limit + 1)
         )
         response = pb.ListHeadsResponse()
-        _fill_heads(response, heads[:limit])
+        _fill_heads(response, heads[:limit], budget)
         if len(response.heads) < len(heads):
             last = response.heads[-1]
             key = (last.topic, node_key(last.origin))

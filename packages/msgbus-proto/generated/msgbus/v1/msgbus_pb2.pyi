@@ -562,7 +562,7 @@ Global___PeerSyncState: _TypeAlias = PeerSyncState  # noqa: Y015
 @_typing.final
 class ListHeadsRequest(_message.Message):
     """ListHeadsRequest asks for log heads. An original client sends no field and gets every head in
-    one response (up to about 3 MiB of heads; beyond that the response is the first page and
+    one response (up to about 60 MiB of heads; beyond that the response is the first page and
     next_page_token is set).
     """
 

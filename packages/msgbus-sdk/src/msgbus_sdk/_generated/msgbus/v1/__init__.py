@@ -411,7 +411,7 @@ default_message_pool.register_message("msgbus.v1", "HealthResponse", HealthRespo
 class ListHeadsRequest(betterproto2.Message):
     """
     ListHeadsRequest asks for log heads. An original client sends no field and gets every head in
-    one response (up to about 3 MiB of heads; beyond that the response is the first page and
+    one response (up to about 60 MiB of heads; beyond that the response is the first page and
     next_page_token is set).
     """
 
