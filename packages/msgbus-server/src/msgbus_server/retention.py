@@ -205,19 +205,38 @@ class RetentionWorker:
         report = TrimReport()
         if self._policy:
             heads = await self._logs_to_check()
+            markers = {h.origin: h for h in heads if h.topic == DELETE_TOPIC}
+            trimmed: set[NodeId] = set()
+            for head in heads:
+                if head.topic != DELETE_TOPIC and await self._apply_rule(head, report):
+                    trimmed.add(head.origin)
             # Marker logs last: a marker may go once the messages it covers are trimmed, which
-            # may be earlier in this very pass.
-            for head in sorted(heads, key=lambda h: h.topic == DELETE_TOPIC):
-                rule = self._policy.rule_for(head.topic)
-                if rule is None or not head.first_head_id:
-                    continue
-                before = min(await self._rule_target(head, rule), self._protected_from(head))
-                if before > head.first_head_id:
-                    await self._trim(head, before, report)
+            # may be earlier in this very pass. So the marker log of every origin trimmed here
+            # is looked at too, though its own head did not move.
+            store = self._store
+            for origin in trimmed - markers.keys():
+                marker_log = await asyncio.to_thread(store.log_head, DELETE_TOPIC, origin)
+                if marker_log.head_id:
+                    markers[origin] = marker_log
+            for head in markers.values():
+                await self._apply_rule(head, report)
         if self._budget is not None:
             await self._keep_to_budget(self._budget, report)
         self._note(report)
         return report
+
+    async def _apply_rule(self, head: TopicHead, report: TrimReport) -> bool:
+        """Trim one log as its rule (if any) says; True when something was trimmed."""
+        assert self._policy is not None
+        rule = self._policy.rule_for(head.topic)
+        if rule is None or not head.first_head_id:
+            return False
+        before = min(await self._rule_target(head, rule), self._protected_from(head))
+        if before <= head.first_head_id:
+            return False
+        removed_before = report.messages
+        await self._trim(head, before, report)
+        return report.messages > removed_before
 
     async def _logs_to_check(self) -> list[TopicHead]:
         """The logs whose rule may ask for a trim now.

@@ -28,6 +28,7 @@ from msgbus_core.errors import (
     NotFoundError,
     PermissionDeniedError,
     StorageError,
+    StorageFullError,
 )
 from msgbus_core.limits import (
     DEFAULT_FETCH_LIMIT,
@@ -356,6 +357,10 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         answer = failure(error)
         if answer.code is grpc.StatusCode.INTERNAL:
             logger.error("internal error (a bug): %r", error, exc_info=error)
+        elif isinstance(error, StorageFullError):
+            # A full disk budget refuses every write until it has room: the budget logs when it
+            # starts and stops refusing, not each refusal.
+            logger.debug("write refused with %s: %s", answer.code.name, error)
         elif isinstance(error, StorageError):
             logger.warning("storage error answered %s: %s", answer.code.name, error)
         await context.abort(answer.code, answer.message, answer.trailing_metadata)
