@@ -18,7 +18,8 @@ One run, on real msgbusd processes and database files:
 4. while the device keeps syncing idly, `--rounds` rounds of `--publishes` sequential Publish
    calls to one local topic of the device (3 s apart) give its p50/p99, over all calls and
    per round; then the device is restarted on the same file with no peer (the baseline: the
-   same N logs, no sync), and the same idle CPU and publishes are measured on it. The ratio of the two p99s is the figure issue 15 bounds at 2x.
+   same N logs, no sync), and the same idle CPU and publishes are measured on it. The ratio
+   of the two p99s is the figure issue 15 bounds at 2x.
 
 `--tree PATH` runs both daemons from another checkout (its `.venv/bin/python -m msgbus_server`,
 after `uv sync --frozen` in it), so "before" and "after" are measured by the same client code.

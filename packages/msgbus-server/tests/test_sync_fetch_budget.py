@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from msgbus_core import NodeId
+from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES, READ_BUDGET_BYTES
 from msgbus_proto import pb, rpc
 from msgbus_server.sync_fetch import BatchFetcher
 from msgbus_testkit.peers import in_process_peer
@@ -44,8 +45,24 @@ async def peer() -> AsyncIterator[tuple[SizedPeer, rpc.MsgbusServiceAsyncStub]]:
         yield servicer, stub
 
 
-def fetcher(stub: rpc.MsgbusServiceAsyncStub, **limits: int) -> BatchFetcher:
-    return BatchFetcher(stub, "peer:1", ("t", ORIGIN), limit=10, packing=0, timeout_s=10, **limits)
+def fetcher(
+    stub: rpc.MsgbusServiceAsyncStub,
+    *,
+    max_bytes: int = READ_BUDGET_BYTES,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    receive_limit: int | None = None,
+) -> BatchFetcher:
+    return BatchFetcher(
+        stub,
+        "peer:1",
+        ("t", ORIGIN),
+        limit=10,
+        packing=0,
+        timeout_s=10,
+        max_bytes=max_bytes,
+        max_payload_bytes=max_payload_bytes,
+        receive_limit=receive_limit,
+    )
 
 
 async def test_a_batch_ends_once_it_reaches_its_byte_budget_and_asks_for_less_next(
