@@ -146,9 +146,23 @@ MESSAGES: dict[str, dict[str, tuple[object, ...]]] = {
 # the original fields: once released, an extension keeps its name, number and type too.
 EXTENSIONS: dict[str, dict[str, tuple[object, ...]]] = {
     "FetchRequest": {"max_messages_per_response": (5, UINT32)},
-    "FetchResponse": {"messages": (2, MESSAGE, REPEATED, "msgbus.v1.MessageEnvelope")},
+    "FetchResponse": {
+        "messages": (2, MESSAGE, REPEATED, "msgbus.v1.MessageEnvelope"),
+        "first_head_id": (3, UINT64),
+    },
     "SubscribeRequest": {"max_messages_per_response": (5, UINT32)},
-    "SubscribeResponse": {"messages": (2, MESSAGE, REPEATED, "msgbus.v1.MessageEnvelope")},
+    "SubscribeResponse": {
+        "messages": (2, MESSAGE, REPEATED, "msgbus.v1.MessageEnvelope"),
+        "first_head_id": (3, UINT64),
+    },
+    "GetHeadResponse": {"first_head_id": (3, UINT64), "bytes": (4, UINT64)},
+    "TopicHead": {"first_head_id": (4, UINT64), "bytes": (5, UINT64)},
+    "ListHeadsRequest": {
+        "page_size": (1, UINT32),
+        "page_token": (2, STRING),
+        "changed_since": (3, STRING),
+    },
+    "ListHeadsResponse": {"next_page_token": (2, STRING), "cursor": (3, STRING)},
     "ListPeerSyncStatesRequest": {"page_size": (1, UINT32), "page_token": (2, STRING)},
     "ListPeerSyncStatesResponse": {"next_page_token": (2, STRING)},
 }
@@ -204,6 +218,13 @@ def test_every_extension_keeps_its_name_number_and_type(name: str) -> None:
     fields = {f.name: describe_field(f) for f in descriptor.fields}
     extensions = {f: spec for f, spec in fields.items() if f not in MESSAGES[name]}
     assert extensions == EXTENSIONS[name]
+
+
+def test_every_field_beyond_the_original_is_a_pinned_extension() -> None:
+    for name in MESSAGES:
+        descriptor = pb.DESCRIPTOR.message_types_by_name[name]
+        added = {f.name for f in descriptor.fields} - set(MESSAGES[name])
+        assert added == set(EXTENSIONS.get(name, {})), name
 
 
 def test_the_proto_package_is_msgbus_v1() -> None:
