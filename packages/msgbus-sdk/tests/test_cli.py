@@ -121,7 +121,10 @@ def test_subscribe_follows_until_count_or_ctrl_c(daemon: Daemon, topic: str) -> 
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     finally:
+        # Reaped here, whatever happened: a process left running would be reported (as an
+        # unraisable warning) in whichever test the garbage collector happens to run in.
         process.kill()
+        process.communicate()
     assert process.returncode == 0
     assert stderr == b""
 
