@@ -98,6 +98,13 @@ def test_publish_fetch_and_payload_rendering(daemon: Daemon, topic: str, tmp_pat
     assert [r["head_id"] for r in every] == [2, 3]
 
 
+SIGINT_DEFAULT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+"""Runs argv[1:] with SIGINT at its default disposition (exec keeps SIG_DFL)."""
+
+
 def test_subscribe_follows_until_count_or_ctrl_c(daemon: Daemon, topic: str) -> None:
     for i in range(3):
         ok(daemon, "publish", topic, f"m{i}")
@@ -107,7 +114,10 @@ def test_subscribe_follows_until_count_or_ctrl_c(daemon: Daemon, topic: str) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSGBUS_")}
     env["MSGBUS_ENDPOINT"] = daemon.endpoint
     process = subprocess.Popen(
-        [MSGBUS, "subscribe", topic, "--from", "3", "--json"],
+        # With SIGINT at its default, whatever this test inherited: a shell runs a background
+        # job (as CI may run the suite) with SIGINT ignored, and a Python started that way
+        # keeps ignoring it, so Ctrl-C could never reach the CLI.
+        [sys.executable, "-c", SIGINT_DEFAULT, MSGBUS, "subscribe", topic, "--from", "3", "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
