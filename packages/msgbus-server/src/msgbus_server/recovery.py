@@ -22,7 +22,6 @@ configured peers, as sync trusts them with other origins' logs.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -34,7 +33,7 @@ from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.sync_fetch import SyncFailure
 from msgbus_server.sync_peer import PeerContext, PeerWorker, RecoveredLogs, SyncSettings
-from msgbus_server.sync_state import LogId, SyncStateBook
+from msgbus_server.sync_state import LogId
 
 __all__ = ["SYNC_GRACE_S", "WRITE_HOLD_S", "OwnLogRecovery", "WriteGate", "waiting_reason"]
 
@@ -158,18 +157,16 @@ class OwnLogRecovery:
         self._gate.open()
 
     def _context(self, spec: PeerSpec, seed: Sequence[PeerSyncState]) -> PeerContext:
-        backoff = functools.partial(self._settings.backoff, rng=random.Random())
-        return PeerContext(
+        # Failures are recorded like sync's, so ListPeerSyncStates shows what is awaited.
+        return PeerContext.of(
+            spec,
+            seed,
             local_node=self._local_node,
-            spec=spec,
             settings=self._settings,
             store=self._store,
             pipeline=self._pipeline,
-            # Failures are recorded like sync's, so ListPeerSyncStates shows what is awaited.
-            book=SyncStateBook(spec.endpoint, seed, backoff=backoff),
             claims=self._claims,
             tls=self._tls,
-            backoff=backoff,
         )
 
     async def _recover_from(self, worker: PeerWorker) -> RecoveredLogs:

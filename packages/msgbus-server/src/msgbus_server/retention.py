@@ -35,6 +35,7 @@ from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.model import NodeId, TopicHead
 from msgbus_core.ops import CompactOp, TrimOp, TrimResult
 from msgbus_core.store import DiskUsage, MessageSummary, MsgbusStore
+from msgbus_server.clock import now_ms
 from msgbus_server.disk_budget import DISCARD_OLD, LOW_WATER, DiskBudget, format_bytes
 from msgbus_server.head_changes import HeadChanges
 from msgbus_server.pipeline import CommitPipeline
@@ -63,11 +64,6 @@ PRESSURE_PAUSE_S: Final = 0.2
 REPORT_EVERY_S: Final = 60.0
 """How often the worker logs what it trimmed (at most), so a steady load logs one line a
 minute rather than one a pass."""
-
-
-def now_ms() -> int:
-    """The wall clock in milliseconds since the epoch: what message times are in."""
-    return time.time_ns() // 1_000_000
 
 
 class PeerHoldings:

@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -49,6 +48,7 @@ from msgbus_core.validation import (
 )
 from msgbus_proto import pb, rpc
 from msgbus_server import convert
+from msgbus_server.clock import now_ms
 from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.notify import LogNotifier
@@ -97,11 +97,6 @@ expects every state in one response."""
 
 VALID_TOPIC_CACHE = 4096
 """How many validated topics the publish path remembers before starting over."""
-
-
-def now_ms() -> int:
-    """Wall clock in milliseconds since the epoch (0 before the epoch, as the original)."""
-    return max(time.time_ns() // 1_000_000, 0)
 
 
 def new_id() -> str:
@@ -200,11 +195,6 @@ def _fill_heads(
         if count and size > budget:
             break
         response.heads.append(entry)
-
-
-def node_key(node: pb.NodeId) -> str:
-    """A wire NodeId's key, `tenant_id/bl_name/device_id`."""
-    return f"{node.tenant_id}/{node.bl_name}/{node.device_id}"
 
 
 def _heads_page_token(key: tuple[str, str], seq: int, epoch: str) -> str:
@@ -612,8 +602,9 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         response = pb.ListHeadsResponse()
         _fill_heads(response, heads[:limit], budget)
         if len(response.heads) < len(heads):
-            last = response.heads[-1]
-            key = (last.topic, node_key(last.origin))
+            # The model head behind the last entry answered: its key is the keyset position.
+            last = heads[len(response.heads) - 1]
+            key = (last.topic, last.origin.key)
             response.next_page_token = _heads_page_token(
                 key, seq, changes.epoch if changes is not None else ""
             )

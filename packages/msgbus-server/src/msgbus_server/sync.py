@@ -9,9 +9,7 @@ failure; `sync_state` keeps each peer's sync state; `backoff` says how long a fa
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import random
 from collections.abc import Sequence
 
 from msgbus_core import (
@@ -27,7 +25,7 @@ from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
 from msgbus_server.sync_peer import PeerContext, PeerWorker, SyncSettings
-from msgbus_server.sync_state import LogId, SyncStateBook
+from msgbus_server.sync_state import LogId
 
 __all__ = ["PeerSync", "SyncSettings", "forget_unconfigured_peers"]
 
@@ -120,18 +118,15 @@ class PeerSync:
         ]
 
     def _context(self, spec: PeerSpec, seed: Sequence[PeerSyncState]) -> PeerContext:
-        # Jitter from a generator of the peer's own, so peers do not draw in step either.
-        backoff = functools.partial(self.settings.backoff, rng=random.Random())
-        return PeerContext(
+        return PeerContext.of(
+            spec,
+            seed,
             local_node=self._local_node,
-            spec=spec,
             settings=self.settings,
             store=self._store,
             pipeline=self._pipeline,
-            book=SyncStateBook(spec.endpoint, seed, backoff=backoff),
             claims=self._claims,
             tls=self._tls,
-            backoff=backoff,
             holdings=self._holdings,
             budget=self._budget,
         )

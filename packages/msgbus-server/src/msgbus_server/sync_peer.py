@@ -24,16 +24,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 import tenacity
 from grpc import aio
 
-from msgbus_core import MsgbusError, NodeId, RecordSyncStateOp, ReplicateOp, ReplicateResult
+from msgbus_core import (
+    MsgbusError,
+    NodeId,
+    PeerSyncState,
+    RecordSyncStateOp,
+    ReplicateOp,
+    ReplicateResult,
+)
 from msgbus_core.limits import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DELETE_TOPIC,
@@ -166,6 +174,40 @@ class PeerContext:
     --retain-unsynced (one book shared by all workers); None when nobody needs them."""
     budget: DiskBudget | None = None
     """The daemon's disk budget: with --discard new, pulled data is refused like publishes."""
+
+    @classmethod
+    def of(
+        cls,
+        spec: PeerSpec,
+        seed: Sequence[PeerSyncState],
+        *,
+        local_node: NodeId,
+        settings: SyncSettings,
+        store: MsgbusStore,
+        pipeline: CommitPipeline,
+        claims: set[LogId],
+        tls: PeerTlsConfig | None,
+        holdings: PeerHoldings | None = None,
+        budget: DiskBudget | None = None,
+    ) -> PeerContext:
+        """The context of one peer, its sync state book seeded with `seed` (its stored states).
+
+        Its backoff draws jitter from a generator of its own, so peers do not retry in step.
+        """
+        backoff = functools.partial(settings.backoff, rng=random.Random())
+        return cls(
+            local_node=local_node,
+            spec=spec,
+            settings=settings,
+            store=store,
+            pipeline=pipeline,
+            book=SyncStateBook(spec.endpoint, seed, backoff=backoff),
+            claims=claims,
+            tls=tls,
+            backoff=backoff,
+            holdings=holdings,
+            budget=budget,
+        )
 
 
 class OwnIdentityFailure(SyncFailure):

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from msgbus_core import NodeId, PeerSyncState
+from msgbus_server.clock import now_ms
 
 __all__ = ["Heads", "LogId", "StateKey", "SyncStateBook", "now_ms", "state_key"]
 
@@ -37,11 +38,6 @@ LogId = tuple[str, NodeId]
 
 _MAX_FAILURES = 2**32 - 1
 """consecutive_failures is a uint32 on the wire."""
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds, as stored in sync state."""
-    return int(time.time() * 1000)
 
 
 def state_key(peer: str, topic: str = "", origin: NodeId | None = None) -> StateKey:
