@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -37,7 +36,7 @@ class TestDuckdbConformance(StoreConformance):
     )
 
     @classmethod
-    def execute_raw(cls, path: Path, *statements: str) -> None:
+    def execute_raw(cls, path: str, *statements: str) -> None:
         con = duckdb.connect(str(path), config=dict(CONFIG))
         try:
             for statement in statements:

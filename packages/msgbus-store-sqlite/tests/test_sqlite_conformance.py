@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from msgbus_core.store import MsgbusStore
@@ -38,7 +37,7 @@ class TestSqliteConformance(StoreConformance):
     )
 
     @classmethod
-    def execute_raw(cls, path: Path, *statements: str) -> None:
+    def execute_raw(cls, path: str, *statements: str) -> None:
         con = sqlite3.connect(path)
         try:
             for statement in statements:

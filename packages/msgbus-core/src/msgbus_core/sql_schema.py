@@ -82,10 +82,8 @@ def create_tables(
     con.execute(f"CREATE TABLE meta (key {text} PRIMARY KEY, value {text} NOT NULL)")
     for statement in statements:
         con.execute(statement)
-    con.executemany(
-        f"INSERT INTO meta (key, value) VALUES ({placeholder}, {placeholder})",
-        [("application", APPLICATION), ("schema_version", str(version))],
-    )
+    for row in (("application", APPLICATION), ("schema_version", str(version))):
+        con.execute(f"INSERT INTO meta (key, value) VALUES ({placeholder}, {placeholder})", row)
 
 
 __all__ = ["APPLICATION", "TABLES", "check_version", "create_tables"]

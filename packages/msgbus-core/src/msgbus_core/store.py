@@ -12,7 +12,7 @@ Backends are found through the `msgbus.stores` entry point group: the entry poin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
 from msgbus_core.ops import Outcome, WriteOp
@@ -143,6 +143,49 @@ class MsgbusStore(Protocol):
 
     def close(self) -> None:
         """Close every connection. The store must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class SharedStore(MsgbusStore, Protocol):
+    """A store that several msgbusd processes write at once (the PostgreSQL store).
+
+    Each process still writes through one commit pipeline of its own; the database assigns
+    heads under row locks, so the processes' writes interleave without gaps. What a process
+    cannot see by itself, the others' commits and who runs the work that must run once, it
+    learns here. Every method blocks; the daemon calls them from threads.
+    """
+
+    def changed_logs(self, cursor: object | None, limit: int) -> tuple[list[TopicHead], object]:
+        """Logs whose head, start or size any process committed a change to since `cursor`.
+
+        Returns up to `limit` logs and the cursor to ask with next; when `limit` logs came
+        back, more may be waiting. `cursor` None returns no logs and a cursor for "now": take it
+        before reading what is there (`list_heads`), so that nothing committed in between is
+        missed. A log may be listed again although it did not change (never the reverse).
+        """
+        ...
+
+    def wait_for_commits(self, timeout_s: float) -> bool:
+        """Block until another process announces a commit or `timeout_s` passes.
+
+        True when an announcement came. Announcements are only a wake-up: one can be lost
+        (a dropped connection) and `changed_logs` stays the source of truth, so callers also
+        ask it after a timeout.
+        """
+        ...
+
+    def try_claim(self, name: str) -> bool:
+        """Hold the claim `name` for this process if no other live process holds it.
+
+        True while this process holds it (checked on every call, so a claim lost with the
+        database connection is reported). A claim ends with the process that holds it, so
+        another process takes it over at its next call.
+        """
+        ...
+
+    def release_claim(self, name: str) -> None:
+        """Give up the claim `name` if this process holds it."""
         ...
 
 

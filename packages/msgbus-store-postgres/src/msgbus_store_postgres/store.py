@@ -1,0 +1,534 @@
+"""`PostgresStore`: the `MsgbusStore` on a PostgreSQL database, shared by msgbusd processes.
+
+Several msgbusd processes with the same node identity can open one database and serve the same
+logs (a hub behind a load balancer). What makes that safe lives in the database, not in any
+process:
+
+- Heads are assigned under a row lock on the log's row (`SELECT ... FOR UPDATE`, in READ
+  COMMITTED): a write locks every existing log it touches at the start of its transaction, in
+  row id order, so two processes' batches never wait on each other in a cycle; the head it then
+  reads is the latest committed one. A deadlock that remains (two processes creating the same
+  new logs in opposite orders) or a serialization failure is retried: PostgreSQL rolled the
+  transaction back, so sending it again applies nothing twice.
+- A FIFO queue's row in `fifo_queues` is locked before its front is read, so front-only acks
+  and rejects hold across processes.
+- Replicated writes read the stored rows under the same log lock, so two processes ingesting
+  the same log apply the accept rules one after the other, as one process would.
+- Every commit that moves a log stamps its row with the transaction id (`change_xid`) and sends
+  `NOTIFY msgbus_commits`. The other processes wake on the notification and read the changed
+  logs by transaction id (`changed_logs`), which also catches what a lost notification missed.
+- Work that must run once per hub (sync with a peer, retention) is claimed with a session
+  advisory lock (`try_claim`), which PostgreSQL releases when its holder's connection ends.
+
+Connections: one writer (the daemon's commit pipeline; reconnected after a failure), a
+`psycopg_pool` pool of readers checked before use, one listener and one connection holding the
+claims. After PostgreSQL restarts, each is opened again on its next use, so the daemon serves
+again without a restart of its own. Everything common to the SQL stores is in
+`msgbus_core.sql_store.SqlStore`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Final, NamedTuple
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+from psycopg_pool import ConnectionPool
+
+from msgbus_core.errors import SchemaError, StorageError
+from msgbus_core.intervals import TombstoneSet
+from msgbus_core.limits import DELETE_TOPIC
+from msgbus_core.model import Message, NodeId, TopicHead, first_held
+from msgbus_core.ops import (
+    AckOp,
+    AppendOp,
+    DeleteRangeOp,
+    EnqueueOp,
+    Outcome,
+    RejectOp,
+    ReplicateOp,
+    TrimOp,
+    WriteOp,
+)
+from msgbus_core.sql_store import MESSAGE_COLUMNS, LogState, SqlDialect, SqlStore, log_key
+from msgbus_core.store import DiskUsage
+from msgbus_core.validation import clamp_stored
+from msgbus_store_postgres import schema
+from msgbus_store_postgres.errors import TransactionRolledBack, storage_error
+
+logger = logging.getLogger("msgbus_store_postgres")
+
+Connection = psycopg.Connection[Any]
+
+CHANNEL: Final = "msgbus_commits"
+"""The NOTIFY channel on which every commit that moved a log is announced."""
+CLAIM_CLASS: Final = 0x6D736263
+"""The first key of every claim's advisory lock ("msbc"); the second is the name's hash."""
+READER_CONNECTIONS: Final = 8
+"""The most reader connections a process keeps: the daemon reads from a handful of threads."""
+CONNECT_TIMEOUT_S: Final = 10
+"""How long opening a connection may take before the store reports the database down."""
+POOL_WAIT_S: Final = 10.0
+"""How long a read waits for a reader connection (all busy, or the database down)."""
+WRITE_ATTEMPTS: Final = 5
+"""How often a write transaction is sent after PostgreSQL rolled it back for a conflict."""
+COPY_ROWS: Final = 16
+"""From how many buffered rows a batch is inserted with COPY rather than one INSERT each."""
+
+
+class ChangeCursor(NamedTuple):
+    """Where `changed_logs` stands: the transaction ids it has seen every change below.
+
+    A pass lists the logs whose `change_xid` is at least `low`. Transaction ids are handed out
+    when transactions start, not when they commit, so a pass must start below every
+    transaction that was still running when the previous pass started: `next_low` is the
+    oldest transaction running (the snapshot's xmin) when the current pass began, and becomes
+    the next pass's `low`. `position` is the (change_xid, id) the current pass has read up to.
+    """
+
+    low: int
+    next_low: int
+    position: tuple[int, int] | None
+
+
+def display_dsn(dsn: str) -> str:
+    """The connection string as errors and logs show it: never with its password."""
+    try:
+        params = pg_conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (unparsable connection string)"
+    host = str(params.get("host") or "") or "(libpq default host)"
+    port = f":{params['port']}" if params.get("port") else ""
+    user = f"{params['user']}@" if params.get("user") else ""
+    database = str(params.get("dbname") or "") or "(libpq default database)"
+    return f"postgresql://{user}{host}{port}/{database}"
+
+
+class PostgresStore(SqlStore[Connection]):
+    """A `MsgbusStore` (and `SharedStore`) in a PostgreSQL database."""
+
+    dialect = SqlDialect(
+        log_column="log", placeholder="%s", lock_rows=" FOR UPDATE", blob_length="octet_length"
+    )
+    driver_error = psycopg.Error
+    wrap_error = storage_error
+    single_writer = False
+
+    def __init__(self, dsn: str, writer: Connection, version: int, *, created: bool) -> None:
+        """Take over an opened, verified writer; `open` builds the store."""
+        super().__init__(display_dsn(dsn), writer, version)
+        self._dsn = dsn
+        self.created = created
+        """True when this open created the schema: the database held no msgbus data before."""
+        self._token = secrets.token_hex(8)
+        # What this process's commits announce, so that its own listener skips them.
+        self._pool = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=READER_CONNECTIONS,
+            kwargs=_connect_kwargs("reader"),
+            check=ConnectionPool.check_connection,
+            timeout=POOL_WAIT_S,
+            name="msgbus-readers",
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except Exception as error:
+            writer.close()
+            raise StorageError(f"{self.path}: cannot open reader connections: {error}") from None
+        self._listener: Connection | None = None
+        self._listener_lock = threading.Lock()
+        self._claims: Connection | None = None
+        self._claims_lock = threading.Lock()
+        self._claimed: set[str] = set()
+        log = self.dialect.render
+        self._lock_logs: Final = log(
+            "SELECT id, head, first_head, bytes, topic, tenant_id, bl_name, device_id FROM logs "
+            "WHERE (topic, tenant_id, bl_name, device_id) IN "
+            "(SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[])) "
+            "ORDER BY id FOR UPDATE"
+        )
+        self._lock_queues: Final = log(
+            "SELECT queue FROM fifo_queues WHERE queue = ANY(?::text[]) ORDER BY queue FOR UPDATE"
+        )
+        self._tombstones_of: Final = log(
+            "SELECT log, from_head_id, to_head_id FROM tombstones WHERE log = ANY(?::bigint[])"
+        )
+        self._lock_queue: Final = log("SELECT 1 FROM fifo_queues WHERE queue = ? FOR UPDATE")
+        self._create_log_row: Final = log(
+            "INSERT INTO logs (topic, tenant_id, bl_name, device_id) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (topic, tenant_id, bl_name, device_id) DO NOTHING"
+        )
+        self._store_heads: Final = log(
+            "UPDATE logs AS l SET head = v.head, first_head = v.first_head, bytes = v.bytes, "
+            "change_xid = pg_current_xact_id()::text::bigint "
+            "FROM unnest(?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[]) "
+            "AS v (id, head, first_head, bytes) WHERE l.id = v.id"
+        )
+        self._copy: Final = f"COPY messages (log, {', '.join(MESSAGE_COLUMNS)}) FROM STDIN"
+        columns = ", ".join(f"m.{name}" for name in MESSAGE_COLUMNS)
+        size = self.dialect.read_size("m")
+        # A page within max_bytes in one query: the running total of read_size in head order,
+        # cut at the first row that does not fit (always keeping the first). Payloads of the
+        # rows cut are never sent, and PostgreSQL's octet_length reads a stored value's size
+        # without decompressing it.
+        self._fetch_within: Final = log(
+            f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM ("
+            f"SELECT {columns}, sum({size}) OVER (ORDER BY m.head_id) AS total, "
+            "row_number() OVER (ORDER BY m.head_id) AS n "
+            "FROM logs AS l JOIN messages AS m ON m.log = l.id "
+            "WHERE l.topic = ? AND l.tenant_id = ? AND l.bl_name = ? AND l.device_id = ? "
+            "AND m.head_id >= ? ORDER BY m.head_id LIMIT ?"
+            ") AS page WHERE n = 1 OR total <= ? ORDER BY head_id"
+        )
+        self._xmin: Final = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        self._changes: Final = log(
+            "SELECT topic, tenant_id, bl_name, device_id, head, first_head, bytes, change_xid, id "
+            "FROM logs WHERE (change_xid, id) > (?, ?) ORDER BY change_xid, id LIMIT ?"
+        )
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str) -> PostgresStore:
+        """Connect to the database `path` (a libpq connection string or URI) and prepare it.
+
+        An empty string uses the libpq environment (PGHOST, PGDATABASE, PGUSER, ...). An empty
+        schema gets the msgbus tables; msgbus tables of an older version are refused for now
+        (PostgreSQL stores start at version 2). Raises `SchemaError` for tables that are not a
+        msgbus database or of a newer version, `StorageError` when the database cannot be
+        reached.
+        """
+        where = display_dsn(path)
+        try:
+            writer = psycopg.connect(path, **_connect_kwargs("writer"))
+        except psycopg.Error as error:
+            raise storage_error(error, where, "connecting") from None
+        try:
+            version, created = cls._prepare(writer, where)
+        except BaseException:
+            writer.close()
+            raise
+        return cls(path, writer, version, created=created)
+
+    @staticmethod
+    def _prepare(writer: Connection, where: str) -> tuple[int, bool]:
+        try:
+            version = schema.verify(writer, where)
+            if version is not None:
+                return _supported(version, where), False
+            with writer.transaction():
+                # Processes opening an empty database at once: one creates, the others wait
+                # here and then find the tables.
+                writer.execute("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK,))
+                version = schema.verify(writer, where)
+                if version is not None:
+                    return _supported(version, where), False
+                schema.create(writer)
+        except psycopg.Error as error:
+            raise storage_error(error, where, "opening the database") from None
+        logger.info("%s: created the msgbus schema (version %d)", where, schema.SCHEMA_VERSION)
+        return schema.SCHEMA_VERSION, True
+
+    # -- the write transaction ------------------------------------------------------------------
+
+    def write(self, ops: Sequence[WriteOp]) -> list[Outcome]:
+        """Apply `ops` in one transaction; one retried after a conflict with another process."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return super().write(ops)
+            except TransactionRolledBack as error:
+                if attempt == WRITE_ATTEMPTS:
+                    raise StorageError(str(error)) from None
+                logger.debug("write rolled back (%s); attempt %d", error, attempt + 1)
+                # A little jitter, so that the two processes do not collide again in step.
+                time.sleep(random.uniform(0.001, 0.005) * attempt)
+        raise AssertionError("unreachable")
+
+    def _begin(self) -> None:
+        if self._writer.closed:
+            # The connection died with its server (a restart, a failover): open a new one. If
+            # the database is still down this raises, and the write fails as a storage error.
+            self._writer = psycopg.connect(self._dsn, **_connect_kwargs("writer"))
+        super()._begin()
+
+    def _apply_all(self, ops: Sequence[WriteOp]) -> list[Outcome]:
+        self._lock_touched(ops)
+        return super()._apply_all(ops)
+
+    def _lock_touched(self, ops: Sequence[WriteOp]) -> None:
+        """Lock the existing logs and queues the batch touches, in one fixed order.
+
+        Every process locks in the same order (logs by row id, queues by name), so concurrent
+        batches wait for each other instead of deadlocking. The rows read under the lock are
+        the latest committed: they become the writer's view of those logs.
+        """
+        keys: set[tuple[str, NodeId]] = set()
+        queues: set[str] = set()
+        for op in ops:
+            if isinstance(op, AppendOp | TrimOp):
+                keys.add((op.topic, op.origin))
+            elif isinstance(op, DeleteRangeOp):
+                keys.update(((op.topic, op.origin), (DELETE_TOPIC, op.origin)))
+            elif isinstance(op, ReplicateOp):
+                keys.update((m.topic, m.origin) for m in op.messages)
+            elif isinstance(op, EnqueueOp | AckOp | RejectOp):
+                queues.add(op.queue)
+        if queues:
+            self._execute(self._lock_queues, (sorted(queues),))
+        if not keys:
+            return
+        columns = [list(c) for c in zip(*(log_key(t, o) for t, o in keys), strict=True)]
+        rows = self._execute(self._lock_logs, columns).fetchall()
+        locked: dict[int, LogState] = {}
+        for row_id, head, start, size, topic, tenant, bl, device in rows:
+            key = (topic, NodeId(tenant, bl, device))
+            log = self._logs[key] = LogState(key, row_id, head, start, size)
+            locked[row_id] = log
+        if locked:
+            for row_id, first, last in self._execute(
+                self._tombstones_of, (list(locked),)
+            ).fetchall():
+                locked[row_id].tombstones.add(first, last)
+
+    def _find_log(self, topic: str, origin: NodeId) -> LogState | None:
+        log = self._logs.get((topic, origin))
+        if log is not None:
+            return log
+        row = self._execute(self._sql.find_log, log_key(topic, origin)).fetchone()
+        if row is None:
+            return None
+        log = LogState((topic, origin), *row)
+        log.tombstones = TombstoneSet(self._execute(self._sql.log_tombstones, (log.id,)).fetchall())
+        self._logs[(topic, origin)] = log
+        return log
+
+    def _log(self, topic: str, origin: NodeId) -> LogState:
+        log = self._find_log(topic, origin)
+        if log is not None:
+            return log
+        # Another process may create the same log at the same moment: the insert then waits
+        # for it and does nothing, and the locked read finds its row (and any head it assigned).
+        self._execute(self._create_log_row, log_key(topic, origin))
+        created = self._find_log(topic, origin)
+        if created is None:
+            raise StorageError(f"{self.path}: the log {topic!r} vanished while it was created")
+        return created
+
+    def _front(self, queue: str, message_id: str) -> int | None:
+        # The queue's row serialises its writers across processes; read the front after it.
+        self._execute(self._lock_queue, (queue,))
+        return super()._front(queue, message_id)
+
+    def _flush(self) -> None:
+        """Insert the buffered message rows: COPY for a batch, INSERT for a few."""
+        pending = self._pending
+        if not pending:
+            return
+        if len(pending) < COPY_ROWS:
+            with self._writer.cursor() as cursor:
+                cursor.executemany(self._sql.insert_message, pending)
+        else:
+            with self._writer.cursor() as cursor, cursor.copy(self._copy) as copy:
+                for row in pending:
+                    copy.write_row(row)
+        pending.clear()
+
+    def _commit(self) -> None:
+        """Store the moved heads in one statement, announce them and commit."""
+        self._flush()
+        if self._dirty:
+            logs = list(self._dirty.values())
+            self._execute(
+                self._store_heads,
+                (
+                    [log.id for log in logs],
+                    [log.head for log in logs],
+                    [log.first for log in logs],
+                    [log.bytes for log in logs],
+                ),
+            )
+            # Delivered to the listeners when (and only if) the transaction commits.
+            self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
+        self._writer.execute("COMMIT")
+
+    def _compact(self) -> None:
+        # Trimmed rows are dead tuples until a vacuum; autovacuum gets there in its own time,
+        # and a CompactOp (asked for near a disk budget) runs it now: it makes their space
+        # reusable and gives empty pages at the tables' ends back to the file system.
+        self._writer.execute("VACUUM (SKIP_LOCKED) messages, tombstones")
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self, doing: str) -> Iterator[Connection]:
+        self._ensure_open()
+        try:
+            with self._pool.connection() as con:
+                yield con
+        except psycopg.Error as error:
+            raise self._storage_error(error, doing) from None
+
+    def _open_reader(self) -> Connection:
+        # Never called: every read borrows a connection from the pool (`_reading`).
+        raise NotImplementedError("PostgresStore reads through its connection pool")
+
+    def _query(
+        self, sql: str, parameters: Sequence[object] = (), doing: str = "reading"
+    ) -> list[Any]:
+        with self._reading(doing) as con:
+            rows: list[Any] = con.execute(sql, parameters).fetchall()
+        return rows
+
+    def fetch(
+        self,
+        topic: str,
+        origin: NodeId,
+        from_head_id: int,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> list[Message]:
+        """Up to `limit` messages of a log from `from_head_id`, within `max_bytes` if given."""
+        if max_bytes is None or limit <= 0:
+            return super().fetch(topic, origin, from_head_id, limit, max_bytes)
+        parameters = (
+            *log_key(topic, origin),
+            clamp_stored(max(from_head_id, 1)),
+            clamp_stored(limit),
+            clamp_stored(max(max_bytes, 0)),
+        )
+        rows = self._query(self._fetch_within, parameters, "fetching")
+        return self._messages(topic, origin, rows)
+
+    def disk_usage(self) -> DiskUsage:
+        """The database's size as PostgreSQL reports it; autovacuum reuses what trims free."""
+        rows = self._query("SELECT pg_database_size(current_database())", (), "measuring")
+        return DiskUsage(int(rows[0][0]), 0)
+
+    # -- what other processes do ----------------------------------------------------------------
+
+    def changed_logs(self, cursor: object | None, limit: int) -> tuple[list[TopicHead], object]:
+        """Logs any process changed since `cursor` (see `SharedStore.changed_logs`)."""
+        if cursor is None:
+            xmin = int(self._query(self._xmin)[0][0])
+            return [], ChangeCursor(xmin, xmin, None)
+        if not isinstance(cursor, ChangeCursor):
+            raise TypeError(f"not a cursor of this store: {cursor!r}")
+        if cursor.position is None:
+            # A new pass: note who is running now, then read from the last pass's low mark.
+            next_low = int(self._query(self._xmin)[0][0])
+            position = (cursor.low, 0)
+        else:
+            next_low, position = cursor.next_low, cursor.position
+        rows = self._query(self._changes, (*position, clamp_stored(max(limit, 1))))
+        heads = [
+            TopicHead(topic, NodeId(tenant, bl, device), head, first_held(start, head), size)
+            for topic, tenant, bl, device, head, start, size, _, _ in rows
+        ]
+        if len(rows) >= limit:
+            last = rows[-1]
+            return heads, ChangeCursor(cursor.low, next_low, (int(last[7]), int(last[8])))
+        return heads, ChangeCursor(next_low, next_low, None)
+
+    def wait_for_commits(self, timeout_s: float) -> bool:
+        """Wait for another process's commit announcement (see `SharedStore`)."""
+        with self._listener_lock:
+            self._ensure_open()
+            try:
+                if self._listener is None or self._listener.closed:
+                    listener = psycopg.connect(self._dsn, **_connect_kwargs("listener"))
+                    listener.execute(f"LISTEN {CHANNEL}")
+                    self._listener = listener
+                    # Commits made while nobody listened were not announced: say "maybe".
+                    return True
+                for notice in self._listener.notifies(timeout=timeout_s, stop_after=1):
+                    if notice.payload != self._token:
+                        return True
+            except psycopg.Error as error:
+                if self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
+                raise self._storage_error(error, "listening for commits") from None
+        return False
+
+    def try_claim(self, name: str) -> bool:
+        """Hold the claim `name` (an advisory lock) unless another process does."""
+        with self._claims_lock:
+            self._ensure_open()
+            try:
+                if self._claims is None or self._claims.closed:
+                    self._claimed.clear()  # they ended with the old connection's session
+                    self._claims = psycopg.connect(self._dsn, **_connect_kwargs("claims"))
+                con = self._claims
+                if name in self._claimed:
+                    con.execute("SELECT 1")  # a claim is only as alive as its session
+                    return True
+                row = con.execute(
+                    "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (CLAIM_CLASS, name)
+                ).fetchone()
+            except psycopg.Error as error:
+                if self._claims is not None:
+                    self._claims.close()
+                    self._claims = None
+                self._claimed.clear()
+                raise self._storage_error(error, "claiming work") from None
+            if row is not None and row[0]:
+                self._claimed.add(name)
+                return True
+            return False
+
+    def release_claim(self, name: str) -> None:
+        """Give the claim `name` up, if held."""
+        with self._claims_lock:
+            if name not in self._claimed or self._claims is None or self._claims.closed:
+                self._claimed.discard(name)
+                return
+            self._claimed.discard(name)
+            with contextlib.suppress(psycopg.Error):
+                self._claims.execute(
+                    "SELECT pg_advisory_unlock(%s, hashtext(%s))", (CLAIM_CLASS, name)
+                )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        self._pool.close()
+        for con in (self._listener, self._claims):
+            if con is not None:
+                con.close()
+        self._writer.close()
+
+
+def _supported(version: int, where: str) -> int:
+    """`version`, unless it is one no PostgreSQL store ever wrote (they start at 2)."""
+    if version < schema.SCHEMA_VERSION:
+        raise SchemaError(
+            f"{where} holds msgbus schema version {version}, which no PostgreSQL store writes "
+            f"(they start at version {schema.SCHEMA_VERSION}); it was not made by msgbus"
+        )
+    return version
+
+
+def _connect_kwargs(role: str) -> dict[str, Any]:
+    """How every connection of the store is opened; `role` names it in pg_stat_activity."""
+    return {
+        "autocommit": True,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": f"msgbusd-{role}",
+        # Ask the server to notice a vanished peer (a failover, a cut network) within a minute.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+
+
+__all__ = ["CHANNEL", "ChangeCursor", "PostgresStore", "display_dsn"]

@@ -1,0 +1,79 @@
+"""The shared store conformance suite, run against databases on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import psycopg
+import pytest
+
+from msgbus_core.store import MsgbusStore
+from msgbus_core.testing import StoreConformance
+from msgbus_server.testing import free_port
+from msgbus_store_postgres import PostgresStore
+from msgbus_testkit.postgres import PostgresServer
+
+
+class _FailingCommit:
+    """Wraps the writer connection and fails its COMMIT the way a full disk does."""
+
+    def __init__(self, con: psycopg.Connection[Any]) -> None:
+        self.con = con
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+        return self.con.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+class TestPostgresConformance(StoreConformance):
+    factory = PostgresStore
+    entry_point = "postgres"
+    file_based = False
+    server: ClassVar[PostgresServer]
+
+    @pytest.fixture(autouse=True)
+    def _server(self, postgres_server: PostgresServer) -> None:
+        # The Hypothesis comparison makes a database per example on the same server.
+        type(self).server = postgres_server
+
+    @pytest.fixture
+    def location(self, postgres_dsn: str) -> str:
+        return postgres_dsn
+
+    def new_location(self) -> tuple[str, Callable[[], None]]:
+        dsn = self.server.create_database()
+        return dsn, lambda: self.server.drop_database(dsn)
+
+    @classmethod
+    def execute_raw(cls, location: str, *statements: str) -> None:
+        with psycopg.connect(location, autocommit=True) as con:
+            for statement in statements:
+                con.execute(statement)
+
+    @classmethod
+    def stored_bytes(cls, location: str) -> int:
+        # What the messages take, which the database's size must cover.
+        with psycopg.connect(location, autocommit=True) as con:
+            row = con.execute("SELECT pg_total_relation_size('messages')").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @classmethod
+    def unreachable_location(cls, location: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{free_port()}/msgbus?connect_timeout=5"
+
+    @contextlib.contextmanager
+    def fail_commits(self, store: MsgbusStore) -> Iterator[None]:
+        assert isinstance(store, PostgresStore)
+        real = store._writer
+        store._writer = _FailingCommit(real)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            store._writer = real
