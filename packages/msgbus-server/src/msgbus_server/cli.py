@@ -18,6 +18,7 @@ import re
 import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -51,6 +52,8 @@ EXIT_CONFIG = 2
 MAX_STREAMS_LIMIT = 2**31 - 1
 """Upper bound for --max-streams-per-connection: gRPC takes it as a C int."""
 VOLATILE_STORES = frozenset({"memory"})
+SERVER_STORES = frozenset({"postgres"})
+"""Stores in a database server: `--data` is a connection string, not a file."""
 """Stores that keep nothing on disk. A daemon on one would acknowledge publishes that the next
 restart loses, so it starts only when the operator asks for that with --volatile."""
 MAX_SYNC_RESPONSE_IDLE_MS = int(FETCH_STREAM_CAP_S * 1000)
@@ -457,6 +460,12 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         )
     if not args.data:
         raise ConfigError("--data must not be empty")
+    if args.storage in SERVER_STORES and not is_connection_string(args.data):
+        raise ConfigError(
+            f"--data: the {args.storage} store takes a connection string "
+            "(postgresql://user@host:port/db, or postgresql:// for the libpq environment "
+            f"variables PGHOST, PGDATABASE, ...), got {args.data!r}"
+        )
     if args.storage in VOLATILE_STORES and not args.volatile:
         raise ConfigError(
             f"--storage {args.storage} keeps nothing on disk: it would acknowledge publishes "
@@ -553,6 +562,29 @@ def installed_stores() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def is_connection_string(data: str) -> bool:
+    """True for a database server's URI (`scheme://...`) or libpq `key=value` string."""
+    if "://" in data:
+        return True
+    words = data.split(maxsplit=1)
+    return bool(words) and "=" in words[0]
+
+
+def shown_location(data: str) -> str:
+    """`--data` as errors and logs may show it: a connection string without its password."""
+    if not is_connection_string(data):
+        return data
+    if "://" in data:
+        parts = urllib.parse.urlsplit(data)
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            user = urllib.parse.quote(parts.username or "", safe="")
+            data = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        # A password may also be a query parameter (`?password=...`).
+        return re.sub(r"(password=)[^&]*", r"\1***", data)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", data)
+
+
 def store_is_new(config: DaemonConfig) -> bool:
     """True when the store holds nothing of an earlier run (call it before `open_store`).
 
@@ -580,13 +612,14 @@ def open_store(storage: str, path: str) -> MsgbusStore:
         factory = entry.load()
     except Exception as error:
         raise ConfigError(f"--storage {storage}: cannot load the store package: {error}") from None
+    shown = shown_location(path)
     try:
         store: MsgbusStore = factory.open(path)
     except MsgbusError as error:
-        raise ConfigError(f"cannot open {storage} store at {path}: {error}") from None
+        raise ConfigError(f"cannot open {storage} store at {shown}: {error}") from None
     except Exception as error:
         reason = str(error) or type(error).__name__
-        raise ConfigError(f"cannot open {storage} store at {path}: {reason}") from None
+        raise ConfigError(f"cannot open {storage} store at {shown}: {reason}") from None
     return store
 
 
@@ -607,13 +640,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         opening = time.monotonic()
         fresh_store = store_is_new(config)
         store = open_store(config.storage, config.data)
+        # A store in a database server knows whether this open created its schema; a file
+        # store's file said so before the open.
+        created = getattr(store, "created", None)
+        if isinstance(created, bool):
+            fresh_store = created
         logger = logging.getLogger("msgbus_server.cli")
         # Opening includes crash recovery (WAL replay), which the daemon's own "startup" figure
         # does not: operators and the crash tests read both.
         logger.info(
             "opened the %s store %s in %.0f ms",
             config.storage,
-            config.data,
+            shown_location(config.data),
             (time.monotonic() - opening) * 1000,
         )
         if config.volatile:

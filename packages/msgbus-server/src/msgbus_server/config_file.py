@@ -139,7 +139,8 @@ def _quoted(name: str) -> str:
 
 def _resolved(value: FileValue, base: Path) -> FileValue:
     # An empty path stays empty, so that the daemon's own "must not be empty" check reports it.
-    if isinstance(value, str) and value:
+    # A URI (`data = "postgresql://..."`) is not a path.
+    if isinstance(value, str) and value and "://" not in value:
         return str(base / value)
     return value
 

@@ -29,6 +29,7 @@ from msgbus_server.read_gate import ReadGate
 from msgbus_server.recovery import SYNC_GRACE_S, OwnLogRecovery, WriteGate
 from msgbus_server.retention import PeerHoldings, RetentionWorker
 from msgbus_server.service import SHUTTING_DOWN, MsgbusService
+from msgbus_server.shared_store import CommitFeed, WorkClaims
 from msgbus_server.sync import PeerSync, SyncSettings, forget_unconfigured_peers
 from msgbus_server.tls import server_credentials
 
@@ -69,6 +70,10 @@ class Daemon:
         self.health = Health()
         """Serving or not, and why: what the Health and Ready RPCs and grpc.health.v1 answer."""
         self.pipeline = CommitPipeline(store, self.notifier, self.health)
+        self.commit_feed = CommitFeed.of(store, self.notifier)
+        """Other processes' commits, when they share the store (None otherwise)."""
+        self.work = WorkClaims(store)
+        """Which once-per-store work (peer sync, retention) this process runs."""
         self.readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="msgbus-reader")
         self.read_gate = ReadGate(config.max_read_bytes_in_flight)
         """Bytes read for Fetch and Subscribe streams and not yet written, across the daemon."""
@@ -89,6 +94,7 @@ class Daemon:
                 budget=self.disk_budget,
                 holdings=self.holdings,
                 changes=lambda: self.notifier.changes,
+                work=self.work,
             )
         self.recovery: OwnLogRecovery | None = None
         """Set when the store is new and peers may hold this node's own logs: writes wait for
@@ -133,9 +139,14 @@ class Daemon:
         try:
             await self.pipeline.start()
             await forget_unconfigured_peers(self.pipeline, self.config.peers)
+            if self.commit_feed is not None:
+                # Before the listing: what other processes commit after it is relayed.
+                await asyncio.to_thread(self.commit_feed.begin)
             # Every log counts as changed once, so a peer's first "changed since" is complete.
             logs = await asyncio.to_thread(self.store.list_heads)
             self.notifier.changes = HeadChanges((head.topic, head.origin) for head in logs)
+            if self.commit_feed is not None:
+                await self.commit_feed.start()
             port = await self._start_server()
             if self.recovery is not None:
                 # In the background: an unreachable peer must not hold up signals or shutdown.
@@ -230,6 +241,7 @@ class Daemon:
             tls=config.peer_tls,
             holdings=self.holdings,
             budget=self.disk_budget,
+            work=self.work,
         )
         logger.info(
             "starting peer sync with %d peer(s) every %.0f ms",
@@ -373,6 +385,8 @@ class Daemon:
             tasks.append(self._stop_sync())
         if self.retention is not None:
             tasks.append(self.retention.stop())
+        if self.commit_feed is not None:
+            tasks.append(self.commit_feed.stop())
         await asyncio.gather(*tasks)
         remaining = max(deadline - time.monotonic(), 0.5)
         try:
@@ -403,6 +417,8 @@ class Daemon:
             await self._stop_sync()
         if self.retention is not None and not self._shutting_down:
             await self.retention.stop()
+        if self.commit_feed is not None:
+            await self.commit_feed.stop()
         self.notifier.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.pipeline.stop(), 2.0)

@@ -40,6 +40,7 @@ from msgbus_server.disk_budget import DISCARD_OLD, LOW_WATER, DiskBudget, format
 from msgbus_server.head_changes import HeadChanges
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention_rules import RetentionPolicy, RetentionRule
+from msgbus_server.shared_store import WorkClaims
 
 __all__ = ["PeerHoldings", "RetentionWorker", "TrimReport"]
 
@@ -126,12 +127,15 @@ class RetentionWorker:
         interval_s: float = RETENTION_INTERVAL_S,
         clock: Callable[[], int] = now_ms,
         changes: Callable[[], HeadChanges | None] | None = None,
+        work: WorkClaims | None = None,
     ) -> None:
         """`holdings` None means no message is protected (no peer, or --no-retain-unsynced).
 
         `changes` gives the daemon's head change index (see `_logs_to_check`); without it
-        every pass looks at every log.
+        every pass looks at every log. `work` decides which process runs retention when
+        several share the store.
         """
+        self._work = work
         self._store = store
         self._pipeline = pipeline
         self._policy = policy
@@ -173,7 +177,9 @@ class RetentionWorker:
     async def _run(self) -> None:
         while True:
             try:
-                await self.run_pass()
+                # Processes sharing a store would trim the same logs: one of them does.
+                if self._work is None or await self._work.hold("retention"):
+                    await self.run_pass()
             except MsgbusError as error:
                 # The store or the pipeline failed (a full disk, shutdown): try again later.
                 log.warning("retention pass failed: %s", error)

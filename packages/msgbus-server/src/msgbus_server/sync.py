@@ -24,6 +24,7 @@ from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
+from msgbus_server.shared_store import WorkClaims
 from msgbus_server.sync_peer import PeerContext, PeerWorker, SyncSettings
 from msgbus_server.sync_state import LogId
 
@@ -71,8 +72,11 @@ class PeerSync:
         tls: PeerTlsConfig | None,
         holdings: PeerHoldings | None = None,
         budget: DiskBudget | None = None,
+        work: WorkClaims | None = None,
     ) -> None:
+        """`work` decides which process syncs each peer when several share the store."""
         self._local_node = local_node
+        self._work = work
         self._holdings = holdings
         self._budget = budget
         # One task per endpoint: a peer listed twice is synced once.
@@ -129,6 +133,7 @@ class PeerSync:
             tls=self._tls,
             holdings=self._holdings,
             budget=self._budget,
+            work=self._work,
         )
 
     async def stop(self) -> None:

@@ -59,6 +59,7 @@ from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
+from msgbus_server.shared_store import WorkClaims
 from msgbus_server.sync_fetch import (
     DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
     FETCH_STREAM_CAP_S,
@@ -174,6 +175,8 @@ class PeerContext:
     --retain-unsynced (one book shared by all workers); None when nobody needs them."""
     budget: DiskBudget | None = None
     """The daemon's disk budget: with --discard new, pulled data is refused like publishes."""
+    work: WorkClaims | None = None
+    """Which process syncs this peer when several share the store; None: this one."""
 
     @classmethod
     def of(
@@ -189,6 +192,7 @@ class PeerContext:
         tls: PeerTlsConfig | None,
         holdings: PeerHoldings | None = None,
         budget: DiskBudget | None = None,
+        work: WorkClaims | None = None,
     ) -> PeerContext:
         """The context of one peer, its sync state book seeded with `seed` (its stored states).
 
@@ -207,6 +211,7 @@ class PeerContext:
             backoff=backoff,
             holdings=holdings,
             budget=budget,
+            work=work,
         )
 
 
@@ -295,7 +300,13 @@ class PeerWorker:
             stop=tenacity.stop_never,
             reraise=True,
         )
+        work, claim = self._context.work, f"sync with peer {self.endpoint}"
         while True:
+            if work is not None and not await work.hold(claim):
+                # Another process on the shared store syncs this peer; ask again next interval
+                # (it takes over when that process dies).
+                await asyncio.sleep(self._context.settings.interval_s)
+                continue
             # Each call starts a fresh attempt count, so the backoff resets after a good pass.
             await retrying(self._pass)
             if self._more_work:

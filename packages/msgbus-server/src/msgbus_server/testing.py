@@ -196,6 +196,7 @@ class Daemon:
         extra_args: Sequence[str],
         env: Mapping[str, str] | None,
         credentials: grpc.ChannelCredentials | None,
+        data: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.storage = storage
@@ -206,6 +207,8 @@ class Daemon:
         """`127.0.0.1:PORT`, for `grpc.insecure_channel` or the SDK."""
         self.data_path = data_dir / f"msgbus.{storage}"
         """The database file (ignored by the `memory` store)."""
+        self.data = data if data is not None else str(self.data_path)
+        """What `--data` says: the file, or a server store's connection string."""
         self.extra_args = tuple(extra_args)
         self.env = dict(env) if env else None
         self.credentials = credentials
@@ -232,12 +235,15 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         port: int | None = None,
+        data: str | None = None,
     ) -> Daemon:
         """Start msgbusd and wait until it answers Health.
 
-        `node` is `tenant/bl/device`. `credentials` are used for the readiness probe and for
-        `channel()` when the daemon serves TLS. Raises `DaemonError` (with the daemon's stderr)
-        when the daemon exits or does not become ready before the deadline.
+        `data` is the `--data` value when it is not a file in `data_dir` (the connection
+        string of a PostgreSQL store). `node` is `tenant/bl/device`. `credentials` are used
+        for the readiness probe and for `channel()` when the daemon serves TLS. Raises
+        `DaemonError` (with the daemon's stderr) when the daemon exits or does not become
+        ready before the deadline.
         """
         data_dir.mkdir(parents=True, exist_ok=True)
         node_id = NodeId.from_key(node)
@@ -251,6 +257,7 @@ class Daemon:
                 extra_args=extra_args,
                 env=env,
                 credentials=credentials,
+                data=data,
             )
             try:
                 daemon._launch()
@@ -268,7 +275,7 @@ class Daemon:
             "--listen",
             self.endpoint,
             "--data",
-            str(self.data_path),
+            self.data,
             "--storage",
             self.storage,
             "--tenant-id",

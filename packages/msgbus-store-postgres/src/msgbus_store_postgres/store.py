@@ -75,8 +75,10 @@ READER_CONNECTIONS: Final = 8
 """The most reader connections a process keeps: the daemon reads from a handful of threads."""
 CONNECT_TIMEOUT_S: Final = 10
 """How long opening a connection may take before the store reports the database down."""
-POOL_WAIT_S: Final = 10.0
+POOL_WAIT_S: Final = 5.0
 """How long a read waits for a reader connection (all busy, or the database down)."""
+CHECK_WAIT_S: Final = 2.0
+"""How long the health check waits for a connection: a database that is down shows within it."""
 WRITE_ATTEMPTS: Final = 5
 """How often a write transaction is sent after PostgreSQL rolled it back for a conflict."""
 COPY_ROWS: Final = 16
@@ -254,10 +256,18 @@ class PostgresStore(SqlStore[Connection]):
         raise AssertionError("unreachable")
 
     def _begin(self) -> None:
-        if self._writer.closed:
-            # The connection died with its server (a restart, a failover): open a new one. If
-            # the database is still down this raises, and the write fails as a storage error.
-            self._writer = psycopg.connect(self._dsn, **_connect_kwargs("writer"))
+        if not self._writer.closed:
+            try:
+                super()._begin()
+                return
+            except psycopg.OperationalError:
+                # An idle connection whose server went away (a restart, a failover) fails at
+                # its first statement. Nothing was sent yet, so a new connection may begin.
+                if not self._writer.closed:
+                    raise
+        # Open a new connection; while the database is down this raises, and the write fails
+        # as a storage error (the daemon reports NOT_SERVING and probes until it commits).
+        self._writer = psycopg.connect(self._dsn, **_connect_kwargs("writer"))
         super()._begin()
 
     def _apply_all(self, ops: Sequence[WriteOp]) -> list[Outcome]:
@@ -407,6 +417,15 @@ class PostgresStore(SqlStore[Connection]):
         )
         rows = self._query(self._fetch_within, parameters, "fetching")
         return self._messages(topic, origin, rows)
+
+    def check(self) -> None:
+        """Raise `StorageError` unless the database answers, within `CHECK_WAIT_S`."""
+        self._ensure_open()
+        try:
+            with self._pool.connection(timeout=CHECK_WAIT_S) as con:
+                con.execute(self._sql.check).fetchall()
+        except psycopg.Error as error:
+            raise self._storage_error(error, "checking the database") from None
 
     def disk_usage(self) -> DiskUsage:
         """The database's size as PostgreSQL reports it; autovacuum reuses what trims free."""
