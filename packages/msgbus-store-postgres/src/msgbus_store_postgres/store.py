@@ -35,7 +35,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, NamedTuple
 
 import psycopg
@@ -163,6 +163,11 @@ class PostgresStore(SqlStore[Connection]):
         )
         self._tombstones_of: Final = log(
             "SELECT log, from_head_id, to_head_id FROM tombstones WHERE log = ANY(?::bigint[])"
+        )
+        self._create_logs: Final = log(
+            "INSERT INTO logs (topic, tenant_id, bl_name, device_id) "
+            "SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[]) "
+            "ON CONFLICT (topic, tenant_id, bl_name, device_id) DO NOTHING"
         )
         self._lock_queue: Final = log("SELECT 1 FROM fifo_queues WHERE queue = ? FOR UPDATE")
         self._create_log_row: Final = log(
@@ -296,18 +301,30 @@ class PostgresStore(SqlStore[Connection]):
             self._execute(self._lock_queues, (sorted(queues),))
         if not keys:
             return
-        columns = [list(c) for c in zip(*(log_key(t, o) for t, o in keys), strict=True)]
-        rows = self._execute(self._lock_logs, columns).fetchall()
-        locked: dict[int, LogState] = {}
-        for row_id, head, start, size, topic, tenant, bl, device in rows:
-            key = (topic, NodeId(tenant, bl, device))
-            log = self._logs[key] = LogState(key, row_id, head, start, size)
-            locked[row_id] = log
+        locked = self._lock_logs_of(keys)
+        # A log the batch may create is created now, before any op reads it: an op that
+        # found no log would decide on "empty" while another process is creating it. The
+        # rows go in key order (the order two creators then wait in), and stay at head 0,
+        # which no listing shows, if the batch writes nothing to them after all.
+        missing = keys - {log.key for log in locked.values()}
+        if missing:
+            self._execute(self._create_logs, _key_columns(sorted(missing, key=_sort_key)))
+            locked.update(self._lock_logs_of(missing))
         if locked:
             for row_id, first, last in self._execute(
                 self._tombstones_of, (list(locked),)
             ).fetchall():
                 locked[row_id].tombstones.add(first, last)
+
+    def _lock_logs_of(self, keys: set[tuple[str, NodeId]]) -> dict[int, LogState]:
+        """Lock the existing logs of `keys` in row id order; they become the writer's view."""
+        rows = self._execute(self._lock_logs, _key_columns(keys)).fetchall()
+        locked: dict[int, LogState] = {}
+        for row_id, head, start, size, topic, tenant, bl, device in rows:
+            key = (topic, NodeId(tenant, bl, device))
+            log = self._logs[key] = LogState(key, row_id, head, start, size)
+            locked[row_id] = log
+        return locked
 
     def _find_log(self, topic: str, origin: NodeId) -> LogState | None:
         log = self._logs.get((topic, origin))
@@ -524,6 +541,19 @@ class PostgresStore(SqlStore[Connection]):
             if con is not None:
                 con.close()
         self._writer.close()
+
+
+def _key_columns(keys: Iterable[tuple[str, NodeId]]) -> list[list[str]]:
+    """Log keys as four parallel arrays (topics, tenants, bls, devices), for `unnest`."""
+    columns: list[list[str]] = [[], [], [], []]
+    for topic, origin in keys:
+        for column, value in zip(columns, log_key(topic, origin), strict=True):
+            column.append(value)
+    return columns
+
+
+def _sort_key(key: tuple[str, NodeId]) -> tuple[str, str, str, str]:
+    return log_key(*key)
 
 
 def _supported(version: int, where: str) -> int:
