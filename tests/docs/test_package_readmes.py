@@ -17,11 +17,16 @@ import pytest
 
 from msgbus_server.testing import Daemon
 from msgbus_testkit.examples import PYTHON_BLOCK, run_example
+from msgbus_testkit.postgres import postgres_dsn, postgres_server
+
+__all__ = ["postgres_dsn", "postgres_server"]  # fixtures the PostgreSQL example asks for
 
 PACKAGES = Path(__file__).resolve().parents[2] / "packages"
 NAMES = sorted(path.name for path in PACKAGES.iterdir() if (path / "pyproject.toml").is_file())
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 HOME = "https://github.com/msgbus-py/msgbus"
+POSTGRES_EXAMPLE = "postgresql://postgres@127.0.0.1:5432/msgbus"
+"""The database the PostgreSQL store's README example opens."""
 
 
 def readme(package: str) -> str:
@@ -42,7 +47,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def test_every_package_is_checked() -> None:
-    assert len(NAMES) == 6, NAMES
+    assert len(NAMES) == 7, NAMES
 
 
 @pytest.mark.parametrize("package", NAMES)
@@ -68,8 +73,16 @@ def test_readme_links_are_absolute(package: str) -> None:
     ("package", "index", "source"), EXAMPLES, ids=[f"{p}-{i}" for p, i, _ in EXAMPLES]
 )
 def test_readme_python_example_runs(
-    package: str, index: int, source: str, daemon: Daemon, tmp_path: Path
+    package: str,
+    index: int,
+    source: str,
+    daemon: Daemon,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if POSTGRES_EXAMPLE in source:
+        # A PostgreSQL store's example gets a fresh database on the tests' real server.
+        source = source.replace(POSTGRES_EXAMPLE, request.getfixturevalue("postgres_dsn"))
     source = source.replace("127.0.0.1:50051", daemon.endpoint)
     source = source.replace("MsgbusClient.connect()", f'MsgbusClient.connect("{daemon.endpoint}")')
     run_example(source, tmp_path / f"{package.replace('-', '_')}_example_{index}.py")

@@ -31,6 +31,7 @@ PACKAGES = (
     "msgbus-proto",
     "msgbus-store-sqlite",
     "msgbus-store-duckdb",
+    "msgbus-store-postgres",
     "msgbus-server",
     "msgbus-sdk",
 )

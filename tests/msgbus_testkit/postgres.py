@@ -797,3 +797,17 @@ def postgres_server_factory() -> Iterator[PostgresServerFactory]:
             errors.append(error)
     if errors:
         raise errors[0]
+
+
+def main() -> int:
+    """`python -m msgbus_testkit.postgres`: where the tests' server binaries are, or why none."""
+    reason = postgres_unavailable()
+    if reason:
+        print(f"no usable PostgreSQL server: {reason}")
+        return 1
+    print(f"PostgreSQL server binaries: {find_binaries()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -28,6 +28,7 @@ MEMBER_MODULES = {
     "msgbus": "msgbus-proto",  # the generated msgbus.v1 package ships in msgbus-proto
     "msgbus_store_sqlite": "msgbus-store-sqlite",
     "msgbus_store_duckdb": "msgbus-store-duckdb",
+    "msgbus_store_postgres": "msgbus-store-postgres",
     "msgbus_server": "msgbus-server",
     "msgbus_sdk": "msgbus-sdk",
 }
@@ -45,6 +46,7 @@ TOP_LEVEL = {
     "msgbus-proto": {"msgbus_proto", "msgbus"},
     "msgbus-store-sqlite": {"msgbus_store_sqlite"},
     "msgbus-store-duckdb": {"msgbus_store_duckdb"},
+    "msgbus-store-postgres": {"msgbus_store_postgres"},
     "msgbus-server": {"msgbus_server"},
     "msgbus-sdk": {"msgbus_sdk"},
 }
@@ -185,6 +187,7 @@ def test_server_extras_select_the_store() -> None:
     assert extras == {
         "sqlite": [f"msgbus-store-sqlite=={VERSION}"],
         "duckdb": [f"msgbus-store-duckdb=={VERSION}"],
+        "postgres": [f"msgbus-store-postgres=={VERSION}"],
     }
     assert f"msgbus-store-sqlite=={VERSION}" in pyproject("msgbus-server")["dependencies"]
 
