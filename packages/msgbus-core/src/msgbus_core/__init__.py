@@ -2,7 +2,8 @@
 
 This package uses the standard library only. The daemon and every store package build on it:
 
-- `model`: NodeId, Message, TopicHead, TombstoneRange, FifoMessage, PeerSyncState;
+- `model`: NodeId, Message, TopicHead, TombstoneRange, FifoMessage, FifoQueueSummary,
+  PeerSyncState;
 - `validation` and `limits`: the rules every request and every replicated message obeys;
 - `errors`: the error hierarchy the daemon maps to gRPC status codes;
 - `ops` and `store`: the `MsgbusStore` protocol and the write operations it applies;
@@ -29,6 +30,7 @@ from msgbus_core.errors import (
 from msgbus_core.memory import MemoryStore
 from msgbus_core.model import (
     FifoMessage,
+    FifoQueueSummary,
     LogKey,
     Message,
     NodeId,
@@ -76,6 +78,7 @@ __all__ = [
     "DiskUsage",
     "EnqueueOp",
     "FifoMessage",
+    "FifoQueueSummary",
     "GapError",
     "InvalidArgumentError",
     "LogKey",

@@ -17,6 +17,7 @@ from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import (
     FifoMessage,
+    FifoQueueSummary,
     Message,
     NodeId,
     PeerSyncState,
@@ -278,6 +279,19 @@ class MemoryStore(BatchWriter):
         with self._lock:
             messages = self._queues.get(queue)
             return messages[0] if messages else None
+
+    def list_fifo_queues(
+        self, after: str | None = None, limit: int | None = None
+    ) -> list[FifoQueueSummary]:
+        """The queues holding messages, by name, past `after`, at most `limit`."""
+        with self._lock:
+            summaries = [
+                FifoQueueSummary(name, len(held), sum(m.attempts for m in held))
+                for name, held in self._queues.items()
+                if held and (after is None or name > after)
+            ]
+        summaries.sort(key=lambda summary: summary.queue)
+        return summaries if limit is None else summaries[: max(limit, 0)]
 
     def list_sync_states(
         self, after: tuple[str, str, str] | None = None, limit: int | None = None

@@ -235,6 +235,17 @@ class FifoMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class FifoQueueSummary:
+    """One FIFO queue that holds messages: how many, and how often they were rejected."""
+
+    queue: str
+    depth: int
+    """Messages in the queue (at least 1: an empty queue is not summarised)."""
+    attempts: int
+    """The `attempts` total of those messages: how many redeliveries they have had."""
+
+
+@dataclass(frozen=True, slots=True)
 class PeerSyncState:
     """What sync last did with one peer (topic "" and origin None) or one log from that peer."""
 

@@ -47,6 +47,7 @@ from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.model import (
     FifoMessage,
+    FifoQueueSummary,
     Message,
     NodeId,
     PeerSyncState,
@@ -254,6 +255,14 @@ class SqlStatements:
         )
         self.peek_fifo: Final = render(
             f"SELECT {FIFO_COLUMNS} FROM fifo_messages WHERE queue = ? ORDER BY sequence LIMIT 1"
+        )
+        # Grouped on the (queue, sequence) primary key, so each page reads only its queues.
+        fifo_queues = "SELECT queue, count(*), coalesce(sum(attempts), 0) FROM fifo_messages"
+        self.fifo_queues_first: Final = render(
+            f"{fifo_queues} GROUP BY queue ORDER BY queue LIMIT ?"
+        )
+        self.fifo_queues_after: Final = render(
+            f"{fifo_queues} WHERE queue > ? GROUP BY queue ORDER BY queue LIMIT ?"
         )
         self.sync_states: Final = f"SELECT {SYNC_COLUMNS} FROM sync_states"
         # Keyset paging in the primary key's order. SQLite (BINARY) and DuckDB compare TEXT by
@@ -782,6 +791,21 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         """The front (lowest sequence) of a queue, or None when it is empty."""
         rows = self._query(self._sql.peek_fifo, (queue,))
         return fifo_from_row(rows[0]) if rows else None
+
+    def list_fifo_queues(
+        self, after: str | None = None, limit: int | None = None
+    ) -> list[FifoQueueSummary]:
+        """The queues holding messages, by name; see `MsgbusStore.list_fifo_queues`."""
+        if limit is not None and limit <= 0:
+            return []
+        bound = clamp_stored(limit if limit is not None else MAX_STORED_INT)
+        if after is None:
+            rows = self._query(self._sql.fifo_queues_first, (bound,))
+        else:
+            rows = self._query(self._sql.fifo_queues_after, (after, bound))
+        summaries = [FifoQueueSummary(str(q), int(n), int(a)) for q, n, a in rows]
+        # Sorted here as well, so the order is code-point order whatever the collation.
+        return sorted(summaries, key=lambda summary: summary.queue)
 
     def list_sync_states(
         self, after: tuple[str, str, str] | None = None, limit: int | None = None

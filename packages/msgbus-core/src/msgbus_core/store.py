@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
+from msgbus_core.model import (
+    FifoMessage,
+    FifoQueueSummary,
+    Message,
+    NodeId,
+    PeerSyncState,
+    TombstoneRange,
+    TopicHead,
+)
 from msgbus_core.ops import Outcome, WriteOp
 from msgbus_core.rows import encode_headers
 
@@ -124,6 +132,16 @@ class MsgbusStore(Protocol):
 
     def peek_fifo(self, queue: str) -> FifoMessage | None:
         """The front (lowest sequence) of a queue, or None when it is empty."""
+        ...
+
+    def list_fifo_queues(
+        self, after: str | None = None, limit: int | None = None
+    ) -> list[FifoQueueSummary]:
+        """Every queue that holds a message, with its depth and attempts, ordered by name.
+
+        Names compare by code point. `after` starts past that name, whether or not the queue
+        exists; `limit` returns at most that many: a keyset page, as `list_heads` pages.
+        """
         ...
 
     def list_sync_states(

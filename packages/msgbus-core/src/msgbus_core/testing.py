@@ -57,7 +57,14 @@ from msgbus_core.errors import (
 )
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT, U64_MAX
 from msgbus_core.memory import MemoryStore
-from msgbus_core.model import Message, NodeId, PeerSyncState, TombstoneRange, TopicHead
+from msgbus_core.model import (
+    FifoQueueSummary,
+    Message,
+    NodeId,
+    PeerSyncState,
+    TombstoneRange,
+    TopicHead,
+)
 from msgbus_core.ops import (
     AckOp,
     AppendOp,
@@ -713,6 +720,25 @@ class StoreConformance(StoreFixtures):
         assert front is not None
         assert (front.id, front.attempts, front.sequence) == ("a", 2, 1)
 
+    def test_fifo_queues_list_depth_and_attempts_by_name_in_pages(self, store: MsgbusStore) -> None:
+        assert store.list_fifo_queues() == []
+        for queue, name in [("jobs", "a"), ("jobs", "b"), ("émoji", "c"), ("Z", "d"), ("q", "e")]:
+            self._enqueue(store, name, queue=queue)
+        write_one(store, RejectOp("jobs", "a"))
+        write_one(store, RejectOp("jobs", "a"))
+        write_one(store, AckOp("q", "e"))  # an emptied queue is not listed
+        everything = [
+            FifoQueueSummary("Z", 1, 0),
+            FifoQueueSummary("jobs", 2, 2),
+            FifoQueueSummary("émoji", 1, 0),
+        ]
+        assert store.list_fifo_queues() == everything
+        assert store.list_fifo_queues(limit=2) == everything[:2]
+        assert store.list_fifo_queues(after="Z", limit=1) == everything[1:2]
+        assert store.list_fifo_queues(after="k") == everything[2:]
+        assert store.list_fifo_queues(after="émoji") == []
+        assert store.list_fifo_queues(limit=0) == []
+
     def test_fifo_sequences_are_never_reused(self, store: MsgbusStore) -> None:
         self._enqueue(store, "a")
         write_one(store, AckOp("jobs", "a"))
@@ -1330,6 +1356,11 @@ class _ReferenceComparison(RuleBasedStateMachine):
         message_id = head.id if (front and head is not None) else "nope"
         op: WriteOp = RejectOp(queue, message_id) if reject else AckOp(queue, message_id)
         self._both([op])
+
+    @rule(after=st.none() | _QUEUES, limit=st.none() | st.integers(0, 3))
+    def list_fifo_queues_page(self, after: str | None, limit: int | None) -> None:
+        page = self.backend.list_fifo_queues(after=after, limit=limit)
+        assert page == self.model.list_fifo_queues(after=after, limit=limit)
 
     @rule(peer=st.sampled_from(["p1", "p2"]), topic=st.sampled_from(["", "a"]), n=st.integers(0, 3))
     def record_sync_state(self, peer: str, topic: str, n: int) -> None:
