@@ -152,17 +152,21 @@ class PostgresStore(SqlStore[Connection]):
         self._claims_lock = threading.Lock()
         self._claimed: set[str] = set()
         log = self.dialect.render
+        # The log rows with their tombstones, in one round trip: FOR UPDATE locks only the
+        # rows of `logs` (the subqueries read, they do not lock).
         self._lock_logs: Final = log(
-            "SELECT id, head, first_head, bytes, topic, tenant_id, bl_name, device_id FROM logs "
-            "WHERE (topic, tenant_id, bl_name, device_id) IN "
+            "SELECT l.id, l.head, l.first_head, l.bytes, l.topic, l.tenant_id, l.bl_name, "
+            "l.device_id, "
+            "ARRAY(SELECT t.from_head_id FROM tombstones AS t WHERE t.log = l.id "
+            "ORDER BY t.from_head_id, t.to_head_id), "
+            "ARRAY(SELECT t.to_head_id FROM tombstones AS t WHERE t.log = l.id "
+            "ORDER BY t.from_head_id, t.to_head_id) "
+            "FROM logs AS l WHERE (l.topic, l.tenant_id, l.bl_name, l.device_id) IN "
             "(SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[])) "
-            "ORDER BY id FOR UPDATE"
+            "ORDER BY l.id FOR UPDATE OF l"
         )
         self._lock_queues: Final = log(
             "SELECT queue FROM fifo_queues WHERE queue = ANY(?::text[]) ORDER BY queue FOR UPDATE"
-        )
-        self._tombstones_of: Final = log(
-            "SELECT log, from_head_id, to_head_id FROM tombstones WHERE log = ANY(?::bigint[])"
         )
         self._create_logs: Final = log(
             "INSERT INTO logs (topic, tenant_id, bl_name, device_id) "
@@ -174,11 +178,14 @@ class PostgresStore(SqlStore[Connection]):
             "INSERT INTO logs (topic, tenant_id, bl_name, device_id) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (topic, tenant_id, bl_name, device_id) DO NOTHING"
         )
+        # The moved heads and their announcement, in one round trip; NOTIFY is delivered
+        # when (and only if) the transaction commits.
         self._store_heads: Final = log(
-            "UPDATE logs AS l SET head = v.head, first_head = v.first_head, bytes = v.bytes, "
-            "change_xid = pg_current_xact_id()::text::bigint "
+            "WITH moved AS (UPDATE logs AS l SET head = v.head, first_head = v.first_head, "
+            "bytes = v.bytes, change_xid = pg_current_xact_id()::text::bigint "
             "FROM unnest(?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[]) "
-            "AS v (id, head, first_head, bytes) WHERE l.id = v.id"
+            "AS v (id, head, first_head, bytes) WHERE l.id = v.id RETURNING l.id) "
+            f"SELECT pg_notify('{CHANNEL}', ?) FROM (SELECT count(*) FROM moved) AS done"
         )
         self._copy: Final = f"COPY messages (log, {', '.join(MESSAGE_COLUMNS)}) FROM STDIN"
         columns = ", ".join(f"m.{name}" for name in MESSAGE_COLUMNS)
@@ -310,19 +317,15 @@ class PostgresStore(SqlStore[Connection]):
         if missing:
             self._execute(self._create_logs, _key_columns(sorted(missing, key=_sort_key)))
             locked.update(self._lock_logs_of(missing))
-        if locked:
-            for row_id, first, last in self._execute(
-                self._tombstones_of, (list(locked),)
-            ).fetchall():
-                locked[row_id].tombstones.add(first, last)
 
     def _lock_logs_of(self, keys: set[tuple[str, NodeId]]) -> dict[int, LogState]:
         """Lock the existing logs of `keys` in row id order; they become the writer's view."""
         rows = self._execute(self._lock_logs, _key_columns(keys)).fetchall()
         locked: dict[int, LogState] = {}
-        for row_id, head, start, size, topic, tenant, bl, device in rows:
+        for row_id, head, start, size, topic, tenant, bl, device, firsts, lasts in rows:
             key = (topic, NodeId(tenant, bl, device))
             log = self._logs[key] = LogState(key, row_id, head, start, size)
+            log.tombstones = TombstoneSet(zip(firsts, lasts, strict=True))
             locked[row_id] = log
         return locked
 
@@ -381,10 +384,9 @@ class PostgresStore(SqlStore[Connection]):
                     [log.head for log in logs],
                     [log.first for log in logs],
                     [log.bytes for log in logs],
+                    self._token,
                 ),
             )
-            # Delivered to the listeners when (and only if) the transaction commits.
-            self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
         self._writer.execute("COMMIT")
 
     def _compact(self) -> None:
