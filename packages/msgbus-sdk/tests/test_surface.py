@@ -127,6 +127,17 @@ def test_the_blocking_methods_block_and_the_asyncio_ones_await() -> None:
     assert inspect.iscoroutinefunction(AsyncSubscription.aclose)
 
 
+def test_both_clients_take_several_endpoints_and_say_which_one_is_in_use() -> None:
+    # The failover surface (issue 16), named here so that dropping it from both clients at once,
+    # which the comparison above would not notice, fails.
+    for cls in (AsyncMsgbusClient, MsgbusClient):
+        target = inspect.signature(cls.connect).parameters["target"]
+        assert target.annotation == "str | Sequence[str]", cls
+        for name in ("target", "endpoint", "endpoints"):
+            assert _member_kind(cls, name) == "property", (cls, name)
+        assert "open_channel" in inspect.signature(cls.__init__).parameters
+
+
 # -- the comparison itself can fail ----------------------------------------------------------
 
 

@@ -47,6 +47,11 @@ async def close_channel(channel: Channel) -> None:
     await channel.close(grace=None)
 
 
+def lock() -> asyncio.Lock:
+    """A lock for the client's own state, held across awaits (one failover at a time)."""
+    return asyncio.Lock()
+
+
 async def read(call: SubscribeCall) -> pb.SubscribeResponse | None:
     """The next response of a Subscribe stream, or ``None`` where the stream ended."""
     response = await call.read()

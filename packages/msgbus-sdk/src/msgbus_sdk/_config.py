@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import tenacity
 
@@ -15,8 +16,10 @@ __all__ = [
     "DEFAULT_ENDPOINT",
     "DEFAULT_MAX_RECEIVE_BYTES",
     "DEFAULT_TIMEOUT",
+    "Endpoint",
     "ReconnectPolicy",
     "Target",
+    "parse_endpoints",
     "parse_target",
 ]
 
@@ -88,6 +91,40 @@ def parse_target(target: str) -> Target:
     return Target(host=match["host"], port=port, tls=tls)
 
 
+class Endpoint(NamedTuple):
+    """One endpoint of a client's target: as given (stripped), and parsed."""
+
+    text: str
+    target: Target
+
+
+def parse_endpoints(target: str | Sequence[str]) -> tuple[Endpoint, ...]:
+    """Parse a client's target: one endpoint, a comma-separated string, or a sequence of them.
+
+    Each endpoint takes any form :func:`parse_target` accepts. A string without a comma is one
+    endpoint, parsed exactly as :func:`parse_target` does.
+
+    Raises:
+        ConfigurationError: no endpoint is given, or one is malformed or empty (the message
+            names it, and its place in the list when there are several).
+    """
+    texts = target.split(",") if isinstance(target, str) else list(target)
+    if not texts:
+        raise ConfigurationError("no endpoint given: the target must name at least one endpoint")
+    endpoints: list[Endpoint] = []
+    for number, text in enumerate(texts, start=1):
+        where = f" (endpoint {number} of {len(texts)} in {target!r})" if len(texts) > 1 else ""
+        if not isinstance(text, str):
+            raise ConfigurationError(f"invalid endpoint {text!r:.80}: expected a string{where}")
+        try:
+            endpoints.append(Endpoint(text.strip(), parse_target(text)))
+        except ConfigurationError as error:
+            if not where:
+                raise
+            raise ConfigurationError(error.message + where) from None
+    return tuple(endpoints)
+
+
 @dataclass(frozen=True, slots=True)
 class ReconnectPolicy:
     """How a reconnecting subscription waits between attempts to reopen its stream.
@@ -157,9 +194,11 @@ def channel_options(
         ("grpc.max_send_message_length", DEFAULT_MAX_RECEIVE_BYTES),
         # grpc's own reconnect backoff starts at 1 s and grows to 120 s; a daemon restarted on
         # the same port would then stay unreachable long after it is back. Keep the channel's
-        # backoff short and let the subscription's policy do the pacing.
+        # backoff short and let the subscription's policy do the pacing. (Not
+        # grpc.min_reconnect_backoff_ms: grpc uses it as the time one connection attempt may
+        # take, TLS handshake included, and 100 ms failed live daemons on a loaded machine or
+        # across a slow link, which a client of several endpoints would then fail over from.)
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", max(100, int(reconnect_cap * 1000))),
         ("grpc.enable_retries", 0),
     ]

@@ -180,7 +180,11 @@ class ResourceExhaustedError(MsgbusError):
 
 
 class UnavailableError(TransientError):
-    """The daemon cannot be reached, is shutting down or its store fails (UNAVAILABLE)."""
+    """The daemon cannot be reached, is shutting down or its store fails (UNAVAILABLE).
+
+    A client connected to several endpoints has moved on to the next one that answers by the
+    time it raises this, so the next call goes there.
+    """
 
 
 class DeadlineExceededError(TransientError):
@@ -324,6 +328,32 @@ def translate_rpc_error(error: grpc.RpcError) -> MsgbusError:
         found = _ENTRY_PREFIX.match(field)
         index = int(found.group(1)) if found else None
     return error_for_status(StatusCode(grpc_code.name), message, field=field or None, index=index)
+
+
+# gRPC's words when a call fails in the channel itself, before any connection carried it: no
+# address of the endpoint took a connection (refused, unreachable, TLS handshake failed). A call
+# that broke on a connection (a reset, a daemon killed mid-call) says something else ("Stream
+# removed", "Socket closed"), and so does a daemon that answers UNAVAILABLE itself.
+_NOT_CONNECTED: Final = "failed to connect to all addresses"
+
+
+def never_sent(error: grpc.RpcError) -> bool:
+    """Whether a failed call certainly never reached a daemon.
+
+    True only for UNAVAILABLE raised by the client's channel because it could not connect: no
+    byte of the request was sent, so sending it to another endpoint cannot store it twice. Any
+    other failure of a write leaves its outcome unknown.
+    """
+    code_fn = getattr(error, "code", None)
+    details_fn = getattr(error, "details", None)
+    if not callable(code_fn) or not callable(details_fn):
+        return False
+    details = details_fn()
+    return (
+        code_fn() is grpc.StatusCode.UNAVAILABLE
+        and isinstance(details, str)
+        and details.startswith(_NOT_CONNECTED)
+    )
 
 
 def _violated_field(error: grpc.RpcError) -> str | None:

@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
@@ -19,17 +20,22 @@ from ._config import (
     DEFAULT_TIMEOUT,
     ReconnectPolicy,
     channel_options,
-    parse_target,
+    parse_endpoints,
     resolve_reconnect,
 )
 from ._convert import HeadsChanged, NodeLike, Payload
 from ._errors import (
     ClientClosedError,
+    ConfigurationError,
     ConflictError,
     CursorExpiredError,
     MsgbusError,
     NotFoundError,
     ProtocolError,
+    StatusCode,
+    TransientError,
+    UnavailableError,
+    never_sent,
     translate_rpc_error,
 )
 from ._generated.msgbus.v1 import (
@@ -56,6 +62,23 @@ __all__ = ["MsgbusClient"]
 
 _Resp = TypeVar("_Resp")
 
+_log = logging.getLogger("msgbus_sdk")
+
+_FETCH_DEFAULT_LIMIT = 100
+"""The page size the daemon uses for a Fetch ``limit`` of 0."""
+
+
+def _fetch_after(request: pb.FetchRequest, last: MessageEnvelope, limit: int) -> pb.FetchRequest:
+    """``request`` resumed after ``last``, for ``limit`` more envelopes of ``last``'s log."""
+    resumed = pb.FetchRequest()
+    resumed.CopyFrom(request)
+    resumed.from_head_id = last.head_id + 1
+    resumed.limit = limit
+    origin = convert.to_pb_node(last.origin)
+    if origin is not None:
+        resumed.origin.CopyFrom(origin)
+    return resumed
+
 
 class MsgbusClient:
     """A blocking client for one msgbus daemon, safe to share between threads.
@@ -69,20 +92,45 @@ class MsgbusClient:
 
     Every method raises a subclass of :class:`MsgbusError` on failure, never a grpc error;
     a closed client raises :class:`ClientClosedError`.
+
+    Connected to several endpoints (the processes of one hub, say), the client uses one at a
+    time and fails over to the next that answers when it becomes unavailable; see
+    :meth:`connect`.
     """
 
     def __init__(
         self,
         channel: transport.Channel,
         *,
-        target: str,
+        target: str | Sequence[str],
         default_origin: NodeId | None,
         timeout: float | None,
+        open_channel: Callable[[str], transport.Channel] | None = None,
     ) -> None:
-        """Wrap an open channel; prefer :meth:`connect`, which also checks the daemon answers."""
-        self._channel = channel
-        self._stub: MsgbusServiceStub = rpc.MsgbusServiceStub(channel)
-        self._target = target
+        """Wrap an open channel; prefer :meth:`connect`, which also checks the daemon answers.
+
+        ``channel`` goes to the first endpoint of ``target``. ``open_channel`` opens the
+        channel to another endpoint's ``host:port``, when the client first needs it; it is
+        required when ``target`` names several endpoints.
+
+        Raises:
+            ConfigurationError: ``target`` is malformed, or names several endpoints without
+                ``open_channel``.
+        """
+        endpoints = parse_endpoints(target)
+        if len(endpoints) > 1 and open_channel is None:
+            raise ConfigurationError("a client of several endpoints needs open_channel")
+        self._target = target if isinstance(target, str) else ",".join(target)
+        self._endpoints = tuple(endpoint.text for endpoint in endpoints)
+        self._addresses = tuple(endpoint.target.address for endpoint in endpoints)
+        self._open_channel = open_channel
+        # One channel per endpoint, opened when first used and kept until close(): calls and
+        # streams still running on an endpoint the client moved away from are left alone.
+        self._channels: list[transport.Channel | None] = [channel] + [None] * (len(endpoints) - 1)
+        first: MsgbusServiceStub = rpc.MsgbusServiceStub(channel)
+        self._stubs: list[MsgbusServiceStub | None] = [first] + [None] * (len(endpoints) - 1)
+        self._current = 0
+        self._failover_lock = transport.lock()
         self._default_origin = default_origin
         self._timeout = timeout
         self._closed = False
@@ -91,7 +139,7 @@ class MsgbusClient:
     @classmethod
     def connect(
         cls,
-        target: str = DEFAULT_ENDPOINT,
+        target: str | Sequence[str] = DEFAULT_ENDPOINT,
         *,
         default_origin: NodeLike | None = None,
         tls: TlsConfig | None = None,
@@ -102,14 +150,31 @@ class MsgbusClient:
     ) -> MsgbusClient:
         """Connect to a daemon and check that it answers (one Health call).
 
+        With several endpoints, they are tried in order and the client uses the first that
+        answers SERVING (else the first that answers at all). When a call later finds the
+        endpoint in use unavailable (UNAVAILABLE: connection refused or reset, the daemon
+        shutting down), the client moves to the next endpoint that answers a Health check,
+        round robin, for the calls after it. Reads (``health``, ``fetch``, ``get_head``,
+        ``list_heads``, ``peek_fifo``, ...) are retried there, once per endpoint. Writes
+        (``publish``, ``publish_batch``, ``enqueue_fifo``, ``ack_fifo``, ``reject_fifo``,
+        ``delete_range``) are retried only when gRPC says the request never left the client
+        (no connection could be made); otherwise the daemon may have stored the write, so it
+        raises :class:`UnavailableError` and the next call goes to the new endpoint.
+        Subscriptions resume on the new endpoint after the last head they delivered. Each
+        failover is logged as a warning on the ``msgbus_sdk`` logger.
+
         Args:
-            target: ``host:port``, ``http://host:port`` or ``https://host:port``.
-                ``https`` means TLS with the system roots unless ``tls`` is given.
+            target: one endpoint, ``host:port``, ``http://host:port`` or ``https://host:port``;
+                or several, as a sequence of them or in one comma-separated string
+                (``"10.0.0.1:50051,10.0.0.2:50051"``). ``https`` on any endpoint means TLS
+                with the system roots, for every endpoint, unless ``tls`` is given.
             default_origin: the origin used when a call does not name one: the ``origin`` of
                 writes and reads and the ``source`` of FIFO messages. ``None`` lets the daemon
                 use its own node, which is what applications on the daemon's device want.
-            tls: TLS or mTLS settings; when given, TLS is used whatever the scheme.
-            timeout: seconds allowed to connect and for each unary call (``None``: no limit).
+            tls: TLS or mTLS settings, for every endpoint; when given, TLS is used whatever
+                the scheme.
+            timeout: seconds allowed to connect and for each unary call (``None``: no limit),
+                and for each endpoint's Health check when connecting or failing over.
                 Streams (``subscribe``) are not limited.
             reconnect_cap: the longest the channel waits between its own reconnect attempts.
             max_receive_bytes: the largest response the client accepts (default 64 MiB, which
@@ -117,45 +182,66 @@ class MsgbusClient:
                 cost the application.
 
         Raises:
-            UnavailableError: the daemon cannot be reached.
-            ConfigurationError: the target or the TLS files are unusable.
+            UnavailableError: the daemon cannot be reached; with several endpoints, none of
+                them answers (the message says why for each).
+            ConfigurationError: the target or the TLS files are unusable; the message names
+                a malformed endpoint. An empty list of endpoints is one too.
         """
-        parsed = parse_target(target)
+        endpoints = parse_endpoints(target)
         origin = (
             convert.parse_node_id(default_origin)
             if isinstance(default_origin, str)
             else (default_origin)
         )
-        if tls is None and parsed.tls:
+        if tls is None and any(endpoint.target.tls for endpoint in endpoints):
             tls = TlsConfig()
         credentials = tls.channel_credentials() if tls is not None else None
-        channel = transport.open_channel(
-            parsed.address, credentials, channel_options(tls, reconnect_cap, max_receive_bytes)
-        )
+        options = channel_options(tls, reconnect_cap, max_receive_bytes)
+
+        def open_channel(address: str) -> transport.Channel:
+            return transport.open_channel(address, credentials, options)
+
         client = cls(
-            channel,
+            open_channel(endpoints[0].target.address),
             target=target,
             default_origin=origin,
             timeout=timeout,
+            open_channel=open_channel,
         )
         try:
             # An eager check, like the original SDKs: a wrong port or a dead daemon fails here,
             # with grpc's explanation, rather than at the first real call.
-            health = client.health()
+            client._use_first_answering()
         except BaseException:
             client.close()
             raise
-        client._node = health.node
         return client
 
     @property
     def target(self) -> str:
-        """The target the client was connected with."""
+        """The target the client was connected with: every endpoint, as given.
+
+        A sequence of endpoints is joined with commas, the form ``connect`` also accepts.
+        """
         return self._target
 
     @property
+    def endpoint(self) -> str:
+        """The endpoint in use, one of :attr:`endpoints`; it changes when the client fails over."""
+        return self._endpoints[self._current]
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint of :attr:`target`, in order, each as given (without spaces)."""
+        return self._endpoints
+
+    @property
     def node(self) -> NodeId | None:
-        """The daemon's own node identity, as reported by Health when connecting."""
+        """The node identity of the endpoint in use, as its Health reported when connecting.
+
+        After a failover, the node the new endpoint reported; the processes of one hub share
+        one node identity.
+        """
         return self._node
 
     @property
@@ -176,7 +262,9 @@ class MsgbusClient:
         """
         if not self._closed:
             self._closed = True
-            transport.close_channel(self._channel)
+            for channel in list(self._channels):
+                if channel is not None:
+                    transport.close_channel(channel)
 
     def __enter__(self) -> Self:
         return self
@@ -206,24 +294,175 @@ class MsgbusClient:
         # must not read as a cancellation of the caller's task.
         return self._closed and transport.cancelled_by_channel(error)
 
-    def _unary(self, method: Callable[..., _Resp], request: object) -> _Resp:
+    # -- endpoints and failover ---------------------------------------------------------------
+
+    def _route(self) -> tuple[int, MsgbusServiceStub]:
+        """The endpoint in use, and its stub."""
+        index = self._current
+        stub = self._stubs[index]
+        assert stub is not None, "the endpoint in use has a channel"
+        return index, stub
+
+    def _stub_at(self, index: int) -> MsgbusServiceStub:
+        """The stub of an endpoint, opening its channel on first use."""
+        stub = self._stubs[index]
+        if stub is not None:
+            return stub
         self._check_open()
+        assert self._open_channel is not None, "checked by __init__"
+        channel = self._open_channel(self._addresses[index])
+        self._channels[index] = channel
+        if self._closed:
+            # close() ran meanwhile (from another thread) and may have missed this channel.
+            transport.close_channel(channel)
+            raise ClientClosedError
+        stub = rpc.MsgbusServiceStub(channel)
+        self._stubs[index] = stub
+        return stub
+
+    def _probe(self, index: int) -> HealthResponse:
+        """One Health call on one endpoint, whichever is in use."""
+        stub = self._stub_at(index)
         try:
-            return method(request, timeout=self._timeout)
+            response = stub.Health(pb.HealthRequest(), timeout=self._timeout)
         except transport.RpcError as exc:
             raise self._translate(exc) from None
         except transport.CANCELLATIONS as exc:
             if self._closed_under(exc):
                 raise ClientClosedError from None
             raise
+        return convert.health(response)
+
+    def _use(self, index: int, health: HealthResponse) -> None:
+        self._node = health.node
+        self._current = index
+
+    def _use_first_answering(self) -> None:
+        """Use the first endpoint, in order, that answers SERVING, else the first that answers.
+
+        A single endpoint fails with its own error. An endpoint that answers with a lasting
+        error (UNAUTHENTICATED, UNIMPLEMENTED, ...) fails the connection: the settings are the
+        same for every endpoint, so the next ones would refuse it too.
+        """
+        failures: list[str] = []
+        answered: tuple[int, HealthResponse] | None = None
+        for index, endpoint in enumerate(self._endpoints):
+            try:
+                health = self._probe(index)
+            except TransientError as error:
+                if len(self._endpoints) == 1:
+                    raise
+                failures.append(f"{endpoint}: {error}")
+                continue
+            if health.status == "SERVING":
+                answered = (index, health)
+                break
+            failures.append(f"{endpoint}: {health.status}")
+            answered = answered or (index, health)
+        if answered is None:
+            raise UnavailableError(
+                f"no endpoint answers: {'; '.join(failures)}", StatusCode.UNAVAILABLE
+            )
+        self._use(*answered)
+        if failures:
+            _log.info("connected to %s; %s", self.endpoint, "; ".join(failures))
+
+    def _fail_over(self, failed: int, error: MsgbusError) -> bool:
+        """Move off endpoint ``failed`` if ``error`` says it is unavailable; whether it did.
+
+        The client then uses the next endpoint, round robin, that answers SERVING to a Health
+        check; ``failed`` itself is checked last, and stays in use if none answers. Calls that
+        fail together on one endpoint wait for one failover: the first does the checks, the
+        others find the client already moved. With a single endpoint there is nothing to do.
+        """
+        if len(self._endpoints) == 1 or not isinstance(error, UnavailableError):
+            return False
+        with self._failover_lock:
+            if self._current != failed or self._closed:
+                return not self._closed
+            count = len(self._endpoints)
+            failures: list[str] = []
+            for step in range(1, count + 1):
+                index = (failed + step) % count
+                try:
+                    health = self._probe(index)
+                except ClientClosedError:
+                    return False
+                except MsgbusError as problem:
+                    failures.append(f"{self._endpoints[index]}: {problem}")
+                    continue
+                if health.status == "SERVING":
+                    self._use(index, health)
+                    _log.warning(
+                        "endpoint %s is unavailable (%s); failing over to %s",
+                        self._endpoints[failed],
+                        error,
+                        self._endpoints[index],
+                    )
+                    return True
+                failures.append(f"{self._endpoints[index]}: {health.status}")
+            _log.warning(
+                "endpoint %s is unavailable (%s) and no endpoint answers SERVING: %s",
+                self._endpoints[failed],
+                error,
+                "; ".join(failures),
+            )
+            return True
+
+    def _read(
+        self,
+        method: Callable[[MsgbusServiceStub], Callable[..., _Resp]],
+        request: object,
+    ) -> _Resp:
+        """A unary read: retried on the next endpoint when the one in use is unavailable."""
+        return self._unary(method, request, idempotent=True)
+
+    def _write(
+        self,
+        method: Callable[[MsgbusServiceStub], Callable[..., _Resp]],
+        request: object,
+    ) -> _Resp:
+        """A unary write: never sent twice (see :meth:`_unary`)."""
+        return self._unary(method, request, idempotent=False)
+
+    def _unary(
+        self,
+        method: Callable[[MsgbusServiceStub], Callable[..., _Resp]],
+        request: object,
+        *,
+        idempotent: bool,
+    ) -> _Resp:
+        """One unary call of ``method`` (of the stub of the endpoint in use), with failover.
+
+        An endpoint found unavailable moves the client on (:meth:`_fail_over`). The call then
+        goes to the new endpoint if it is ``idempotent`` (a read), or if gRPC says it never
+        left the client; each endpoint is tried once. A write that may have reached the daemon
+        raises the UnavailableError instead: sending it again could store it twice.
+        """
+        tried: set[int] = set()
+        while True:
+            self._check_open()
+            index, stub = self._route()
+            try:
+                return method(stub)(request, timeout=self._timeout)
+            except transport.RpcError as exc:
+                error = self._translate(exc)
+                resend = idempotent or never_sent(exc)
+            except transport.CANCELLATIONS as exc:
+                if self._closed_under(exc):
+                    raise ClientClosedError from None
+                raise
+            tried.add(index)
+            if not self._fail_over(index, error) or not resend or self._current in tried:
+                raise error
 
     def health(self) -> HealthResponse:
         """The daemon's liveness (``status`` is ``"SERVING"``) and its node identity."""
-        return convert.health(self._unary(self._stub.Health, pb.HealthRequest()))
+        return convert.health(self._read(lambda stub: stub.Health, pb.HealthRequest()))
 
     def ready(self) -> ReadyResponse:
         """Whether the daemon's store answers (``ready``), with the error when it does not."""
-        return convert.ready(self._unary(self._stub.Ready, pb.ReadyRequest()))
+        return convert.ready(self._read(lambda stub: stub.Ready, pb.ReadyRequest()))
 
     def publish(
         self, topic: str, payload: Payload, headers: Mapping[str, str] | None = None
@@ -270,10 +509,10 @@ class MsgbusClient:
         return [convert.envelope(message) for message in response.messages]
 
     def _publish_rpc(self, request: pb.PublishRequest) -> pb.PublishResponse:
-        return self._unary(self._stub.Publish, request)
+        return self._write(lambda stub: stub.Publish, request)
 
     def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
-        return self._unary(self._stub.PublishBatch, request)
+        return self._write(lambda stub: stub.PublishBatch, request)
 
     def fetch(
         self,
@@ -296,8 +535,40 @@ class MsgbusClient:
         return list(self._fetch_page(request))
 
     def _fetch_page(self, request: pb.FetchRequest) -> Iterator[MessageEnvelope]:
-        self._check_open()
-        call = self._stub.Fetch(request, timeout=self._timeout)
+        """One Fetch page, with failover: a read, retried on the next endpoint.
+
+        A stream that breaks because its endpoint is unavailable goes on at the next endpoint
+        from the head after the last one yielded, on the same log (its origin as the yielded
+        envelopes name it), so the page has no gap and no duplicate.
+        """
+        # The contract reads a limit of 0 as 100, and caps it.
+        limit = min(request.limit or _FETCH_DEFAULT_LIMIT, requests.MAX_PAGE)
+        last: MessageEnvelope | None = None
+        yielded = 0
+        tried: set[int] = set()
+        while True:
+            self._check_open()
+            index, stub = self._route()
+            try:
+                for env in self._fetch_stream(stub, request):
+                    last, yielded = env, yielded + 1
+                    yield env
+                return
+            except UnavailableError as error:
+                tried.add(index)
+                moved = self._fail_over(index, error)
+                if yielded >= limit:
+                    return  # the whole page arrived before the stream broke
+                if not moved or self._current in tried:
+                    raise
+            if last is not None:
+                request = _fetch_after(request, last, limit - yielded)
+
+    def _fetch_stream(
+        self, stub: MsgbusServiceStub, request: pb.FetchRequest
+    ) -> Iterator[MessageEnvelope]:
+        """One Fetch call on one endpoint."""
+        call = stub.Fetch(request, timeout=self._timeout)
         try:
             for response in call:
                 yield from convert.fetch_envelopes(response)
@@ -339,6 +610,9 @@ class MsgbusClient:
                     return
                 count += 1
                 next_head = env.head_id + 1
+                # The next pages name the log the first one read, even after a failover to a
+                # daemon of another node.
+                origin = env.origin if origin is None else origin
                 yield env
             # The daemon returns a full page whenever more messages exist (limit <= 10,000),
             # so a short page means the head was reached.
@@ -361,7 +635,8 @@ class MsgbusClient:
         except heads that retention trimmed before delivery. ``replay_limit`` is the daemon's
         replay page size, not a cap on delivery. With ``reconnect`` (``True``, or a
         :class:`ReconnectPolicy` for custom backoff and attempts), a broken stream is reopened
-        at the last delivered head_id + 1, across daemon restarts; with ``False`` the first
+        at the last delivered head_id + 1, across daemon restarts, and on the next endpoint
+        when the client has several and the one in use is gone; with ``False`` the first
         error ends the iteration. Closing the client ends the iteration; subscribing on a
         closed client raises :class:`ClientClosedError`.
 
@@ -378,19 +653,25 @@ class MsgbusClient:
         """
         self._check_open()
         origin = self._origin(origin)
+        if origin is None and len(self._endpoints) > 1:
+            # Resumed on another endpoint, the subscription follows the same log, even if that
+            # endpoint's daemon is another node.
+            origin = self._node
         requests.subscribe(topic, origin, from_head_id, replay_limit)  # validate eagerly
         handle_trim = resolve_on_trim(on_trim)
 
-        def make_request(next_head_id: int) -> pb.SubscribeRequest:
-            return requests.subscribe(topic, origin, next_head_id, replay_limit)
+        def open_stream(next_head_id: int) -> tuple[int, transport.SubscribeCall]:
+            index, stub = self._route()
+            request = requests.subscribe(topic, origin, next_head_id, replay_limit)
+            return index, stub.Subscribe(request)
 
         return Subscription(
-            self._stub,
-            make_request,
+            open_stream,
             from_head_id,
             resolve_reconnect(reconnect) if reconnect is not False else None,
             lambda: self._closed,
             handle_trim,
+            self._fail_over,
         )
 
     def get_head(self, topic: str, origin: NodeLike | None = None) -> GetHeadResponse:
@@ -401,7 +682,7 @@ class MsgbusClient:
         holds. A daemon that predates retention sends 0 for both.
         """
         request = requests.get_head(topic, self._origin(origin))
-        return convert.get_head(self._unary(self._stub.GetHead, request))
+        return convert.get_head(self._read(lambda stub: stub.GetHead, request))
 
     def list_heads(self) -> list[TopicHead]:
         """The head of every log in the daemon's store, ordered by topic and origin: every page.
@@ -470,7 +751,7 @@ class MsgbusClient:
         """The ListHeads responses of one listing, from ``request`` until the last page."""
         while True:
             try:
-                response = self._unary(self._stub.ListHeads, request)
+                response = self._read(lambda stub: stub.ListHeads, request)
             except ConflictError as error:
                 # FAILED_PRECONDITION on ListHeads is the contract's answer to a cursor of an
                 # earlier run of the daemon.
@@ -499,7 +780,7 @@ class MsgbusClient:
         """
         request = pb.ListPeerSyncStatesRequest(page_size=requests.page_size(page_size))
         while True:
-            response = self._unary(self._stub.ListPeerSyncStates, request)
+            response = self._read(lambda stub: stub.ListPeerSyncStates, request)
             for state in response.states:
                 yield convert.peer_sync_state(state)
             if not response.next_page_token:
@@ -521,7 +802,7 @@ class MsgbusClient:
         messages became deleted. Raises :class:`InvalidArgumentError` when from > to.
         """
         request = requests.delete_range(topic, self._origin(origin), from_head_id, to_head_id)
-        response = self._unary(self._stub.DeleteRange, request)
+        response = self._write(lambda stub: stub.DeleteRange, request)
         return response.deleted_count
 
     def enqueue_fifo(
@@ -539,12 +820,12 @@ class MsgbusClient:
         request = requests.enqueue_fifo(
             queue, topic, target, payload, headers, self._default_origin
         )
-        return convert.require_fifo(self._unary(self._stub.EnqueueFifo, request))
+        return convert.require_fifo(self._write(lambda stub: stub.EnqueueFifo, request))
 
     def peek_fifo(self, queue: str) -> FifoMessage | None:
         """The front of a FIFO queue, or ``None`` when the queue is empty."""
         try:
-            response = self._unary(self._stub.PeekFifo, pb.PeekFifoRequest(queue=queue))
+            response = self._read(lambda stub: stub.PeekFifo, pb.PeekFifoRequest(queue=queue))
         except NotFoundError:
             # The contract answers NOT_FOUND for an empty queue; that is not an error here.
             return None
@@ -553,7 +834,7 @@ class MsgbusClient:
     def ack_fifo(self, queue: str, message_id: str) -> bool:
         """Remove the front message; ``False`` (nothing changes) if it is not ``message_id``."""
         request = pb.AckFifoRequest(queue=queue, message_id=message_id)
-        return (self._unary(self._stub.AckFifo, request)).accepted
+        return (self._write(lambda stub: stub.AckFifo, request)).accepted
 
     def reject_fifo(self, queue: str, message_id: str) -> bool:
         """Count a failed attempt on the front message, which stays at the front.
@@ -561,4 +842,4 @@ class MsgbusClient:
         Returns ``False`` (nothing changes) if the front is not ``message_id``.
         """
         request = pb.RejectFifoRequest(queue=queue, message_id=message_id)
-        return (self._unary(self._stub.RejectFifo, request)).accepted
+        return (self._write(lambda stub: stub.RejectFifo, request)).accepted

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 import tenacity
-
-from msgbus_proto import pb
 
 from . import _sync_transport as transport
 from ._config import ReconnectPolicy
@@ -21,9 +19,6 @@ from ._convert import subscribe_envelopes
 from ._errors import MsgbusError, translate_rpc_error
 from ._generated.msgbus.v1 import MessageEnvelope
 from ._subscription import Cursor, StreamClosed, StreamEnded, Trim, retry_while_open
-
-if TYPE_CHECKING:
-    from msgbus.v1.msgbus_pb2_grpc import MsgbusServiceStub
 
 __all__ = ["Subscription"]
 
@@ -34,8 +29,8 @@ class Subscription:
     Returned by :meth:`MsgbusClient.subscribe`. Iterate it with ``for``; it ends only
     when closed (``close()``, ``with``, or closing the client). With reconnect enabled,
     a broken stream (daemon restart, network error) is reopened at the last delivered
-    head_id + 1 after a backoff; other errors, or running out of attempts, raise
-    a :class:`MsgbusError`.
+    head_id + 1 after a backoff, on the client's next endpoint when the one in use is gone;
+    other errors, or running out of attempts, raise a :class:`MsgbusError`.
 
     When retention trimmed heads before the subscription reached them, the daemon says so and
     the subscription's ``on_trim`` policy handles the :class:`Trim` (see
@@ -44,19 +39,25 @@ class Subscription:
 
     def __init__(
         self,
-        stub: MsgbusServiceStub,
-        make_request: Callable[[int], pb.SubscribeRequest],
+        open_stream: Callable[[int], tuple[int, transport.SubscribeCall]],
         from_head_id: int,
         policy: ReconnectPolicy | None,
         is_client_closed: Callable[[], bool],
         on_trim: Callable[[Trim], None],
+        fail_over: Callable[[int, MsgbusError], bool],
     ) -> None:
-        """Used by the client's ``subscribe``; ``policy`` ``None`` means no reconnect."""
-        self._stub = stub
-        self._make_request = make_request
+        """Used by the client's ``subscribe``; ``policy`` ``None`` means no reconnect.
+
+        ``open_stream(next_head_id)`` opens Subscribe at ``next_head_id`` on the client's
+        endpoint in use and returns that endpoint's index with the call;
+        ``fail_over(index, error)`` moves the client off an endpoint a stream broke on.
+        """
+        self._open_stream = open_stream
+        self._fail_over = fail_over
         self._cursor = Cursor(from_head_id, on_trim)
         self._is_client_closed = is_client_closed
         self._call: transport.SubscribeCall | None = None
+        self._endpoint = 0
         self._closed = False
         self._opened_once = False
         self._retrying: tenacity.Retrying | None = None
@@ -121,7 +122,7 @@ class Subscription:
             raise StreamClosed
         if self._call is None:
             self._opened_once = True
-            self._call = self._stub.Subscribe(self._make_request(self._cursor.next_head_id))
+            self._endpoint, self._call = self._open_stream(self._cursor.next_head_id)
         return self._read()
 
     def _read(self) -> MessageEnvelope:
@@ -134,7 +135,7 @@ class Subscription:
                 self._drop_call()
                 if self._is_closed():
                     raise StreamClosed from None
-                raise translate_rpc_error(exc) from None
+                raise self._broken(translate_rpc_error(exc)) from None
             except BaseException as exc:
                 self._drop_call()
                 if self._is_closed() and transport.cancelled_by_channel(exc):
@@ -144,7 +145,7 @@ class Subscription:
                 self._drop_call()
                 if self._is_closed():
                     raise StreamClosed
-                raise StreamEnded()
+                raise self._broken(StreamEnded())
             try:
                 self._cursor.take(subscribe_envelopes(response), response.first_head_id)
             except BaseException:
@@ -155,6 +156,14 @@ class Subscription:
             env = self._cursor.deliver()
             if env is not None:
                 return env
+
+    def _broken(self, error: MsgbusError) -> MsgbusError:
+        """Move the client off the stream's endpoint if ``error`` says it is gone; ``error``.
+
+        The reopened stream, and the client's other calls, then go to an endpoint that answers.
+        """
+        self._fail_over(self._endpoint, error)
+        return error
 
     def _is_closed(self) -> bool:
         return self._closed or self._is_client_closed()

@@ -6,6 +6,7 @@ The blocking client and subscription are generated from the asyncio ones by
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -38,6 +39,11 @@ def open_channel(
 def close_channel(channel: Channel) -> None:
     """Close a channel at once; calls in other threads end cancelled."""
     channel.close()
+
+
+def lock() -> threading.Lock:
+    """A lock for the client's own state, shared between threads (one failover at a time)."""
+    return threading.Lock()
 
 
 def read(call: SubscribeCall) -> pb.SubscribeResponse | None:

@@ -558,9 +558,10 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
     conn = parser.add_argument_group("connection")
     conn.add_argument(
         "--endpoint",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,...]",
         default=default(None),
-        help=f"daemon endpoint: host:port, http://host:port or https://host:port "
+        help=f"daemon endpoint: host:port, http://host:port or https://host:port; several, "
+        f"comma-separated, to use the first that answers and fail over to the next "
         f"(env MSGBUS_ENDPOINT, default {DEFAULT_ENDPOINT})",
     )
     conn.add_argument(
