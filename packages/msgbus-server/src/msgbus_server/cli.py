@@ -32,8 +32,10 @@ from msgbus_core.validation import validate_node_part
 from msgbus_server.config import (
     DEFAULT_MAX_READ_BYTES_IN_FLIGHT,
     DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_METRICS_MAX_LOGS,
     ConfigError,
     DaemonConfig,
+    ServerTls,
 )
 from msgbus_server.config_file import FileKey, ValueKind, load_config_file
 from msgbus_server.logs import LOG_FORMATS, LOG_LEVELS
@@ -61,6 +63,8 @@ MAX_SYNC_RESPONSE_IDLE_MS = int(FETCH_STREAM_CAP_S * 1000)
 MIN_DISK_BYTES = 1024 * 1024
 """The smallest --max-disk-bytes: a smaller budget leaves next to no room for messages beside the
 store's own tables and journal, and is most likely a unit mistake (bytes meant as KiB or MiB)."""
+MAX_METRICS_MAX_LOGS = 10_000
+"""Upper bound for --metrics-max-logs: four series per log, so at most 40,000 of them."""
 RETENTION_ENV_SEPARATOR = ";"
 """Separates the specs in MSGBUS_RETENTION; commas already separate the rules of one spec."""
 
@@ -379,24 +383,45 @@ def build_parser() -> _Parser:
         "peer; a node that lost its database then publishes heads its peers already hold, "
         "which they record as a conflict",
     )
+    add(
+        "--metrics-listen",
+        env="MSGBUS_METRICS_LISTEN",
+        metavar="IP:PORT",
+        help="serve Prometheus metrics (/metrics) and the status page (/status, /status.json) "
+        "over HTTP on this address; default: off. With --tls-cert/--tls-key it serves HTTPS "
+        "with them (and requires client certificates with --tls-client-ca); plaintext on a "
+        "non-loopback address needs --allow-insecure, as for --listen",
+    )
+    add(
+        "--metrics-max-logs",
+        env="MSGBUS_METRICS_MAX_LOGS",
+        default=DEFAULT_METRICS_MAX_LOGS,
+        type=int,
+        help="how many of the busiest logs, and of the deepest FIFO queues, get metric series "
+        "of their own; the others only count in the totals (default "
+        f"{DEFAULT_METRICS_MAX_LOGS}, at most {MAX_METRICS_MAX_LOGS})",
+    )
     return parser
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """Parse `IP:port` or `[IPv6]:port`; host names are rejected, as in the original."""
+def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
+    """Parse `IP:port` or `[IPv6]:port`; host names are rejected, as in the original.
+
+    Errors name `flag`, the setting the address came from.
+    """
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"--listen: expected IP:port, got {value!r}")
+        raise ConfigError(f"{flag}: expected IP:port, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(f"--listen: {host!r} is not an IP address (expected IP:port)") from None
+        raise ConfigError(f"{flag}: {host!r} is not an IP address (expected IP:port)") from None
     if isinstance(address, ipaddress.IPv6Address) and not value.startswith("["):
-        raise ConfigError(f"--listen: write IPv6 addresses as [addr]:port, got {value!r}")
+        raise ConfigError(f"{flag}: write IPv6 addresses as [addr]:port, got {value!r}")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"--listen: port must be 0..65535, got {port_text!r}")
+        raise ConfigError(f"{flag}: port must be 0..65535, got {port_text!r}")
     return str(address), int(port_text)
 
 
@@ -490,6 +515,12 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         raise ConfigError(str(error)) from None
     retention = _retention_policy(args.retention)
     max_disk_bytes = _disk_budget(args.max_disk_bytes)
+    metrics_host, metrics_port = _metrics_listener(args, tls, (host, port))
+    if not 0 <= args.metrics_max_logs <= MAX_METRICS_MAX_LOGS:
+        raise ConfigError(
+            f"--metrics-max-logs must be between 0 and {MAX_METRICS_MAX_LOGS}, "
+            f"got {args.metrics_max_logs}"
+        )
 
     return DaemonConfig(
         node=node,
@@ -515,7 +546,31 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         discard=args.discard,
         retain_unsynced=args.retain_unsynced,
         recover=not args.no_recover,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+        metrics_max_logs=args.metrics_max_logs,
     )
+
+
+def _metrics_listener(
+    args: argparse.Namespace, tls: ServerTls | None, grpc_listener: tuple[str, int]
+) -> tuple[str | None, int]:
+    """--metrics-listen as (host, port), (None, 0) when off; under --listen's TLS rule."""
+    if not args.metrics_listen:
+        return None, 0
+    host, port = parse_listen(args.metrics_listen, "--metrics-listen")
+    if tls is None and not args.allow_insecure and not ipaddress.ip_address(host).is_loopback:
+        raise ConfigError(
+            f"--metrics-listen: refusing plaintext HTTP on non-loopback address "
+            f"{args.metrics_listen}: configure --tls-cert/--tls-key (the metrics and status "
+            "listener then serves HTTPS with them), or pass --allow-insecure"
+        )
+    if port and (host, port) == grpc_listener:
+        raise ConfigError(
+            f"--metrics-listen: {args.metrics_listen} is the gRPC --listen address; "
+            "give the metrics and status listener a port of its own"
+        )
+    return host, port
 
 
 def _retention_policy(specs: list[str] | tuple[RetentionRule, ...]) -> RetentionPolicy:
@@ -637,6 +692,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         # Before opening the store: a taken port must not create or recover a database.
         check_bindable(config.listen_host, config.listen_port)
+        if config.metrics_host is not None:
+            try:
+                check_bindable(config.metrics_host, config.metrics_port)
+            except ConfigError as error:
+                raise ConfigError(f"--metrics-listen: {error}") from None
         opening = time.monotonic()
         fresh_store = store_is_new(config)
         store = open_store(config.storage, config.data)

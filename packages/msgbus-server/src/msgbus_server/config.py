@@ -18,6 +18,8 @@ application's subscriptions (which never end) and its publishes in flight all co
 and calls above the cap wait until a stream ends."""
 DEFAULT_MAX_READ_BYTES_IN_FLIGHT = 16 * 1024 * 1024
 """Read bytes in flight across the daemon unless `--max-read-bytes-in-flight` says."""
+DEFAULT_METRICS_MAX_LOGS = 100
+"""Logs (and FIFO queues) with metric series of their own unless `--metrics-max-logs` says."""
 
 
 class ConfigError(Exception):
@@ -75,9 +77,22 @@ class DaemonConfig:
     recover: bool = True
     """A daemon whose store is new recovers its own logs from its peers before it accepts
     writes (`msgbus_server.recovery`); `--no-recover` turns that off."""
+    metrics_host: str | None = None
+    """Where `--metrics-listen` serves /metrics, /status and /status.json; None: nowhere."""
+    metrics_port: int = 0
+    metrics_max_logs: int = DEFAULT_METRICS_MAX_LOGS
+    """The busiest logs (and deepest queues) that get metric series of their own."""
 
     @property
     def listen(self) -> str:
         """The listen address as gRPC expects it (`host:port`, IPv6 in brackets)."""
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"{host}:{self.listen_port}"
+
+    @property
+    def metrics_listen(self) -> str | None:
+        """The `--metrics-listen` address (`host:port`, IPv6 in brackets), or None."""
+        if self.metrics_host is None:
+            return None
+        host = f"[{self.metrics_host}]" if ":" in self.metrics_host else self.metrics_host
+        return f"{host}:{self.metrics_port}"

@@ -19,10 +19,13 @@ from msgbus_core.limits import receive_limit_bytes
 from msgbus_core.store import MsgbusStore
 from msgbus_proto import SERVICE_NAME
 from msgbus_server.config import ConfigError, DaemonConfig
+from msgbus_server.daemon_status import DaemonStatus, StatusSource
 from msgbus_server.decoding import add_msgbus_service
 from msgbus_server.disk_budget import DiskBudget, format_bytes
+from msgbus_server.grpc_metrics import CallCounter
 from msgbus_server.head_changes import HeadChanges
 from msgbus_server.health import Health, Subsystem, storage_reason
+from msgbus_server.metrics import DaemonMetrics
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.read_gate import ReadGate
@@ -30,8 +33,9 @@ from msgbus_server.recovery import SYNC_GRACE_S, OwnLogRecovery, WriteGate
 from msgbus_server.retention import PeerHoldings, RetentionWorker
 from msgbus_server.service import SHUTTING_DOWN, MsgbusService
 from msgbus_server.shared_store import CommitFeed, WorkClaims
+from msgbus_server.status_page import StatusPage
 from msgbus_server.sync import PeerSync, SyncSettings, forget_unconfigured_peers
-from msgbus_server.tls import server_credentials
+from msgbus_server.tls import server_credentials, server_ssl_context
 
 logger = logging.getLogger("msgbus_server.daemon")
 
@@ -46,6 +50,8 @@ MAX_PENDING_CALLS = 10_000
 `_start_server`); above it, new calls are shed at random, and all of them above twice it."""
 SHUTDOWN_BUDGET_S = 4.5
 """Everything after the signal must fit in this, to exit within 5 s even with subscribers."""
+SNAPSHOT_TIMEOUT_S = 10.0
+"""How long a request to the metrics and status listener waits for the event loop's snapshot."""
 
 
 def run(config: DaemonConfig, store: MsgbusStore, *, fresh_store: bool = False) -> int:
@@ -69,7 +75,9 @@ class Daemon:
         self.notifier = LogNotifier()
         self.health = Health()
         """Serving or not, and why: what the Health and Ready RPCs and grpc.health.v1 answer."""
-        self.pipeline = CommitPipeline(store, self.notifier, self.health)
+        self.metrics = DaemonMetrics() if config.metrics_host is not None else None
+        """What `--metrics-listen` serves; None without it (and nothing is counted)."""
+        self.pipeline = CommitPipeline(store, self.notifier, self.health, observer=self.metrics)
         self.commit_feed = CommitFeed.of(store, self.notifier)
         """Other processes' commits, when they share the store (None otherwise)."""
         self.work = WorkClaims(store)
@@ -124,6 +132,12 @@ class Daemon:
             disk_budget=self.disk_budget,
             write_gate=write_gate,
         )
+        self.status: StatusSource | None = None
+        """Takes the snapshots the metrics and the status page show (with --metrics-listen)."""
+        if self.metrics is not None:
+            self.status = self._status_source()
+        self._status_page: StatusPage | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.grpc_health: Any = _health_aio.HealthServicer()
         self.health.on_change(self._on_health_change)
         self._mirroring: set[asyncio.Task[None]] = set()
@@ -148,6 +162,7 @@ class Daemon:
             if self.commit_feed is not None:
                 await self.commit_feed.start()
             port = await self._start_server()
+            self._start_status_page()
             if self.recovery is not None:
                 # In the background: an unreachable peer must not hold up signals or shutdown.
                 self._opening = asyncio.create_task(self._recover_then_sync(), name="recovery")
@@ -180,6 +195,7 @@ class Daemon:
     async def _start_server(self) -> int:
         config = self.config
         server = grpc.aio.server(
+            interceptors=(CallCounter(self.metrics),) if self.metrics is not None else None,
             options=[
                 # Without this, a second daemon on the same port would silently share it.
                 ("grpc.so_reuseport", 0),
@@ -202,7 +218,7 @@ class Daemon:
                 # bounded by HTTP/2 flow control), so allow bursts ten times larger.
                 ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
-            ]
+            ],
         )
         self.server = server
         add_msgbus_service(self.service, server)
@@ -227,6 +243,76 @@ class Daemon:
         await server.start()
         await self._mirror_health()
         return port
+
+    def _status_source(self) -> StatusSource:
+        from msgbus_server.cli import shown_location  # the one rule for hiding a password
+
+        config = self.config
+        return StatusSource(
+            node=config.node,
+            storage=config.storage,
+            location=shown_location(config.data),
+            listen=config.listen,
+            store=self.store,
+            readers=self.readers,
+            health=self.health,
+            notifier=self.notifier,
+            streams=self.service.streams,
+            peers=config.peers,
+            sync=lambda: self.sync,
+            budget=self.disk_budget,
+            max_logs=config.metrics_max_logs,
+        )
+
+    def _start_status_page(self) -> None:
+        """Serve /metrics, /status and /status.json (`--metrics-listen`) from a thread."""
+        config = self.config
+        if self.metrics is None or config.metrics_host is None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self.metrics.watch(self._snapshot_from_thread)
+        page = StatusPage(
+            config.metrics_host,
+            config.metrics_port,
+            metrics=self.metrics,
+            snapshot=self._snapshot_from_thread,
+            ssl_context=server_ssl_context(config.tls) if config.tls is not None else None,
+        )
+        try:
+            port = page.start()
+        except OSError as error:
+            raise ConfigError(
+                f"--metrics-listen: cannot listen on {config.metrics_listen}: "
+                f"{error.strerror or error}"
+            ) from None
+        self._status_page = page
+        host = config.metrics_host
+        shown = f"[{host}]" if ":" in host else host
+        logger.info(
+            "metrics and status on %s://%s:%d (/metrics, /status, /status.json)",
+            "https" if config.tls is not None else "http",
+            shown,
+            port,
+        )
+
+    def _snapshot_from_thread(self) -> DaemonStatus:
+        """A status snapshot taken on the event loop, for a thread of the status listener."""
+        assert self.status is not None
+        assert self._loop is not None
+        try:
+            future = asyncio.run_coroutine_threadsafe(self.status.snapshot(), self._loop)
+        except RuntimeError:  # the loop is closed: the daemon is stopping
+            raise TimeoutError("msgbusd is shutting down") from None
+        try:
+            return future.result(SNAPSHOT_TIMEOUT_S)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    async def _stop_status_page(self) -> None:
+        page, self._status_page = self._status_page, None
+        if page is not None:
+            await asyncio.to_thread(page.stop)
 
     async def _start_sync(self) -> None:
         config = self.config
@@ -377,6 +463,7 @@ class Daemon:
         # Subscribe streams see the closed notifier and end with UNAVAILABLE right away, so
         # SDKs reconnect (to us after a restart, or elsewhere).
         self.notifier.close()
+        await self._stop_status_page()
         await self._stop_opening()  # before sync: a recovery that finishes now would start it
         tasks = []
         if self.server is not None:
@@ -410,6 +497,7 @@ class Daemon:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        await self._stop_status_page()
         await self._stop_opening()
         if self.server is not None and not self._shutting_down:
             await self.server.stop(None)

@@ -71,6 +71,21 @@ class HeadChanges:
                     break
         return changed
 
+    def recent(self, seq: int, limit: int) -> list[LogKey]:
+        """Up to `limit` logs whose latest change comes after `seq`, the latest first.
+
+        For the status survey's "most active" logs; it walks the journal back from its end.
+        """
+        latest = self._latest
+        found: list[LogKey] = []
+        for index in range(len(self._journal) - 1, -1, -1):
+            entry_seq, key = self._journal[index]
+            if entry_seq <= seq or len(found) >= limit:
+                break
+            if latest.get(key) == entry_seq:
+                found.append(key)
+        return found
+
     def cursor(self, seq: int) -> str:
         """The opaque cursor that stands for "everything up to change `seq` of this run"."""
         return base64.urlsafe_b64encode(f"{self.epoch}:{seq}".encode()).decode()

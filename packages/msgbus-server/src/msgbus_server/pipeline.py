@@ -12,8 +12,10 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from msgbus_core.errors import MsgbusError, StorageError
 from msgbus_core.limits import DELETE_TOPIC
@@ -39,6 +41,24 @@ FAILED_TRANSACTION = "storage error: the last write transaction failed"
 (Ready answers it as its error)."""
 
 
+class CommitObserver(Protocol):
+    """Told about every write transaction, on the writer thread (the daemon's metrics)."""
+
+    def transaction(
+        self,
+        submissions: Sequence[Sequence[WriteOp]],
+        outcomes: Sequence[Outcome],
+        seconds: float,
+        failed: bool,
+    ) -> None:
+        """One transaction of `submissions` (each one `submit` or `submit_many` call's ops).
+
+        `outcomes` has one entry per op, in order (empty when the transaction `failed`);
+        `seconds` is how long the store took to apply and durably commit it.
+        """
+        ...
+
+
 @dataclass(slots=True)
 class _Pending:
     ops: Sequence[WriteOp]
@@ -53,11 +73,15 @@ class CommitPipeline:
 
     Each transaction reports to `health`: a failed one makes the daemon not serving until one
     commits again. On a quiet node that is the daemon's `probe`, which its health monitor
-    writes while the pipeline fails.
+    writes while the pipeline fails. An `observer`, when given, is told about each one too.
     """
 
     def __init__(
-        self, store: MsgbusStore, notifier: LogNotifier, health: Health | None = None
+        self,
+        store: MsgbusStore,
+        notifier: LogNotifier,
+        health: Health | None = None,
+        observer: CommitObserver | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
@@ -67,6 +91,7 @@ class CommitPipeline:
         self._stopped: asyncio.Future[None] | None = None
         self._accepting = False
         self._health = health if health is not None else Health()
+        self._observer = observer
 
     async def start(self) -> None:
         """Start the writer thread."""
@@ -155,6 +180,7 @@ class CommitPipeline:
         ops: list[WriteOp] = [op for pending in batch for op in pending.ops]
         failure: Exception | None = None
         outcomes: list[Outcome] = []
+        started = time.perf_counter()
         try:
             outcomes = self._store.write(ops)
             if len(outcomes) != len(ops):
@@ -165,8 +191,18 @@ class CommitPipeline:
         except Exception as error:
             logger.exception("write transaction of %d ops failed unexpectedly", len(ops))
             failure = StorageError(f"write transaction failed: {error}")
+        seconds = time.perf_counter() - started
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._finish, batch, outcomes, failure)
+        if self._observer is not None:
+            # After the callers' wake-up is scheduled: counting must not delay their answers,
+            # and a failure to count must not stop the writer.
+            try:
+                self._observer.transaction(
+                    [pending.ops for pending in batch], outcomes, seconds, failure is not None
+                )
+            except Exception:
+                logger.exception("the commit observer failed (a bug)")
 
     # -- event loop -----------------------------------------------------------------------------
 

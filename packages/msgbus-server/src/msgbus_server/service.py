@@ -56,6 +56,7 @@ from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.read_gate import ReadGate
 from msgbus_server.recovery import WRITE_HOLD_S, WriteGate
 from msgbus_server.status import failure
+from msgbus_server.stream_stats import FETCH, SUBSCRIBE, StreamStats, StreamTally
 
 logger = logging.getLogger("msgbus_server.service")
 
@@ -275,6 +276,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         self._health = health
         self._write_gate = write_gate
         """Closed while this node recovers its own logs (`recovery`); None when it never is."""
+        self.streams = StreamStats()
+        """What Fetch and Subscribe streams delivered, for the metrics and the status page."""
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -308,7 +311,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         return _Chunk(deque(messages), deque(sizes), from_head_id, trimmed_to=trimmed_to)
 
     async def _deliver(
-        self, chunk: _Chunk, pack: int, response_type: type[_Delivered]
+        self, chunk: _Chunk, pack: int, response_type: type[_Delivered], tally: StreamTally
     ) -> AsyncIterator[_Delivered]:
         """Yield a chunk as responses, giving each one's bytes back to the gate as it goes.
 
@@ -324,10 +327,12 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                     group, size = _take_group(chunk, pack)
                     response = response_type()
                     _fill(response.messages, group)
+                    tally.delivered(len(group), group[-1].created_at_ms)
                     del group
                 else:
                     message, size = chunk.take()
                     response = response_type(message=convert.envelope(message))
+                    tally.delivered(1, message.created_at_ms)
                     del message
                 gate.release(size)
                 if chunk.trimmed_to:
@@ -479,6 +484,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         remaining = min(request.limit or DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT)
         pack = request.max_messages_per_response
         next_head = max(request.from_head_id, 1)
+        tally = self.streams.open(FETCH)
         while remaining > 0 and next_head <= MAX_STORED_INT:
             try:
                 chunk = await self._read_chunk(topic, origin, next_head, min(remaining, MAX_CHUNK))
@@ -487,7 +493,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             # A short read may have stopped at the byte budget: only an empty one ends the log.
             if not chunk.messages:
                 return
-            async for fetched in self._deliver(chunk, pack, pb.FetchResponse):
+            async for fetched in self._deliver(chunk, pack, pb.FetchResponse, tally):
                 yield fetched
             remaining -= chunk.sent
             next_head = chunk.next_head
@@ -515,6 +521,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         pack = request.max_messages_per_response
         next_head = max(request.from_head_id, 1)
         notifier = self._notifier
+        tally = self.streams.open(SUBSCRIBE)
         # Watch BEFORE the first read: a commit that the read misses is still remembered.
         caught_up = False
         with notifier.watch(topic, origin) as watch:
@@ -528,7 +535,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 except Exception as error:
                     await self._fail(context, error)
                 found = bool(chunk.messages)
-                async for delivered in self._deliver(chunk, pack, pb.SubscribeResponse):
+                async for delivered in self._deliver(chunk, pack, pb.SubscribeResponse, tally):
                     yield delivered
                 next_head = chunk.next_head
                 if notifier.closed:
@@ -542,8 +549,10 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 # watch began, so the watch knows whether the log holds more than was read:
                 # it returns at once after a read cut short by the budget, and waits otherwise.
                 caught_up = True
+                tally.waiting = True
                 if not await watch.wait_beyond(next_head - 1):
                     break
+                tally.waiting = False
         await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     async def GetHead(

@@ -95,6 +95,11 @@ class PeerSync:
         self._workers: list[PeerWorker] = []
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def workers(self) -> tuple[PeerWorker, ...]:
+        """One worker per configured peer, from `start()` until `stop()`."""
+        return tuple(self._workers)
+
     async def start(self) -> None:
         """Start one sync task per peer; returns at once."""
         if self._tasks or not self._peers:

@@ -37,6 +37,7 @@ __all__ = [
     "BatchFetcher",
     "BatchLimits",
     "FailureKind",
+    "RuleRefusal",
     "ServedBatch",
     "SyncFailure",
     "envelopes",
@@ -103,6 +104,14 @@ class SyncFailure(Exception):
         return cls(FailureKind.PEER if down else FailureKind.LOG, text)
 
 
+class RuleRefusal(SyncFailure):
+    """A log refused by an accept rule (a conflict, a gap, a payload above the limit, ...).
+
+    Always of kind LOG. Unlike a transfer that stalled or broke, it says the peer serves data
+    this node must not take; the metrics count it (`sync_stats.PeerStats.refused`).
+    """
+
+
 def envelopes(response: pb.FetchResponse) -> Iterable[pb.MessageEnvelope]:
     """The envelopes one Fetch response carries, in head order.
 
@@ -132,6 +141,9 @@ class ServedBatch:
     first_head_id: int = 0
     """Where the peer said its copy of the log starts, when the batch starts after a trimmed
     prefix (`FetchResponse.first_head_id`); 0 otherwise, and always from original peers."""
+    refused: bool = False
+    """The problem is an accept rule's refusal (a payload above the limit, another log's
+    message, heads out of order), not a stream that stalled or broke."""
 
 
 @dataclass(slots=True)
@@ -274,6 +286,7 @@ class BatchFetcher:
         problem: str | None = None
         first_head_id = 0
         deadline = False
+        refused = False
         try:
             while True:
                 try:
@@ -292,6 +305,7 @@ class BatchFetcher:
                         raise SyncFailure(FailureKind.LOG, "message origin is required")
                     if len(envelope.payload) > self._max_payload:
                         problem = self._oversized(envelope.head_id, len(envelope.payload))
+                        refused = True
                         break
                     messages.append(message_from_envelope(envelope))
                     size += read_size(messages[-1])
@@ -303,6 +317,7 @@ class BatchFetcher:
             if _over_receive_limit(error):
                 # A response above the receive limit: what came before it is good.
                 problem = self._too_large(messages, error)
+                refused = True
             elif messages:
                 # The stream broke (reset, peer restarting, the backstop deadline) after some
                 # messages: they are good, and committing them is this transfer's progress. The
@@ -316,7 +331,7 @@ class BatchFetcher:
             call.cancel()
         messages = messages[:limit]
         self._adapt(messages, size, deadline=deadline, complete=problem is None)
-        return ServedBatch(messages, problem, first_head_id)
+        return ServedBatch(messages, problem, first_head_id, refused)
 
     def _adapt(self, messages: list[Message], size: int, *, deadline: bool, complete: bool) -> None:
         """Size the next batch after one Fetch.
@@ -390,6 +405,7 @@ class BatchFetcher:
                 return ServedBatch(
                     batch[:index],
                     first_head_id=served.first_head_id,
+                    refused=True,
                     problem=f"peer {self._endpoint} returned mismatched message for topic={topic} "
                     f"origin={origin.key}: got topic={message.topic} "
                     f"origin={message.origin.key}",
@@ -398,6 +414,7 @@ class BatchFetcher:
                 return ServedBatch(
                     batch[:index],
                     first_head_id=served.first_head_id,
+                    refused=True,
                     problem=f"peer {self._endpoint} served topic={topic} origin={origin.key} out "
                     f"of order: head_id {message.head_id} after {previous}",
                 )

@@ -66,10 +66,12 @@ from msgbus_server.sync_fetch import (
     BatchFetcher,
     BatchLimits,
     FailureKind,
+    RuleRefusal,
     SyncFailure,
     envelopes,
 )
 from msgbus_server.sync_state import Heads, LogId, SyncStateBook
+from msgbus_server.sync_stats import PeerStats
 
 __all__ = ["OwnIdentityFailure", "PeerContext", "PeerWorker", "RecoveredLogs", "SyncSettings"]
 
@@ -284,6 +286,12 @@ class PeerWorker:
         """The local head of logs whose last stored message came from this peer in this run:
         a pull that starts there needs no common-head check (the message is the peer's). At
         most `PULLED_TO_CAPACITY` logs; a log dropped from it is checked once more."""
+        self.stats = PeerStats()
+        """What this worker's passes found and did, for the metrics and the status page."""
+
+    def peer_state(self) -> PeerSyncState | None:
+        """The peer-level sync state as last noted (None before the first pass ended)."""
+        return self._book.current(self._book.key())
 
     async def close(self) -> None:
         """Close the channel (cancelling any call still on it)."""
@@ -315,6 +323,7 @@ class PeerWorker:
             await asyncio.sleep(self._context.settings.interval_s)
 
     async def _pass(self) -> None:
+        started = asyncio.get_running_loop().time()
         try:
             await self._check_identity()
             progressed = False
@@ -329,15 +338,21 @@ class PeerWorker:
             if failure.kind is FailureKind.BUG:
                 # A bug must not end this peer's task for good: log it and retry with backoff.
                 log.exception("peer %s: unexpected error in sync pass", self.endpoint)
+            self.stats.pass_done(self._since(started), failure.kind.name.lower())
             # Whatever failed, nothing more can be synced this pass: back the peer off.
             await self._peer_failed(str(failure))
             if failure is error:
                 raise
             raise failure from error
+        self.stats.pass_done(self._since(started))
         self._book.success(progressed=progressed)
         if self._book.announce_recovery(self._book.key()):
             log.info("peer %s: sync recovered", self.endpoint)
         await self._flush()
+
+    @staticmethod
+    def _since(started: float) -> float:
+        return asyncio.get_running_loop().time() - started
 
     async def recover_local_logs(self, pulling: asyncio.Lock) -> RecoveredLogs:
         """Pull every log of this node's own origin that the peer holds more of (`recovery`).
@@ -525,11 +540,9 @@ class PeerWorker:
         return progressed
 
     def _report_holdings(self, heads: list[pb.TopicHead]) -> None:
-        """Tell retention how much of this node's own logs the peer holds."""
-        holdings = self._context.holdings
-        if holdings is None:
-            return
+        """Tell retention (and the stats) how much of this node's own logs the peer holds."""
         local = self._context.local_node
+        own: dict[str, int] = {}
         for head in heads:
             origin = head.origin
             if (origin.tenant_id, origin.bl_name, origin.device_id) == (
@@ -537,7 +550,12 @@ class PeerWorker:
                 local.bl_name,
                 local.device_id,
             ):
-                holdings.report(head.topic, head.head_id)
+                own[head.topic] = head.head_id
+        self.stats.note_own_heads(own)
+        holdings = self._context.holdings
+        if holdings is not None:
+            for topic, head_id in own.items():
+                holdings.report(topic, head_id)
 
     # -- one log ----------------------------------------------------------------------------------
 
@@ -563,6 +581,8 @@ class PeerWorker:
         """
         origin = log_id[1]
         heads = Heads(local_head, remote_head)
+        if origin != self._context.local_node:
+            self.stats.note_heads(log_id, local_head, remote_head)
         if remote_head <= local_head:
             if remote_head and await self._diverged(log_id, remote_head, heads):
                 return False
@@ -577,6 +597,7 @@ class PeerWorker:
             # reset node whose new history is still shorter than the peer's).
             refusal = f"refused: log of the local node {origin.key} is never accepted from a peer"
             if self._refused_at.get(log_id) != local_head:
+                self.stats.refused += 1
                 if local_head and await self._diverged(log_id, local_head, heads, refusal):
                     return False
                 self._refused_at[log_id] = local_head
@@ -641,12 +662,14 @@ class PeerWorker:
             failure = SyncFailure.of(error)
             if failure.kind is FailureKind.BUG:
                 raise  # the pass logs it, with its traceback
+            if isinstance(failure, RuleRefusal):
+                self.stats.refused += 1
             if pull.progressed and failure.kind is FailureKind.LOG:
                 # A transfer that stored something before it failed (a stalled or broken
                 # stream keeps its prefix) starts a new run of failures: a slow log that gains
                 # on every attempt is retried after one interval, not after a growing backoff.
                 self._book.success(log_id, pull.heads(), progressed=True)
-            self._log_failed(log_id, str(failure), pull.heads())
+            self._log_failed(log_id, str(failure), pull.heads(), kind=failure.kind)
             if failure.kind is FailureKind.PEER:
                 raise
             return pull.progressed
@@ -688,7 +711,9 @@ class PeerWorker:
                     pull.paused = True
                     return
             if served.problem is not None:
-                raise SyncFailure(FailureKind.LOG, served.problem)
+                raise (RuleRefusal if served.refused else SyncFailure)(
+                    FailureKind.LOG, served.problem
+                )
             if pull.local_head <= before:
                 # Only heads we already had: without this, a peer that keeps serving old heads
                 # would keep this loop going forever.
@@ -723,12 +748,16 @@ class PeerWorker:
             )
         accepted = len(result.changed) + result.unchanged
         pull.progressed |= bool(result.changed)
+        self.stats.pulled_messages += len(result.changed)
+        self.stats.pulled_bytes += sum(len(message.payload) for message in result.changed)
         if accepted:
             pull.synced = batch[accepted - 1].head_id
             pull.local_head = max(pull.local_head, pull.synced)
             pull.remote_head = max(pull.remote_head, pull.synced)
+            log_id = (batch[0].topic, batch[0].origin)
+            self.stats.note_heads(log_id, pull.local_head, pull.remote_head)
         if result.error is not None:
-            raise SyncFailure(
+            raise RuleRefusal(
                 FailureKind.LOG, f"rejected from peer {self.endpoint}: {result.error}"
             ) from result.error
 
@@ -776,6 +805,7 @@ class PeerWorker:
         mine = ours[0]
         if (theirs.id, theirs.created_at_ms) == (mine.id, mine.created_at_ms):
             return False
+        self.stats.refused += 1
         conflict = (
             f"conflict: history diverged at head {head}: the peer's message is {theirs.id}, "
             f"ours is {mine.id}; one of the nodes was reset or cloned (nothing is pulled from "
@@ -810,11 +840,25 @@ class PeerWorker:
         self._settled[log_id] = remote_head
         self._unsettled.pop(log_id, None)
 
-    def _log_failed(self, log_id: LogId, error: str, heads: Heads, *, count: bool = True) -> None:
+    def _log_failed(
+        self,
+        log_id: LogId,
+        error: str,
+        heads: Heads,
+        *,
+        count: bool = True,
+        kind: FailureKind = FailureKind.LOG,
+    ) -> None:
         self._unsettled[log_id] = heads.remote
         self._settled.pop(log_id, None)
         self._book.failure(error, log_id, heads, count=count)
-        if self._book.announce_failure(self._book.key(log_id), error):
+        announced = self._book.announce_failure(self._book.key(log_id), error)
+        self.stats.log_failed(log_id, error)
+        # A peer that is down fails the pass too, where it is counted; a refusal repeated
+        # unchanged (count False) is counted once.
+        if kind is not FailureKind.PEER and (count or announced):
+            self.stats.fail(kind.name.lower())
+        if announced:
             topic, origin = log_id
             log.warning(
                 "peer %s: log topic=%s origin=%s not synced: %s",
@@ -827,6 +871,7 @@ class PeerWorker:
     def _log_in_sync(self, log_id: LogId, heads: Heads) -> None:
         self._settle(log_id, heads.remote)
         self._book.success(log_id, heads)
+        self.stats.log_in_sync(log_id, heads.local, heads.remote)
         if self._book.announce_recovery(self._book.key(log_id)):
             log.info("peer %s: log %s/%s in sync again", self.endpoint, log_id[0], log_id[1].key)
 
