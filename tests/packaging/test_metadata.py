@@ -35,6 +35,7 @@ MEMBER_MODULES = {
 OPTIONAL_MODULES = {
     # module path inside the package -> the extra that provides what it imports
     "src/msgbus_core/testing.py": "testing",
+    "src/msgbus_sdk/_top.py": "top",  # msgbus top draws with rich
 }
 DECLARED_NOT_IMPORTED = {
     # The default store is found through the msgbus.stores entry point, never imported, and is a

@@ -1,7 +1,7 @@
 """The `msgbus` command: talk to a msgbus daemon from a shell.
 
 Exit status:
-    0    success (also: `subscribe` stopped with Ctrl-C)
+    0    success (also: `subscribe` and `top` stopped with Ctrl-C)
     1    the daemon answered with an error (invalid argument, permission denied, ...)
     2    usage error: bad flags or arguments, unreadable files, malformed endpoint
     3    the daemon is unreachable (or did not answer in time)
@@ -46,6 +46,10 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NO = 4
 EXIT_INTERRUPTED = 130
+TOP_INTERVAL_S = 2.0
+"""Seconds between two refreshes of `msgbus top` unless `--interval` says."""
+TOP_ROWS = 15
+"""Busiest logs `msgbus top` shows unless `--rows` says."""
 
 
 class _Exit(Exception):
@@ -489,6 +493,30 @@ def _cmd_bench(args: argparse.Namespace, io: _Io) -> int:
 # -- probe (the original SDK's probe example, driven by the same environment variables) --------
 
 
+def _cmd_top(args: argparse.Namespace, io: _Io) -> int:
+    try:
+        from . import _top
+    except ImportError as exc:
+        raise _Exit(
+            EXIT_USAGE,
+            f"msgbus top needs the 'top' extra ({(exc.name or 'rich').split('.')[0]} is not "
+            "installed): pip install 'msgbus-sdk[top]'",
+        ) from None
+    if not args.interval > 0:
+        raise ConfigurationError(f"--interval must be above 0 seconds, got {args.interval:g}")
+    if args.rows < 1:
+        raise ConfigurationError(f"--rows must be at least 1, got {args.rows}")
+    _top.run(
+        lambda: MsgbusClient.connect(_endpoint(args), tls=_tls(args), timeout=args.timeout),
+        _endpoint(args),
+        out=io.out,
+        interval_s=args.interval,
+        rows=args.rows,
+        once=args.once,
+    )
+    return EXIT_OK
+
+
 def _env_int(name: str, default: int) -> int:
     # The original falls back to the default when the value does not parse.
     try:
@@ -699,6 +727,26 @@ def _build_parser() -> argparse.ArgumentParser:
         help="one Publish call per message instead of coalescing concurrent publishes",
     )
 
+    p = command(
+        "top",
+        _cmd_top,
+        "a live view of the daemon: state, busiest logs, peers and their lag (needs the "
+        "'top' extra: pip install 'msgbus-sdk[top]')",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=TOP_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"seconds between refreshes (default {TOP_INTERVAL_S:g})",
+    )
+    p.add_argument(
+        "--rows", type=int, default=TOP_ROWS, help=f"busiest logs shown (default {TOP_ROWS})"
+    )
+    p.add_argument(
+        "--once", action="store_true", help="print one screen and exit (for scripts and logs)"
+    )
+
     command(
         "probe",
         _cmd_probe,
@@ -741,8 +789,8 @@ def main(
         err.write(f"msgbus: error: {exc}\n")
         return EXIT_SERVER_ERROR
     except KeyboardInterrupt:
-        # Ctrl-C is how `subscribe` is meant to end; elsewhere it is an interruption.
-        return EXIT_OK if args.command == "subscribe" else EXIT_INTERRUPTED
+        # Ctrl-C is how `subscribe` and `top` are meant to end; elsewhere it interrupts.
+        return EXIT_OK if args.command in ("subscribe", "top") else EXIT_INTERRUPTED
     except BrokenPipeError:
         # `msgbus fetch ... | head`: the reader left; not an error worth a traceback.
         with contextlib.suppress(OSError):
