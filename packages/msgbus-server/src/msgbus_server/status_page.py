@@ -245,7 +245,7 @@ def render_main(status: DaemonStatus) -> str:
             _queues(status),
             f'<p class="muted" id="updated">As of {_clock(status.now_ms)}; store surveyed '
             f"{_ago(status.now_ms, status.survey.at_ms)} in "
-            f"{status.survey.seconds * 1000:.0f} ms.</p>",
+            f"{status.survey.seconds * 1000:.1f} ms.</p>",
         )
     )
 
@@ -351,7 +351,7 @@ def _logs(status: DaemonStatus) -> str:
         for log in shown
     )
     more = survey.logs - len(shown)
-    note = f'<p class="muted">{more:,} more logs.</p>' if more > 0 else ""
+    note = f'<p class="muted">{_count(more, "more log")}.</p>' if more > 0 else ""
     return (
         '<section id="logs"><h2>Busiest logs</h2><table><tr><th>topic</th><th>origin</th>'
         '<th class="n">first head</th><th class="n">head</th><th class="n">messages</th>'
@@ -374,9 +374,13 @@ def _queues(status: DaemonStatus) -> str:
     return (
         '<section id="queues"><h2>Queues</h2><table><tr><th>queue</th>'
         f'<th class="n">depth</th><th class="n">redeliveries</th></tr>{rows}</table>'
-        f'<p class="muted">{survey.queues:,} queues hold {survey.queued_messages:,} messages.'
-        "</p></section>"
+        f'<p class="muted">{_count(survey.queues, "queue")} hold '
+        f"{_count(survey.queued_messages, 'message')}.</p></section>"
     )
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def _rate(rate: float | None) -> str:
