@@ -455,6 +455,8 @@ class DaemonMetrics:
         self._acked = self._counter("msgbus_fifo_acked_total")
         self._rejected = self._counter("msgbus_fifo_rejected_total")
         self._calls = self._counter("msgbus_grpc_calls_total")
+        self._call_counters: dict[tuple[str, str, str], Counter] = {}
+        """The labelled children of `_calls`, found once (`labels` takes a lock and a lookup)."""
 
     def _counter(self, name: str) -> Counter:
         spec = _SPECS[name]
@@ -529,8 +531,15 @@ class DaemonMetrics:
                 counter.inc(amount)
 
     def call_ended(self, service: str, method: str, code: str) -> None:
-        """Count one gRPC call that ended with status `code` (the interceptor calls it)."""
-        self._calls.labels(service, method, code).inc()
+        """Count one gRPC call that ended with status `code` (the interceptor calls it).
+
+        On the event loop thread only.
+        """
+        key = (service, method, code)
+        counter = self._call_counters.get(key)
+        if counter is None:
+            counter = self._call_counters[key] = self._calls.labels(service, method, code)
+        counter.inc()
 
 
 class _StatusCollector(Collector):

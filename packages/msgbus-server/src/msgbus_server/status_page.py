@@ -374,7 +374,7 @@ def _queues(status: DaemonStatus) -> str:
     return (
         '<section id="queues"><h2>Queues</h2><table><tr><th>queue</th>'
         f'<th class="n">depth</th><th class="n">redeliveries</th></tr>{rows}</table>'
-        f'<p class="muted">{_count(survey.queues, "queue")} hold '
+        f'<p class="muted">In all: {_count(survey.queues, "queue")}, '
         f"{_count(survey.queued_messages, 'message')}.</p></section>"
     )
 
