@@ -93,11 +93,15 @@ class ChangeCursor(NamedTuple):
     transaction that was still running when the previous pass started: `next_low` is the
     oldest transaction running (the snapshot's xmin) when the current pass began, and becomes
     the next pass's `low`. `position` is the (change_xid, id) the current pass has read up to.
+
+    `listen_losses` is how often the store had lost its listening session when the pass began
+    (see `PostgresStore.changed_logs`): a pass that finds it changed reads every log.
     """
 
     low: int
     next_low: int
     position: tuple[int, int] | None
+    listen_losses: int = 0
 
 
 def display_dsn(dsn: str) -> str:
@@ -148,6 +152,8 @@ class PostgresStore(SqlStore[Connection]):
             raise StorageError(f"{self.path}: cannot open reader connections: {error}") from None
         self._listener: Connection | None = None
         self._listener_lock = threading.Lock()
+        self._listen_losses = 0
+        """How often listening failed: the server may have restarted (`changed_logs`)."""
         self._claims: Connection | None = None
         self._claims_lock = threading.Lock()
         self._claimed: set[str] = set()
@@ -454,18 +460,25 @@ class PostgresStore(SqlStore[Connection]):
     # -- what other processes do ----------------------------------------------------------------
 
     def changed_logs(self, cursor: object | None, limit: int) -> tuple[list[TopicHead], object]:
-        """Logs any process changed since `cursor` (see `SharedStore.changed_logs`)."""
+        """Logs any process changed since `cursor` (see `SharedStore.changed_logs`).
+
+        After a crash PostgreSQL hands out again the ids of the transactions whose WAL it lost,
+        among them any that aborted shortly before (an abort is not flushed at once), and those
+        ids may lie below the cursor. Every session ends with such a crash (or a failover), the
+        listening one too: the first pass that starts after listening failed reads every log.
+        """
+        losses = self._listen_losses  # before the xmin: a loss after it shows next pass
         if cursor is None:
             xmin = int(self._query(self._xmin)[0][0])
-            return [], ChangeCursor(xmin, xmin, None)
+            return [], ChangeCursor(xmin, xmin, None, losses)
         if not isinstance(cursor, ChangeCursor):
             raise TypeError(f"not a cursor of this store: {cursor!r}")
         if cursor.position is None:
             # A new pass: note who is running now, then read from the last pass's low mark.
             next_low = int(self._query(self._xmin)[0][0])
-            position = (cursor.low, 0)
+            position = (cursor.low, 0) if cursor.listen_losses == losses else (-1, 0)
         else:
-            next_low, position = cursor.next_low, cursor.position
+            next_low, position, losses = cursor.next_low, cursor.position, cursor.listen_losses
         rows = self._query(self._changes, (*position, clamp_stored(max(limit, 1))))
         heads = [
             TopicHead(topic, NodeId(tenant, bl, device), head, first_held(start, head), size)
@@ -473,8 +486,8 @@ class PostgresStore(SqlStore[Connection]):
         ]
         if len(rows) >= limit:
             last = rows[-1]
-            return heads, ChangeCursor(cursor.low, next_low, (int(last[7]), int(last[8])))
-        return heads, ChangeCursor(next_low, next_low, None)
+            return heads, ChangeCursor(cursor.low, next_low, (int(last[7]), int(last[8])), losses)
+        return heads, ChangeCursor(next_low, next_low, None, losses)
 
     def wait_for_commits(self, timeout_s: float) -> bool:
         """Wait for another process's commit announcement (see `SharedStore`)."""
@@ -491,6 +504,7 @@ class PostgresStore(SqlStore[Connection]):
                     if notice.payload != self._token:
                         return True
             except psycopg.Error as error:
+                self._listen_losses += 1
                 if self._listener is not None:
                     self._listener.close()
                     self._listener = None
