@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import psycopg
 import pytest
 
 from msgbus_core.store import MsgbusStore
-from msgbus_core.testing import StoreConformance
+from msgbus_core.testing import StoreConformance, failing_commits
 from msgbus_server.testing import free_port
 from msgbus_store_postgres import PostgresStore
 from msgbus_testkit.postgres import PostgresServer
-
-
-class _FailingCommit:
-    """Wraps the writer connection and fails its COMMIT the way a full disk does."""
-
-    def __init__(self, con: psycopg.Connection[Any]) -> None:
-        self.con = con
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if sql == "COMMIT":
-            raise psycopg.errors.DiskFull("could not extend file: No space left on device")
-        return self.con.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.con, name)
 
 
 class TestPostgresConformance(StoreConformance):
@@ -68,12 +53,8 @@ class TestPostgresConformance(StoreConformance):
     def unreachable_location(cls, location: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{free_port()}/msgbus?connect_timeout=5"
 
-    @contextlib.contextmanager
-    def fail_commits(self, store: MsgbusStore) -> Iterator[None]:
+    def fail_commits(self, store: MsgbusStore) -> contextlib.AbstractContextManager[None]:
         assert isinstance(store, PostgresStore)
-        real = store._writer
-        store._writer = _FailingCommit(real)  # type: ignore[assignment]
-        try:
-            yield
-        finally:
-            store._writer = real
+        return failing_commits(
+            store, lambda: psycopg.errors.DiskFull("could not extend file: No space left on device")
+        )

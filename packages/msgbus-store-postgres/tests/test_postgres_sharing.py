@@ -235,9 +235,16 @@ def test_a_claim_is_held_by_one_process_and_taken_over_when_it_ends(
     # A claim lost with its connection (the database ended the session) is not reported
     # held; the next call takes it again when nobody else did.
     with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        claims = (
+            "FROM pg_stat_activity "
             "WHERE application_name = 'msgbusd-claims' AND datname = current_database()"
+        )
+        admin.execute(f"SELECT pg_terminate_backend(pid) {claims}")
+        # pg_terminate_backend only signals: wait until the session has really ended.
+        wait_until(
+            lambda: admin.execute(f"SELECT count(*) {claims}").fetchone() == (0,),
+            message="the claims session ended",
+            timeout=10,
         )
     with pytest.raises(StorageError):
         second.try_claim("sync with peer x")

@@ -71,6 +71,27 @@ def check_version(
     return version
 
 
+def meta_reader(
+    con: Any, path: str, unreadable: type[Exception] | tuple[type[Exception], ...]
+) -> Callable[[], dict[str, str]]:
+    """A `read_meta` for `check_version` that reads the `meta` table through `con`.
+
+    A `meta` table the query cannot read (another application's, of another shape) raises
+    `SchemaError` naming `path`; `unreadable` is the driver's error for that.
+    """
+
+    def read_meta() -> dict[str, str]:
+        try:
+            rows = con.execute("SELECT key, value FROM meta").fetchall()
+        except unreadable as error:
+            raise SchemaError(
+                f"{path} is not a msgbus database: its meta table is unreadable ({error})"
+            ) from None
+        return {str(key): str(value) for key, value in rows}
+
+    return read_meta
+
+
 def create_tables(
     con: Any, statements: Iterable[str], version: int, *, text: str, placeholder: str = "?"
 ) -> None:
@@ -86,4 +107,4 @@ def create_tables(
         con.execute(f"INSERT INTO meta (key, value) VALUES ({placeholder}, {placeholder})", row)
 
 
-__all__ = ["APPLICATION", "TABLES", "check_version", "create_tables"]
+__all__ = ["APPLICATION", "TABLES", "check_version", "create_tables", "meta_reader"]

@@ -130,6 +130,37 @@ def write_one(store: MsgbusStore, op: WriteOp) -> Any:
     return outcome
 
 
+class FailingCommit:
+    """A SQL store's writer connection whose COMMIT statement raises `error()` instead.
+
+    For `StoreConformance.fail_commits` of a backend that sends COMMIT as a statement: the
+    transaction's other statements run, and the commit fails as the backend's full disk does.
+    """
+
+    def __init__(self, con: Any, error: Callable[[], Exception]) -> None:
+        self.con = con
+        self._error = error
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise self._error()
+        return self.con.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+@contextlib.contextmanager
+def failing_commits(store: Any, error: Callable[[], Exception]) -> Iterator[None]:
+    """Make every COMMIT of `store` (a `SqlStore`) raise `error()` while the context lasts."""
+    real = store._writer
+    store._writer = FailingCommit(real, error)
+    try:
+        yield
+    finally:
+        store._writer = real
+
+
 def snapshot(store: MsgbusStore, queues: Sequence[str] = ("jobs",)) -> dict[str, Any]:
     """Everything a client can observe of a store."""
     heads = store.list_heads()
@@ -1399,4 +1430,11 @@ class _ReferenceComparison(RuleBasedStateMachine):
         assert snapshot(self.backend, ("q1", "q2")) == snapshot(self.model, ("q1", "q2"))
 
 
-__all__ = ["StoreConformance", "StoreFixtures", "comparable", "snapshot"]
+__all__ = [
+    "FailingCommit",
+    "StoreConformance",
+    "StoreFixtures",
+    "comparable",
+    "failing_commits",
+    "snapshot",
+]

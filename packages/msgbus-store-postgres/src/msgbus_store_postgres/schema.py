@@ -13,7 +13,6 @@ from typing import Any, Final
 import psycopg
 
 from msgbus_core import sql_schema
-from msgbus_core.errors import SchemaError
 
 SCHEMA_VERSION: Final = 2
 """The schema this code writes; the same version numbers as the file stores (version 2 has
@@ -116,20 +115,10 @@ def verify(con: psycopg.Connection[Any], where: str) -> int | None:
     Raises `SchemaError`, naming `where`, for tables that are not a msgbus database this code
     can read. Nothing is written.
     """
-
-    def read_meta() -> dict[str, str]:
-        try:
-            rows = con.execute("SELECT key, value FROM meta").fetchall()
-        except psycopg.DatabaseError as error:
-            raise SchemaError(
-                f"{where} is not a msgbus database: its meta table is unreadable ({error})"
-            ) from None
-        return {str(key): str(value) for key, value in rows}
-
     return sql_schema.check_version(
         where,
         _table_names(con),
-        read_meta,
+        sql_schema.meta_reader(con, where, psycopg.DatabaseError),
         kind="a PostgreSQL database",
         current=SCHEMA_VERSION,
     )

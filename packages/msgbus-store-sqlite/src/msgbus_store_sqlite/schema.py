@@ -118,18 +118,12 @@ def verify(con: sqlite3.Connection, path: str) -> int | None:
     Raises `SchemaError`, naming `path`, for anything that is not a msgbus database this code
     can read. Nothing is written.
     """
-
-    def read_meta() -> dict[str, str]:
-        try:
-            rows = con.execute("SELECT key, value FROM meta").fetchall()
-        except sqlite3.DatabaseError as error:
-            raise SchemaError(
-                f"{path} is not a msgbus database: its meta table is unreadable ({error})"
-            ) from None
-        return {str(key): str(value) for key, value in rows}
-
     return sql_schema.check_version(
-        path, _table_names(con, path), read_meta, kind="an SQLite database", current=SCHEMA_VERSION
+        path,
+        _table_names(con, path),
+        sql_schema.meta_reader(con, path, sqlite3.DatabaseError),
+        kind="an SQLite database",
+        current=SCHEMA_VERSION,
     )
 
 
