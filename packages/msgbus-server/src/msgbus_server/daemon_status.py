@@ -21,6 +21,7 @@ import asyncio
 import functools
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 
+from msgbus_core.errors import MsgbusError
 from msgbus_core.model import NodeId, TopicHead
 from msgbus_core.store import DiskUsage, MsgbusStore
 from msgbus_server.clock import now_ms
@@ -56,6 +58,8 @@ SURVEY_PAGE: Final = 5_000
 """Logs (and queues) read per store call while surveying."""
 
 _LogKey = tuple[str, NodeId]
+
+log = logging.getLogger("msgbus_server.status")
 
 
 def daemon_version() -> str:
@@ -390,6 +394,8 @@ class StatusSource:
         self._surveying: asyncio.Task[StoreSurvey] | None = None
         self._surveyed_seq = 0
         self._fresh_until = 0.0
+        self._survey_error = ""
+        """The last survey's error, logged once ("" after a good survey)."""
 
     async def snapshot(self) -> DaemonStatus:
         """The daemon now, with the latest survey of the store (taken now if it is stale)."""
@@ -474,6 +480,15 @@ class StatusSource:
             task = self._surveying
             try:
                 self._survey = await asyncio.shield(task)
+            except MsgbusError as error:
+                # The store fails: the rest of the status (health first) matters all the more,
+                # so it is served with the last survey, and the survey is tried again later.
+                self._fresh_until = time.monotonic() + SURVEY_MIN_INTERVAL_S
+                if str(error) != self._survey_error:
+                    log.warning("status: cannot survey the store: %s", error)
+                self._survey_error = str(error)
+            else:
+                self._survey_error = ""
             finally:
                 if task.done():
                     self._surveying = None

@@ -119,6 +119,10 @@ class StatusPage:
                 "text/plain; charset=utf-8",
                 b"msgbusd did not answer in time (busy, or shutting down)\n",
             )
+        except Exception as error:
+            log.exception("metrics listener: GET %s failed (a bug)", route)
+            body = f"internal error: {type(error).__name__}: {error}\n".encode()
+            return HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", body
         if route == "/status.json":
             body = json.dumps(status.to_json(), indent=1).encode()
             return HTTPStatus.OK, "application/json", body
@@ -129,6 +133,8 @@ class StatusPage:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # `stop` must not wait for kept-alive connections (a scraper's, an open page's) to go idle.
+    block_on_close = False
     # The daemon checks that the port is free before it opens the store, as for --listen.
     allow_reuse_address = True
 
@@ -341,7 +347,12 @@ def _logs(status: DaemonStatus) -> str:
     survey = status.survey
     shown = survey.busiest[:SHOWN_ROWS]
     if not shown:
-        return '<section id="logs"><h2>Busiest logs</h2><p class="muted">No logs yet.</p></section>'
+        note = (
+            f"{_count(survey.logs, 'log')}, none shown (--metrics-max-logs 0)."
+            if survey.logs
+            else "No logs yet."
+        )
+        return f'<section id="logs"><h2>Busiest logs</h2><p class="muted">{note}</p></section>'
     rows = "".join(
         f'<tr data-log="{html.escape(log.topic)}"><td>{html.escape(log.topic)}</td>'
         f"<td>{html.escape(log.origin)}</td>"
