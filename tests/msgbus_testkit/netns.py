@@ -224,8 +224,9 @@ def _remove(link: VethLink) -> None:
 class NamespacedDaemon:
     """A msgbusd process inside a `VethLink`'s namespace, on its veth address.
 
-    It listens on a non-loopback address, so it runs with `--allow-insecure`. Readiness is its
-    Health answer across the pair. Stdout and stderr go to files in `data_dir`.
+    It listens on a non-loopback address, so it runs with `--allow-insecure` and
+    `--allow-anyone` (it has no authorization policy). Readiness is its Health answer across
+    the pair. Stdout and stderr go to files in `data_dir`.
     """
 
     def __init__(
@@ -248,6 +249,7 @@ class NamespacedDaemon:
                 *msgbusd_command(),
                 "--listen", self.endpoint,
                 "--allow-insecure",
+                "--allow-anyone",
                 "--data", str(data_dir / f"msgbus.{storage}"),
                 "--storage", storage,
                 "--tenant-id", self.node.tenant_id,

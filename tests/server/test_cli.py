@@ -157,7 +157,9 @@ def test_plaintext_on_non_loopback_needs_allow_insecure(tmp_path: Path) -> None:
 def test_allow_insecure_serves_on_all_interfaces(tmp_path: Path) -> None:
     port = free_port()
     with Daemon.start(
-        tmp_path, port=port, extra_args=["--listen", f"0.0.0.0:{port}", "--allow-insecure"]
+        tmp_path,
+        port=port,
+        extra_args=["--listen", f"0.0.0.0:{port}", "--allow-insecure", "--allow-anyone"],
     ) as daemon:
         assert daemon.stop() == 0
 

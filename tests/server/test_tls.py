@@ -50,7 +50,7 @@ def test_tls(tmp_path: Path, pki: TlsFiles, other_ca_pem: bytes) -> None:
 def test_tls_on_all_interfaces_needs_no_allow_insecure(tmp_path: Path, pki: TlsFiles) -> None:
     port = free_port()
     credentials = pki.credentials(client=False)
-    args = ["--listen", f"0.0.0.0:{port}", *pki.server_args()]
+    args = ["--listen", f"0.0.0.0:{port}", "--allow-anyone", *pki.server_args()]
     with Daemon.start(tmp_path, port=port, extra_args=args, credentials=credentials) as daemon:
         assert daemon.stop() == 0
 

@@ -38,8 +38,22 @@ from msgbus_server.config import (
     ServerTls,
 )
 from msgbus_server.config_file import FileKey, ValueKind, load_config_file
+from msgbus_server.listeners import (
+    DEFAULT_SOCKET_MODE,
+    UNIX_PREFIX,
+    Listener,
+    TcpListener,
+    UnixListener,
+    check_unix_listener,
+    exposed_listeners,
+    parse_socket_group,
+    parse_socket_mode,
+    parse_unix_listener,
+    without_covered,
+)
 from msgbus_server.logs import LOG_FORMATS, LOG_LEVELS
 from msgbus_server.peers import PeerTlsConfig, parse_peer_spec
+from msgbus_server.policy import PolicySource
 from msgbus_server.retention_rules import (
     DISCARD_POLICIES,
     RetentionPolicy,
@@ -240,7 +254,29 @@ def build_parser() -> _Parser:
         "variables win over it",
     )
     add = parser.option
-    add("--listen", env="MSGBUS_LISTEN", default="127.0.0.1:50051", help="IP:port to serve on")
+    add(
+        "--listen",
+        env="MSGBUS_LISTEN",
+        default=["127.0.0.1:50051"],
+        action="append",
+        metavar="IP:PORT|unix:PATH",
+        help="where to serve: IP:port, or a Unix socket unix:///run/msgbus/msgbusd.sock; "
+        "repeatable and comma-separated (default 127.0.0.1:50051)",
+    )
+    add(
+        "--socket-mode",
+        env="MSGBUS_SOCKET_MODE",
+        default=f"{DEFAULT_SOCKET_MODE:04o}",
+        metavar="MODE",
+        help="permission bits of each Unix socket --listen creates "
+        f"(default {DEFAULT_SOCKET_MODE:04o}: its user and group)",
+    )
+    add(
+        "--socket-group",
+        env="MSGBUS_SOCKET_GROUP",
+        metavar="GROUP",
+        help="group (name or gid) of each Unix socket --listen creates; default the daemon's",
+    )
     add(
         "--data",
         env="MSGBUS_DATA",
@@ -326,6 +362,23 @@ def build_parser() -> _Parser:
         default=False,
         action="store_true",
         help="allow plaintext gRPC on a non-loopback address",
+    )
+    add(
+        "--policy",
+        env="MSGBUS_POLICY",
+        kind="policy",
+        is_path=True,
+        metavar="PATH",
+        help="TOML file whose [policy] table says who may do what (README: Authorization); "
+        "default: the [policy] table of the --config file, if any; SIGHUP reads it again",
+    )
+    add(
+        "--allow-anyone",
+        env="MSGBUS_ALLOW_ANYONE",
+        default=False,
+        action="store_true",
+        help="serve a non-loopback listener without a policy: every caller that reaches it "
+        "may do everything",
     )
     add(
         "--volatile",
@@ -462,7 +515,9 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         )
     except MsgbusError as error:
         raise ConfigError(f"invalid local node id: {error}") from None
-    host, port = parse_listen(args.listen)
+    listeners = _listeners(args)
+    tcp = [listener for listener in listeners if isinstance(listener, TcpListener)]
+    host, port = (tcp[0].host, tcp[0].port) if tcp else ("", 0)
     if not 1 <= args.max_payload_bytes <= MAX_PAYLOAD_LIMIT:
         raise ConfigError(
             f"--max-payload-bytes must be between 1 and {MAX_PAYLOAD_LIMIT} (64 MiB, what the "
@@ -498,9 +553,10 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
             "volatile daemon anyway"
         )
     tls = load_server_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
-    if tls is None and not args.allow_insecure and not ipaddress.ip_address(host).is_loopback:
+    exposed = exposed_listeners(listeners)
+    if tls is None and not args.allow_insecure and exposed:
         raise ConfigError(
-            f"refusing plaintext gRPC on non-loopback address {args.listen}: "
+            f"refusing plaintext gRPC on non-loopback address {exposed[0].address}: "
             "configure --tls-cert/--tls-key, or pass --allow-insecure"
         )
     try:
@@ -515,6 +571,14 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         raise ConfigError(str(error)) from None
     retention = _retention_policy(args.retention)
     max_disk_bytes = _disk_budget(args.max_disk_bytes)
+    policy_source = _policy_source(args)
+    policy = policy_source.load() if policy_source is not None else None
+    if policy is None and exposed and not args.allow_anyone:
+        raise ConfigError(
+            f"refusing to serve {exposed[0].address} without an authorization policy: every "
+            "caller that reaches it could read, write and delete every log; give a [policy] "
+            "(--config or --policy, see the README's Authorization), or pass --allow-anyone"
+        )
     metrics_host, metrics_port = _metrics_listener(args, tls, (host, port))
     if not 0 <= args.metrics_max_logs <= MAX_METRICS_MAX_LOGS:
         raise ConfigError(
@@ -546,6 +610,10 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         discard=args.discard,
         retain_unsynced=args.retain_unsynced,
         recover=not args.no_recover,
+        listeners=listeners,
+        policy=policy,
+        policy_source=policy_source,
+        allow_anyone=args.allow_anyone,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         metrics_max_logs=args.metrics_max_logs,
@@ -571,6 +639,36 @@ def _metrics_listener(
             "give the metrics and status listener a port of its own"
         )
     return host, port
+
+
+def _listeners(args: argparse.Namespace) -> tuple[Listener, ...]:
+    """Every --listen value (repeatable, comma-separated).
+
+    Those another listener already serves are dropped (`listeners.without_covered`).
+    """
+    raw: list[str] = args.listen
+    values = [part.strip() for value in raw for part in value.split(",") if part.strip()]
+    if not values:
+        raise ConfigError("--listen must name at least one address")
+    mode = parse_socket_mode(args.socket_mode)
+    group = parse_socket_group(args.socket_group) if args.socket_group else None
+    listeners: list[Listener] = []
+    for value in values:
+        if value.startswith(UNIX_PREFIX):
+            listeners.append(parse_unix_listener(value, mode, group))
+        else:
+            listeners.append(TcpListener(*parse_listen(value)))
+    return without_covered(listeners)
+
+
+def _policy_source(args: argparse.Namespace) -> PolicySource | None:
+    """Where the policy comes from: --policy's file, else the --config file's [policy]."""
+    if isinstance(args.policy, str):
+        if not args.policy:
+            raise ConfigError("--policy must not be empty")
+        return PolicySource(args.policy)
+    config_path = args.config or _env("MSGBUS_CONFIG")
+    return PolicySource(config_path, optional=True) if config_path else None
 
 
 def _retention_policy(specs: list[str] | tuple[RetentionRule, ...]) -> RetentionPolicy:
@@ -691,7 +789,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(config.log_format, config.log_level)
     try:
         # Before opening the store: a taken port must not create or recover a database.
-        check_bindable(config.listen_host, config.listen_port)
+        for listener in config.served:
+            if isinstance(listener, UnixListener):
+                check_unix_listener(listener)
+            else:
+                check_bindable(listener.host, listener.port)
         if config.metrics_host is not None:
             try:
                 check_bindable(config.metrics_host, config.metrics_port)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
 from msgbus_core.model import NodeId
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.retention_rules import RetentionPolicy
 from msgbus_server.sync_fetch import DEFAULT_RESPONSE_IDLE_TIMEOUT_S
+
+if TYPE_CHECKING:  # both import ConfigError from here
+    from msgbus_server.listeners import Listener
+    from msgbus_server.policy import Policy, PolicySource
 
 DEFAULT_MAX_STREAMS_PER_CONNECTION = 4096
 """Concurrent streams per client connection unless `--max-streams-per-connection` says.
@@ -77,6 +82,16 @@ class DaemonConfig:
     recover: bool = True
     """A daemon whose store is new recovers its own logs from its peers before it accepts
     writes (`msgbus_server.recovery`); `--no-recover` turns that off."""
+    listeners: tuple[Listener, ...] = ()
+    """Every `--listen` address, TCP and Unix sockets; empty means listen_host:listen_port
+    alone. listen_host and listen_port are the first TCP listener's (("", 0) without one)."""
+    policy: Policy | None = None
+    """The authorization policy in force at startup; None allows every call."""
+    policy_source: PolicySource | None = None
+    """Where SIGHUP reads the policy again: the `--policy` file or the `--config` file."""
+    allow_anyone: bool = False
+    """`--allow-anyone`: serve a listener other than loopback and Unix sockets without a
+    policy, so every caller that reaches it may do everything."""
     metrics_host: str | None = None
     """Where `--metrics-listen` serves /metrics, /status and /status.json; None: nowhere."""
     metrics_port: int = 0
@@ -88,6 +103,13 @@ class DaemonConfig:
         """The listen address as gRPC expects it (`host:port`, IPv6 in brackets)."""
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"{host}:{self.listen_port}"
+
+    @property
+    def served(self) -> tuple[Listener, ...]:
+        """Every listener: `listeners`, or the one at listen_host:listen_port."""
+        from msgbus_server.listeners import TcpListener  # it imports this module
+
+        return self.listeners or (TcpListener(self.listen_host, self.listen_port),)
 
     @property
     def metrics_listen(self) -> str | None:

@@ -32,12 +32,14 @@ from typing import Literal
 from msgbus_server.config import ConfigError
 from msgbus_server.retention_rules import RetentionRule, rule_from_table
 
-ValueKind = Literal["string", "integer", "boolean", "strings", "size", "retention"]
+ValueKind = Literal["string", "integer", "boolean", "strings", "size", "retention", "policy"]
 """The TOML type a key takes; `strings` is a repeatable flag (an array, or one string), `size`
-an integer or a string, `retention` an array of strings or a table of rule tables."""
+an integer or a string, `retention` an array of strings or a table of rule tables, `policy` a
+path or the `[policy]` table itself (which `msgbus_server.policy` parses)."""
 
-FileValue = str | int | bool | list[str] | tuple[RetentionRule, ...]
-"""A checked value; retention tables arrive parsed, as rules in file order."""
+FileValue = str | int | bool | list[str] | tuple[RetentionRule, ...] | dict[str, object]
+"""A checked value; retention tables arrive parsed, as rules in file order; a policy table
+arrives as it is."""
 
 _EXPECTED: dict[ValueKind, str] = {
     "string": "a string",
@@ -46,6 +48,7 @@ _EXPECTED: dict[ValueKind, str] = {
     "strings": "an array of strings",
     "size": "an integer (bytes) or a size string such as '2GiB'",
     "retention": 'an array of "PATTERN:RULES" strings or a table per pattern',
+    "policy": "a table ([policy]) or the path of a policy file",
 }
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 
@@ -100,6 +103,8 @@ def _checked(path: str, key: str, value: object, kind: ValueKind) -> FileValue:
         return [value]
     if kind == "retention" and isinstance(value, dict):
         return _retention_tables(path, key, value)
+    if kind == "policy" and isinstance(value, str | dict):
+        return value
     if kind in ("strings", "retention") and isinstance(value, list):
         strings = [item for item in value if isinstance(item, str)]
         if len(strings) == len(value):

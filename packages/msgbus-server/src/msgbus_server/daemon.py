@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from msgbus_core.limits import receive_limit_bytes
 from msgbus_core.store import MsgbusStore
 from msgbus_proto import SERVICE_NAME
+from msgbus_server.authz import Authorizer
 from msgbus_server.config import ConfigError, DaemonConfig
 from msgbus_server.daemon_status import DaemonStatus, StatusSource
 from msgbus_server.decoding import add_msgbus_service
@@ -25,6 +26,7 @@ from msgbus_server.disk_budget import DiskBudget, format_bytes
 from msgbus_server.grpc_metrics import CallCounter
 from msgbus_server.head_changes import HeadChanges
 from msgbus_server.health import Health, Subsystem, storage_reason
+from msgbus_server.listeners import UnixSockets, add_tcp_ports, exposed_listeners
 from msgbus_server.metrics import DaemonMetrics
 from msgbus_server.notify import LogNotifier
 from msgbus_server.pipeline import CommitPipeline
@@ -35,7 +37,7 @@ from msgbus_server.service import SHUTTING_DOWN, MsgbusService
 from msgbus_server.shared_store import CommitFeed, WorkClaims
 from msgbus_server.status_page import StatusPage
 from msgbus_server.sync import PeerSync, SyncSettings, forget_unconfigured_peers
-from msgbus_server.tls import server_credentials, server_ssl_context
+from msgbus_server.tls import server_ssl_context
 
 logger = logging.getLogger("msgbus_server.daemon")
 
@@ -138,6 +140,17 @@ class Daemon:
             self.status = self._status_source()
         self._status_page: StatusPage | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.unix = UnixSockets(config.served)
+        """The Unix socket listeners, and who is at the other end of each connection."""
+        self.authz = Authorizer(
+            node=config.node,
+            policy=config.policy,
+            source=config.policy_source,
+            unix=self.unix.lookup,
+            needs_policy=bool(exposed_listeners(config.served)) and not config.allow_anyone,
+            relayed=bool(self.unix.listeners),
+        )
+        """Who may do what: checks every call, and reloads the policy on SIGHUP."""
         self.grpc_health: Any = _health_aio.HealthServicer()
         self.health.on_change(self._on_health_change)
         self._mirroring: set[asyncio.Task[None]] = set()
@@ -161,7 +174,7 @@ class Daemon:
             self.notifier.changes = HeadChanges((head.topic, head.origin) for head in logs)
             if self.commit_feed is not None:
                 await self.commit_feed.start()
-            port = await self._start_server()
+            addresses = await self._start_server()
             self._start_status_page()
             if self.recovery is not None:
                 # In the background: an unreachable peer must not hold up signals or shutdown.
@@ -171,12 +184,9 @@ class Daemon:
             await self._start_retention()
             self._install_signal_handlers()
             self._monitor = asyncio.create_task(self._health_monitor(), name="health-monitor")
-            host = self.config.listen_host
-            shown = f"[{host}]" if ":" in host else host
             logger.info(
-                "listening on %s:%d (node %s, storage %s, tls %s, startup %.0f ms)",
-                shown,
-                port,
+                "listening on %s (node %s, storage %s, tls %s, startup %.0f ms)",
+                " and ".join(addresses),
                 self.config.node.key,
                 self.config.storage,
                 "mtls"
@@ -192,7 +202,7 @@ class Daemon:
         logger.info("msgbusd stopped")
         return 0
 
-    async def _start_server(self) -> int:
+    async def _start_server(self) -> list[str]:
         config = self.config
         server = grpc.aio.server(
             interceptors=(CallCounter(self.metrics),) if self.metrics is not None else None,
@@ -221,7 +231,7 @@ class Daemon:
             ],
         )
         self.server = server
-        add_msgbus_service(self.service, server)
+        add_msgbus_service(self.service, server, guard=self.authz.guard)
         health_pb2_grpc.add_HealthServicer_to_server(self.grpc_health, server)
         reflection.enable_server_reflection(
             (
@@ -231,18 +241,13 @@ class Daemon:
             ),
             server,
         )
-        try:
-            if config.tls is not None:
-                port = server.add_secure_port(config.listen, server_credentials(config.tls))
-            else:
-                port = server.add_insecure_port(config.listen)
-        except RuntimeError:
-            raise ConfigError(
-                f"cannot listen on {config.listen}: address in use or not available"
-            ) from None
+        addresses = add_tcp_ports(server, config.served, config.tls)
+        self.unix.add_internal_port(server)
         await server.start()
+        addresses += await self.unix.start()
+        logger.info("authorization: %s", self.authz.describe())
         await self._mirror_health()
-        return port
+        return addresses
 
     def _status_source(self) -> StatusSource:
         from msgbus_server.cli import shown_location  # the one rule for hiding a password
@@ -409,6 +414,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.authz.reload_soon)
 
     def _on_health_change(self, serving: bool) -> None:
         # Health is reported from plain functions on the loop; grpc.health.v1 is set by a task.
@@ -465,6 +471,7 @@ class Daemon:
         self.notifier.close()
         await self._stop_status_page()
         await self._stop_opening()  # before sync: a recovery that finishes now would start it
+        await self.unix.stop()  # new local callers get "no such socket", as for a stopped daemon
         tasks = []
         if self.server is not None:
             tasks.append(self.server.stop(self.config.grace_s))
@@ -501,6 +508,8 @@ class Daemon:
         await self._stop_opening()
         if self.server is not None and not self._shutting_down:
             await self.server.stop(None)
+        await self.unix.stop()
+        self.unix.close_all()
         if self.sync is not None and not self._shutting_down:
             await self._stop_sync()
         if self.retention is not None and not self._shutting_down:

@@ -4,16 +4,25 @@ grpcio decodes a request before the handler runs; when protobuf refuses the byte
 format, a string field that is not UTF-8) it answers UNKNOWN and logs a traceback as if the daemon
 had a bug. So the msgbus service is registered with handlers that take the raw bytes and decode
 them themselves, answering INVALID_ARGUMENT with the message type and protobuf's reason.
+
+The same handlers pass each decoded request to the authorization guard (`Guard`) before the
+service sees it, so a refused call never reaches a handler and a refused stream sends nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
 
 from msgbus_proto import SERVICE_NAME, rpc
+
+Guard = Callable[
+    [str, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Callable[[Any], Any] | None]
+]
+"""Checks a decoded request before its handler runs (`authz.Authorizer.admit`): it aborts a
+refused call, and may return a function that rewrites the response of a unary call."""
 
 
 class _Collector:
@@ -42,13 +51,18 @@ async def _decode(
         )
 
 
-def _decoding(handler: Any) -> Any:
+def _decoding(handler: Any, method: str, guard: Guard | None) -> Any:
     decode = handler.request_deserializer
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 
         async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await unary(await _decode(decode, raw, context), context)
+            request = await _decode(decode, raw, context)
+            if guard is None:
+                return await unary(request, context)
+            rewrite = await guard(method, request, context)
+            response = await unary(request, context)
+            return response if rewrite is None else rewrite(response)
 
         return handler._replace(request_deserializer=None, unary_unary=unary_unary)
     if handler.unary_stream is not None:
@@ -57,18 +71,28 @@ def _decoding(handler: Any) -> Any:
         async def unary_stream(
             raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            async for response in stream(await _decode(decode, raw, context), context):
+            request = await _decode(decode, raw, context)
+            if guard is not None:
+                await guard(method, request, context)  # before anything is sent
+            async for response in stream(request, context):
                 yield response
 
         return handler._replace(request_deserializer=None, unary_stream=unary_stream)
     return handler  # msgbus.v1 has no client-streaming RPCs
 
 
-def add_msgbus_service(servicer: rpc.MsgbusServiceServicer, server: grpc.aio.Server) -> None:
-    """Register `servicer` on `server` like the generated function, decoding requests itself."""
+def add_msgbus_service(
+    servicer: rpc.MsgbusServiceServicer, server: grpc.aio.Server, guard: Guard | None = None
+) -> None:
+    """Register `servicer` on `server` like the generated function, decoding requests itself.
+
+    With a `guard`, every decoded request passes it before its handler runs.
+    """
     collector = _Collector()
     rpc.add_MsgbusServiceServicer_to_server(servicer, cast(Any, collector))
-    handlers = {name: _decoding(handler) for name, handler in collector.handlers.items()}
+    handlers = {
+        name: _decoding(handler, name, guard) for name, handler in collector.handlers.items()
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     # Registered methods skip the generic lookup per call (grpcio >= 1.62; not in grpc-stubs).
     cast(Any, server).add_registered_method_handlers(SERVICE_NAME, handlers)
