@@ -37,6 +37,7 @@ envelope, fits in this; a packed page stays well below it.
 """
 
 _DEFAULT_PORT: Final = 50051
+_UNIX: Final = "unix:"
 _SCHEME_PORTS: Final = {"http": 80, "https": 443}
 
 # host:port where host is a name, an IPv4 address or a bracketed IPv6 address.
@@ -50,24 +51,31 @@ class Target:
     host: str
     port: int
     tls: bool
+    unix_path: str | None = None
+    """The socket path of a ``unix:`` target (its host is then empty and its port 0)."""
 
     @property
     def address(self) -> str:
-        """``host:port``, the form grpc dials."""
+        """``host:port`` (or ``unix:PATH``), the form grpc dials."""
+        if self.unix_path is not None:
+            return f"{_UNIX}{self.unix_path}"
         return f"{self.host}:{self.port}"
 
 
 def parse_target(target: str) -> Target:
-    """Parse ``host:port``, ``http://host:port`` or ``https://host:port``.
+    """Parse ``host:port``, ``http://host:port``, ``https://host:port`` or ``unix:PATH``.
 
     These are the forms the original Go (``host:port``) and Rust (``http://...``) SDKs accept.
     A bare host gets port 50051; a URL without a port gets its scheme's default port.
     ``https`` asks for TLS; the other forms are plaintext unless TLS options are given.
+    ``unix:PATH`` or ``unix:///absolute/path`` is msgbusd's Unix socket (``--listen unix:...``).
 
     Raises:
         ConfigurationError: the target is malformed.
     """
     text = target.strip()
+    if text.startswith(_UNIX):
+        return _unix_target(target, text[len(_UNIX) :])
     tls = False
     default_port = _DEFAULT_PORT
     if "://" in text:
@@ -89,6 +97,20 @@ def parse_target(target: str) -> Target:
     if not 0 < port < 65536:
         raise ConfigurationError(f"invalid endpoint {target!r}: port must be 1-65535")
     return Target(host=match["host"], port=port, tls=tls)
+
+
+def _unix_target(target: str, path: str) -> Target:
+    """The target of a Unix socket: ``unix:PATH``, or ``unix://`` and an absolute path."""
+    if path.startswith("//"):
+        path = path[2:]
+        if not path.startswith("/"):
+            raise ConfigurationError(
+                f"invalid endpoint {target!r}: unix:// takes an absolute path "
+                "(unix:///run/msgbus/msgbusd.sock)"
+            )
+    if not path:
+        raise ConfigurationError(f"invalid endpoint {target!r}: no socket path after unix:")
+    return Target(host="", port=0, tls=False, unix_path=path)
 
 
 class Endpoint(NamedTuple):
