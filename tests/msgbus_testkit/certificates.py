@@ -123,9 +123,15 @@ class CertificateAuthority:
             common_name, ExtendedKeyUsageOID.SERVER_AUTH, [_san(host) for host in hosts]
         )
 
-    def issue_client(self, common_name: str = "app") -> IssuedCertificate:
-        """A client certificate, for mTLS."""
-        return self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    def issue_client(
+        self, common_name: str = "app", *, uris: Sequence[str] = ()
+    ) -> IssuedCertificate:
+        """A client certificate, for mTLS.
+
+        `uris` become URI SANs: `msgbus://tenant/bl/device` names the caller's identity.
+        """
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in uris]
+        return self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, sans)
 
     def write_tls_files(
         self, directory: Path, *, server_hosts: Sequence[str] = DEFAULT_SERVER_HOSTS
