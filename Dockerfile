@@ -5,6 +5,11 @@
 #   docker build -t msgbus .
 #   docker run -d --name msgbus -p 127.0.0.1:50051:50051 -v msgbus-data:/var/lib/msgbus msgbus
 #   docker exec msgbus msgbus health
+#
+# The daemon also serves a Unix socket, /run/msgbus/msgbusd.sock (mode 0660, group msgbus, gid
+# 10001). Share it with other containers through a volume, and give their processes the group:
+#   docker run ... -v msgbus-run:/run/msgbus msgbus
+#   docker run --group-add 10001 -v msgbus-run:/run/msgbus app-image   # unix:///run/msgbus/msgbusd.sock
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -43,7 +48,8 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 msgbus \
  && useradd --system --uid 10001 --gid msgbus --home-dir /var/lib/msgbus --create-home \
         --shell /usr/sbin/nologin msgbus \
- && chmod 0700 /var/lib/msgbus
+ && chmod 0700 /var/lib/msgbus \
+ && install -d -o msgbus -g msgbus -m 0755 /run/msgbus
 COPY --from=build /opt/msgbus /opt/msgbus
 ENV PATH=/opt/msgbus/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -61,13 +67,17 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
     CMD ["/bin/sh", "-c", "msgbus --endpoint 127.0.0.1:50051 --timeout 5 health || exit 1"]
 
 ENTRYPOINT ["/opt/msgbus/bin/msgbusd"]
-# !!! PLAINTEXT gRPC ON ALL INTERFACES !!!
-# msgbusd refuses plaintext on a non-loopback address unless --allow-insecure is given. A
+# !!! PLAINTEXT gRPC ON ALL INTERFACES, AND NO AUTHORIZATION !!!
+# msgbusd refuses plaintext on a non-loopback address unless --allow-insecure is given, and a
+# non-loopback address without an authorization policy unless --allow-anyone is given. A
 # container must listen on 0.0.0.0 to be reachable through a published port, so the default
-# command passes --allow-insecure: publish the port on loopback only (-p 127.0.0.1:50051:50051)
-# or on a private network. For anything else, mount certificates and replace the command:
-#   docker run ... -v ./tls:/tls:ro msgbus --listen 0.0.0.0:50051 \
+# command passes both: publish the port on loopback only (-p 127.0.0.1:50051:50051) or on a
+# private network. For anything else, mount certificates and a policy (README: Authorization)
+# and replace the command:
+#   docker run ... -v ./tls:/tls:ro -v ./msgbusd.toml:/etc/msgbus/msgbusd.toml:ro msgbus \
+#       --listen 0.0.0.0:50051 --listen unix:///run/msgbus/msgbusd.sock \
 #       --data /var/lib/msgbus/msgbus.sqlite --storage sqlite \
-#       --tls-cert /tls/server.pem --tls-key /tls/server.key
-CMD ["--listen", "0.0.0.0:50051", "--data", "/var/lib/msgbus/msgbus.sqlite", \
-     "--storage", "sqlite", "--allow-insecure"]
+#       --tls-cert /tls/server.pem --tls-key /tls/server.key --config /etc/msgbus/msgbusd.toml
+CMD ["--listen", "0.0.0.0:50051", "--listen", "unix:///run/msgbus/msgbusd.sock", \
+     "--data", "/var/lib/msgbus/msgbus.sqlite", "--storage", "sqlite", \
+     "--allow-insecure", "--allow-anyone"]

@@ -15,8 +15,11 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 IMAGE_ENV = "/opt/msgbus"
 DATA_DIR = "/var/lib/msgbus"
+RUN_DIR = "/run/msgbus"
+SOCKET = f"unix://{RUN_DIR}/msgbusd.sock"
 
 
 @dataclass(frozen=True)
@@ -233,19 +238,37 @@ def test_build_stage_uv_commands_install_the_locked_environment(tmp_path: Path) 
 # -- the entrypoint, from a wheel install --------------------------------------------------------
 
 
-def _entrypoint_argv(venv: Venv, data_dir: Path) -> list[str]:
-    """ENTRYPOINT + CMD, with the image's paths mapped into the test venv and tmp dir, and the
+def _entrypoint_argv(venv: Venv, data_dir: Path, run_dir: Path | None = None) -> list[str]:
+    """ENTRYPOINT + CMD, with the image's paths mapped into the test venv and tmp dirs, and the
     fixed port 50051 swapped for 0 (the daemon logs the port it bound)."""
     entrypoint = [ins.args for ins in instructions() if ins.keyword == "ENTRYPOINT"][-1]
     cmd = [ins.args for ins in instructions() if ins.keyword == "CMD"][-1]
     argv = exec_form(entrypoint) + exec_form(cmd)
     assert argv[0] == f"{IMAGE_ENV}/bin/msgbusd"
     assert "0.0.0.0:50051" in argv, "the container must listen on all interfaces on 50051"
+    assert SOCKET in argv, f"the container must serve its Unix socket {SOCKET}"
     mapped = []
     for arg in argv:
         arg = arg.replace(IMAGE_ENV, str(venv.path)).replace(DATA_DIR, str(data_dir))
+        arg = arg.replace(RUN_DIR, str(run_dir or data_dir))
         mapped.append("0.0.0.0:0" if arg == "0.0.0.0:50051" else arg)
     return mapped
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """/run/msgbus of the image: short, for the socket path (at most 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="mb-run-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_runtime_stage_makes_the_socket_directory() -> None:
+    runtime = max(ins.stage for ins in instructions())
+    runs = " ".join(
+        ins.args for ins in instructions() if ins.keyword == "RUN" and ins.stage == runtime
+    )
+    assert f"install -d -o msgbus -g msgbus -m 0755 {RUN_DIR}" in runs
 
 
 def _healthcheck(venv: Venv, port: int, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -262,19 +285,39 @@ def _healthcheck(venv: Venv, port: int, cwd: Path) -> subprocess.CompletedProces
     )
 
 
-def test_entrypoint_serves_and_the_healthcheck_passes(image_venv: Venv, workdir: Path) -> None:
+def test_entrypoint_serves_and_the_healthcheck_passes(
+    image_venv: Venv, workdir: Path, run_dir: Path
+) -> None:
     data_dir = workdir / "var-lib-msgbus"
     data_dir.mkdir()
-    daemon = Msgbusd(argv=_entrypoint_argv(image_venv, data_dir), cwd=workdir).start()
+    argv = _entrypoint_argv(image_venv, data_dir, run_dir)
+    daemon = Msgbusd(argv=argv, cwd=workdir).start()
     try:
         assert "listening on 0.0.0.0:" in daemon.stderr_text()
+        assert f"and unix:{run_dir}/msgbusd.sock" in daemon.stderr_text()
         healthy = _healthcheck(image_venv, daemon.port, workdir)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         assert "SERVING" in healthy.stdout
+        # What another container sharing /run/msgbus reaches.
+        over_socket = subprocess.run(
+            [
+                str(image_venv.bin("msgbus")),
+                "--endpoint",
+                f"unix://{run_dir}/msgbusd.sock",
+                "health",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert over_socket.returncode == 0, over_socket.stderr
+        assert stat.S_IMODE((run_dir / "msgbusd.sock").stat().st_mode) == 0o660
         assert (data_dir / "msgbus.sqlite").exists()
     finally:
         code = daemon.terminate()
     assert code == 0, daemon.stderr_text()
+    assert not (run_dir / "msgbusd.sock").exists()
     unhealthy = _healthcheck(image_venv, daemon.port, workdir)
     assert unhealthy.returncode == 1, "Docker reads exit status 1 as unhealthy"
 
@@ -296,6 +339,24 @@ def test_without_allow_insecure_the_entrypoint_refuses_plaintext(
     )
     assert result.returncode == 2
     assert "refusing plaintext gRPC on non-loopback address" in result.stderr
+
+
+def test_without_allow_anyone_the_entrypoint_refuses_to_serve_without_a_policy(
+    image_venv: Venv, workdir: Path, run_dir: Path
+) -> None:
+    """Why the default CMD carries --allow-anyone: 0.0.0.0 without a policy is refused."""
+    argv = _entrypoint_argv(image_venv, workdir, run_dir)
+    result = subprocess.run(
+        [arg for arg in argv if arg != "--allow-anyone"],
+        cwd=workdir,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MSGBUS_")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "without an authorization policy" in result.stderr
 
 
 @pytest.mark.parametrize("name", ["msgbusd", "msgbus"])

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from msgbus_server.cli import parse_config
+from msgbus_server.listeners import TcpListener, UnixListener
 from msgbus_testkit.distributions import ROOT
 
 UNIT = ROOT / "packaging" / "systemd" / "msgbusd.service"
@@ -69,12 +70,17 @@ def test_unit_keeps_the_original_hardening_and_adds_the_rest() -> None:
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
         "ExecStart": "/opt/msgbus/bin/msgbusd",
         "Restart": "on-failure",
+        # the Unix socket's directory
+        "RuntimeDirectory": "msgbus",
+        "RuntimeDirectoryMode": "0755",
     }
     for key, value in expected.items():
         assert unit.get(key) == [value], key
     assert "@system-service" in unit["SystemCallFilter"]
     assert re.fullmatch(r"\d+s", unit["TimeoutStopSec"][0])
     assert unit["ReadWritePaths"] == ["-/var/lib/msgbus"]
+    # A user namespace would show the Unix socket's callers as nobody: uid rules could not work.
+    assert "PrivateUsers" not in unit
 
 
 def test_unit_environment_is_what_msgbusd_reads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,6 +92,10 @@ def test_unit_environment_is_what_msgbusd_reads(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setenv(key, value)
     config = parse_config([])
     assert (config.listen_host, config.listen_port) == ("127.0.0.1", 50051)
+    runtime = directives()["RuntimeDirectory"][0]
+    socket = UnixListener(f"/run/{runtime}/msgbusd.sock", mode=0o666)
+    assert config.listeners == (TcpListener("127.0.0.1", 50051), socket)
+    assert config.policy is None, "the unit's defaults are loopback and the socket: no policy"
     assert config.data == "/var/lib/msgbus/msgbus.sqlite"
     assert config.storage == "sqlite"
     assert config.node.key == "tenant/default/device"
@@ -93,6 +103,7 @@ def test_unit_environment_is_what_msgbusd_reads(monkeypatch: pytest.MonkeyPatch)
     assert env["MSGBUS_DATA"].startswith("/var/lib/" + directives()["StateDirectory"][0] + "/")
     known = {
         "MSGBUS_LISTEN",
+        "MSGBUS_SOCKET_MODE",
         "MSGBUS_DATA",
         "MSGBUS_STORAGE",
         "MSGBUS_TENANT_ID",
