@@ -318,7 +318,12 @@ def _node(key: str) -> pb.NodeId:
     return pb.NodeId(tenant_id=tenant, bl_name=bl, device_id=device)
 
 
-def _make(stub: rpc.MsgbusServiceStub, call: Call, meta: tuple[tuple[str, str], ...]) -> Any:
+def _make(
+    stub: rpc.MsgbusServiceStub,
+    call: Call,
+    meta: tuple[tuple[str, str], ...],
+    stream_timeout: float = 0.5,
+) -> Any:
     timeout = 10.0
     origin = _node(call.origin) if call.origin else None
     if call.rpc == "Publish":
@@ -336,7 +341,7 @@ def _make(stub: rpc.MsgbusServiceStub, call: Call, meta: tuple[tuple[str, str], 
     if call.rpc == "Subscribe":
         # From a head beyond the log: an allowed stream waits, a refused one ends at once.
         subscribe = pb.SubscribeRequest(topic=call.topic, origin=origin, from_head_id=1_000_000)
-        return list(stub.Subscribe(subscribe, timeout=0.5, metadata=meta))
+        return list(stub.Subscribe(subscribe, timeout=stream_timeout, metadata=meta))
     if call.rpc == "EnqueueFifo":
         enqueue = pb.EnqueueFifoRequest(
             queue=call.queue, topic="jobs", target=_node(NODE), payload=b"job"
@@ -354,10 +359,13 @@ def _make(stub: rpc.MsgbusServiceStub, call: Call, meta: tuple[tuple[str, str], 
 
 
 def _outcome(
-    stub: rpc.MsgbusServiceStub, call: Call, meta: tuple[tuple[str, str], ...]
+    stub: rpc.MsgbusServiceStub,
+    call: Call,
+    meta: tuple[tuple[str, str], ...],
+    stream_timeout: float = 0.5,
 ) -> tuple[grpc.StatusCode, Any]:
     try:
-        return grpc.StatusCode.OK, _make(stub, call, meta)
+        return grpc.StatusCode.OK, _make(stub, call, meta, stream_timeout)
     except grpc.RpcError as error:
         return error.code(), error.details()
 
@@ -392,6 +400,10 @@ def test_random_policies_never_allow_what_the_evaluator_denies(
         stub = rpc.MsgbusServiceStub(fuzzed.channels[who.name])
         verdict = expected(policy, who, call)
         code, answer = _outcome(stub, call, fuzzed.metadata[who.name])
+        if verdict is False and code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # A busy machine may take longer than the short deadline to refuse a stream:
+            # a refusal still comes, a stream that was let through waits out this one too.
+            code, answer = _outcome(stub, call, fuzzed.metadata[who.name], stream_timeout=10)
         context = (who, call, policy.toml(), code)
         assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), context
         if verdict is False:
