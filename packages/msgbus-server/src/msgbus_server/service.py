@@ -631,6 +631,8 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         seq = changes.cursor_after(request.changed_since)
         limit = min(request.page_size or HEADS_PAGE_DEFAULT, HEADS_PAGE_MAX)
         changed = changes.since(seq, limit + 1)
+        # Taken with `changed`: a change noted while the heads are read is not in this page.
+        latest = changes.seq
         page = changed[:limit]
         heads = await self._read(
             lambda: [self._store.log_head(topic, origin) for _, (topic, origin) in page]
@@ -638,7 +640,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         response = pb.ListHeadsResponse()
         _fill_heads(response, heads)
         # The cursor covers what this page answered; more pages follow when it was cut.
-        covered = page[len(response.heads) - 1][0] if response.heads else changes.seq
+        covered = page[len(response.heads) - 1][0] if response.heads else latest
         if len(response.heads) < len(changed):
             response.next_page_token = changes.cursor(covered)
         response.cursor = changes.cursor(covered)
