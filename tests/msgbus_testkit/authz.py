@@ -76,6 +76,14 @@ class Pki:
             str(self.directory / "ca.pem"),
         ]
 
+    def peer_args(self, identity: str) -> list[str]:
+        """msgbusd flags that pull from peers over mTLS as `identity` (files in the directory)."""
+        stem = identity.replace("/", "-")
+        issued = self.ca.issue_client(stem, uris=[f"msgbus://{identity}"])
+        cert, key = issued.write(self.directory, f"peer-{stem}")
+        ca = str(self.directory / "ca.pem")
+        return ["--peer-tls-ca", ca, "--peer-tls-cert", str(cert), "--peer-tls-key", str(key)]
+
     def client(self, identity: str) -> grpc.ChannelCredentials:
         """Credentials with a certificate whose SAN URI is `msgbus://identity`."""
         issued = self.ca.issue_client(identity.replace("/", "-"), uris=[f"msgbus://{identity}"])
