@@ -9,8 +9,8 @@ grpc's blocking API lives here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeAlias, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 import grpc.aio
@@ -31,15 +31,80 @@ if TYPE_CHECKING:
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
+class _Metadata:
+    """Adds the client's own metadata (its bearer token) to a call's."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._metadata = tuple(metadata)
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        merged = grpc.aio.Metadata(*(details.metadata or ()), *self._metadata)
+        return cast("grpc.aio.ClientCallDetails", details._replace(metadata=merged))  # type: ignore[attr-defined]
+
+
+# grpc.aio files an interceptor under one kind of call only, so each kind has its own class.
+# (The interceptor classes are generic in grpc-stubs only, hence the ignores.)
+class _UnaryUnary(_Metadata, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+
+class _UnaryStream(_Metadata, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+
+class _StreamUnary(_Metadata, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class _StreamStream(_Metadata, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
 def open_channel(
     address: str,
     credentials: grpc.ChannelCredentials | None,
     options: Sequence[tuple[str, str | int]],
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Channel:
-    """A channel to ``address``: TLS when ``credentials`` are given, else plaintext."""
+    """A channel to ``address``: TLS when ``credentials`` are given, else plaintext.
+
+    Every call on the channel, of every kind, carries ``metadata`` (the bearer token): an
+    interceptor adds it, so no call the client makes can go without it.
+    """
+    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    # grpc-stubs leave the interceptors' type open ("must cast or ignore").
+    interceptors = (
+        cast("Sequence[grpc.aio.ClientInterceptor]", [kind(metadata) for kind in kinds])
+        if metadata
+        else None
+    )
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(address, credentials, options=options)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
 
 
 async def close_channel(channel: Channel) -> None:

@@ -1,4 +1,4 @@
-"""Connection settings shared by both clients: the target, channel options, reconnect policy."""
+"""Connection settings shared by both clients: the target, token, channel options, reconnect."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ __all__ = [
     "DEFAULT_MAX_RECEIVE_BYTES",
     "DEFAULT_TIMEOUT",
     "Endpoint",
+    "TOKEN_ENV",
     "ReconnectPolicy",
     "Target",
     "parse_endpoints",
     "parse_target",
+    "token_metadata",
 ]
 
 DEFAULT_ENDPOINT: Final = "127.0.0.1:50051"
@@ -35,6 +37,17 @@ DEFAULT_MAX_RECEIVE_BYTES: Final = 64 * 1024 * 1024
 msgbusd caps ``--max-payload-bytes`` so that any message it accepts, with its headers and
 envelope, fits in this; a packed page stays well below it.
 """
+
+TOKEN_ENV: Final = "MSGBUS_TOKEN"
+"""The environment variable the ``msgbus`` CLI reads a bearer token from (like ``--token``)."""
+
+_AUTHORIZATION: Final = "authorization"
+"""The metadata key msgbusd reads a bearer token from (gRPC metadata keys are lowercase)."""
+# msgbusd's rule for a token name (msgbus_server.tokens.NAME_PATTERN; tests/test_token.py
+# checks the two agree). The secret is what gRPC metadata can carry: visible ASCII, no spaces.
+_TOKEN_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOKEN_SECRET: Final = re.compile(r"[\x21-\x7e]{1,1024}")
+_TOKEN_FORM: Final = "NAME.SECRET, as 'python -m msgbus_server.tokens add FILE NAME' prints it"
 
 _DEFAULT_PORT: Final = 50051
 _UNIX: Final = "unix:"
@@ -145,6 +158,39 @@ def parse_endpoints(target: str | Sequence[str]) -> tuple[Endpoint, ...]:
                 raise
             raise ConfigurationError(error.message + where) from None
     return tuple(endpoints)
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries a bearer token: ``authorization: Bearer NAME.SECRET``.
+
+    ``None`` carries nothing. The error never repeats the token, which is a secret.
+
+    Raises:
+        ConfigurationError: ``token`` is not ``NAME.SECRET`` with a name of 1-64 of
+            ``A-Z a-z 0-9 _ -`` and a secret of 1-1024 visible ASCII characters.
+    """
+    if token is None:
+        return ()
+    if not isinstance(token, str):
+        raise ConfigurationError(
+            f"token must be a str, {_TOKEN_FORM}; got a {type(token).__name__}", field="token"
+        )
+    name, dot, secret = token.partition(".")
+    if not dot:
+        raise ConfigurationError(f"token must be {_TOKEN_FORM}: it has no '.'", field="token")
+    if not _TOKEN_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"token must be {_TOKEN_FORM}: its name (before the first '.') must be 1-64 of "
+            f"A-Z a-z 0-9 _ - (it has {len(name)} characters)",
+            field="token",
+        )
+    if not _TOKEN_SECRET.fullmatch(secret):
+        raise ConfigurationError(
+            f"token must be {_TOKEN_FORM}: its secret (after the first '.') must be 1-1024 "
+            f"visible ASCII characters without spaces (it has {len(secret)} characters)",
+            field="token",
+        )
+    return ((_AUTHORIZATION, f"Bearer {token}"),)
 
 
 @dataclass(frozen=True, slots=True)

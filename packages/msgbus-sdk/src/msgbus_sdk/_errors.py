@@ -10,7 +10,8 @@ the clients, so an application handles ``msgbus_sdk.NotFoundError`` and friends 
     │   ├── AbortedError            ABORTED
     │   └── CancelledError          CANCELLED: usually the daemon went away mid-call
     ├── InvalidArgumentError        INVALID_ARGUMENT: fix the request (``.field`` says what)
-    ├── PermissionDeniedError       PERMISSION_DENIED: foreign origin or reserved topic
+    ├── PermissionDeniedError       PERMISSION_DENIED: the policy refuses it, or a foreign
+    │                               origin or reserved topic
     ├── NotFoundError               NOT_FOUND
     ├── AlreadyExistsError          ALREADY_EXISTS
     ├── ConflictError               FAILED_PRECONDITION
@@ -18,7 +19,7 @@ the clients, so an application handles ``msgbus_sdk.NotFoundError`` and friends 
     │                               again without one (``list_heads_changed(None)``)
     ├── ResourceExhaustedError      RESOURCE_EXHAUSTED: the daemon's disk is full, or a message
     │                               is over gRPC's size limit; waiting briefly does not help
-    ├── UnauthenticatedError        UNAUTHENTICATED
+    ├── UnauthenticatedError        UNAUTHENTICATED: a token the daemon does not accept
     ├── UnimplementedError          UNIMPLEMENTED: an older or foreign daemon
     ├── InternalError               INTERNAL, DATA_LOSS: a bug in the daemon
     ├── UnknownError                anything else, or a transport failure without a status
@@ -146,7 +147,12 @@ class InvalidArgumentError(MsgbusError):
 
 
 class PermissionDeniedError(MsgbusError):
-    """A write to a non-local origin or to a reserved ``$msgbus.`` topic (PERMISSION_DENIED)."""
+    """The call is not allowed (PERMISSION_DENIED).
+
+    The daemon's policy refuses the caller this action on this topic or queue (the message
+    names the action, the topic and the rule), or the call writes to a non-local origin or to
+    a reserved ``$msgbus.`` topic. Not retryable.
+    """
 
 
 class NotFoundError(MsgbusError):
@@ -203,7 +209,12 @@ class CancelledError(TransientError):
 
 
 class UnauthenticatedError(MsgbusError):
-    """The daemon requires credentials that were not presented (UNAUTHENTICATED)."""
+    """The daemon does not accept the caller's credentials (UNAUTHENTICATED).
+
+    Usually the client's ``token`` is unknown to the daemon's token file, wrong, or sent to a
+    daemon whose policy names no token file. Not retryable, and a client of several endpoints
+    does not fail over on it: every endpoint gets the same token.
+    """
 
 
 class UnimplementedError(MsgbusError):

@@ -22,6 +22,7 @@ from ._config import (
     channel_options,
     parse_endpoints,
     resolve_reconnect,
+    token_metadata,
 )
 from ._convert import HeadsChanged, NodeLike, Payload
 from ._errors import (
@@ -147,6 +148,7 @@ class MsgbusClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         reconnect_cap: float = ReconnectPolicy().max_delay,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        token: str | None = None,
     ) -> MsgbusClient:
         """Connect to a daemon and check that it answers (one Health call).
 
@@ -180,14 +182,22 @@ class MsgbusClient:
             max_receive_bytes: the largest response the client accepts (default 64 MiB, which
                 holds any message msgbusd accepts); lower it to bound what one response may
                 cost the application.
+            token: a bearer token, ``NAME.SECRET`` as ``python -m msgbus_server.tokens add``
+                prints it, for a daemon whose policy names a token file. Every call the client
+                makes carries it, on every endpoint, subscriptions' reopened streams included.
+                A daemon without a policy ignores it; one that does not accept it answers
+                UNAUTHENTICATED (:class:`UnauthenticatedError`, not retried, no failover) to
+                every call but ``health`` and ``ready``. The client never logs it.
 
         Raises:
             UnavailableError: the daemon cannot be reached; with several endpoints, none of
                 them answers (the message says why for each).
             ConfigurationError: the target or the TLS files are unusable; the message names
-                a malformed endpoint. An empty list of endpoints is one too.
+                a malformed endpoint. An empty list of endpoints is one too, and so is a
+                ``token`` that is not ``NAME.SECRET`` (the message does not repeat it).
         """
         endpoints = parse_endpoints(target)
+        metadata = token_metadata(token)
         origin = (
             convert.parse_node_id(default_origin)
             if isinstance(default_origin, str)
@@ -199,7 +209,7 @@ class MsgbusClient:
         options = channel_options(tls, reconnect_cap, max_receive_bytes)
 
         def open_channel(address: str) -> transport.Channel:
-            return transport.open_channel(address, credentials, options)
+            return transport.open_channel(address, credentials, options, metadata)
 
         client = cls(
             open_channel(endpoints[0].target.address),

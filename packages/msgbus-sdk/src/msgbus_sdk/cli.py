@@ -25,7 +25,7 @@ from typing import BinaryIO, TextIO
 
 from . import _render as render
 from ._async_client import AsyncMsgbusClient
-from ._config import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT
+from ._config import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, TOKEN_ENV
 from ._convert import node_key, parse_node_id
 from ._errors import (
     ConfigurationError,
@@ -91,10 +91,20 @@ def _endpoint(args: argparse.Namespace) -> str:
     return str(args.endpoint or os.environ.get("MSGBUS_ENDPOINT") or DEFAULT_ENDPOINT)
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    # A token never holds whitespace: strip what `MSGBUS_TOKEN=$(cat file)` and the like leave.
+    token = (args.token or os.environ.get(TOKEN_ENV) or "").strip()
+    return token or None
+
+
 @contextlib.contextmanager
 def _client(args: argparse.Namespace, origin: NodeId | None = None) -> Iterator[MsgbusClient]:
     client = MsgbusClient.connect(
-        _endpoint(args), default_origin=origin, tls=_tls(args), timeout=args.timeout
+        _endpoint(args),
+        default_origin=origin,
+        tls=_tls(args),
+        timeout=args.timeout,
+        token=_token(args),
     )
     with client:
         yield client
@@ -397,6 +407,7 @@ async def _bench(args: argparse.Namespace, io: _Io) -> list[dict[str, object]]:
         _endpoint(args),
         tls=_tls(args),
         timeout=args.timeout,
+        token=_token(args),
         coalesce_publishes=not args.no_coalesce,
     )
     async with bus:
@@ -507,7 +518,9 @@ def _cmd_top(args: argparse.Namespace, io: _Io) -> int:
     if args.rows < 1:
         raise ConfigurationError(f"--rows must be at least 1, got {args.rows}")
     _top.run(
-        lambda: MsgbusClient.connect(_endpoint(args), tls=_tls(args), timeout=args.timeout),
+        lambda: MsgbusClient.connect(
+            _endpoint(args), tls=_tls(args), timeout=args.timeout, token=_token(args)
+        ),
         _endpoint(args),
         out=io.out,
         interval_s=args.interval,
@@ -612,6 +625,13 @@ def _common_options(suppress: bool) -> argparse.ArgumentParser:
         metavar="NAME",
         default=default(None),
         help="name to verify the daemon's certificate against",
+    )
+    conn.add_argument(
+        "--token",
+        metavar="NAME.SECRET",
+        default=default(None),
+        help=f"bearer token for a daemon whose policy names a token file (env {TOKEN_ENV}, "
+        "better for a secret: a flag shows in the process list)",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
