@@ -77,6 +77,8 @@ CONNECT_TIMEOUT_S: Final = 10
 """How long opening a connection may take before the store reports the database down."""
 POOL_WAIT_S: Final = 5.0
 """How long a read waits for a reader connection (all busy, or the database down)."""
+RECONNECT_GIVE_UP_S: Final = 4.0
+"""How long the reader pool retries one lost connection before a new attempt starts over."""
 CHECK_WAIT_S: Final = 2.0
 """How long the health check waits for a connection: a database that is down shows within it."""
 WRITE_ATTEMPTS: Final = 5
@@ -142,6 +144,11 @@ class PostgresStore(SqlStore[Connection]):
             kwargs=_connect_kwargs("reader"),
             check=ConnectionPool.check_connection,
             timeout=POOL_WAIT_S,
+            # The pool retries a lost connection with a doubling delay (1, 2, 4, ... s) for as
+            # long as this; after a long outage the next wait could reach a minute. Giving up
+            # early lets the next read that finds no connection start again from a 1 s delay,
+            # so the pool serves again within seconds of the database coming back.
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             name="msgbus-readers",
             open=False,
         )
