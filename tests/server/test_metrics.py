@@ -260,7 +260,12 @@ def test_metrics_listen_follows_the_listen_rules() -> None:
     assert parse_config(base).metrics_host is None
     with pytest.raises(ConfigError, match=r"--metrics-listen: refusing plaintext HTTP .*--allow"):
         parse_config([*base, "--metrics-listen", "0.0.0.0:9464"])
-    config = parse_config([*base, "--metrics-listen", "[::]:9464", "--allow-insecure"])
+    # Off loopback it also needs a policy, as --listen does, or the explicit opt-in.
+    with pytest.raises(ConfigError, match=r"--metrics-listen: .* without an authorization policy"):
+        parse_config([*base, "--metrics-listen", "[::]:9464", "--allow-insecure"])
+    config = parse_config(
+        [*base, "--metrics-listen", "[::]:9464", "--allow-insecure", "--allow-anyone"]
+    )
     assert config.metrics_listen == "[::]:9464"
     with pytest.raises(ConfigError, match=r"--metrics-listen: 'localhost' is not an IP address"):
         parse_config([*base, "--metrics-listen", "localhost:9464"])

@@ -580,6 +580,18 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
             "(--config or --policy, see the README's Authorization), or pass --allow-anyone"
         )
     metrics_host, metrics_port = _metrics_listener(args, tls, (host, port))
+    if (
+        metrics_host is not None
+        and not ipaddress.ip_address(metrics_host).is_loopback
+        and policy is None
+        and not args.allow_anyone
+    ):
+        # The same rule as for --listen: an exposed port needs a policy, or an explicit opt-in.
+        raise ConfigError(
+            f"--metrics-listen: refusing to serve {args.metrics_listen} without an "
+            "authorization policy: every caller that reaches it could read the names and "
+            "sizes of every log and queue; give a [policy], or pass --allow-anyone"
+        )
     if not 0 <= args.metrics_max_logs <= MAX_METRICS_MAX_LOGS:
         raise ConfigError(
             f"--metrics-max-logs must be between 0 and {MAX_METRICS_MAX_LOGS}, "
