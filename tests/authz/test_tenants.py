@@ -37,6 +37,12 @@ callers = ["*/*/*"]
 allow = ["read", "pull", "admin"]
 
 [[policy.rule]]
+name = "devices supply their own logs"
+callers = ["*/*/*"]
+allow = ["push"]
+origins = ["{tenant}/{bl}/{device}"]
+
+[[policy.rule]]
 name = "operators"
 callers = ["uid:0"]
 allow = ["publish", "read", "delete", "fifo", "admin"]

@@ -53,7 +53,8 @@ DELETE: Final = frozenset({"delete"})
 FIFO: Final = frozenset({"fifo"})
 ADMIN: Final = frozenset({"admin"})
 PUSH: Final = frozenset({"push"})
-"""What a pushing peer needs for each log it supplies (issue 17's push RPC, not built yet)."""
+"""What a peer needs for each log it supplies: to this daemon's sync (`peer_authz`), and to
+issue 17's push RPC when it lands."""
 ALWAYS_ANSWERED: Final = frozenset({"Health", "Ready"})
 """RPCs every caller may make: probes and peers' identity checks need them."""
 

@@ -29,6 +29,7 @@ from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.listeners import UnixSockets, add_tcp_ports, exposed_listeners
 from msgbus_server.metrics import DaemonMetrics
 from msgbus_server.notify import LogNotifier
+from msgbus_server.peer_authz import PushRules
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.read_gate import ReadGate
 from msgbus_server.recovery import SYNC_GRACE_S, OwnLogRecovery, WriteGate
@@ -333,6 +334,8 @@ class Daemon:
             holdings=self.holdings,
             budget=self.disk_budget,
             work=self.work,
+            # Read at each check, so the policy a SIGHUP puts in force decides the next one.
+            push=PushRules(lambda: self.authz.policy, self.authz.audit),
         )
         logger.info(
             "starting peer sync with %d peer(s) every %.0f ms",

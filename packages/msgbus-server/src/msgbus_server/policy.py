@@ -26,8 +26,9 @@ certificate identity, so a rule that uses them matches only callers with one.
 Actions: `publish` (Publish, PublishBatch), `read` (Fetch, Subscribe, GetHead, and the heads
 ListHeads shows), `delete` (DeleteRange), `fifo` (EnqueueFifo, PeekFifo, AckFifo, RejectFifo, by
 queue), `admin` (ListPeerSyncStates), `pull` (what a peer's sync reads: Fetch, GetHead and
-ListHeads, not Subscribe) and `push` (which logs a pushing peer may supply, by topic and origin:
-the rule format of issue 17's push, which is not built yet; `Policy.decide` already answers it).
+ListHeads, not Subscribe) and `push` (which logs a peer may supply, by topic and origin: what
+this daemon takes from the peers it pulls from, see `peer_authz`, and what issue 17's push RPC
+will ask).
 Health and Ready are answered to every caller.
 
 Tenant isolation is one line: a caller whose certificate identity is in tenant T touches only

@@ -21,6 +21,7 @@ from msgbus_core import (
     PruneSyncStatesOp,
 )
 from msgbus_server.disk_budget import DiskBudget
+from msgbus_server.peer_authz import PushRules
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
@@ -73,10 +74,16 @@ class PeerSync:
         holdings: PeerHoldings | None = None,
         budget: DiskBudget | None = None,
         work: WorkClaims | None = None,
+        push: PushRules | None = None,
     ) -> None:
-        """`work` decides which process syncs each peer when several share the store."""
+        """Sync from `peers` until stopped.
+
+        `work` decides which process syncs each peer when several share the store; `push` is
+        the policy's push rule on what peers supply (None takes every log).
+        """
         self._local_node = local_node
         self._work = work
+        self._push = push
         self._holdings = holdings
         self._budget = budget
         # One task per endpoint: a peer listed twice is synced once.
@@ -139,6 +146,7 @@ class PeerSync:
             holdings=self._holdings,
             budget=self._budget,
             work=self._work,
+            push=self._push,
         )
 
     async def stop(self) -> None:

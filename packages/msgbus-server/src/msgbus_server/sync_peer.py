@@ -14,7 +14,8 @@ A pass:
 Every call has a deadline, so a hung peer costs at most one deadline. A pass that fails backs
 the peer off exponentially with jitter (`backoff`), and the backoff resets on the first good
 pass. A log that fails (conflict, gap, malformed marker, refused origin, a payload above
-`--max-payload-bytes`) is recorded and skipped
+`--max-payload-bytes`, a log the policy's `push` rule does not let the peer supply: see
+`peer_authz`) is recorded and skipped
 with its own backoff, kept by the sync state book; it never blocks the other logs. The accept
 rules themselves (identical is a no-op, deleted wins, anything else conflicts; markers validated
 before anything is stored) run inside the store's `ReplicateOp`.
@@ -56,6 +57,7 @@ from msgbus_proto import pb, rpc
 from msgbus_server.backoff import backoff_delay, default_backoff_cap
 from msgbus_server.convert import node_from_pb, node_to_pb
 from msgbus_server.disk_budget import DiskBudget
+from msgbus_server.peer_authz import PushRefusal, PushRules
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
@@ -179,6 +181,8 @@ class PeerContext:
     """The daemon's disk budget: with --discard new, pulled data is refused like publishes."""
     work: WorkClaims | None = None
     """Which process syncs this peer when several share the store; None: this one."""
+    push: PushRules | None = None
+    """The policy's push rule on what the peer supplies (`peer_authz`); None takes all."""
 
     @classmethod
     def of(
@@ -195,6 +199,7 @@ class PeerContext:
         holdings: PeerHoldings | None = None,
         budget: DiskBudget | None = None,
         work: WorkClaims | None = None,
+        push: PushRules | None = None,
     ) -> PeerContext:
         """The context of one peer, its sync state book seeded with `seed` (its stored states).
 
@@ -214,6 +219,7 @@ class PeerContext:
             holdings=holdings,
             budget=budget,
             work=work,
+            push=push,
         )
 
 
@@ -288,6 +294,8 @@ class PeerWorker:
         most `PULLED_TO_CAPACITY` logs; a log dropped from it is checked once more."""
         self.stats = PeerStats()
         """What this worker's passes found and did, for the metrics and the status page."""
+        self._push = context.push.gate(context.spec) if context.push is not None else None
+        """Which logs the policy lets this peer supply; None takes every log."""
 
     def peer_state(self) -> PeerSyncState | None:
         """The peer-level sync state as last noted (None before the first pass ended)."""
@@ -443,6 +451,8 @@ class PeerWorker:
         pinned = self._context.spec.pinned
         if pinned is not None and remote != pinned:
             raise self._unavailable(f"identity mismatch: expected {pinned.key}, got {remote.key}")
+        if self._push is not None:
+            self._push.identified(remote)
         if response.status != "SERVING":
             raise self._unavailable(f"is not serving: {response.status!r}")
 
@@ -581,6 +591,8 @@ class PeerWorker:
         """
         origin = log_id[1]
         heads = Heads(local_head, remote_head)
+        if self._push_refused(log_id, heads):
+            return False  # not fetched at all, not even to compare a head
         if origin != self._context.local_node:
             self.stats.note_heads(log_id, local_head, remote_head)
         if remote_head <= local_head:
@@ -697,6 +709,10 @@ class PeerWorker:
                     "the log empty serves nothing until the log has new messages)",
                 )
             before = pull.local_head
+            refusal = self._push_refusal(log_id) if batch else None
+            if refusal is not None:
+                # The policy changed (SIGHUP) since the log was listed: nothing more is stored.
+                raise RuleRefusal(FailureKind.LOG, refusal.message)
             if batch:
                 # The next batch is fetched while this one commits, so the peer's read and the
                 # network overlap the local write instead of alternating with it.
@@ -760,6 +776,27 @@ class PeerWorker:
             raise RuleRefusal(
                 FailureKind.LOG, f"rejected from peer {self.endpoint}: {result.error}"
             ) from result.error
+
+    def _push_refusal(self, log_id: LogId) -> PushRefusal | None:
+        """Why the policy's push rule refuses the peer this log now; None when it does not."""
+        if self._push is None or log_id[1] == self._context.local_node:
+            return None  # the local node's logs have their own rule (see `_sync_log`)
+        return self._push.refusal(log_id)
+
+    def _push_refused(self, log_id: LogId, heads: Heads) -> bool:
+        """True when the push rule refuses the peer this log (recorded once while it lasts).
+
+        The log stays unsettled, so every pass asks again: a policy reloaded on SIGHUP that
+        allows it is followed at the next pass, even if the peer's head has not moved.
+        """
+        refusal = self._push_refusal(log_id)
+        if refusal is None:
+            return False
+        if refusal.new:
+            self.stats.refused += 1
+        self.stats.note_heads(log_id, 0, 0)  # a refused log is not lag to catch up on
+        self._log_failed(log_id, refusal.message, heads, count=False)
+        return True
 
     def _note_pulled(self, log_id: LogId, pull: _Pull) -> None:
         """Remember that the log's local head is a message of this peer, if it is.
