@@ -109,7 +109,7 @@ def _checked(path: str, key: str, value: object, kind: ValueKind) -> FileValue:
         strings = [item for item in value if isinstance(item, str)]
         if len(strings) == len(value):
             return strings
-    raise ConfigError(f"{path}: {key} must be {_EXPECTED[kind]}, got {_described(value)}")
+    raise ConfigError(f"{path}: {key} must be {_EXPECTED[kind]}, got {described(value)}")
 
 
 def _retention_tables(
@@ -122,13 +122,12 @@ def _retention_tables(
         if not isinstance(table, dict):
             raise ConfigError(
                 f'{path}: {where} must be a table of rules such as max-age = "7d", '
-                f"got {_described(table)}"
+                f"got {described(table)}"
             )
         for name, value in table.items():
             if isinstance(value, bool) or not isinstance(value, int | str):
                 raise ConfigError(
-                    f"{path}: {where}.{name} must be an integer or a string, "
-                    f"got {_described(value)}"
+                    f"{path}: {where}.{name} must be an integer or a string, got {described(value)}"
                 )
         try:
             rules.append(rule_from_table(pattern, table, where))
@@ -150,7 +149,10 @@ def _resolved(value: FileValue, base: Path) -> FileValue:
     return value
 
 
-def _described(value: object) -> str:
+def described(value: object) -> str:
+    """What a TOML value is, for an error: `the string 'x'`, `a table`, `an array`..."""
+    if value is None:
+        return "nothing"
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, int | float):
@@ -161,7 +163,7 @@ def _described(value: object) -> str:
         return "a table"
     if isinstance(value, list):
         odd = [item for item in value if not isinstance(item, str)]
-        return f"an array holding {_described(odd[0])}" if odd else "an array"
+        return f"an array holding {described(odd[0])}" if odd else "an array"
     return f"a {type(value).__name__}"
 
 

@@ -55,6 +55,7 @@ from typing import Final
 
 from msgbus_core.model import NodeId
 from msgbus_server.config import ConfigError
+from msgbus_server.config_file import described
 from msgbus_server.identity import CERTIFICATE_IDENTITIES, Caller
 from msgbus_server.tokens import TokenFile, load_token_file
 
@@ -313,7 +314,7 @@ class PolicySource:
         if not isinstance(table, dict):
             raise ConfigError(
                 f"{self.path}: policy must be a table ([policy]) or the path of a policy file, "
-                f"got {_described(table)}"
+                f"got {described(table)}"
             )
         return policy_from_table(table, Path(self.path).absolute().parent, self.path)
 
@@ -352,13 +353,13 @@ def _parse(table: Mapping[str, object], base: Path, source: str) -> Policy:
     if token_file is not None:
         if not isinstance(token_file, str) or not token_file:
             raise ConfigError(
-                f"policy.token-file must be the path of a token file, got {_described(token_file)}"
+                f"policy.token-file must be the path of a token file, got {described(token_file)}"
             )
         tokens = load_token_file(str(base / token_file), "policy.token-file")
     raw_rules = table.get("rule", [])
     if not isinstance(raw_rules, list):
         raise ConfigError(
-            f"policy.rule must be an array of tables ([[policy.rule]]), got {_described(raw_rules)}"
+            f"policy.rule must be an array of tables ([[policy.rule]]), got {described(raw_rules)}"
         )
     rules = []
     names: set[str] = set()
@@ -384,11 +385,11 @@ def _parse(table: Mapping[str, object], base: Path, source: str) -> Policy:
 
 def _rule(raw: object, where: str, tokens: TokenFile | None) -> Rule:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a table, got {_described(raw)}")
+        raise ConfigError(f"{where} must be a table, got {described(raw)}")
     _known_keys(raw, _RULE_KEYS, where)
     name = raw.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ConfigError(f"{where}.name must be a non-empty string, got {_described(name)}")
+        raise ConfigError(f"{where}.name must be a non-empty string, got {described(name)}")
     shown = f"{where} {name!r}" if name else where
     if ("allow" in raw) == ("deny" in raw):
         raise ConfigError(f"{where}: give exactly one of allow = [...] or deny = [...]")
@@ -481,7 +482,7 @@ def _strings(table: Mapping[str, object], key: str, where: str, *, required: boo
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{where}.{key} must be an array of strings, got {_described(value)}")
+        raise ConfigError(f"{where}.{key} must be an array of strings, got {described(value)}")
     if not value:
         raise ConfigError(f"{where}.{key} must not be empty")
     return list(value)
@@ -496,7 +497,7 @@ def _choice(
     if not isinstance(value, str) or value not in allowed:
         raise ConfigError(
             f"{where}.{key} must be one of {', '.join(repr(a) for a in allowed)}, "
-            f"got {_described(value)}"
+            f"got {described(value)}"
         )
     return value
 
@@ -510,20 +511,3 @@ def _known_keys(table: Mapping[str, object], keys: Sequence[str], where: str) ->
 def _close(word: str, words: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, words, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _described(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        odd = [item for item in value if not isinstance(item, str)]
-        return f"an array holding {_described(odd[0])}" if odd else "an array"
-    return f"a {type(value).__name__}"
