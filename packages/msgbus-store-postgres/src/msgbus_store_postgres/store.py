@@ -342,18 +342,6 @@ class PostgresStore(SqlStore[Connection]):
             locked[row_id] = log
         return locked
 
-    def _find_log(self, topic: str, origin: NodeId) -> LogState | None:
-        log = self._logs.get((topic, origin))
-        if log is not None:
-            return log
-        row = self._execute(self._sql.find_log, log_key(topic, origin)).fetchone()
-        if row is None:
-            return None
-        log = LogState((topic, origin), *row)
-        log.tombstones = TombstoneSet(self._execute(self._sql.log_tombstones, (log.id,)).fetchall())
-        self._logs[(topic, origin)] = log
-        return log
-
     def _log(self, topic: str, origin: NodeId) -> LogState:
         log = self._find_log(topic, origin)
         if log is not None:
