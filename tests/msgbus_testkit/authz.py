@@ -223,10 +223,13 @@ def audit_lines(stderr: str) -> list[dict[str, object]]:
 def main(argv: Sequence[str]) -> None:
     """Run `every_rpc` as another uid and gid; print the outcome as JSON."""
     target, uid, gid, topic, queue, front_id, node = argv
-    os.setgroups([])
-    os.setgid(int(gid))
-    os.setuid(int(uid))
+    # The channel (and what grpc imports for it) is made before the uid changes: the checkout
+    # may be unreadable to that uid (a mode-0700 directory). It connects at its first call,
+    # after the change, so SO_PEERCRED sees the new uid and gid.
     with grpc.insecure_channel(target) as channel:
+        os.setgroups([])
+        os.setgid(int(gid))
+        os.setuid(int(uid))
         outcome = every_rpc(
             channel, topic=topic, queue=queue, front_id=front_id, node=NodeId.from_key(node)
         )

@@ -231,7 +231,10 @@ def test_a_claim_is_held_by_one_process_and_taken_over_when_it_ends(
     assert not second.try_claim("sync with peer x")
     assert second.try_claim("retention")  # another name is another claim
     first.close()  # the holder "dies": its session ends
-    assert second.try_claim("sync with peer x")
+    # The server releases the lock when the ended session's backend exits, a moment later.
+    wait_until(
+        lambda: second.try_claim("sync with peer x"), message="the claim taken over", timeout=10
+    )
     # A claim lost with its connection (the database ended the session) is not reported
     # held; the next call takes it again when nobody else did.
     with psycopg.connect(postgres_dsn, autocommit=True) as admin:
