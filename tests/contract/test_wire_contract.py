@@ -150,7 +150,14 @@ EXTENSIONS: dict[str, dict[str, tuple[object, ...]]] = {
         "messages": (2, MESSAGE, REPEATED, "msgbus.v1.MessageEnvelope"),
         "first_head_id": (3, UINT64),
     },
-    "SubscribeRequest": {"max_messages_per_response": (5, UINT32)},
+    "PublishRequest": {"idempotency_key": (5, STRING)},
+    "PublishResponse": {"duplicate": (2, BOOL)},
+    "SubscribeRequest": {
+        "max_messages_per_response": (5, UINT32),
+        "topic_pattern": (6, STRING),
+        "origin_pattern": (7, STRING),
+        "resume_after": (8, MESSAGE, REPEATED, "msgbus.v1.TopicHead"),
+    },
     "SubscribeResponse": {
         "messages": (2, MESSAGE, REPEATED, "msgbus.v1.MessageEnvelope"),
         "first_head_id": (3, UINT64),
@@ -165,6 +172,8 @@ EXTENSIONS: dict[str, dict[str, tuple[object, ...]]] = {
     "ListHeadsResponse": {"next_page_token": (2, STRING), "cursor": (3, STRING)},
     "ListPeerSyncStatesRequest": {"page_size": (1, UINT32), "page_token": (2, STRING)},
     "ListPeerSyncStatesResponse": {"next_page_token": (2, STRING)},
+    "PeerSyncState": {"direction": (11, STRING)},
+    "FifoMessage": {"dead_reason": (11, STRING), "leased_until_ms": (12, UINT64)},
 }
 
 
@@ -198,7 +207,8 @@ def test_the_service_has_the_original_rpcs_with_their_streaming_kinds() -> None:
     }
     assert original == RPCS
     assert list(RPCS) == [m.name for m in service.methods if m.name in RPCS]
-    assert not any(m.client_streaming for m in service.methods)
+    # Only the additive streaming extensions take a stream from the client.
+    assert {m.name for m in service.methods if m.client_streaming} == {"PublishStream", "Push"}
 
 
 @pytest.mark.parametrize("name", sorted(MESSAGES))

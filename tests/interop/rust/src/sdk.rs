@@ -122,6 +122,7 @@ impl MsgbusClient {
             origin: self.default_origin.clone(),
             payload: payload.into(),
             headers,
+            idempotency_key: String::new(),
         };
         required(
             self.inner.publish(request).await?.into_inner().message,
@@ -164,6 +165,9 @@ impl MsgbusClient {
             from_head_id: options.from_head_id,
             replay_limit: options.replay_limit,
             max_messages_per_response: 0,
+            topic_pattern: String::new(),
+            origin_pattern: String::new(),
+            resume_after: Vec::new(),
         };
         Ok(self.inner.subscribe(request).await?.into_inner())
     }

@@ -160,12 +160,19 @@ class PublishRequest(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """Required. At most 255 UTF-8 bytes, no control characters. Topics starting with `$msgbus.`
     are reserved (PERMISSION_DENIED).
     """
     payload: _builtins.bytes
     """At most --max-payload-bytes (default 1 MiB). May be empty."""
+    idempotency_key: _builtins.str
+    """Extension: at most 128 UTF-8 bytes, no control characters; empty means none. A repeat of a
+    key already used for this topic within the daemon's dedup window (--dedup-window) answers
+    the envelope stored the first time, with `duplicate` set, and stores nothing. The key is
+    stored in the same transaction as the message, so a retry after a crash is also caught.
+    """
     @_builtins.property
     def origin(self) -> Global___NodeId:
         """Absent or all-empty means the local node; any other node is PERMISSION_DENIED."""
@@ -181,10 +188,11 @@ class PublishRequest(_message.Message):
         origin: Global___NodeId | None = ...,
         payload: _builtins.bytes = ...,
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "origin", b"origin", "payload", b"payload", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "idempotency_key", b"idempotency_key", "origin", b"origin", "payload", b"payload", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -197,6 +205,11 @@ class PublishResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """Extension: true when idempotency_key repeated an earlier publish and `message` is the
+    envelope stored then; nothing new was stored.
+    """
     @_builtins.property
     def message(self) -> Global___MessageEnvelope:
         """The durable message, with its id, head_id and created_at_ms."""
@@ -205,10 +218,11 @@ class PublishResponse(_message.Message):
         self,
         *,
         message: Global___MessageEnvelope | None = ...,
+        duplicate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,6 +322,9 @@ class SubscribeRequest(_message.Message):
     FROM_HEAD_ID_FIELD_NUMBER: _builtins.int
     REPLAY_LIMIT_FIELD_NUMBER: _builtins.int
     MAX_MESSAGES_PER_RESPONSE_FIELD_NUMBER: _builtins.int
+    TOPIC_PATTERN_FIELD_NUMBER: _builtins.int
+    ORIGIN_PATTERN_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """Required; same rules as FetchRequest.topic."""
     from_head_id: _builtins.int
@@ -321,9 +338,28 @@ class SubscribeRequest(_message.Message):
     `SubscribeResponse.messages`, also bounded by a byte budget below the gRPC message limit.
     0 (the default, and what original clients send) means one message per response.
     """
+    topic_pattern: _builtins.str
+    """Extension (pattern mode): a topic glob (`*` matches within a dot-separated segment, `>` or
+    a trailing `**` matches the rest; see the README). When set, `topic` and `origin` must be
+    empty, and the subscription follows every log whose topic matches and whose origin matches
+    origin_pattern: their messages are merged, each log in its own head order with no gap and
+    no duplicate, and logs that appear later are picked up live. Every response carries
+    messages of one log only, and each envelope names its log.
+    """
+    origin_pattern: _builtins.str
+    """Extension (pattern mode): a glob over the origin key "tenant_id/bl_name/device_id"; empty
+    means every origin. Only with topic_pattern.
+    """
     @_builtins.property
     def origin(self) -> Global___NodeId:
         """The log's origin. Absent or all-empty means the local node."""
+
+    @_builtins.property
+    def resume_after(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicHead]:
+        """Extension (pattern mode): where to resume, per log: each entry's head_id is the last head
+        already delivered, so that log resumes at head_id + 1. Logs not listed start at
+        from_head_id. At most 100,000 entries.
+        """
 
     def __init__(
         self,
@@ -333,10 +369,13 @@ class SubscribeRequest(_message.Message):
         from_head_id: _builtins.int = ...,
         replay_limit: _builtins.int = ...,
         max_messages_per_response: _builtins.int = ...,
+        topic_pattern: _builtins.str = ...,
+        origin_pattern: _builtins.str = ...,
+        resume_after: _abc.Iterable[Global___TopicHead] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_head_id", b"from_head_id", "max_messages_per_response", b"max_messages_per_response", "origin", b"origin", "replay_limit", b"replay_limit", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_head_id", b"from_head_id", "max_messages_per_response", b"max_messages_per_response", "origin", b"origin", "origin_pattern", b"origin_pattern", "replay_limit", b"replay_limit", "resume_after", b"resume_after", "topic", b"topic", "topic_pattern", b"topic_pattern"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,7 +394,8 @@ class SubscribeResponse(_message.Message):
     """Extension: set on the response whose first message comes after a trimmed prefix (at the
     start of the replay, or later when retention overtakes a slow subscriber), to that
     message's head_id: the log now starts there, and the skipped heads were trimmed by
-    retention, not lost. 0 otherwise. Heads stay contiguous from there on.
+    retention, not lost. 0 otherwise. Heads stay contiguous from there on. With topic_pattern
+    it concerns the one log whose messages the response carries.
     """
     @_builtins.property
     def message(self) -> Global___MessageEnvelope:
@@ -515,6 +555,7 @@ class PeerSyncState(_message.Message):
     LAST_SUCCESS_AT_MS_FIELD_NUMBER: _builtins.int
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """The peer's endpoint as configured with --peer."""
     topic: _builtins.str
@@ -533,6 +574,12 @@ class PeerSyncState(_message.Message):
     """Failures since the last success; 0 after a success."""
     last_error: _builtins.str
     """The last error, or empty after a success."""
+    direction: _builtins.str
+    """Extension: which way the data flows: "pull" (this daemon pulls from `peer`, a --peer or
+    --upstream endpoint; also what an empty value from an original daemon means), "push" (this
+    daemon pushes to the --upstream `peer`) or "pushed" (a device pushes to this daemon; `peer`
+    is then the pusher's authenticated identity, "tenant_id/bl_name/device_id").
+    """
     @_builtins.property
     def origin(self) -> Global___NodeId:
         """The log's origin; absent for the peer-level record."""
@@ -550,10 +597,11 @@ class PeerSyncState(_message.Message):
         last_success_at_ms: _builtins.int = ...,
         consecutive_failures: _builtins.int = ...,
         last_error: _builtins.str = ...,
+        direction: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "last_attempt_at_ms", b"last_attempt_at_ms", "last_error", b"last_error", "last_success_at_ms", b"last_success_at_ms", "last_synced_head", b"last_synced_head", "local_head", b"local_head", "origin", b"origin", "peer", b"peer", "remote_head", b"remote_head", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "direction", b"direction", "last_attempt_at_ms", b"last_attempt_at_ms", "last_error", b"last_error", "last_success_at_ms", b"last_success_at_ms", "last_synced_head", b"last_synced_head", "local_head", b"local_head", "origin", b"origin", "peer", b"peer", "remote_head", b"remote_head", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -800,6 +848,8 @@ class FifoMessage(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DEAD_REASON_FIELD_NUMBER: _builtins.int
+    LEASED_UNTIL_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-generated UUID v4."""
     queue: _builtins.str
@@ -813,7 +863,13 @@ class FifoMessage(_message.Message):
     sequence: _builtins.int
     """Position in the queue: starts at 1 and is never reused, even after an ack."""
     attempts: _builtins.int
-    """How many times the message was rejected."""
+    """How many times the message was rejected (or its lease expired)."""
+    dead_reason: _builtins.str
+    """Extension: set on a message of a dead-letter queue `QUEUE.dead`: why it was moved there
+    ("max_attempts reached by reject" or "max_attempts reached by lease expiry").
+    """
+    leased_until_ms: _builtins.int
+    """Extension: when the message is leased, until when, in ms since the Unix epoch; 0 otherwise."""
     @_builtins.property
     def source(self) -> Global___NodeId:
         """The local node that enqueued the message."""
@@ -839,10 +895,12 @@ class FifoMessage(_message.Message):
         created_at_ms: _builtins.int = ...,
         sequence: _builtins.int = ...,
         attempts: _builtins.int = ...,
+        dead_reason: _builtins.str = ...,
+        leased_until_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at_ms", b"created_at_ms", "headers", b"headers", "id", b"id", "payload", b"payload", "queue", b"queue", "sequence", b"sequence", "source", b"source", "target", b"target", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at_ms", b"created_at_ms", "dead_reason", b"dead_reason", "headers", b"headers", "id", b"id", "leased_until_ms", b"leased_until_ms", "payload", b"payload", "queue", b"queue", "sequence", b"sequence", "source", b"source", "target", b"target", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1179,22 +1237,1024 @@ class PublishBatchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEnvelope]:
         """One durable envelope per entry, in request order."""
+
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Extension: one flag per entry, in request order, true when that entry's idempotency_key
+        repeated an earlier publish (its envelope is the one stored then). Empty when no entry
+        carried a key.
+        """
 
     def __init__(
         self,
         *,
         messages: _abc.Iterable[Global___MessageEnvelope] | None = ...,
+        duplicates: _abc.Iterable[_builtins.bool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishBatchResponse: _TypeAlias = PublishBatchResponse  # noqa: Y015
+
+@_typing.final
+class PublishStreamRequest(_message.Message):
+    """PublishStreamRequest is one publish on a PublishStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PUBLISH_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """Chosen by the client and echoed in the response; responses come in request order."""
+    @_builtins.property
+    def publish(self) -> Global___PublishRequest:
+        """One publish, validated like Publish. Ignored when `entries` is set."""
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishRequest]:
+        """One atomic batch, validated like PublishBatch (one to 10,000 entries)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        publish: Global___PublishRequest | None = ...,
+        entries: _abc.Iterable[Global___PublishRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publish", b"publish"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "publish", b"publish", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishStreamRequest: _TypeAlias = PublishStreamRequest  # noqa: Y015
+
+@_typing.final
+class PublishStreamResponse(_message.Message):
+    """PublishStreamResponse answers one PublishStreamRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """The request_id of the request answered."""
+    error_code: _builtins.int
+    """0 (OK) when the request was stored; otherwise the gRPC status code the unary RPC would have
+    answered (3 INVALID_ARGUMENT, 7 PERMISSION_DENIED, 14 UNAVAILABLE, ...), and nothing of the
+    request was stored.
+    """
+    error_message: _builtins.str
+    """The error message the unary RPC would have answered; empty when stored."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEnvelope]:
+        """The durable envelopes: one for a single publish, one per entry for a batch. Empty when the
+        request was refused.
+        """
+
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Per envelope, true when its idempotency_key repeated an earlier publish."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        messages: _abc.Iterable[Global___MessageEnvelope] | None = ...,
+        duplicates: _abc.Iterable[_builtins.bool] | None = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "error_code", b"error_code", "error_message", b"error_message", "messages", b"messages", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishStreamResponse: _TypeAlias = PublishStreamResponse  # noqa: Y015
+
+@_typing.final
+class PushRequest(_message.Message):
+    """PushRequest is one message a device sends on a Push stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELLO_FIELD_NUMBER: _builtins.int
+    OFFER_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hello(self) -> Global___PushHello:
+        """Who is pushing. With mTLS the certificate's identity decides and a different hello is
+        refused; without TLS, on loopback, the hello stands in for it.
+        """
+
+    @_builtins.property
+    def offer(self) -> Global___PushOffer:
+        """The device's heads of logs it would push; the upstream answers its own heads of them."""
+
+    @_builtins.property
+    def batch(self) -> Global___PushBatch:
+        """Messages of one log for the upstream to apply."""
+
+    def __init__(
+        self,
+        *,
+        hello: Global___PushHello | None = ...,
+        offer: Global___PushOffer | None = ...,
+        batch: Global___PushBatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind", "offer", b"offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "hello", b"hello", "kind", b"kind", "offer", b"offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "offer", "batch"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___PushRequest: _TypeAlias = PushRequest  # noqa: Y015
+
+@_typing.final
+class PushHello(_message.Message):
+    """PushHello opens a Push stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___NodeId:
+        """The pushing daemon's node identity."""
+
+    def __init__(
+        self,
+        *,
+        node: Global___NodeId | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushHello: _TypeAlias = PushHello  # noqa: Y015
+
+@_typing.final
+class PushOffer(_message.Message):
+    """PushOffer lists heads of the device's logs (at most 1,000 per offer)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicHead]:
+        """The device's heads, with first_head_id where retention trimmed the log."""
+
+    def __init__(
+        self,
+        *,
+        heads: _abc.Iterable[Global___TopicHead] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushOffer: _TypeAlias = PushOffer  # noqa: Y015
+
+@_typing.final
+class PushBatch(_message.Message):
+    """PushBatch carries consecutive messages of one log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    FIRST_HEAD_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    """Chosen by the device and echoed in the acknowledgement."""
+    topic: _builtins.str
+    """The log's topic."""
+    first_head_id: _builtins.int
+    """The device's first held head of the log when it is above the upstream's head + 1 (the
+    heads in between were trimmed by retention, not lost); 0 otherwise.
+    """
+    @_builtins.property
+    def origin(self) -> Global___NodeId:
+        """The log's origin."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEnvelope]:
+        """Consecutive messages in ascending head_id order, starting at the upstream's head + 1, or
+        at the device's first_head_id when retention trimmed the heads in between. Bounded like a
+        Fetch page (about 3 MiB).
+        """
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+        topic: _builtins.str = ...,
+        origin: Global___NodeId | None = ...,
+        messages: _abc.Iterable[Global___MessageEnvelope] | None = ...,
+        first_head_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "first_head_id", b"first_head_id", "messages", b"messages", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushBatch: _TypeAlias = PushBatch  # noqa: Y015
+
+@_typing.final
+class PushResponse(_message.Message):
+    """PushResponse is one message the upstream sends on a Push stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WELCOME_FIELD_NUMBER: _builtins.int
+    OFFER_REPLY_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def welcome(self) -> Global___PushWelcome:
+        """The hello was accepted."""
+
+    @_builtins.property
+    def offer_reply(self) -> Global___PushOfferReply:
+        """The upstream's heads of the offered logs."""
+
+    @_builtins.property
+    def ack(self) -> Global___PushAck:
+        """A batch was applied or refused."""
+
+    def __init__(
+        self,
+        *,
+        welcome: Global___PushWelcome | None = ...,
+        offer_reply: Global___PushOfferReply | None = ...,
+        ack: Global___PushAck | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "offer_reply", b"offer_reply", "welcome", b"welcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "offer_reply", b"offer_reply", "welcome", b"welcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "offer_reply", "ack"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___PushResponse: _TypeAlias = PushResponse  # noqa: Y015
+
+@_typing.final
+class PushWelcome(_message.Message):
+    """PushWelcome accepts a Push stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    PUSHER_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_BYTES_FIELD_NUMBER: _builtins.int
+    max_batch_bytes: _builtins.int
+    """The largest batch, in bytes of payloads and headers, the upstream takes."""
+    @_builtins.property
+    def node(self) -> Global___NodeId:
+        """The upstream's own node identity."""
+
+    @_builtins.property
+    def pusher(self) -> Global___NodeId:
+        """The identity the upstream holds the pusher to: from its certificate, else its hello."""
+
+    def __init__(
+        self,
+        *,
+        node: Global___NodeId | None = ...,
+        pusher: Global___NodeId | None = ...,
+        max_batch_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "pusher", b"pusher"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_bytes", b"max_batch_bytes", "node", b"node", "pusher", b"pusher"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushWelcome: _TypeAlias = PushWelcome  # noqa: Y015
+
+@_typing.final
+class PushOfferReply(_message.Message):
+    """PushOfferReply answers a PushOffer, in its order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicHead]:
+        """One entry per offered log: the upstream's head (0 when it has none) and first_head_id."""
+
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """One flag per offered log: true when this pusher may not push it (a batch would be
+        refused); the refusal is recorded in the upstream's sync state.
+        """
+
+    def __init__(
+        self,
+        *,
+        heads: _abc.Iterable[Global___TopicHead] | None = ...,
+        refused: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushOfferReply: _TypeAlias = PushOfferReply  # noqa: Y015
+
+@_typing.final
+class PushAck(_message.Message):
+    """PushAck acknowledges one PushBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    HEAD_ID_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    """The batch_id of the batch acknowledged."""
+    topic: _builtins.str
+    """The log's topic."""
+    head_id: _builtins.int
+    """The upstream's durable head of the log after the batch: everything up to it is stored."""
+    error_code: _builtins.int
+    """0 (OK) when the batch was applied; otherwise the gRPC status code of why nothing of it was
+    stored (7 PERMISSION_DENIED for a log this pusher may not push, 9 FAILED_PRECONDITION for
+    a gap or a conflicting copy, 3 INVALID_ARGUMENT for a malformed message).
+    """
+    error_message: _builtins.str
+    """Why the batch was refused; empty when applied."""
+    @_builtins.property
+    def origin(self) -> Global___NodeId:
+        """The log's origin."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+        topic: _builtins.str = ...,
+        origin: Global___NodeId | None = ...,
+        head_id: _builtins.int = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "error_code", b"error_code", "error_message", b"error_message", "head_id", b"head_id", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushAck: _TypeAlias = PushAck  # noqa: Y015
+
+@_typing.final
+class Cursor(_message.Message):
+    """Cursor is one durable named cursor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    HEAD_ID_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The consumer's name: at most 255 UTF-8 bytes, no control characters."""
+    topic: _builtins.str
+    """The log's topic."""
+    head_id: _builtins.int
+    """The last head_id the consumer processed; it resumes at head_id + 1."""
+    updated_at_ms: _builtins.int
+    """When the cursor was last committed, in ms since the Unix epoch."""
+    @_builtins.property
+    def origin(self) -> Global___NodeId:
+        """The log's origin."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        origin: Global___NodeId | None = ...,
+        head_id: _builtins.int = ...,
+        updated_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_id", b"head_id", "name", b"name", "origin", b"origin", "topic", b"topic", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cursor: _TypeAlias = Cursor  # noqa: Y015
+
+@_typing.final
+class CommitCursorRequest(_message.Message):
+    """CommitCursorRequest stores a cursor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    HEAD_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required; see Cursor.name."""
+    topic: _builtins.str
+    """Required; same rules as FetchRequest.topic."""
+    head_id: _builtins.int
+    """The last head processed; at most the log's head (FAILED_PRECONDITION otherwise)."""
+    @_builtins.property
+    def origin(self) -> Global___NodeId:
+        """The log's origin. Absent or all-empty means the local node."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        origin: Global___NodeId | None = ...,
+        head_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_id", b"head_id", "name", b"name", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitCursorRequest: _TypeAlias = CommitCursorRequest  # noqa: Y015
+
+@_typing.final
+class CommitCursorResponse(_message.Message):
+    """CommitCursorResponse carries the stored cursor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cursor(self) -> Global___Cursor:
+        """The durable cursor."""
+
+    def __init__(
+        self,
+        *,
+        cursor: Global___Cursor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitCursorResponse: _TypeAlias = CommitCursorResponse  # noqa: Y015
+
+@_typing.final
+class GetCursorRequest(_message.Message):
+    """GetCursorRequest names a cursor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required; see Cursor.name."""
+    topic: _builtins.str
+    """Required; same rules as FetchRequest.topic."""
+    @_builtins.property
+    def origin(self) -> Global___NodeId:
+        """The log's origin. Absent or all-empty means the local node."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        origin: Global___NodeId | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCursorRequest: _TypeAlias = GetCursorRequest  # noqa: Y015
+
+@_typing.final
+class GetCursorResponse(_message.Message):
+    """GetCursorResponse carries a cursor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    FOUND_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    """False when the cursor was never committed (or was deleted)."""
+    @_builtins.property
+    def cursor(self) -> Global___Cursor:
+        """The cursor; unset when not found."""
+
+    def __init__(
+        self,
+        *,
+        cursor: Global___Cursor | None = ...,
+        found: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "found", b"found"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCursorResponse: _TypeAlias = GetCursorResponse  # noqa: Y015
+
+@_typing.final
+class ListCursorsRequest(_message.Message):
+    """ListCursorsRequest asks for one page of cursors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Only the cursors of this name; empty lists every name."""
+    page_size: _builtins.int
+    """The most cursors in a page: 0 is 1,000, larger values are clamped to 10,000."""
+    page_token: _builtins.str
+    """A next_page_token from an earlier response; empty for the first page. Opaque."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCursorsRequest: _TypeAlias = ListCursorsRequest  # noqa: Y015
+
+@_typing.final
+class ListCursorsResponse(_message.Message):
+    """ListCursorsResponse lists one page of cursors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSORS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Where the next page starts; empty after the last page."""
+    @_builtins.property
+    def cursors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cursor]:
+        """Ordered by name, topic and origin."""
+
+    def __init__(
+        self,
+        *,
+        cursors: _abc.Iterable[Global___Cursor] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursors", b"cursors", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCursorsResponse: _TypeAlias = ListCursorsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCursorRequest(_message.Message):
+    """DeleteCursorRequest deletes cursors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required; see Cursor.name."""
+    topic: _builtins.str
+    """The log's topic; empty deletes every cursor of the name."""
+    @_builtins.property
+    def origin(self) -> Global___NodeId:
+        """The log's origin. Absent or all-empty means the local node (ignored when topic is empty)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        origin: Global___NodeId | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "origin", b"origin", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCursorRequest: _TypeAlias = DeleteCursorRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCursorResponse(_message.Message):
+    """DeleteCursorResponse reports the delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_COUNT_FIELD_NUMBER: _builtins.int
+    deleted_count: _builtins.int
+    """How many cursors were deleted."""
+    def __init__(
+        self,
+        *,
+        deleted_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_count", b"deleted_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCursorResponse: _TypeAlias = DeleteCursorResponse  # noqa: Y015
+
+@_typing.final
+class FifoLease(_message.Message):
+    """FifoLease is one leased FIFO message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """Opaque; names this lease for ack, reject and extend. A new lease gets a new id."""
+    expires_at_ms: _builtins.int
+    """When the lease expires unless extended, in ms since the Unix epoch."""
+    @_builtins.property
+    def message(self) -> Global___FifoMessage:
+        """The message, with its attempts so far."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___FifoMessage | None = ...,
+        lease_id: _builtins.str = ...,
+        expires_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "lease_id", b"lease_id", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FifoLease: _TypeAlias = FifoLease  # noqa: Y015
+
+@_typing.final
+class LeaseFifoRequest(_message.Message):
+    """LeaseFifoRequest leases messages of a queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_FIELD_NUMBER: _builtins.int
+    VISIBILITY_MS_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Required; same rules as EnqueueFifoRequest.queue."""
+    max_messages: _builtins.int
+    """1 to 1,000; 0 means 1."""
+    visibility_ms: _builtins.int
+    """How long the lease holds: 0 means 30,000; at most 43,200,000 (12 h)."""
+    wait_ms: _builtins.int
+    """When nothing is available, wait up to this long for a message (at most 60,000); 0 answers
+    at once. An empty answer is OK with no lease, never NOT_FOUND.
+    """
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        max_messages: _builtins.int = ...,
+        visibility_ms: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_messages", b"max_messages", "queue", b"queue", "visibility_ms", b"visibility_ms", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseFifoRequest: _TypeAlias = LeaseFifoRequest  # noqa: Y015
+
+@_typing.final
+class LeaseFifoResponse(_message.Message):
+    """LeaseFifoResponse carries the leases, in sequence order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___FifoLease]:
+        """Up to max_messages leases."""
+
+    def __init__(
+        self,
+        *,
+        leases: _abc.Iterable[Global___FifoLease] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseFifoResponse: _TypeAlias = LeaseFifoResponse  # noqa: Y015
+
+@_typing.final
+class AckFifoLeaseRequest(_message.Message):
+    """AckFifoLeaseRequest acknowledges a leased message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Required; same rules as EnqueueFifoRequest.queue."""
+    lease_id: _builtins.str
+    """Required: the lease_id of a FifoLease."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckFifoLeaseRequest: _TypeAlias = AckFifoLeaseRequest  # noqa: Y015
+
+@_typing.final
+class AckFifoLeaseResponse(_message.Message):
+    """AckFifoLeaseResponse reports the ack."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    """True when the message was removed; false (status OK) when the lease expired or is unknown."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckFifoLeaseResponse: _TypeAlias = AckFifoLeaseResponse  # noqa: Y015
+
+@_typing.final
+class RejectFifoLeaseRequest(_message.Message):
+    """RejectFifoLeaseRequest ends a lease as a failed attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Required; same rules as EnqueueFifoRequest.queue."""
+    lease_id: _builtins.str
+    """Required: the lease_id of a FifoLease."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectFifoLeaseRequest: _TypeAlias = RejectFifoLeaseRequest  # noqa: Y015
+
+@_typing.final
+class RejectFifoLeaseResponse(_message.Message):
+    """RejectFifoLeaseResponse reports the reject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    """True when the lease was held and ended; false (status OK) when it expired or is unknown."""
+    dead_lettered: _builtins.bool
+    """True when this attempt reached max_attempts and the message moved to `QUEUE.dead`."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+        dead_lettered: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "dead_lettered", b"dead_lettered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectFifoLeaseResponse: _TypeAlias = RejectFifoLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ExtendFifoLeaseRequest(_message.Message):
+    """ExtendFifoLeaseRequest extends a held lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    VISIBILITY_MS_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Required; same rules as EnqueueFifoRequest.queue."""
+    lease_id: _builtins.str
+    """Required: the lease_id of a FifoLease."""
+    visibility_ms: _builtins.int
+    """The lease holds this long from now; same bounds as LeaseFifoRequest.visibility_ms."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        visibility_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "queue", b"queue", "visibility_ms", b"visibility_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendFifoLeaseRequest: _TypeAlias = ExtendFifoLeaseRequest  # noqa: Y015
+
+@_typing.final
+class ExtendFifoLeaseResponse(_message.Message):
+    """ExtendFifoLeaseResponse reports the extension."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    """True when the lease was held and is extended; false (status OK) when it had expired."""
+    expires_at_ms: _builtins.int
+    """The new expiry, in ms since the Unix epoch; 0 when not accepted."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+        expires_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "expires_at_ms", b"expires_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendFifoLeaseResponse: _TypeAlias = ExtendFifoLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ListFifoRequest(_message.Message):
+    """ListFifoRequest asks for one page of a queue's messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Required; same rules as EnqueueFifoRequest.queue."""
+    page_size: _builtins.int
+    """The most messages in a page: 0 is 100, larger values are clamped to 1,000."""
+    page_token: _builtins.str
+    """A next_page_token from an earlier response; empty for the first page. Opaque."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFifoRequest: _TypeAlias = ListFifoRequest  # noqa: Y015
+
+@_typing.final
+class ListFifoResponse(_message.Message):
+    """ListFifoResponse lists one page of a queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Where the next page starts; empty after the last page."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___FifoMessage]:
+        """In sequence order."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___FifoMessage] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFifoResponse: _TypeAlias = ListFifoResponse  # noqa: Y015
+
+@_typing.final
+class RedriveFifoRequest(_message.Message):
+    """RedriveFifoRequest moves dead letters back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """Required: the queue whose dead letters (`QUEUE.dead`) move back to it."""
+    max_messages: _builtins.int
+    """The most messages to move: 0 means all (in batches; each batch is atomic)."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        max_messages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_messages", b"max_messages", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveFifoRequest: _TypeAlias = RedriveFifoRequest  # noqa: Y015
+
+@_typing.final
+class RedriveFifoResponse(_message.Message):
+    """RedriveFifoResponse reports the redrive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVED_COUNT_FIELD_NUMBER: _builtins.int
+    moved_count: _builtins.int
+    """How many messages moved."""
+    def __init__(
+        self,
+        *,
+        moved_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["moved_count", b"moved_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveFifoResponse: _TypeAlias = RedriveFifoResponse  # noqa: Y015
 
 @_typing.final
 class ReadyResponse(_message.Message):

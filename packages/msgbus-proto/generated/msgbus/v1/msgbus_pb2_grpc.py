@@ -113,6 +113,66 @@ class MsgbusServiceStub:
                 request_serializer=msgbus_dot_v1_dot_msgbus__pb2.PublishBatchRequest.SerializeToString,
                 response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.PublishBatchResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_stream(
+                '/msgbus.v1.MsgbusService/PublishStream',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.PublishStreamResponse.FromString,
+                _registered_method=True)
+        self.Push = channel.stream_stream(
+                '/msgbus.v1.MsgbusService/Push',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.PushRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.PushResponse.FromString,
+                _registered_method=True)
+        self.CommitCursor = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/CommitCursor',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.CommitCursorRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.CommitCursorResponse.FromString,
+                _registered_method=True)
+        self.GetCursor = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/GetCursor',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.GetCursorRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.GetCursorResponse.FromString,
+                _registered_method=True)
+        self.ListCursors = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/ListCursors',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.ListCursorsRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.ListCursorsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCursor = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/DeleteCursor',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.DeleteCursorRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.DeleteCursorResponse.FromString,
+                _registered_method=True)
+        self.LeaseFifo = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/LeaseFifo',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.LeaseFifoRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.LeaseFifoResponse.FromString,
+                _registered_method=True)
+        self.AckFifoLease = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/AckFifoLease',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.AckFifoLeaseRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.AckFifoLeaseResponse.FromString,
+                _registered_method=True)
+        self.RejectFifoLease = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/RejectFifoLease',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.RejectFifoLeaseRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.RejectFifoLeaseResponse.FromString,
+                _registered_method=True)
+        self.ExtendFifoLease = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/ExtendFifoLease',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.ExtendFifoLeaseRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.ExtendFifoLeaseResponse.FromString,
+                _registered_method=True)
+        self.ListFifo = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/ListFifo',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.ListFifoRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.ListFifoResponse.FromString,
+                _registered_method=True)
+        self.RedriveFifo = channel.unary_unary(
+                '/msgbus.v1.MsgbusService/RedriveFifo',
+                request_serializer=msgbus_dot_v1_dot_msgbus__pb2.RedriveFifoRequest.SerializeToString,
+                response_deserializer=msgbus_dot_v1_dot_msgbus__pb2.RedriveFifoResponse.FromString,
+                _registered_method=True)
 
 
 class MsgbusServiceServicer:
@@ -241,6 +301,106 @@ class MsgbusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishStream(self, request_iterator, context):
+        """PublishStream carries publishes and their acknowledgements on one open stream, so that a
+        sequential publisher pays one stream message per publish instead of a unary call. Each
+        request is one Publish (or one PublishBatch when `entries` is set), validated and made
+        durable exactly like the unary RPC, and answered by one response with the same
+        `request_id`, in request order. A refused request answers its error in the response and
+        the stream stays open. An extension; original daemons answer UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Push(self, request_iterator, context):
+        """Push is how a device syncs its logs to the upstream it dialled (`--upstream`), over the
+        channel it opened: the upstream never dials back. The device says who it is (hello), offers
+        the heads of the logs it would push (offer), and sends what the upstream lacks in batches of
+        one log each (batch). The upstream applies each batch with the accept rules of pulled data,
+        through its commit pipeline, and acknowledges it with the log's new head. An extension;
+        original daemons answer UNIMPLEMENTED and the device falls back to pull only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitCursor(self, request, context):
+        """CommitCursor stores a durable named cursor (name, topic, origin) -> head_id: the last head
+        the named consumer has processed. Cursors are local to the daemon and never replicated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCursor(self, request, context):
+        """GetCursor reads one durable cursor; `found` is false when it was never committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCursors(self, request, context):
+        """ListCursors lists durable cursors in pages, ordered by name, topic and origin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCursor(self, request, context):
+        """DeleteCursor deletes one cursor, or every cursor of a name when topic is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseFifo(self, request, context):
+        """LeaseFifo leases up to `max_messages` messages of a local queue that nobody else holds, in
+        FIFO order, each for `visibility_ms`. Several workers drain one queue in parallel this way.
+        A lease that expires makes its message available again with attempts + 1; a message that
+        reaches the queue's max_attempts moves to the dead-letter queue `QUEUE.dead` instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckFifoLease(self, request, context):
+        """AckFifoLease removes a leased message; `accepted` is false when the lease is not held.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectFifoLease(self, request, context):
+        """RejectFifoLease ends a lease as a failed attempt: attempts + 1 and the message is
+        available again, or dead-lettered once it reached max_attempts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendFifoLease(self, request, context):
+        """ExtendFifoLease keeps a held lease for `visibility_ms` more from now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFifo(self, request, context):
+        """ListFifo lists the messages of a local queue in sequence order, in pages, leased or not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveFifo(self, request, context):
+        """RedriveFifo moves the messages of a dead-letter queue `QUEUE.dead` back to the back of
+        `QUEUE`, in their order, with attempts reset to 0, atomically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MsgbusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -313,6 +473,66 @@ def add_MsgbusServiceServicer_to_server(servicer, server):
                     servicer.PublishBatch,
                     request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.PublishBatchRequest.FromString,
                     response_serializer=msgbus_dot_v1_dot_msgbus__pb2.PublishBatchResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.PublishStreamRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.PublishStreamResponse.SerializeToString,
+            ),
+            'Push': grpc.stream_stream_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.PushRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.PushResponse.SerializeToString,
+            ),
+            'CommitCursor': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitCursor,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.CommitCursorRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.CommitCursorResponse.SerializeToString,
+            ),
+            'GetCursor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCursor,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.GetCursorRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.GetCursorResponse.SerializeToString,
+            ),
+            'ListCursors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCursors,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.ListCursorsRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.ListCursorsResponse.SerializeToString,
+            ),
+            'DeleteCursor': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCursor,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.DeleteCursorRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.DeleteCursorResponse.SerializeToString,
+            ),
+            'LeaseFifo': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseFifo,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.LeaseFifoRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.LeaseFifoResponse.SerializeToString,
+            ),
+            'AckFifoLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckFifoLease,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.AckFifoLeaseRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.AckFifoLeaseResponse.SerializeToString,
+            ),
+            'RejectFifoLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectFifoLease,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.RejectFifoLeaseRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.RejectFifoLeaseResponse.SerializeToString,
+            ),
+            'ExtendFifoLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendFifoLease,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.ExtendFifoLeaseRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.ExtendFifoLeaseResponse.SerializeToString,
+            ),
+            'ListFifo': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFifo,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.ListFifoRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.ListFifoResponse.SerializeToString,
+            ),
+            'RedriveFifo': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveFifo,
+                    request_deserializer=msgbus_dot_v1_dot_msgbus__pb2.RedriveFifoRequest.FromString,
+                    response_serializer=msgbus_dot_v1_dot_msgbus__pb2.RedriveFifoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -702,6 +922,330 @@ class MsgbusService:
             '/msgbus.v1.MsgbusService/PublishBatch',
             msgbus_dot_v1_dot_msgbus__pb2.PublishBatchRequest.SerializeToString,
             msgbus_dot_v1_dot_msgbus__pb2.PublishBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/msgbus.v1.MsgbusService/PublishStream',
+            msgbus_dot_v1_dot_msgbus__pb2.PublishStreamRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.PublishStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/msgbus.v1.MsgbusService/Push',
+            msgbus_dot_v1_dot_msgbus__pb2.PushRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitCursor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/CommitCursor',
+            msgbus_dot_v1_dot_msgbus__pb2.CommitCursorRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.CommitCursorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCursor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/GetCursor',
+            msgbus_dot_v1_dot_msgbus__pb2.GetCursorRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.GetCursorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCursors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/ListCursors',
+            msgbus_dot_v1_dot_msgbus__pb2.ListCursorsRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.ListCursorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCursor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/DeleteCursor',
+            msgbus_dot_v1_dot_msgbus__pb2.DeleteCursorRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.DeleteCursorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseFifo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/LeaseFifo',
+            msgbus_dot_v1_dot_msgbus__pb2.LeaseFifoRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.LeaseFifoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckFifoLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/AckFifoLease',
+            msgbus_dot_v1_dot_msgbus__pb2.AckFifoLeaseRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.AckFifoLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectFifoLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/RejectFifoLease',
+            msgbus_dot_v1_dot_msgbus__pb2.RejectFifoLeaseRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.RejectFifoLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendFifoLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/ExtendFifoLease',
+            msgbus_dot_v1_dot_msgbus__pb2.ExtendFifoLeaseRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.ExtendFifoLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFifo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/ListFifo',
+            msgbus_dot_v1_dot_msgbus__pb2.ListFifoRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.ListFifoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveFifo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgbus.v1.MsgbusService/RedriveFifo',
+            msgbus_dot_v1_dot_msgbus__pb2.RedriveFifoRequest.SerializeToString,
+            msgbus_dot_v1_dot_msgbus__pb2.RedriveFifoResponse.FromString,
             options,
             channel_credentials,
             insecure,

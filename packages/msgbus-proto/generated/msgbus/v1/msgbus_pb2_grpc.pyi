@@ -101,6 +101,52 @@ class MsgbusServiceStub:
     is invalid the whole batch is rejected (the error message names the entry's index) and
     nothing is stored. An extension of this project; original daemons answer UNIMPLEMENTED.
     """
+    PublishStream: _grpc.StreamStreamMultiCallable[_msgbus_pb2.PublishStreamRequest, _msgbus_pb2.PublishStreamResponse]
+    """PublishStream carries publishes and their acknowledgements on one open stream, so that a
+    sequential publisher pays one stream message per publish instead of a unary call. Each
+    request is one Publish (or one PublishBatch when `entries` is set), validated and made
+    durable exactly like the unary RPC, and answered by one response with the same
+    `request_id`, in request order. A refused request answers its error in the response and
+    the stream stays open. An extension; original daemons answer UNIMPLEMENTED.
+    """
+    Push: _grpc.StreamStreamMultiCallable[_msgbus_pb2.PushRequest, _msgbus_pb2.PushResponse]
+    """Push is how a device syncs its logs to the upstream it dialled (`--upstream`), over the
+    channel it opened: the upstream never dials back. The device says who it is (hello), offers
+    the heads of the logs it would push (offer), and sends what the upstream lacks in batches of
+    one log each (batch). The upstream applies each batch with the accept rules of pulled data,
+    through its commit pipeline, and acknowledges it with the log's new head. An extension;
+    original daemons answer UNIMPLEMENTED and the device falls back to pull only.
+    """
+    CommitCursor: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.CommitCursorRequest, _msgbus_pb2.CommitCursorResponse]
+    """CommitCursor stores a durable named cursor (name, topic, origin) -> head_id: the last head
+    the named consumer has processed. Cursors are local to the daemon and never replicated.
+    """
+    GetCursor: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.GetCursorRequest, _msgbus_pb2.GetCursorResponse]
+    """GetCursor reads one durable cursor; `found` is false when it was never committed."""
+    ListCursors: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.ListCursorsRequest, _msgbus_pb2.ListCursorsResponse]
+    """ListCursors lists durable cursors in pages, ordered by name, topic and origin."""
+    DeleteCursor: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.DeleteCursorRequest, _msgbus_pb2.DeleteCursorResponse]
+    """DeleteCursor deletes one cursor, or every cursor of a name when topic is empty."""
+    LeaseFifo: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.LeaseFifoRequest, _msgbus_pb2.LeaseFifoResponse]
+    """LeaseFifo leases up to `max_messages` messages of a local queue that nobody else holds, in
+    FIFO order, each for `visibility_ms`. Several workers drain one queue in parallel this way.
+    A lease that expires makes its message available again with attempts + 1; a message that
+    reaches the queue's max_attempts moves to the dead-letter queue `QUEUE.dead` instead.
+    """
+    AckFifoLease: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.AckFifoLeaseRequest, _msgbus_pb2.AckFifoLeaseResponse]
+    """AckFifoLease removes a leased message; `accepted` is false when the lease is not held."""
+    RejectFifoLease: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.RejectFifoLeaseRequest, _msgbus_pb2.RejectFifoLeaseResponse]
+    """RejectFifoLease ends a lease as a failed attempt: attempts + 1 and the message is
+    available again, or dead-lettered once it reached max_attempts.
+    """
+    ExtendFifoLease: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.ExtendFifoLeaseRequest, _msgbus_pb2.ExtendFifoLeaseResponse]
+    """ExtendFifoLease keeps a held lease for `visibility_ms` more from now."""
+    ListFifo: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.ListFifoRequest, _msgbus_pb2.ListFifoResponse]
+    """ListFifo lists the messages of a local queue in sequence order, in pages, leased or not."""
+    RedriveFifo: _grpc.UnaryUnaryMultiCallable[_msgbus_pb2.RedriveFifoRequest, _msgbus_pb2.RedriveFifoResponse]
+    """RedriveFifo moves the messages of a dead-letter queue `QUEUE.dead` back to the back of
+    `QUEUE`, in their order, with attempts reset to 0, atomically.
+    """
 
 @_typing.type_check_only
 class MsgbusServiceAsyncStub(MsgbusServiceStub):
@@ -169,6 +215,52 @@ class MsgbusServiceAsyncStub(MsgbusServiceStub):
     atomic durable transaction. It answers one envelope per entry, in request order. If any entry
     is invalid the whole batch is rejected (the error message names the entry's index) and
     nothing is stored. An extension of this project; original daemons answer UNIMPLEMENTED.
+    """
+    PublishStream: _aio.StreamStreamMultiCallable[_msgbus_pb2.PublishStreamRequest, _msgbus_pb2.PublishStreamResponse]  # type: ignore[assignment]
+    """PublishStream carries publishes and their acknowledgements on one open stream, so that a
+    sequential publisher pays one stream message per publish instead of a unary call. Each
+    request is one Publish (or one PublishBatch when `entries` is set), validated and made
+    durable exactly like the unary RPC, and answered by one response with the same
+    `request_id`, in request order. A refused request answers its error in the response and
+    the stream stays open. An extension; original daemons answer UNIMPLEMENTED.
+    """
+    Push: _aio.StreamStreamMultiCallable[_msgbus_pb2.PushRequest, _msgbus_pb2.PushResponse]  # type: ignore[assignment]
+    """Push is how a device syncs its logs to the upstream it dialled (`--upstream`), over the
+    channel it opened: the upstream never dials back. The device says who it is (hello), offers
+    the heads of the logs it would push (offer), and sends what the upstream lacks in batches of
+    one log each (batch). The upstream applies each batch with the accept rules of pulled data,
+    through its commit pipeline, and acknowledges it with the log's new head. An extension;
+    original daemons answer UNIMPLEMENTED and the device falls back to pull only.
+    """
+    CommitCursor: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.CommitCursorRequest, _msgbus_pb2.CommitCursorResponse]  # type: ignore[assignment]
+    """CommitCursor stores a durable named cursor (name, topic, origin) -> head_id: the last head
+    the named consumer has processed. Cursors are local to the daemon and never replicated.
+    """
+    GetCursor: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.GetCursorRequest, _msgbus_pb2.GetCursorResponse]  # type: ignore[assignment]
+    """GetCursor reads one durable cursor; `found` is false when it was never committed."""
+    ListCursors: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.ListCursorsRequest, _msgbus_pb2.ListCursorsResponse]  # type: ignore[assignment]
+    """ListCursors lists durable cursors in pages, ordered by name, topic and origin."""
+    DeleteCursor: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.DeleteCursorRequest, _msgbus_pb2.DeleteCursorResponse]  # type: ignore[assignment]
+    """DeleteCursor deletes one cursor, or every cursor of a name when topic is empty."""
+    LeaseFifo: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.LeaseFifoRequest, _msgbus_pb2.LeaseFifoResponse]  # type: ignore[assignment]
+    """LeaseFifo leases up to `max_messages` messages of a local queue that nobody else holds, in
+    FIFO order, each for `visibility_ms`. Several workers drain one queue in parallel this way.
+    A lease that expires makes its message available again with attempts + 1; a message that
+    reaches the queue's max_attempts moves to the dead-letter queue `QUEUE.dead` instead.
+    """
+    AckFifoLease: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.AckFifoLeaseRequest, _msgbus_pb2.AckFifoLeaseResponse]  # type: ignore[assignment]
+    """AckFifoLease removes a leased message; `accepted` is false when the lease is not held."""
+    RejectFifoLease: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.RejectFifoLeaseRequest, _msgbus_pb2.RejectFifoLeaseResponse]  # type: ignore[assignment]
+    """RejectFifoLease ends a lease as a failed attempt: attempts + 1 and the message is
+    available again, or dead-lettered once it reached max_attempts.
+    """
+    ExtendFifoLease: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.ExtendFifoLeaseRequest, _msgbus_pb2.ExtendFifoLeaseResponse]  # type: ignore[assignment]
+    """ExtendFifoLease keeps a held lease for `visibility_ms` more from now."""
+    ListFifo: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.ListFifoRequest, _msgbus_pb2.ListFifoResponse]  # type: ignore[assignment]
+    """ListFifo lists the messages of a local queue in sequence order, in pages, leased or not."""
+    RedriveFifo: _aio.UnaryUnaryMultiCallable[_msgbus_pb2.RedriveFifoRequest, _msgbus_pb2.RedriveFifoResponse]  # type: ignore[assignment]
+    """RedriveFifo moves the messages of a dead-letter queue `QUEUE.dead` back to the back of
+    `QUEUE`, in their order, with attempts reset to 0, atomically.
     """
 
 class MsgbusServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -319,6 +411,124 @@ class MsgbusServiceServicer(metaclass=_abc_1.ABCMeta):
         atomic durable transaction. It answers one envelope per entry, in request order. If any entry
         is invalid the whole batch is rejected (the error message names the entry's index) and
         nothing is stored. An extension of this project; original daemons answer UNIMPLEMENTED.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_msgbus_pb2.PublishStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_msgbus_pb2.PublishStreamResponse], _abc.AsyncIterator[_msgbus_pb2.PublishStreamResponse]]:
+        """PublishStream carries publishes and their acknowledgements on one open stream, so that a
+        sequential publisher pays one stream message per publish instead of a unary call. Each
+        request is one Publish (or one PublishBatch when `entries` is set), validated and made
+        durable exactly like the unary RPC, and answered by one response with the same
+        `request_id`, in request order. A refused request answers its error in the response and
+        the stream stays open. An extension; original daemons answer UNIMPLEMENTED.
+        """
+
+    @_abc_1.abstractmethod
+    def Push(
+        self,
+        request_iterator: _MaybeAsyncIterator[_msgbus_pb2.PushRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_msgbus_pb2.PushResponse], _abc.AsyncIterator[_msgbus_pb2.PushResponse]]:
+        """Push is how a device syncs its logs to the upstream it dialled (`--upstream`), over the
+        channel it opened: the upstream never dials back. The device says who it is (hello), offers
+        the heads of the logs it would push (offer), and sends what the upstream lacks in batches of
+        one log each (batch). The upstream applies each batch with the accept rules of pulled data,
+        through its commit pipeline, and acknowledges it with the log's new head. An extension;
+        original daemons answer UNIMPLEMENTED and the device falls back to pull only.
+        """
+
+    @_abc_1.abstractmethod
+    def CommitCursor(
+        self,
+        request: _msgbus_pb2.CommitCursorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.CommitCursorResponse, _abc.Awaitable[_msgbus_pb2.CommitCursorResponse]]:
+        """CommitCursor stores a durable named cursor (name, topic, origin) -> head_id: the last head
+        the named consumer has processed. Cursors are local to the daemon and never replicated.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCursor(
+        self,
+        request: _msgbus_pb2.GetCursorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.GetCursorResponse, _abc.Awaitable[_msgbus_pb2.GetCursorResponse]]:
+        """GetCursor reads one durable cursor; `found` is false when it was never committed."""
+
+    @_abc_1.abstractmethod
+    def ListCursors(
+        self,
+        request: _msgbus_pb2.ListCursorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.ListCursorsResponse, _abc.Awaitable[_msgbus_pb2.ListCursorsResponse]]:
+        """ListCursors lists durable cursors in pages, ordered by name, topic and origin."""
+
+    @_abc_1.abstractmethod
+    def DeleteCursor(
+        self,
+        request: _msgbus_pb2.DeleteCursorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.DeleteCursorResponse, _abc.Awaitable[_msgbus_pb2.DeleteCursorResponse]]:
+        """DeleteCursor deletes one cursor, or every cursor of a name when topic is empty."""
+
+    @_abc_1.abstractmethod
+    def LeaseFifo(
+        self,
+        request: _msgbus_pb2.LeaseFifoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.LeaseFifoResponse, _abc.Awaitable[_msgbus_pb2.LeaseFifoResponse]]:
+        """LeaseFifo leases up to `max_messages` messages of a local queue that nobody else holds, in
+        FIFO order, each for `visibility_ms`. Several workers drain one queue in parallel this way.
+        A lease that expires makes its message available again with attempts + 1; a message that
+        reaches the queue's max_attempts moves to the dead-letter queue `QUEUE.dead` instead.
+        """
+
+    @_abc_1.abstractmethod
+    def AckFifoLease(
+        self,
+        request: _msgbus_pb2.AckFifoLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.AckFifoLeaseResponse, _abc.Awaitable[_msgbus_pb2.AckFifoLeaseResponse]]:
+        """AckFifoLease removes a leased message; `accepted` is false when the lease is not held."""
+
+    @_abc_1.abstractmethod
+    def RejectFifoLease(
+        self,
+        request: _msgbus_pb2.RejectFifoLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.RejectFifoLeaseResponse, _abc.Awaitable[_msgbus_pb2.RejectFifoLeaseResponse]]:
+        """RejectFifoLease ends a lease as a failed attempt: attempts + 1 and the message is
+        available again, or dead-lettered once it reached max_attempts.
+        """
+
+    @_abc_1.abstractmethod
+    def ExtendFifoLease(
+        self,
+        request: _msgbus_pb2.ExtendFifoLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.ExtendFifoLeaseResponse, _abc.Awaitable[_msgbus_pb2.ExtendFifoLeaseResponse]]:
+        """ExtendFifoLease keeps a held lease for `visibility_ms` more from now."""
+
+    @_abc_1.abstractmethod
+    def ListFifo(
+        self,
+        request: _msgbus_pb2.ListFifoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.ListFifoResponse, _abc.Awaitable[_msgbus_pb2.ListFifoResponse]]:
+        """ListFifo lists the messages of a local queue in sequence order, in pages, leased or not."""
+
+    @_abc_1.abstractmethod
+    def RedriveFifo(
+        self,
+        request: _msgbus_pb2.RedriveFifoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_msgbus_pb2.RedriveFifoResponse, _abc.Awaitable[_msgbus_pb2.RedriveFifoResponse]]:
+        """RedriveFifo moves the messages of a dead-letter queue `QUEUE.dead` back to the back of
+        `QUEUE`, in their order, with attempts reset to 0, atomically.
         """
 
 def add_MsgbusServiceServicer_to_server(servicer: MsgbusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,19 +4,37 @@
 # This file has been @generated
 
 __all__ = (
+    "AckFifoLeaseRequest",
+    "AckFifoLeaseResponse",
     "AckFifoRequest",
     "AckFifoResponse",
+    "CommitCursorRequest",
+    "CommitCursorResponse",
+    "Cursor",
+    "DeleteCursorRequest",
+    "DeleteCursorResponse",
     "DeleteRangeRequest",
     "DeleteRangeResponse",
     "EnqueueFifoRequest",
     "EnqueueFifoResponse",
+    "ExtendFifoLeaseRequest",
+    "ExtendFifoLeaseResponse",
     "FetchRequest",
     "FetchResponse",
+    "FifoLease",
     "FifoMessage",
+    "GetCursorRequest",
+    "GetCursorResponse",
     "GetHeadRequest",
     "GetHeadResponse",
     "HealthRequest",
     "HealthResponse",
+    "LeaseFifoRequest",
+    "LeaseFifoResponse",
+    "ListCursorsRequest",
+    "ListCursorsResponse",
+    "ListFifoRequest",
+    "ListFifoResponse",
     "ListHeadsRequest",
     "ListHeadsResponse",
     "ListPeerSyncStatesRequest",
@@ -30,8 +48,22 @@ __all__ = (
     "PublishBatchResponse",
     "PublishRequest",
     "PublishResponse",
+    "PublishStreamRequest",
+    "PublishStreamResponse",
+    "PushAck",
+    "PushBatch",
+    "PushHello",
+    "PushOffer",
+    "PushOfferReply",
+    "PushRequest",
+    "PushResponse",
+    "PushWelcome",
     "ReadyRequest",
     "ReadyResponse",
+    "RedriveFifoRequest",
+    "RedriveFifoResponse",
+    "RejectFifoLeaseRequest",
+    "RejectFifoLeaseResponse",
     "RejectFifoRequest",
     "RejectFifoResponse",
     "SubscribeRequest",
@@ -47,6 +79,41 @@ from ...message_pool import default_message_pool
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+@dataclass(eq=False, repr=False)
+class AckFifoLeaseRequest(betterproto2.Message):
+    """
+    AckFifoLeaseRequest acknowledges a leased message.
+    """
+
+    queue: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required; same rules as EnqueueFifoRequest.queue.
+    """
+
+    lease_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Required: the lease_id of a FifoLease.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "AckFifoLeaseRequest", AckFifoLeaseRequest)
+
+
+@dataclass(eq=False, repr=False)
+class AckFifoLeaseResponse(betterproto2.Message):
+    """
+    AckFifoLeaseResponse reports the ack.
+    """
+
+    accepted: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    True when the message was removed; false (status OK) when the lease expired or is unknown.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "AckFifoLeaseResponse", AckFifoLeaseResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -82,6 +149,126 @@ class AckFifoResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("msgbus.v1", "AckFifoResponse", AckFifoResponse)
+
+
+@dataclass(eq=False, repr=False)
+class CommitCursorRequest(betterproto2.Message):
+    """
+    CommitCursorRequest stores a cursor.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required; see Cursor.name.
+    """
+
+    topic: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Required; same rules as FetchRequest.topic.
+    """
+
+    origin: "NodeId | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The log's origin. Absent or all-empty means the local node.
+    """
+
+    head_id: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    The last head processed; at most the log's head (FAILED_PRECONDITION otherwise).
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "CommitCursorRequest", CommitCursorRequest)
+
+
+@dataclass(eq=False, repr=False)
+class CommitCursorResponse(betterproto2.Message):
+    """
+    CommitCursorResponse carries the stored cursor.
+    """
+
+    cursor: "Cursor | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The durable cursor.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "CommitCursorResponse", CommitCursorResponse)
+
+
+@dataclass(eq=False, repr=False)
+class Cursor(betterproto2.Message):
+    """
+    Cursor is one durable named cursor.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The consumer's name: at most 255 UTF-8 bytes, no control characters.
+    """
+
+    topic: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The log's topic.
+    """
+
+    origin: "NodeId | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The log's origin.
+    """
+
+    head_id: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    The last head_id the consumer processed; it resumes at head_id + 1.
+    """
+
+    updated_at_ms: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+    """
+    When the cursor was last committed, in ms since the Unix epoch.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "Cursor", Cursor)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteCursorRequest(betterproto2.Message):
+    """
+    DeleteCursorRequest deletes cursors.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required; see Cursor.name.
+    """
+
+    topic: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The log's topic; empty deletes every cursor of the name.
+    """
+
+    origin: "NodeId | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The log's origin. Absent or all-empty means the local node (ignored when topic is empty).
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "DeleteCursorRequest", DeleteCursorRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteCursorResponse(betterproto2.Message):
+    """
+    DeleteCursorResponse reports the delete.
+    """
+
+    deleted_count: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    How many cursors were deleted.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "DeleteCursorResponse", DeleteCursorResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -190,6 +377,53 @@ default_message_pool.register_message("msgbus.v1", "EnqueueFifoResponse", Enqueu
 
 
 @dataclass(eq=False, repr=False)
+class ExtendFifoLeaseRequest(betterproto2.Message):
+    """
+    ExtendFifoLeaseRequest extends a held lease.
+    """
+
+    queue: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required; same rules as EnqueueFifoRequest.queue.
+    """
+
+    lease_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Required: the lease_id of a FifoLease.
+    """
+
+    visibility_ms: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    The lease holds this long from now; same bounds as LeaseFifoRequest.visibility_ms.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "ExtendFifoLeaseRequest", ExtendFifoLeaseRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ExtendFifoLeaseResponse(betterproto2.Message):
+    """
+    ExtendFifoLeaseResponse reports the extension.
+    """
+
+    accepted: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    True when the lease was held and is extended; false (status OK) when it had expired.
+    """
+
+    expires_at_ms: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    The new expiry, in ms since the Unix epoch; 0 when not accepted.
+    """
+
+
+default_message_pool.register_message(
+    "msgbus.v1", "ExtendFifoLeaseResponse", ExtendFifoLeaseResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class FetchRequest(betterproto2.Message):
     """
     FetchRequest reads one page of a log.
@@ -260,6 +494,31 @@ default_message_pool.register_message("msgbus.v1", "FetchResponse", FetchRespons
 
 
 @dataclass(eq=False, repr=False)
+class FifoLease(betterproto2.Message):
+    """
+    FifoLease is one leased FIFO message.
+    """
+
+    message: "FifoMessage | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The message, with its attempts so far.
+    """
+
+    lease_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Opaque; names this lease for ack, reject and extend. A new lease gets a new id.
+    """
+
+    expires_at_ms: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    When the lease expires unless extended, in ms since the Unix epoch.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "FifoLease", FifoLease)
+
+
+@dataclass(eq=False, repr=False)
 class FifoMessage(betterproto2.Message):
     """
     FifoMessage is one message of a local FIFO queue.
@@ -316,11 +575,67 @@ class FifoMessage(betterproto2.Message):
 
     attempts: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
     """
-    How many times the message was rejected.
+    How many times the message was rejected (or its lease expired).
+    """
+
+    dead_reason: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    Extension: set on a message of a dead-letter queue `QUEUE.dead`: why it was moved there
+    ("max_attempts reached by reject" or "max_attempts reached by lease expiry").
+    """
+
+    leased_until_ms: "int" = betterproto2.field(12, betterproto2.TYPE_UINT64)
+    """
+    Extension: when the message is leased, until when, in ms since the Unix epoch; 0 otherwise.
     """
 
 
 default_message_pool.register_message("msgbus.v1", "FifoMessage", FifoMessage)
+
+
+@dataclass(eq=False, repr=False)
+class GetCursorRequest(betterproto2.Message):
+    """
+    GetCursorRequest names a cursor.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required; see Cursor.name.
+    """
+
+    topic: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Required; same rules as FetchRequest.topic.
+    """
+
+    origin: "NodeId | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The log's origin. Absent or all-empty means the local node.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "GetCursorRequest", GetCursorRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetCursorResponse(betterproto2.Message):
+    """
+    GetCursorResponse carries a cursor.
+    """
+
+    cursor: "Cursor | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The cursor; unset when not found.
+    """
+
+    found: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    False when the cursor was never committed (or was deleted).
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "GetCursorResponse", GetCursorResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -405,6 +720,142 @@ class HealthResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("msgbus.v1", "HealthResponse", HealthResponse)
+
+
+@dataclass(eq=False, repr=False)
+class LeaseFifoRequest(betterproto2.Message):
+    """
+    LeaseFifoRequest leases messages of a queue.
+    """
+
+    queue: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required; same rules as EnqueueFifoRequest.queue.
+    """
+
+    max_messages: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    1 to 1,000; 0 means 1.
+    """
+
+    visibility_ms: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    How long the lease holds: 0 means 30,000; at most 43,200,000 (12 h).
+    """
+
+    wait_ms: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    When nothing is available, wait up to this long for a message (at most 60,000); 0 answers
+    at once. An empty answer is OK with no lease, never NOT_FOUND.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "LeaseFifoRequest", LeaseFifoRequest)
+
+
+@dataclass(eq=False, repr=False)
+class LeaseFifoResponse(betterproto2.Message):
+    """
+    LeaseFifoResponse carries the leases, in sequence order.
+    """
+
+    leases: "list[FifoLease]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Up to max_messages leases.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "LeaseFifoResponse", LeaseFifoResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ListCursorsRequest(betterproto2.Message):
+    """
+    ListCursorsRequest asks for one page of cursors.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Only the cursors of this name; empty lists every name.
+    """
+
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    The most cursors in a page: 0 is 1,000, larger values are clamped to 10,000.
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    A next_page_token from an earlier response; empty for the first page. Opaque.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "ListCursorsRequest", ListCursorsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListCursorsResponse(betterproto2.Message):
+    """
+    ListCursorsResponse lists one page of cursors.
+    """
+
+    cursors: "list[Cursor]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Ordered by name, topic and origin.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Where the next page starts; empty after the last page.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "ListCursorsResponse", ListCursorsResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ListFifoRequest(betterproto2.Message):
+    """
+    ListFifoRequest asks for one page of a queue's messages.
+    """
+
+    queue: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required; same rules as EnqueueFifoRequest.queue.
+    """
+
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    The most messages in a page: 0 is 100, larger values are clamped to 1,000.
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    A next_page_token from an earlier response; empty for the first page. Opaque.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "ListFifoRequest", ListFifoRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListFifoResponse(betterproto2.Message):
+    """
+    ListFifoResponse lists one page of a queue.
+    """
+
+    messages: "list[FifoMessage]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    In sequence order.
+    """
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Where the next page starts; empty after the last page.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "ListFifoResponse", ListFifoResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -696,6 +1147,14 @@ class PeerSyncState(betterproto2.Message):
     The last error, or empty after a success.
     """
 
+    direction: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    Extension: which way the data flows: "pull" (this daemon pulls from `peer`, a --peer or
+    --upstream endpoint; also what an empty value from an original daemon means), "push" (this
+    daemon pushes to the --upstream `peer`) or "pushed" (a device pushes to this daemon; `peer`
+    is then the pusher's authenticated identity, "tenant_id/bl_name/device_id").
+    """
+
 
 default_message_pool.register_message("msgbus.v1", "PeerSyncState", PeerSyncState)
 
@@ -729,6 +1188,13 @@ class PublishBatchResponse(betterproto2.Message):
     )
     """
     One durable envelope per entry, in request order.
+    """
+
+    duplicates: "list[bool]" = betterproto2.field(2, betterproto2.TYPE_BOOL, repeated=True)
+    """
+    Extension: one flag per entry, in request order, true when that entry's idempotency_key
+    repeated an earlier publish (its envelope is the one stored then). Empty when no entry
+    carried a key.
     """
 
 
@@ -766,6 +1232,14 @@ class PublishRequest(betterproto2.Message):
     At most 64 entries and 16 KiB of keys and values in total.
     """
 
+    idempotency_key: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Extension: at most 128 UTF-8 bytes, no control characters; empty means none. A repeat of a
+    key already used for this topic within the daemon's dedup window (--dedup-window) answers
+    the envelope stored the first time, with `duplicate` set, and stores nothing. The key is
+    stored in the same transaction as the message, so a retry after a crash is also caught.
+    """
+
 
 default_message_pool.register_message("msgbus.v1", "PublishRequest", PublishRequest)
 
@@ -783,8 +1257,311 @@ class PublishResponse(betterproto2.Message):
     The durable message, with its id, head_id and created_at_ms.
     """
 
+    duplicate: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Extension: true when idempotency_key repeated an earlier publish and `message` is the
+    envelope stored then; nothing new was stored.
+    """
+
 
 default_message_pool.register_message("msgbus.v1", "PublishResponse", PublishResponse)
+
+
+@dataclass(eq=False, repr=False)
+class PublishStreamRequest(betterproto2.Message):
+    """
+    PublishStreamRequest is one publish on a PublishStream.
+    """
+
+    request_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    Chosen by the client and echoed in the response; responses come in request order.
+    """
+
+    publish: "PublishRequest | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    One publish, validated like Publish. Ignored when `entries` is set.
+    """
+
+    entries: "list[PublishRequest]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One atomic batch, validated like PublishBatch (one to 10,000 entries).
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PublishStreamRequest", PublishStreamRequest)
+
+
+@dataclass(eq=False, repr=False)
+class PublishStreamResponse(betterproto2.Message):
+    """
+    PublishStreamResponse answers one PublishStreamRequest.
+    """
+
+    request_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    The request_id of the request answered.
+    """
+
+    messages: "list[MessageEnvelope]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The durable envelopes: one for a single publish, one per entry for a batch. Empty when the
+    request was refused.
+    """
+
+    duplicates: "list[bool]" = betterproto2.field(3, betterproto2.TYPE_BOOL, repeated=True)
+    """
+    Per envelope, true when its idempotency_key repeated an earlier publish.
+    """
+
+    error_code: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    0 (OK) when the request was stored; otherwise the gRPC status code the unary RPC would have
+    answered (3 INVALID_ARGUMENT, 7 PERMISSION_DENIED, 14 UNAVAILABLE, ...), and nothing of the
+    request was stored.
+    """
+
+    error_message: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The error message the unary RPC would have answered; empty when stored.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PublishStreamResponse", PublishStreamResponse)
+
+
+@dataclass(eq=False, repr=False)
+class PushAck(betterproto2.Message):
+    """
+    PushAck acknowledges one PushBatch.
+    """
+
+    batch_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    The batch_id of the batch acknowledged.
+    """
+
+    topic: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The log's topic.
+    """
+
+    origin: "NodeId | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The log's origin.
+    """
+
+    head_id: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    The upstream's durable head of the log after the batch: everything up to it is stored.
+    """
+
+    error_code: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    0 (OK) when the batch was applied; otherwise the gRPC status code of why nothing of it was
+    stored (7 PERMISSION_DENIED for a log this pusher may not push, 9 FAILED_PRECONDITION for
+    a gap or a conflicting copy, 3 INVALID_ARGUMENT for a malformed message).
+    """
+
+    error_message: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    Why the batch was refused; empty when applied.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PushAck", PushAck)
+
+
+@dataclass(eq=False, repr=False)
+class PushBatch(betterproto2.Message):
+    """
+    PushBatch carries consecutive messages of one log.
+    """
+
+    batch_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    Chosen by the device and echoed in the acknowledgement.
+    """
+
+    topic: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The log's topic.
+    """
+
+    origin: "NodeId | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The log's origin.
+    """
+
+    messages: "list[MessageEnvelope]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Consecutive messages in ascending head_id order, starting at the upstream's head + 1, or
+    at the device's first_head_id when retention trimmed the heads in between. Bounded like a
+    Fetch page (about 3 MiB).
+    """
+
+    first_head_id: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+    """
+    The device's first held head of the log when it is above the upstream's head + 1 (the
+    heads in between were trimmed by retention, not lost); 0 otherwise.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PushBatch", PushBatch)
+
+
+@dataclass(eq=False, repr=False)
+class PushHello(betterproto2.Message):
+    """
+    PushHello opens a Push stream.
+    """
+
+    node: "NodeId | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The pushing daemon's node identity.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PushHello", PushHello)
+
+
+@dataclass(eq=False, repr=False)
+class PushOffer(betterproto2.Message):
+    """
+    PushOffer lists heads of the device's logs (at most 1,000 per offer).
+    """
+
+    heads: "list[TopicHead]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The device's heads, with first_head_id where retention trimmed the log.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PushOffer", PushOffer)
+
+
+@dataclass(eq=False, repr=False)
+class PushOfferReply(betterproto2.Message):
+    """
+    PushOfferReply answers a PushOffer, in its order.
+    """
+
+    heads: "list[TopicHead]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One entry per offered log: the upstream's head (0 when it has none) and first_head_id.
+    """
+
+    refused: "list[bool]" = betterproto2.field(2, betterproto2.TYPE_BOOL, repeated=True)
+    """
+    One flag per offered log: true when this pusher may not push it (a batch would be
+    refused); the refusal is recorded in the upstream's sync state.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PushOfferReply", PushOfferReply)
+
+
+@dataclass(eq=False, repr=False)
+class PushRequest(betterproto2.Message):
+    """
+    PushRequest is one message a device sends on a Push stream.
+
+    Oneofs:
+        - kind: Exactly one is set: first a hello, then offers and batches in any order.
+    """
+
+    hello: "PushHello | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+    """
+    Who is pushing. With mTLS the certificate's identity decides and a different hello is
+    refused; without TLS, on loopback, the hello stands in for it.
+    """
+
+    offer: "PushOffer | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+    """
+    The device's heads of logs it would push; the upstream answers its own heads of them.
+    """
+
+    batch: "PushBatch | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+    """
+    Messages of one log for the upstream to apply.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PushRequest", PushRequest)
+
+
+@dataclass(eq=False, repr=False)
+class PushResponse(betterproto2.Message):
+    """
+    PushResponse is one message the upstream sends on a Push stream.
+
+    Oneofs:
+        - kind: Exactly one is set: a welcome answers the hello, an offer reply each offer, an ack each
+            batch.
+    """
+
+    welcome: "PushWelcome | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+    """
+    The hello was accepted.
+    """
+
+    offer_reply: "PushOfferReply | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+    """
+    The upstream's heads of the offered logs.
+    """
+
+    ack: "PushAck | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+    """
+    A batch was applied or refused.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PushResponse", PushResponse)
+
+
+@dataclass(eq=False, repr=False)
+class PushWelcome(betterproto2.Message):
+    """
+    PushWelcome accepts a Push stream.
+    """
+
+    node: "NodeId | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The upstream's own node identity.
+    """
+
+    pusher: "NodeId | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The identity the upstream holds the pusher to: from its certificate, else its hello.
+    """
+
+    max_batch_bytes: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    The largest batch, in bytes of payloads and headers, the upstream takes.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "PushWelcome", PushWelcome)
 
 
 @dataclass(eq=False, repr=False)
@@ -827,6 +1604,83 @@ class ReadyResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("msgbus.v1", "ReadyResponse", ReadyResponse)
+
+
+@dataclass(eq=False, repr=False)
+class RedriveFifoRequest(betterproto2.Message):
+    """
+    RedriveFifoRequest moves dead letters back.
+    """
+
+    queue: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required: the queue whose dead letters (`QUEUE.dead`) move back to it.
+    """
+
+    max_messages: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    The most messages to move: 0 means all (in batches; each batch is atomic).
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "RedriveFifoRequest", RedriveFifoRequest)
+
+
+@dataclass(eq=False, repr=False)
+class RedriveFifoResponse(betterproto2.Message):
+    """
+    RedriveFifoResponse reports the redrive.
+    """
+
+    moved_count: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    How many messages moved.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "RedriveFifoResponse", RedriveFifoResponse)
+
+
+@dataclass(eq=False, repr=False)
+class RejectFifoLeaseRequest(betterproto2.Message):
+    """
+    RejectFifoLeaseRequest ends a lease as a failed attempt.
+    """
+
+    queue: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required; same rules as EnqueueFifoRequest.queue.
+    """
+
+    lease_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Required: the lease_id of a FifoLease.
+    """
+
+
+default_message_pool.register_message("msgbus.v1", "RejectFifoLeaseRequest", RejectFifoLeaseRequest)
+
+
+@dataclass(eq=False, repr=False)
+class RejectFifoLeaseResponse(betterproto2.Message):
+    """
+    RejectFifoLeaseResponse reports the reject.
+    """
+
+    accepted: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    True when the lease was held and ended; false (status OK) when it expired or is unknown.
+    """
+
+    dead_lettered: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True when this attempt reached max_attempts and the message moved to `QUEUE.dead`.
+    """
+
+
+default_message_pool.register_message(
+    "msgbus.v1", "RejectFifoLeaseResponse", RejectFifoLeaseResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -899,6 +1753,31 @@ class SubscribeRequest(betterproto2.Message):
     0 (the default, and what original clients send) means one message per response.
     """
 
+    topic_pattern: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    Extension (pattern mode): a topic glob (`*` matches within a dot-separated segment, `>` or
+    a trailing `**` matches the rest; see the README). When set, `topic` and `origin` must be
+    empty, and the subscription follows every log whose topic matches and whose origin matches
+    origin_pattern: their messages are merged, each log in its own head order with no gap and
+    no duplicate, and logs that appear later are picked up live. Every response carries
+    messages of one log only, and each envelope names its log.
+    """
+
+    origin_pattern: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    Extension (pattern mode): a glob over the origin key "tenant_id/bl_name/device_id"; empty
+    means every origin. Only with topic_pattern.
+    """
+
+    resume_after: "list[TopicHead]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Extension (pattern mode): where to resume, per log: each entry's head_id is the last head
+    already delivered, so that log resumes at head_id + 1. Logs not listed start at
+    from_head_id. At most 100,000 entries.
+    """
+
 
 default_message_pool.register_message("msgbus.v1", "SubscribeRequest", SubscribeRequest)
 
@@ -929,7 +1808,8 @@ class SubscribeResponse(betterproto2.Message):
     Extension: set on the response whose first message comes after a trimmed prefix (at the
     start of the replay, or later when retention overtakes a slow subscriber), to that
     message's head_id: the log now starts there, and the skipped heads were trimmed by
-    retention, not lost. 0 otherwise. Heads stay contiguous from there on.
+    retention, not lost. 0 otherwise. Heads stay contiguous from there on. With topic_pattern
+    it concerns the one log whose messages the response carries.
     """
 
 
