@@ -30,7 +30,20 @@ class _FailingCommit:
 class TestDuckdbConformance(StoreConformance):
     factory = DuckdbStore
     entry_point = "duckdb"
+    downgrade_to_v2 = (
+        "DROP TABLE cursors",
+        "DROP TABLE publish_keys",
+        "ALTER TABLE fifo_messages DROP COLUMN lease_id",
+        "ALTER TABLE fifo_messages DROP COLUMN leased_until_ms",
+        "ALTER TABLE fifo_messages DROP COLUMN dead_reason",
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+    )
     downgrade_to_v1 = (
+        "DROP TABLE cursors",
+        "DROP TABLE publish_keys",
+        "ALTER TABLE fifo_messages DROP COLUMN lease_id",
+        "ALTER TABLE fifo_messages DROP COLUMN leased_until_ms",
+        "ALTER TABLE fifo_messages DROP COLUMN dead_reason",
         "ALTER TABLE logs DROP COLUMN first_head",
         "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     )

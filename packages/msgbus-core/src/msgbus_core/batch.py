@@ -12,6 +12,17 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Final
 
+from msgbus_core.cursors import CommitCursorOp, CursorWriter, DeleteCursorOp
+from msgbus_core.fifo_leases import (
+    MAX_ATTEMPTS,
+    AckLeaseOp,
+    ExtendLeaseOp,
+    FifoLeaseRows,
+    LeaseOp,
+    RedriveOp,
+    RejectLeaseOp,
+)
+from msgbus_core.publish_keys import PruneKeysOp, PublishKeyWriter
 from msgbus_core.errors import InvalidArgumentError, MsgbusError
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC
@@ -52,14 +63,17 @@ from msgbus_core.replication import (
 )
 from msgbus_core.validation import validate_stored_int
 
-MAX_ATTEMPTS: Final = 2**32 - 1
-"""FIFO attempts are a uint32 on the wire and saturate there."""
 MARKER_PAGE: Final = 512
 """Markers read at a time while a trim of a marker log looks for one still needed."""
 
 
-class BatchWriter(abc.ABC):
-    """The write side of a store: one method per kind of op, called in batch order."""
+class BatchWriter(CursorWriter, PublishKeyWriter, FifoLeaseRows):
+    """The write side of a store: one method per kind of op, called in batch order.
+
+    The cursor ops' rules are `CursorWriter`'s, keyed appends' and key pruning's
+    `PublishKeyWriter`'s, FIFO acks', rejects' and leases' `FifoLeaseRows`'; a store
+    provides their rows.
+    """
 
     _compact_after_commit: bool = False
     """Set by a `CompactOp`: the store reclaims freed space once the transaction commits."""
@@ -72,7 +86,7 @@ class BatchWriter(abc.ABC):
         for op in ops:
             try:
                 # Appends are the hot path: skip the dispatch.
-                if type(op) is AppendOp:
+                if type(op) is AppendOp and not op.idempotency_key:
                     outcomes.append(self._append(op))
                 else:
                     outcomes.append(self._apply(op))
@@ -83,7 +97,7 @@ class BatchWriter(abc.ABC):
     def _apply(self, op: WriteOp) -> WriteResult:
         match op:
             case AppendOp():
-                return self._append(op)
+                return self._append_once(op) if op.idempotency_key else self._append(op)
             case ReplicateOp():
                 return self._replicate_from(op)
             case DeleteRangeOp():
@@ -107,6 +121,22 @@ class BatchWriter(abc.ABC):
             case CompactOp():
                 self._compact_after_commit = True
                 return None
+            case CommitCursorOp():
+                return self._commit_cursor(op)
+            case DeleteCursorOp():
+                return self._delete_cursors(op)
+            case LeaseOp():
+                return self._lease(op)
+            case AckLeaseOp():
+                return self._ack_lease(op)
+            case RejectLeaseOp():
+                return self._reject_lease(op)
+            case ExtendLeaseOp():
+                return self._extend_lease(op)
+            case RedriveOp():
+                return self._redrive(op)
+            case PruneKeysOp():
+                return self._prune_keys(op)
 
     def _delete_range(self, op: DeleteRangeOp) -> DeleteResult:
         """Tombstone the op's range, clamped to [1, head], and append its marker."""
@@ -227,19 +257,6 @@ class BatchWriter(abc.ABC):
     @abc.abstractmethod
     def _record_tombstone(self, tombstone: TombstoneRange) -> int:
         """Record a tombstone (the first of duplicates is kept) and erase the rows it covers."""
-
-    @abc.abstractmethod
-    def _next_sequence(self, queue: str) -> int:
-        """Hand out the next sequence of `queue` (1 for a new queue; never reused)."""
-
-    @abc.abstractmethod
-    def _store_fifo(self, message: FifoMessage) -> None: ...
-
-    @abc.abstractmethod
-    def _ack(self, op: AckOp) -> bool: ...
-
-    @abc.abstractmethod
-    def _reject(self, op: RejectOp) -> bool: ...
 
     @abc.abstractmethod
     def _record_sync_state(self, state: PeerSyncState) -> None: ...

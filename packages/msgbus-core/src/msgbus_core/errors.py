@@ -61,6 +61,10 @@ class ConflictError(FailedPreconditionError):
     """A replicated message differs from the stored one at the same head (FAILED_PRECONDITION)."""
 
 
+class ResourceExhaustedError(MsgbusError):
+    """A bounded resource of the daemon is used up, such as its cursor cap (RESOURCE_EXHAUSTED)."""
+
+
 class StorageError(MsgbusError):
     """The store failed. The daemon answers UNAVAILABLE and keeps serving."""
 

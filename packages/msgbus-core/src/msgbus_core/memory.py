@@ -9,10 +9,13 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Sequence
+
 from dataclasses import replace
 
-from msgbus_core.batch import MAX_ATTEMPTS, BatchWriter
+from msgbus_core.batch import BatchWriter
+from msgbus_core.cursors import Cursor, CursorKey, DeleteCursorOp, page_of_cursors
 from msgbus_core.errors import MsgbusError
+from msgbus_core.fifo_leases import LeasedRow, as_seen
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import (
@@ -27,10 +30,8 @@ from msgbus_core.model import (
     page_of_heads,
 )
 from msgbus_core.ops import (
-    AckOp,
     AppendOp,
     Outcome,
-    RejectOp,
     ReplicateOp,
     ReplicateResult,
     WriteOp,
@@ -43,6 +44,7 @@ from msgbus_core.replication import (
     marker_tombstone,
     replicated_copy,
 )
+from msgbus_core.publish_keys import RememberedPublish
 from msgbus_core.store import DiskUsage, MessageSummary, read_size
 
 LogId = tuple[str, NodeId]
@@ -63,9 +65,13 @@ class MemoryStore(BatchWriter):
         # merged set that appends and replicates ask.
         self._tombstones: dict[LogId, dict[tuple[int, int], TombstoneRange]] = {}
         self._erased: dict[LogId, TombstoneSet] = {}
-        self._queues: dict[str, list[FifoMessage]] = {}
+        # A queue's messages by sequence; sequences only grow, so the dict is in queue order.
+        self._queues: dict[str, dict[int, FifoMessage]] = {}
+        self._lease_ids: dict[tuple[str, int], str] = {}
         self._sequences: dict[str, int] = {}
         self._sync_states: dict[tuple[str, str, str], PeerSyncState] = {}
+        self._publish_keys: dict[tuple[LogId, str], RememberedPublish] = {}
+        self._cursors: dict[CursorKey, Cursor] = {}
 
     @classmethod
     def open(cls, path: str) -> MemoryStore:
@@ -82,6 +88,28 @@ class MemoryStore(BatchWriter):
             self._compact_after_commit = False  # memory frees what it drops at once
             return outcomes
 
+    def _find_key(self, topic: str, origin: NodeId, key: str) -> RememberedPublish | None:
+        return self._publish_keys.get(((topic, origin), key))
+
+    def _store_key(
+        self, topic: str, origin: NodeId, key: str, remembered: RememberedPublish
+    ) -> None:
+        self._publish_keys[((topic, origin), key)] = remembered
+
+    def _count_keys(self) -> int:
+        return len(self._publish_keys)
+
+    def _drop_oldest_keys(self, count: int, before_ms: int | None) -> int:
+        candidates = [
+            (remembered.created_at_ms, entry[1], entry)
+            for entry, remembered in self._publish_keys.items()
+            if before_ms is None or remembered.created_at_ms < before_ms
+        ]
+        candidates.sort(key=lambda candidate: candidate[:2])
+        for _, _, entry in candidates[: max(count, 0)]:
+            del self._publish_keys[entry]
+        return min(len(candidates), max(count, 0))
+
     def _record_sync_state(self, state: PeerSyncState) -> None:
         self._sync_states[state.sort_key] = state
 
@@ -91,6 +119,23 @@ class MemoryStore(BatchWriter):
             del self._sync_states[key]
             pruned[key[0]] = pruned.get(key[0], 0) + 1
         return pruned
+
+    def _cursor_exists(self, key: CursorKey) -> bool:
+        return key in self._cursors
+
+    def _cursor_count(self) -> int:
+        return len(self._cursors)
+
+    def _store_cursor(self, cursor: Cursor) -> None:
+        self._cursors[cursor.key] = cursor
+
+    def _delete_cursors(self, op: DeleteCursorOp) -> int:
+        if op.topic is not None:
+            return int(self._cursors.pop((op.name, op.topic, op.origin.key), None) is not None)
+        doomed = [key for key in self._cursors if key[0] == op.name]
+        for key in doomed:
+            del self._cursors[key]
+        return len(doomed)
 
     def _append(self, op: AppendOp) -> Message:
         log = self._logs.setdefault((op.topic, op.origin), [])
@@ -188,21 +233,44 @@ class MemoryStore(BatchWriter):
         return sequence
 
     def _store_fifo(self, message: FifoMessage) -> None:
-        self._queues.setdefault(message.queue, []).append(message)
+        self._queues.setdefault(message.queue, {})[message.sequence] = message
 
-    def _ack(self, op: AckOp) -> bool:
-        queue = self._queues.get(op.queue)
-        if not queue or queue[0].id != op.message_id:
-            return False
-        queue.pop(0)
-        return True
+    def _fifo_row(self, queue: str, sequence: int) -> LeasedRow | None:
+        message = self._queues.get(queue, {}).get(sequence)
+        if message is None:
+            return None
+        return LeasedRow(message, self._lease_ids.get((queue, sequence), ""))
 
-    def _reject(self, op: RejectOp) -> bool:
-        queue = self._queues.get(op.queue)
-        if not queue or queue[0].id != op.message_id:
-            return False
-        queue[0] = replace(queue[0], attempts=min(queue[0].attempts + 1, MAX_ATTEMPTS))
-        return True
+    def _fifo_expired(self, queue: str, now_ms: int, limit: int) -> list[LeasedRow]:
+        expired = [
+            LeasedRow(m, self._lease_ids.get((queue, m.sequence), ""))
+            for m in self._queues.get(queue, {}).values()
+            if 0 < m.leased_until_ms <= now_ms
+        ]
+        return expired[:limit]
+
+    def _fifo_unleased(self, queue: str, limit: int) -> list[FifoMessage]:
+        unleased: list[FifoMessage] = []
+        for message in self._queues.get(queue, {}).values():
+            if len(unleased) >= limit:
+                break
+            if not message.leased_until_ms:
+                unleased.append(message)
+        return unleased
+
+    def _fifo_set_lease(
+        self, queue: str, sequence: int, attempts: int, lease_id: str, leased_until_ms: int
+    ) -> None:
+        held = self._queues[queue]
+        held[sequence] = replace(held[sequence], attempts=attempts, leased_until_ms=leased_until_ms)
+        if lease_id:
+            self._lease_ids[(queue, sequence)] = lease_id
+        else:
+            self._lease_ids.pop((queue, sequence), None)
+
+    def _fifo_remove(self, queue: str, sequence: int) -> None:
+        del self._queues[queue][sequence]
+        self._lease_ids.pop((queue, sequence), None)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -274,11 +342,21 @@ class MemoryStore(BatchWriter):
             tombstones, key=lambda t: (t.topic, t.origin.key, t.from_head_id, t.to_head_id)
         )
 
-    def peek_fifo(self, queue: str) -> FifoMessage | None:
-        """The front of the queue, or None."""
+    def peek_fifo(self, queue: str, now_ms: int = 0) -> FifoMessage | None:
+        """The front of the queue (the lowest no lease holds at `now_ms`), or None."""
         with self._lock:
-            messages = self._queues.get(queue)
-            return messages[0] if messages else None
+            for message in self._queues.get(queue, {}).values():
+                if message.leased_until_ms <= now_ms:
+                    return as_seen(message, now_ms)
+            return None
+
+    def list_fifo(
+        self, queue: str, after_sequence: int, limit: int, now_ms: int = 0
+    ) -> list[FifoMessage]:
+        """Up to `limit` messages of `queue` past `after_sequence`, leased or not, in order."""
+        with self._lock:
+            page = [m for s, m in self._queues.get(queue, {}).items() if s > after_sequence]
+        return [as_seen(message, now_ms) for message in page[: max(limit, 0)]]
 
     def list_fifo_queues(
         self, after: str | None = None, limit: int | None = None
@@ -286,7 +364,12 @@ class MemoryStore(BatchWriter):
         """The queues holding messages, by name, past `after`, at most `limit`."""
         with self._lock:
             summaries = [
-                FifoQueueSummary(name, len(held), sum(m.attempts for m in held))
+                FifoQueueSummary(
+                    name,
+                    len(held),
+                    sum(m.attempts for m in held.values()),
+                    sum(1 for m in held.values() if m.leased_until_ms),
+                )
                 for name, held in self._queues.items()
                 if held and (after is None or name > after)
             ]
@@ -302,6 +385,19 @@ class MemoryStore(BatchWriter):
             start = 0 if after is None else bisect.bisect_right(keys, after)
             end = len(keys) if limit is None else start + max(limit, 0)
             return [self._sync_states[key] for key in keys[start:end]]
+
+    def get_cursor(self, name: str, topic: str, origin: NodeId) -> Cursor | None:
+        """The cursor (name, topic, origin), or None."""
+        with self._lock:
+            return self._cursors.get((name, topic, origin.key))
+
+    def list_cursors(
+        self, name: str | None = None, after: CursorKey | None = None, limit: int = 1_000
+    ) -> list[Cursor]:
+        """Cursors by name, topic and origin key, of `name`, past `after`, at most `limit`."""
+        with self._lock:
+            cursors = list(self._cursors.values())
+        return page_of_cursors(cursors, name, after, limit)
 
     def check(self) -> None:
         """Memory always answers."""

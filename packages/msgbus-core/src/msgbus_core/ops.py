@@ -11,14 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from msgbus_core.cursors import CommitCursorOp, Cursor, DeleteCursorOp
+from msgbus_core.fifo_leases import FifoLease, LeaseWriteOp, RejectLeaseResult
 from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TombstoneRange
+from msgbus_core.publish_keys import DuplicatePublish, PrunedKeys, PruneKeysOp
 
 
 @dataclass(frozen=True, slots=True)
 class AppendOp:
     """Append one local message; the store assigns head = current head + 1.
 
-    Result: the stored `Message` (deleted when a tombstone already covers its head).
+    Result: the stored `Message` (deleted when a tombstone already covers its head). With an
+    `idempotency_key` already stored for the log (see `msgbus_core.publish_keys`), nothing is
+    written and the result is a `DuplicatePublish` of the message stored the first time.
     """
 
     topic: str
@@ -27,6 +32,8 @@ class AppendOp:
     headers: Mapping[str, str]
     id: str
     created_at_ms: int
+    idempotency_key: str = ""
+    """Empty: none. Otherwise stored with the message, in the same transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +138,31 @@ class EnqueueOp:
 
 @dataclass(frozen=True, slots=True)
 class AckOp:
-    """Remove the front of a queue if its id is `message_id`. Result: `bool` accepted."""
+    """Remove the front of a queue if its id is `message_id`. Result: `bool` accepted.
+
+    The front is the lowest sequence no live lease holds at `now_ms` (`msgbus_core.fifo_leases`
+    says how the two models share a queue); leases expired by then are released first.
+    """
 
     queue: str
     message_id: str
+    now_ms: int = 0
+    max_attempts: int = 0
+    """The queue's max_attempts (0: unlimited), for the expired leases this releases."""
 
 
 @dataclass(frozen=True, slots=True)
 class RejectOp:
-    """Increment the front's attempts if its id is `message_id`. Result: `bool` accepted."""
+    """Count a failed attempt on the front if its id is `message_id`. Result: `bool` accepted.
+
+    The front is as for `AckOp`. The attempt counts toward `max_attempts` (0: unlimited): the
+    reject that reaches it moves the message to `QUEUE.dead`.
+    """
 
     queue: str
     message_id: str
+    now_ms: int = 0
+    max_attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +226,28 @@ WriteOp = (
     | PruneSyncStatesOp
     | ProbeOp
     | CompactOp
+    | CommitCursorOp
+    | DeleteCursorOp
+    | PruneKeysOp
+    | LeaseWriteOp
 )
 """Any operation a store's `write` accepts."""
 
 WriteResult = (
-    Message | ReplicateResult | DeleteResult | TrimResult | FifoMessage | PruneResult | bool | None
+    Message
+    | ReplicateResult
+    | DeleteResult
+    | TrimResult
+    | FifoMessage
+    | PruneResult
+    | Cursor
+    | DuplicatePublish
+    | PrunedKeys
+    | list[FifoLease]
+    | RejectLeaseResult
+    | int
+    | bool
+    | None
 )
 """Any successful result of a write operation."""
 

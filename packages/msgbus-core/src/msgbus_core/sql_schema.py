@@ -21,6 +21,9 @@ TABLES: Final = frozenset(
 )
 """The tables of every msgbus schema; a file that lacks one is damaged."""
 
+TABLES_SINCE: Final = {3: frozenset({"cursors", "publish_keys"})}
+"""The tables a schema version added, which a file of an older version lacks until `migrate`."""
+
 
 def check_version(
     path: str,
@@ -62,7 +65,8 @@ def check_version(
         )
     if version < 1:
         raise SchemaError(f"{path} has an invalid msgbus schema version {version}")
-    missing = TABLES - present
+    expected = TABLES.union(*(t for v, t in TABLES_SINCE.items() if v <= version))
+    missing = expected - present
     if missing:
         raise SchemaError(
             f"{path} is a damaged msgbus database: the tables {', '.join(sorted(missing))} "

@@ -41,7 +41,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
-from msgbus_core.batch import MAX_ATTEMPTS, BatchWriter
+from msgbus_core import sql_cursors, sql_fifo_leases
+from msgbus_core.batch import BatchWriter
+from msgbus_core.cursors import Cursor, CursorKey, DeleteCursorOp
 from msgbus_core.errors import MsgbusError, StorageError
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
@@ -56,11 +58,10 @@ from msgbus_core.model import (
     first_held,
     page_of_heads,
 )
+from msgbus_core.fifo_leases import LeasedRow, as_seen
 from msgbus_core.ops import (
-    AckOp,
     AppendOp,
     Outcome,
-    RejectOp,
     ReplicateOp,
     ReplicateResult,
     WriteOp,
@@ -84,6 +85,9 @@ from msgbus_core.rows import (
     sync_state_from_row,
     sync_state_row,
 )
+from msgbus_core.publish_keys import RememberedPublish
+from msgbus_core.sql_publish_keys import remembered_from_row
+from msgbus_core.sql_publish_keys import statements_for as publish_key_statements
 from msgbus_core.store import DiskUsage, MessageSummary
 from msgbus_core.validation import clamp_stored, validate_stored_int
 
@@ -206,17 +210,8 @@ class SqlStatements:
             "RETURNING last_sequence"
         )
         self.insert_fifo: Final = render(
-            f"INSERT INTO fifo_messages ({FIFO_COLUMNS}) VALUES ({', '.join('?' * 14)})"
-        )
-        self.front: Final = render(
-            "SELECT sequence, id FROM fifo_messages WHERE queue = ? "
-            f"ORDER BY sequence LIMIT 1{lock}"
-        )
-        self.ack: Final = render("DELETE FROM fifo_messages WHERE queue = ? AND sequence = ?")
-        self.reject: Final = render(
-            "UPDATE fifo_messages "
-            "SET attempts = CASE WHEN attempts < ? THEN attempts + 1 ELSE attempts END "
-            "WHERE queue = ? AND sequence = ?"
+            f"INSERT INTO fifo_messages ({FIFO_COLUMNS}) "
+            f"VALUES ({', '.join('?' * len(FIFO_COLUMNS.split(', ')))})"
         )
         self.record_sync_state: Final = render(
             f"INSERT INTO sync_states ({SYNC_COLUMNS}) VALUES ({', '.join('?' * 13)}) "
@@ -253,11 +248,11 @@ class SqlStatements:
             "SELECT l.topic, l.tenant_id, l.bl_name, l.device_id, t.from_head_id, "
             f"t.to_head_id, t.created_at_ms FROM tombstones AS t JOIN logs AS l ON l.id = t.{log}"
         )
-        self.peek_fifo: Final = render(
-            f"SELECT {FIFO_COLUMNS} FROM fifo_messages WHERE queue = ? ORDER BY sequence LIMIT 1"
-        )
         # Grouped on the (queue, sequence) primary key, so each page reads only its queues.
-        fifo_queues = "SELECT queue, count(*), coalesce(sum(attempts), 0) FROM fifo_messages"
+        fifo_queues = (
+            "SELECT queue, count(*), coalesce(sum(attempts), 0), "
+            "count(CASE WHEN leased_until_ms > 0 THEN 1 END) FROM fifo_messages"
+        )
         self.fifo_queues_first: Final = render(
             f"{fifo_queues} GROUP BY queue ORDER BY queue LIMIT ?"
         )
@@ -315,6 +310,9 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         self._writer = writer
         self._version = version
         self._sql = statements_of(self.dialect)
+        self._key_sql = publish_key_statements(self.dialect.log_column, self.dialect.placeholder)
+        self._cursor_sql = sql_cursors.statements_for(self.dialect.render)
+        self._lease_sql = sql_fifo_leases.statements_for(self.dialect.render)
         self._write_lock = threading.Lock()
         self._logs: dict[LogKey, LogState] = {}
         # Logs whose head this transaction moved, by row id.
@@ -406,6 +404,39 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         """Run one statement of the write transaction."""
         return self._writer.execute(sql, parameters)
 
+    # -- idempotency keys -----------------------------------------------------------------------
+
+    def _find_key(self, topic: str, origin: NodeId, key: str) -> RememberedPublish | None:
+        # After the writer holds the log: on a shared database, after its row lock, so the
+        # row another process committed for the same key is seen.
+        log = self._find_log(topic, origin)
+        if log is None:
+            return None
+        # fetchall: DuckDB refuses the next statement while a result is not read to its end.
+        rows = self._execute(self._key_sql.find, (log.id, key)).fetchall()
+        return remembered_from_row(rows[0]) if rows else None
+
+    def _store_key(
+        self, topic: str, origin: NodeId, key: str, remembered: RememberedPublish
+    ) -> None:
+        log = self._log(topic, origin)
+        self._execute(
+            self._key_sql.insert,
+            (log.id, key, remembered.head_id, remembered.message_id, remembered.created_at_ms),
+        )
+
+    def _count_keys(self) -> int:
+        return int(self._execute(self._key_sql.count).fetchall()[0][0])
+
+    def _drop_oldest_keys(self, count: int, before_ms: int | None) -> int:
+        if before_ms is None:
+            cursor = self._execute(self._key_sql.drop_oldest, (clamp_stored(count),))
+        else:
+            cursor = self._execute(
+                self._key_sql.drop_oldest_before, (clamp_stored(before_ms), clamp_stored(count))
+            )
+        return int(cursor.rowcount)
+
     def _record_sync_state(self, state: PeerSyncState) -> None:
         self._execute(self._sql.record_sync_state, sync_state_row(state))
 
@@ -415,6 +446,25 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         for peer in pruned:
             self._execute(self._sql.forget_peer, (peer,))
         return pruned
+
+    # -- cursors --------------------------------------------------------------------------------
+
+    def _cursor_exists(self, key: CursorKey) -> bool:
+        return self._execute(self._cursor_sql.exists, key).fetchone() is not None
+
+    def _cursor_count(self) -> int:
+        return int(self._execute(self._cursor_sql.count).fetchone()[0])
+
+    def _store_cursor(self, cursor: Cursor) -> None:
+        self._execute(self._cursor_sql.upsert, sql_cursors.cursor_row(cursor))
+
+    def _delete_cursors(self, op: DeleteCursorOp) -> int:
+        if op.topic is None:
+            deleted = self._execute(self._cursor_sql.delete_name, (op.name,))
+        else:
+            key = (op.name, op.topic, op.origin.key)
+            deleted = self._execute(self._cursor_sql.delete_one, key)
+        return int(deleted.rowcount)
 
     # -- logs -----------------------------------------------------------------------------------
 
@@ -602,26 +652,26 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
     def _store_fifo(self, message: FifoMessage) -> None:
         self._execute(self._sql.insert_fifo, fifo_row(message))
 
-    def _front(self, queue: str, message_id: str) -> int | None:
-        """The front's sequence when the front of `queue` has id `message_id`, else None."""
-        row = self._execute(self._sql.front, (queue,)).fetchone()
-        if row is None or row[1] != message_id:
-            return None
-        return int(row[0])
+    def _fifo_row(self, queue: str, sequence: int) -> LeasedRow | None:
+        row = self._execute(self._lease_sql.row, (queue, clamp_stored(sequence))).fetchone()
+        return None if row is None else LeasedRow(fifo_from_row(row), str(row[-1]))
 
-    def _ack(self, op: AckOp) -> bool:
-        sequence = self._front(op.queue, op.message_id)
-        if sequence is None:
-            return False
-        self._execute(self._sql.ack, (op.queue, sequence))
-        return True
+    def _fifo_expired(self, queue: str, now_ms: int, limit: int) -> list[LeasedRow]:
+        rows = self._execute(self._lease_sql.expired, (queue, now_ms, limit)).fetchall()
+        return [LeasedRow(fifo_from_row(row), str(row[-1])) for row in rows]
 
-    def _reject(self, op: RejectOp) -> bool:
-        sequence = self._front(op.queue, op.message_id)
-        if sequence is None:
-            return False
-        self._execute(self._sql.reject, (MAX_ATTEMPTS, op.queue, sequence))
-        return True
+    def _fifo_unleased(self, queue: str, limit: int) -> list[FifoMessage]:
+        rows = self._execute(self._lease_sql.unleased, (queue, limit)).fetchall()
+        return [fifo_from_row(row) for row in rows]
+
+    def _fifo_set_lease(
+        self, queue: str, sequence: int, attempts: int, lease_id: str, leased_until_ms: int
+    ) -> None:
+        parameters = (attempts, lease_id, leased_until_ms, queue, sequence)
+        self._execute(self._lease_sql.set_lease, parameters)
+
+    def _fifo_remove(self, queue: str, sequence: int) -> None:
+        self._execute(self._lease_sql.remove, (queue, sequence))
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -787,10 +837,20 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             tombstones, key=lambda t: (t.topic, t.origin.key, t.from_head_id, t.to_head_id)
         )
 
-    def peek_fifo(self, queue: str) -> FifoMessage | None:
-        """The front (lowest sequence) of a queue, or None when it is empty."""
-        rows = self._query(self._sql.peek_fifo, (queue,))
-        return fifo_from_row(rows[0]) if rows else None
+    def peek_fifo(self, queue: str, now_ms: int = 0) -> FifoMessage | None:
+        """The front of a queue (the lowest no live lease holds); see `MsgbusStore.peek_fifo`."""
+        rows = self._query(self._lease_sql.front, (queue, clamp_stored(now_ms)))
+        return as_seen(fifo_from_row(rows[0]), now_ms) if rows else None
+
+    def list_fifo(
+        self, queue: str, after_sequence: int, limit: int, now_ms: int = 0
+    ) -> list[FifoMessage]:
+        """One page of a queue, leased or not; see `MsgbusStore.list_fifo`."""
+        if limit <= 0:
+            return []
+        parameters = (queue, clamp_stored(after_sequence), clamp_stored(limit))
+        rows = self._query(self._lease_sql.page, parameters)
+        return [as_seen(fifo_from_row(row), now_ms) for row in rows]
 
     def list_fifo_queues(
         self, after: str | None = None, limit: int | None = None
@@ -803,7 +863,7 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             rows = self._query(self._sql.fifo_queues_first, (bound,))
         else:
             rows = self._query(self._sql.fifo_queues_after, (after, bound))
-        summaries = [FifoQueueSummary(str(q), int(n), int(a)) for q, n, a in rows]
+        summaries = [FifoQueueSummary(str(q), int(n), int(a), int(held)) for q, n, a, held in rows]
         # Sorted here as well, so the order is code-point order whatever the collation.
         return sorted(summaries, key=lambda summary: summary.queue)
 
@@ -822,6 +882,22 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             sql += self._sql.limit
             parameters.append(clamp_stored(limit))
         return [sync_state_from_row(row) for row in self._query(sql, parameters)]
+
+    def get_cursor(self, name: str, topic: str, origin: NodeId) -> Cursor | None:
+        """The durable cursor (name, topic, origin), or None when none was committed."""
+        rows = self._query(self._cursor_sql.get, (name, topic, origin.key))
+        return sql_cursors.cursor_from_row(rows[0]) if rows else None
+
+    def list_cursors(
+        self, name: str | None = None, after: CursorKey | None = None, limit: int = 1_000
+    ) -> list[Cursor]:
+        """Cursors by name, topic and origin key; see `MsgbusStore.list_cursors`."""
+        if limit <= 0:
+            return []
+        sql, parameters = self._cursor_sql.page(name, after, clamp_stored(limit))
+        cursors = [sql_cursors.cursor_from_row(row) for row in self._query(sql, parameters)]
+        # Sorted here as well, so the order is code-point order whatever the collation.
+        return sorted(cursors, key=lambda cursor: cursor.key)
 
     def check(self) -> None:
         """Raise `StorageError` unless the database answers a trivial query."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from msgbus_core.cursors import Cursor, CursorKey
 from msgbus_core.model import (
     FifoMessage,
     FifoQueueSummary,
@@ -130,8 +131,21 @@ class MsgbusStore(Protocol):
         """Every recorded tombstone, ordered by topic, origin key, from and to."""
         ...
 
-    def peek_fifo(self, queue: str) -> FifoMessage | None:
-        """The front (lowest sequence) of a queue, or None when it is empty."""
+    def peek_fifo(self, queue: str, now_ms: int = 0) -> FifoMessage | None:
+        """The front of a queue, or None when it is empty.
+
+        The front is the lowest sequence that no lease live at `now_ms` holds (a lease that
+        ran out by then shows as none); see `msgbus_core.fifo_leases`.
+        """
+        ...
+
+    def list_fifo(
+        self, queue: str, after_sequence: int, limit: int, now_ms: int = 0
+    ) -> list[FifoMessage]:
+        """Up to `limit` messages of `queue` with sequence > `after_sequence`, in order.
+
+        Leased messages are listed too, with `leased_until_ms` (0 once it is past `now_ms`).
+        """
         ...
 
     def list_fifo_queues(
@@ -152,6 +166,20 @@ class MsgbusStore(Protocol):
         `after` (a `sort_key`) starts past that key, whether or not a state has it; `limit`
         returns at most that many. Both None: every state. A page, then, is keyset-paged and
         stable while rows are added or deleted around it.
+        """
+        ...
+
+    def get_cursor(self, name: str, topic: str, origin: NodeId) -> Cursor | None:
+        """The durable cursor (name, topic, origin), or None when none was committed."""
+        ...
+
+    def list_cursors(
+        self, name: str | None = None, after: CursorKey | None = None, limit: int = 1_000
+    ) -> list[Cursor]:
+        """Cursors ordered by `Cursor.key` (name, topic, origin key, by code point).
+
+        Only those of `name` when it is given; `after` (a key) starts past that key, whether or
+        not a cursor has it; at most `limit`: a keyset page, stable while cursors come and go.
         """
         ...
 

@@ -46,6 +46,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from msgbus_core.cursor_testing import CursorConformance
+from msgbus_core.publish_key_testing import PublishKeyConformance
 from msgbus_core.errors import (
     ConflictError,
     GapError,
@@ -214,8 +216,12 @@ class StoreFixtures:
         store.close()
 
 
-class StoreConformance(StoreFixtures):
-    """Subclass in a test module and set `factory` to the backend's StoreFactory."""
+class StoreConformance(CursorConformance, PublishKeyConformance, StoreFixtures):
+    """Subclass in a test module and set `factory` to the backend's StoreFactory.
+
+    The durable cursor tests are `CursorConformance`'s (`msgbus_core.cursor_testing`), the
+    idempotency key tests `PublishKeyConformance`'s (`msgbus_core.publish_key_testing`).
+    """
 
     persistent: ClassVar[bool] = True
     """False for stores that keep nothing across close and have no file (skips those tests)."""

@@ -10,7 +10,35 @@ from typing import Final
 
 import duckdb
 
-from msgbus_core import sql_schema
+from msgbus_core import sql_fifo_leases, sql_schema
+
+# Durable named cursors (`msgbus_core.cursors`), keyed as `Cursor.key`; never replicated.
+_CURSORS: Final = """CREATE TABLE cursors (
+        name VARCHAR NOT NULL,
+        topic VARCHAR NOT NULL,
+        origin_key VARCHAR NOT NULL,
+        tenant_id VARCHAR NOT NULL,
+        bl_name VARCHAR NOT NULL,
+        device_id VARCHAR NOT NULL,
+        head_id BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (name, topic, origin_key)
+    )"""
+
+# Idempotency keys (`msgbus_core.publish_keys`): the message each key published, written in the
+# transaction of that message; the primary key refuses a second row for a key, and the index
+# serves the dedup worker's oldest-first pruning.
+_PUBLISH_KEYS: Final = (
+    """CREATE TABLE publish_keys (
+        log_id BIGINT NOT NULL,
+        idempotency_key VARCHAR NOT NULL,
+        head_id BIGINT NOT NULL,
+        message_id VARCHAR NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (log_id, idempotency_key)
+    )""",
+    "CREATE INDEX publish_keys_by_age ON publish_keys (created_at_ms, idempotency_key)",
+)
 
 # Heads are not stored: a log is gap-free and only retention removes rows (a prefix, below
 # `first_head`), so a log's head is max(max(head_id), first_head - 1), computed once at open and
@@ -65,6 +93,9 @@ _TABLES: Final = (
         headers VARCHAR,
         created_at_ms BIGINT NOT NULL,
         attempts BIGINT NOT NULL,
+        lease_id VARCHAR NOT NULL DEFAULT '',
+        leased_until_ms BIGINT NOT NULL DEFAULT 0,
+        dead_reason VARCHAR NOT NULL DEFAULT '',
         PRIMARY KEY (queue, sequence)
     )""",
     # Keyed like the model: (peer, topic, origin key, "" for a peer-level record).
@@ -84,15 +115,20 @@ _TABLES: Final = (
         last_error VARCHAR NOT NULL,
         PRIMARY KEY (peer, topic, origin_key)
     )""",
+    _CURSORS,
+    *_PUBLISH_KEYS,
 )
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The schema this code writes. Older versions are migrated at open (`migrate`); newer ones are
-refused. Version 2 added `logs.first_head` (retention)."""
+refused. Version 2 added `logs.first_head` (retention); version 3 added the `cursors` table
+(durable named cursors) and `publish_keys` (idempotency keys)."""
 
 _MIGRATIONS: Final = {
     # 1 -> 2: nothing was ever trimmed, so every log starts at 1.
     1: ("ALTER TABLE logs ADD COLUMN first_head BIGINT NOT NULL DEFAULT 1",),
+    # 2 -> 3: the tables of schema 3, empty.
+    2: (_CURSORS, *_PUBLISH_KEYS, *sql_fifo_leases.add_lease_columns("VARCHAR", indexed=False)),
 }
 
 

@@ -12,11 +12,15 @@ from typing import Any, Final
 
 import psycopg
 
-from msgbus_core import sql_schema
+from msgbus_core import sql_fifo_leases, sql_schema
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The schema this code writes; the same version numbers as the file stores (version 2 has
-`logs.first_head` and `logs.bytes`). Newer versions are refused."""
+`logs.first_head` and `logs.bytes`, version 3 the `cursors` and `publish_keys` tables). Older versions from
+FIRST_VERSION on are migrated at open (`migrate`); newer ones are refused."""
+
+FIRST_VERSION: Final = 2
+"""The first version a PostgreSQL store wrote; anything older was not made by msgbus."""
 
 SCHEMA_LOCK: Final = 0x6D736762
 """The advisory lock ("msgb") that serialises schema creation between processes opening an
@@ -26,6 +30,34 @@ empty database at once."""
 # ListHeads, of `PeerSyncState.sort_key` and of the other stores, whatever the database's
 # default collation is.
 _KEY = 'TEXT COLLATE "C" NOT NULL'
+
+# Durable named cursors (`msgbus_core.cursors`), keyed as `Cursor.key`; never replicated.
+_CURSORS: Final = f"""CREATE TABLE cursors (
+        name {_KEY},
+        topic {_KEY},
+        origin_key {_KEY},
+        tenant_id TEXT NOT NULL,
+        bl_name TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        head_id BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (name, topic, origin_key)
+    )"""
+
+# Idempotency keys (`msgbus_core.publish_keys`): the message each key published, written in the
+# transaction of that message; the primary key refuses a second row for a key, and the index
+# serves the dedup worker's oldest-first pruning.
+_PUBLISH_KEYS: Final = (
+    f"""CREATE TABLE publish_keys (
+        log BIGINT NOT NULL REFERENCES logs (id),
+        idempotency_key {_KEY},
+        head_id BIGINT NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (log, idempotency_key)
+    )""",
+    "CREATE INDEX publish_keys_by_age ON publish_keys (created_at_ms, idempotency_key)",
+)
 
 _TABLES: Final = (
     # One row per (topic, origin) log, as in the file stores. `head` is assigned here: a write
@@ -80,8 +112,12 @@ _TABLES: Final = (
         headers TEXT,
         created_at_ms BIGINT NOT NULL,
         attempts BIGINT NOT NULL,
+        lease_id TEXT NOT NULL DEFAULT '',
+        leased_until_ms BIGINT NOT NULL DEFAULT 0,
+        dead_reason TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (queue, sequence)
     )""",
+    sql_fifo_leases.LEASE_INDEX_DDL,
     f"""CREATE TABLE sync_states (
         peer {_KEY},
         topic {_KEY},
@@ -98,7 +134,14 @@ _TABLES: Final = (
         last_error TEXT NOT NULL,
         PRIMARY KEY (peer, topic, origin_key)
     )""",
+    _CURSORS,
+    *_PUBLISH_KEYS,
 )
+
+_MIGRATIONS: Final = {
+    # 2 -> 3: the tables of schema 3, empty.
+    2: (_CURSORS, *_PUBLISH_KEYS, *sql_fifo_leases.add_lease_columns("TEXT")),
+}
 
 
 def _table_names(con: psycopg.Connection[Any]) -> set[str]:
@@ -121,6 +164,20 @@ def verify(con: psycopg.Connection[Any], where: str) -> int | None:
         sql_schema.meta_reader(con, where, psycopg.DatabaseError),
         kind="a PostgreSQL database",
         current=SCHEMA_VERSION,
+    )
+
+
+def migrate(con: psycopg.Connection[Any], version: int) -> None:
+    """Bring msgbus data of an older schema `version` to SCHEMA_VERSION, step by step.
+
+    The caller holds a transaction (and the schema lock), so a migration that fails changes
+    nothing.
+    """
+    for step in range(version, SCHEMA_VERSION):
+        for statement in _MIGRATIONS[step]:
+            con.execute(statement)
+    con.execute(
+        "UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
     )
 
 

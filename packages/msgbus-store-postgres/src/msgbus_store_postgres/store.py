@@ -10,8 +10,9 @@ process:
   reads is the latest committed one. A deadlock that remains (two processes creating the same
   new logs in opposite orders) or a serialization failure is retried: PostgreSQL rolled the
   transaction back, so sending it again applies nothing twice.
-- A FIFO queue's row in `fifo_queues` is locked before its front is read, so front-only acks
-  and rejects hold across processes.
+- A FIFO queue's row in `fifo_queues` (and its dead-letter queue's) is locked before its
+  front or its leases are read, so front-only acks and rejects, leases and dead-lettering hold
+  across processes.
 - Replicated writes read the stored rows under the same log lock, so two processes ingesting
   the same log apply the accept rules one after the other, as one process would.
 - Every commit that moves a log stamps its row with the transaction id (`change_xid`) and sends
@@ -43,6 +44,7 @@ from psycopg import conninfo as pg_conninfo
 from psycopg_pool import ConnectionPool
 
 from msgbus_core.errors import SchemaError, StorageError
+from msgbus_core.fifo_leases import LeaseWriteOp, dead_letter_queue
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import Message, NodeId, TopicHead, first_held
@@ -186,7 +188,6 @@ class PostgresStore(SqlStore[Connection]):
             "SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[]) "
             "ON CONFLICT (topic, tenant_id, bl_name, device_id) DO NOTHING"
         )
-        self._lock_queue: Final = log("SELECT 1 FROM fifo_queues WHERE queue = ? FOR UPDATE")
         self._create_log_row: Final = log(
             "INSERT INTO logs (topic, tenant_id, bl_name, device_id) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (topic, tenant_id, bl_name, device_id) DO NOTHING"
@@ -250,15 +251,23 @@ class PostgresStore(SqlStore[Connection]):
     def _prepare(writer: Connection, where: str) -> tuple[int, bool]:
         try:
             version = schema.verify(writer, where)
-            if version is not None:
-                return _supported(version, where), False
+            if version is not None and _supported(version, where) == schema.SCHEMA_VERSION:
+                return version, False
             with writer.transaction():
                 # Processes opening an empty database at once: one creates, the others wait
                 # here and then find the tables.
                 writer.execute("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK,))
                 version = schema.verify(writer, where)
                 if version is not None:
-                    return _supported(version, where), False
+                    if _supported(version, where) < schema.SCHEMA_VERSION:
+                        schema.migrate(writer, version)
+                        logger.info(
+                            "%s: migrated the msgbus schema from version %d to %d",
+                            where,
+                            version,
+                            schema.SCHEMA_VERSION,
+                        )
+                    return schema.SCHEMA_VERSION, False
                 schema.create(writer)
         except psycopg.Error as error:
             raise storage_error(error, where, "opening the database") from None
@@ -315,8 +324,12 @@ class PostgresStore(SqlStore[Connection]):
                 keys.update(((op.topic, op.origin), (DELETE_TOPIC, op.origin)))
             elif isinstance(op, ReplicateOp):
                 keys.update((m.topic, m.origin) for m in op.messages)
-            elif isinstance(op, EnqueueOp | AckOp | RejectOp):
+            elif isinstance(op, EnqueueOp):
                 queues.add(op.queue)
+            elif isinstance(op, AckOp | RejectOp | LeaseWriteOp):
+                # Any of these may release expired leases into the dead-letter queue, or move
+                # messages between the two; "Q" sorts before "Q.dead", the order of every lock.
+                queues.update((op.queue, dead_letter_queue(op.queue)))
         if queues:
             self._execute(self._lock_queues, (sorted(queues),))
         if not keys:
@@ -353,11 +366,6 @@ class PostgresStore(SqlStore[Connection]):
         if created is None:
             raise StorageError(f"{self.path}: the log {topic!r} vanished while it was created")
         return created
-
-    def _front(self, queue: str, message_id: str) -> int | None:
-        # The queue's row serialises its writers across processes; read the front after it.
-        self._execute(self._lock_queue, (queue,))
-        return super()._front(queue, message_id)
 
     def _flush(self) -> None:
         """Insert the buffered message rows: COPY for a batch, INSERT for a few."""
@@ -569,10 +577,10 @@ def _sort_key(key: tuple[str, NodeId]) -> tuple[str, str, str, str]:
 
 def _supported(version: int, where: str) -> int:
     """`version`, unless it is one no PostgreSQL store ever wrote (they start at 2)."""
-    if version < schema.SCHEMA_VERSION:
+    if version < schema.FIRST_VERSION:
         raise SchemaError(
             f"{where} holds msgbus schema version {version}, which no PostgreSQL store writes "
-            f"(they start at version {schema.SCHEMA_VERSION}); it was not made by msgbus"
+            f"(they start at version {schema.FIRST_VERSION}); it was not made by msgbus"
         )
     return version
 

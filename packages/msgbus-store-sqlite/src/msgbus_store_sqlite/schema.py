@@ -9,15 +9,44 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-from msgbus_core import sql_schema
+from msgbus_core import sql_fifo_leases, sql_schema
 from msgbus_core.errors import SchemaError
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The schema this code writes. Older versions are migrated at open (`migrate`); newer ones are
-refused. Version 2 added `logs.first_head` and `logs.bytes` (retention)."""
+refused. Version 2 added `logs.first_head` and `logs.bytes` (retention); version 3 added the
+`cursors` table (durable named cursors) and `publish_keys` (idempotency keys)."""
+
+# Durable named cursors (`msgbus_core.cursors`), keyed as `Cursor.key`; never replicated.
+_CURSORS: Final = """CREATE TABLE cursors (
+        name TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        origin_key TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        bl_name TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        head_id INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (name, topic, origin_key)
+    ) WITHOUT ROWID"""
 
 APPLICATION_ID: Final = 0x6D736762
 """`PRAGMA application_id` ("msgb"): lets `file(1)` and other tools tell what the file is."""
+
+# Idempotency keys (`msgbus_core.publish_keys`): the message each key published, written in the
+# transaction of that message; the primary key refuses a second row for a key, and the index
+# serves the dedup worker's oldest-first pruning.
+_PUBLISH_KEYS: Final = (
+    """CREATE TABLE publish_keys (
+        log INTEGER NOT NULL REFERENCES logs (id),
+        idempotency_key TEXT NOT NULL,
+        head_id INTEGER NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (log, idempotency_key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX publish_keys_by_age ON publish_keys (created_at_ms, idempotency_key)",
+)
 
 # Integers are signed 64-bit in SQLite; the core refuses larger stored values before they get
 # here. Logs get a small integer id so that messages carry 8 bytes, not four strings, per row.
@@ -75,8 +104,12 @@ _TABLES: Final = (
         headers TEXT,
         created_at_ms INTEGER NOT NULL,
         attempts INTEGER NOT NULL,
+        lease_id TEXT NOT NULL DEFAULT '',
+        leased_until_ms BIGINT NOT NULL DEFAULT 0,
+        dead_reason TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (queue, sequence)
     )""",
+    sql_fifo_leases.LEASE_INDEX_DDL,
     # Keyed like the model: (peer, topic, origin key, "" for a peer-level record). The origin
     # parts are kept separately (NULL for a peer-level record) so the NodeId reads back exactly.
     """CREATE TABLE sync_states (
@@ -95,6 +128,8 @@ _TABLES: Final = (
         last_error TEXT NOT NULL,
         PRIMARY KEY (peer, topic, origin_key)
     )""",
+    _CURSORS,
+    *_PUBLISH_KEYS,
 )
 
 _NOT_A_DATABASE: Final = frozenset({sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT})
@@ -135,6 +170,8 @@ _MIGRATIONS: Final = {
         "UPDATE logs SET bytes = (SELECT coalesce(sum(length(payload) + "
         "coalesce(length(headers), 0)), 0) FROM messages WHERE messages.log = logs.id)",
     ),
+    # 2 -> 3: the tables of schema 3, empty.
+    2: (_CURSORS, *_PUBLISH_KEYS, *sql_fifo_leases.add_lease_columns("TEXT")),
 }
 
 
