@@ -18,7 +18,14 @@ from ._config import ReconnectPolicy
 from ._convert import subscribe_envelopes
 from ._errors import MsgbusError, translate_rpc_error
 from ._generated.msgbus.v1 import MessageEnvelope
-from ._subscription import Cursor, StreamClosed, StreamEnded, Trim, retry_while_open
+from ._subscription import (
+    Cursor,
+    LogCursors,
+    LogKey,
+    StreamClosed,
+    StreamEnded,
+    retry_while_open,
+)
 
 __all__ = ["AsyncSubscription"]
 
@@ -35,26 +42,28 @@ class AsyncSubscription:
     When retention trimmed heads before the subscription reached them, the daemon says so and
     the subscription's ``on_trim`` policy handles the :class:`Trim` (see
     :meth:`AsyncMsgbusClient.subscribe`); delivery goes on at the log's new first head.
+
+    A pattern subscription (:meth:`AsyncMsgbusClient.subscribe_pattern`) follows many logs
+    the same way, with one resume point per log (``positions``).
     """
 
     def __init__(
         self,
-        open_stream: Callable[[int], tuple[int, transport.SubscribeCall]],
-        from_head_id: int,
+        open_stream: Callable[[], tuple[int, transport.SubscribeCall]],
+        cursor: Cursor | LogCursors,
         policy: ReconnectPolicy | None,
         is_client_closed: Callable[[], bool],
-        on_trim: Callable[[Trim], None],
         fail_over: Callable[[int, MsgbusError], Awaitable[bool]],
     ) -> None:
         """Used by the client's ``subscribe``; ``policy`` ``None`` means no reconnect.
 
-        ``open_stream(next_head_id)`` opens Subscribe at ``next_head_id`` on the client's
-        endpoint in use and returns that endpoint's index with the call;
-        ``fail_over(index, error)`` moves the client off an endpoint a stream broke on.
+        ``open_stream()`` opens Subscribe where ``cursor`` stands, on the client's endpoint in
+        use, and returns that endpoint's index with the call; ``fail_over(index, error)``
+        moves the client off an endpoint a stream broke on.
         """
         self._open_stream = open_stream
         self._fail_over = fail_over
-        self._cursor = Cursor(from_head_id, on_trim)
+        self._cursor = cursor
         self._is_client_closed = is_client_closed
         self._call: transport.SubscribeCall | None = None
         self._endpoint = 0
@@ -71,8 +80,29 @@ class AsyncSubscription:
 
     @property
     def next_head_id(self) -> int:
-        """The head_id the subscription will deliver next (its resume point)."""
-        return self._cursor.next_head_id
+        """The head_id the subscription will deliver next (its resume point).
+
+        Raises:
+            AttributeError: a pattern subscription, which resumes per log (``positions``).
+        """
+        cursor = self._cursor
+        if isinstance(cursor, LogCursors):
+            raise AttributeError("a pattern subscription has a resume point per log: positions")
+        return cursor.next_head_id
+
+    @property
+    def positions(self) -> dict[LogKey, int]:
+        """A pattern subscription's last delivered head_id per ``(topic, origin key)``.
+
+        Pass it as ``resume_after`` to a later ``subscribe_pattern`` to go on exactly there.
+
+        Raises:
+            AttributeError: a single-log subscription (``next_head_id``).
+        """
+        cursor = self._cursor
+        if not isinstance(cursor, LogCursors):
+            raise AttributeError("a single-log subscription resumes at next_head_id")
+        return cursor.positions
 
     @property
     def trims(self) -> int:
@@ -122,7 +152,7 @@ class AsyncSubscription:
             raise StreamClosed
         if self._call is None:
             self._opened_once = True
-            self._endpoint, self._call = self._open_stream(self._cursor.next_head_id)
+            self._endpoint, self._call = self._open_stream()
         return await self._read()
 
     async def _read(self) -> MessageEnvelope:

@@ -104,6 +104,29 @@ def subscribe(
     )
 
 
+def subscribe_pattern(
+    topic_pattern: str,
+    origin_pattern: str | None,
+    from_head_id: int,
+    replay_limit: int,
+    resume_after: Mapping[tuple[str, str], int],
+) -> pb.SubscribeRequest:
+    """A pattern SubscribeRequest; ``resume_after`` maps (topic, origin key) to a last head."""
+    if not topic_pattern:
+        raise ConfigurationError("topic_pattern must be a topic glob such as 'telemetry.>'")
+    return pb.SubscribeRequest(
+        topic_pattern=topic_pattern,
+        origin_pattern=origin_pattern or "",
+        from_head_id=_u64("from_head_id", from_head_id),
+        replay_limit=_u32("replay_limit", replay_limit),
+        max_messages_per_response=PACKING,
+        resume_after=[
+            pb.TopicHead(topic=topic, origin=to_pb_node(origin), head_id=_u64("head_id", head))
+            for (topic, origin), head in resume_after.items()
+        ],
+    )
+
+
 def get_head(topic: str, origin: NodeLike | None) -> pb.GetHeadRequest:
     """A GetHeadRequest."""
     return pb.GetHeadRequest(topic=topic, origin=to_pb_node(origin))

@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import tenacity
 
-from ._convert import node_key
+from ._convert import node_key, parse_node_id
 from ._errors import ConfigurationError, MsgbusError, ProtocolError, TrimmedError, UnavailableError
 from ._generated.msgbus.v1 import MessageEnvelope, NodeId
 
 __all__ = [
+    "MAX_RESUME_ENTRIES",
     "Cursor",
+    "LogCursors",
+    "LogKey",
     "StreamClosed",
     "StreamEnded",
     "Trim",
@@ -43,6 +46,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger("msgbus_sdk")
+
+MAX_RESUME_ENTRIES = 100_000
+"""The most logs a pattern Subscribe request may name in ``resume_after`` (the contract's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +146,16 @@ class Cursor:
 
     __slots__ = ("_on_trim", "next_head_id", "pending", "trims")
 
-    def __init__(self, from_head_id: int, on_trim: Callable[[Trim], None] = _continue) -> None:
+    def __init__(
+        self,
+        from_head_id: int,
+        on_trim: Callable[[Trim], None] = _continue,
+        pending: deque[MessageEnvelope] | None = None,
+    ) -> None:
+        """``pending`` is the delivery queue, shared by the logs of a :class:`LogCursors`."""
         # The daemon treats 0 as 1; so does the cursor, so the guard matches what arrives.
         self.next_head_id = max(from_head_id, 1)
-        self.pending: deque[MessageEnvelope] = deque()
+        self.pending: deque[MessageEnvelope] = deque() if pending is None else pending
         self.trims = 0
         self._on_trim = on_trim
 
@@ -190,6 +202,78 @@ class Cursor:
         self.next_head_id = first_head_id
         self.trims += 1
         self._on_trim(trim)
+
+    def deliver(self) -> MessageEnvelope | None:
+        """The next envelope to deliver, or None when the queue is empty."""
+        return self.pending.popleft() if self.pending else None
+
+
+LogKey: TypeAlias = tuple[str, str]
+"""A log as ``(topic, origin key)``, the origin key being ``"tenant_id/bl_name/device_id"``."""
+
+
+class LogCursors:
+    """A pattern subscription's resume points: one :class:`Cursor` per log, one queue.
+
+    Every response of a pattern Subscribe carries messages of one log, so each goes through
+    that log's cursor (the same duplicate, gap and trim rules as a single-log subscription);
+    a reopened stream names every log's last delivered head in ``resume_after``.
+    """
+
+    __slots__ = ("_cursors", "_from_head_id", "_on_trim", "pending")
+
+    def __init__(
+        self,
+        from_head_id: int,
+        on_trim: Callable[[Trim], None] = _continue,
+        resume_after: Mapping[LogKey, int] | None = None,
+    ) -> None:
+        """Logs named in ``resume_after`` resume after its head; the others at ``from_head_id``."""
+        self._from_head_id = from_head_id
+        self._on_trim = on_trim
+        self.pending: deque[MessageEnvelope] = deque()
+        self._cursors: dict[LogKey, Cursor] = {}
+        for (topic, origin), head_id in (resume_after or {}).items():
+            parse_node_id(origin)  # a clear error now, not at the first reconnect
+            self._cursors[(topic, origin)] = Cursor(head_id + 1, on_trim, self.pending)
+
+    @property
+    def trims(self) -> int:
+        """How many trims the logs have seen, together."""
+        return sum(cursor.trims for cursor in self._cursors.values())
+
+    @property
+    def positions(self) -> dict[LogKey, int]:
+        """The last head_id delivered (or resumed after) per log; 0 means none yet."""
+        return {key: cursor.next_head_id - 1 for key, cursor in self._cursors.items()}
+
+    def resume_after(self) -> dict[LogKey, int]:
+        """What a (re)opened stream sends in ``resume_after``: each log's last head delivered.
+
+        Raises:
+            ConfigurationError: more logs than a request may name (the daemon's limit).
+        """
+        if len(self._cursors) > MAX_RESUME_ENTRIES:
+            raise ConfigurationError(
+                f"the subscription follows {len(self._cursors)} logs; a pattern subscription "
+                f"resumes at most {MAX_RESUME_ENTRIES}: narrow topic_pattern or origin_pattern"
+            )
+        # A log whose cursor is still at from_head_id needs no entry: it starts there anyway.
+        return {key: head for key, head in self.positions.items() if head >= self._from_head_id}
+
+    def take(self, envelopes: list[MessageEnvelope], first_head_id: int = 0) -> None:
+        """Queue one response's envelopes through its log's cursor (see :meth:`Cursor.take`)."""
+        if not envelopes:
+            raise ProtocolError("server sent a pattern subscribe response without messages")
+        first = envelopes[0]
+        key = (first.topic, node_key(first.origin))
+        cursor = self._cursors.get(key)
+        if cursor is None:
+            cursor = self._cursors[key] = Cursor(self._from_head_id, self._on_trim, self.pending)
+        for env in envelopes:
+            if env.topic != first.topic or node_key(env.origin) != key[1]:
+                raise ProtocolError("server sent messages of several logs in one response")
+        cursor.take(envelopes, first_head_id)
 
     def deliver(self) -> MessageEnvelope | None:
         """The next envelope to deliver, or None when the queue is empty."""

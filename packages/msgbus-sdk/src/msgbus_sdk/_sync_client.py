@@ -50,7 +50,7 @@ from ._generated.msgbus.v1 import (
     TopicHead,
 )
 from ._requests import BatchEntry
-from ._subscription import TrimPolicy, resolve_on_trim
+from ._subscription import Cursor, LogCursors, TrimPolicy, resolve_on_trim
 from ._sync_subscription import Subscription
 from ._tls import TlsConfig
 
@@ -668,19 +668,68 @@ class MsgbusClient:
             # endpoint's daemon is another node.
             origin = self._node
         requests.subscribe(topic, origin, from_head_id, replay_limit)  # validate eagerly
-        handle_trim = resolve_on_trim(on_trim)
+        cursor = Cursor(from_head_id, resolve_on_trim(on_trim))
 
-        def open_stream(next_head_id: int) -> tuple[int, transport.SubscribeCall]:
+        def open_stream() -> tuple[int, transport.SubscribeCall]:
             index, stub = self._route()
-            request = requests.subscribe(topic, origin, next_head_id, replay_limit)
+            request = requests.subscribe(topic, origin, cursor.next_head_id, replay_limit)
             return index, stub.Subscribe(request)
 
         return Subscription(
             open_stream,
-            from_head_id,
+            cursor,
             resolve_reconnect(reconnect) if reconnect is not False else None,
             lambda: self._closed,
-            handle_trim,
+            self._fail_over,
+        )
+
+    def subscribe_pattern(
+        self,
+        topic_pattern: str,
+        origin_pattern: str | None = None,
+        from_head_id: int = 1,
+        replay_limit: int = 100,
+        reconnect: bool | ReconnectPolicy = True,
+        *,
+        resume_after: Mapping[tuple[str, str], int] | None = None,
+        on_trim: TrimPolicy = "continue",
+    ) -> Subscription:
+        """Follow every log whose topic matches ``topic_pattern``, of every origin.
+
+        ``topic_pattern`` is a glob over dot-separated segments: ``*`` matches within one
+        segment, a final ``>`` (or ``**``) the rest (``"telemetry.>"``); ``origin_pattern``,
+        a glob over ``"tenant_id/bl_name/device_id"`` (``"acme/*/*"``), narrows the origins.
+        The logs are merged, each in its own head order with no gap and no duplicate, and logs
+        that appear later are picked up live. Each message names its log (``topic`` and
+        ``origin``). Logs start at ``from_head_id``, those in ``resume_after`` (``(topic,
+        origin key) -> last head_id delivered``, e.g. an earlier subscription's ``positions``)
+        just after it. A reconnect resumes every log exactly after its last delivered head.
+        ``reconnect`` and ``on_trim`` are as for :meth:`subscribe`, per log.
+
+        Raises:
+            ConfigurationError: an empty ``topic_pattern``, a malformed origin key in
+                ``resume_after``, or ``on_trim`` not one of those of :meth:`subscribe`.
+        """
+        self._check_open()
+        resume = dict(resume_after or {})
+        # Validated eagerly, as subscribe does: a bad argument fails here, not at the first read.
+        requests.subscribe_pattern(
+            topic_pattern, origin_pattern, from_head_id, replay_limit, resume
+        )
+        cursor = LogCursors(from_head_id, resolve_on_trim(on_trim), resume)
+
+        def open_stream() -> tuple[int, transport.SubscribeCall]:
+            index, stub = self._route()
+            request = requests.subscribe_pattern(
+                topic_pattern, origin_pattern, from_head_id, replay_limit, cursor.resume_after()
+            )
+            return index, stub.Subscribe(request)
+
+        return Subscription(
+            open_stream,
+            cursor,
+            resolve_reconnect(reconnect) if reconnect is not False else None,
+            lambda: self._closed,
             self._fail_over,
         )
 

@@ -92,6 +92,9 @@ class LogNotifier:
         self._logs: dict[LogId, _LogState] = {}
         self._closed = False
         self._closed_event = asyncio.Event()
+        # Set and replaced by the next notify of any log; created only while a pattern
+        # subscription waits (`wait_any_beyond`), so commits allocate nothing otherwise.
+        self._any_change: asyncio.Event | None = None
 
     @property
     def closed(self) -> bool:
@@ -102,6 +105,10 @@ class LogNotifier:
         """Record that the log reaches `head_id` and wake its waiters. O(1) when unwatched."""
         if self.changes is not None:
             self.changes.note(topic, origin)
+        any_change = self._any_change
+        if any_change is not None:
+            self._any_change = None
+            any_change.set()
         state = self._logs.get((topic, origin))
         if state is None:
             return
@@ -121,6 +128,25 @@ class LogNotifier:
         state.watchers += 1
         return LogWatch(self, log_id, state)
 
+    async def wait_any_beyond(self, seq: int) -> bool:
+        """Wait until some log changed after change `seq` of `changes` (pattern subscribe).
+
+        Returns True when one did (possibly before this call), False once the notifier is
+        closed. What changed is read from `changes.since(seq)`: one event for all waiters, so
+        a waiting pattern subscription costs no memory per log.
+        """
+        changes = self.changes
+        if changes is None:
+            raise RuntimeError("wait_any_beyond needs the change index (changes)")
+        while not self._closed:
+            if changes.seq > seq:
+                return True
+            event = self._any_change
+            if event is None:
+                event = self._any_change = asyncio.Event()
+            await event.wait()
+        return False
+
     async def wait_closed(self) -> None:
         """Return once the notifier is closed."""
         await self._closed_event.wait()
@@ -129,6 +155,8 @@ class LogNotifier:
         """Shut down: wake every waiter; all waits return False from now on."""
         self._closed = True
         self._closed_event.set()
+        if self._any_change is not None:
+            self._any_change.set()
         for state in self._logs.values():
             event = state.event
             if event is not None:
