@@ -19,7 +19,7 @@ from msgbus_core.errors import (
 from msgbus_core.limits import MAX_STORED_INT
 from msgbus_core.model import NodeId
 from msgbus_core.ops import AppendOp
-from msgbus_core.store import MsgbusStore
+from msgbus_core.store import MsgbusStore, StoreFactory
 
 _LOCAL = NodeId("tenant", "default", "local")
 _REMOTE = NodeId("tenant", "default", "remote")
@@ -48,7 +48,7 @@ def _commit(
 class CursorConformance:
     """Every store keeps cursors the same way: commit, get, list in pages, delete, reopen."""
 
-    factory: ClassVar[Any]
+    factory: ClassVar[StoreFactory]
     downgrade_to_v2: ClassVar[tuple[str, ...]] = ()
     """Statements that turn a file of the current schema into one of schema version 2 (the
     tables schema 3 added dropped), so the 2 -> 3 migration is tested; empty: skipped."""
@@ -87,9 +87,7 @@ class CursorConformance:
         _publish(store, "events", 3, _REMOTE)
         assert _commit(store, "billing", "events", 3, _REMOTE).head_id == 3
 
-    def test_cursor_commit_in_a_batch_sees_the_appends_before_it(
-        self, store: MsgbusStore
-    ) -> None:
+    def test_cursor_commit_in_a_batch_sees_the_appends_before_it(self, store: MsgbusStore) -> None:
         cursor = Cursor("billing", "events", _LOCAL, 2, 5)
         outcomes = store.write(
             [
@@ -125,8 +123,10 @@ class CursorConformance:
                 _commit(store, name, topic, 1, origin)
         everything = store.list_cursors(limit=100)
         keys = [c.key for c in everything]
-        assert keys == sorted(keys) and len(keys) == 12
-        assert keys[0] == ("b", "a", _LOCAL.key) and keys[-1][0] == "ä"
+        assert keys == sorted(keys)
+        assert len(keys) == 12
+        assert keys[0] == ("b", "a", _LOCAL.key)
+        assert keys[-1][0] == "ä"
         pages: list[Cursor] = []
         after = None
         while True:

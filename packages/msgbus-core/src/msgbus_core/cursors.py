@@ -70,9 +70,7 @@ def page_of_cursors(
     cursors: list[Cursor], name: str | None, after: CursorKey | None, limit: int
 ) -> list[Cursor]:
     """`cursors` in ListCursors order, of `name` (any when None), past `after`, at most `limit`."""
-    ordered = sorted(
-        (c for c in cursors if name is None or c.name == name), key=lambda c: c.key
-    )
+    ordered = sorted((c for c in cursors if name is None or c.name == name), key=lambda c: c.key)
     if after is not None:
         ordered = [c for c in ordered if c.key > after]
     return ordered[: max(limit, 0)]

@@ -41,7 +41,9 @@ class CursorStatements:
         self.get: Final[str] = render(f"{_SELECT} WHERE {_KEY}")
         order = " ORDER BY name, topic, origin_key LIMIT ?"
         self.first: Final[str] = render(f"{_SELECT}{order}")
-        self.after: Final[str] = render(f"{_SELECT} WHERE name > ? OR (name = ? AND {_AFTER}){order}")
+        self.after: Final[str] = render(
+            f"{_SELECT} WHERE name > ? OR (name = ? AND {_AFTER}){order}"
+        )
         self.of_name_first: Final[str] = render(f"{_SELECT} WHERE name = ?{order}")
         self.of_name_after: Final[str] = render(f"{_SELECT} WHERE name = ? AND {_AFTER}{order}")
 

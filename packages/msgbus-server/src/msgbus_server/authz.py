@@ -6,7 +6,9 @@ nothing. It answers PERMISSION_DENIED naming the action, the topic (or queue) an
 decided; a bearer token that is not valid, and a call on the internal Unix socket that did not
 come through msgbusd's own socket, are UNAUTHENTICATED. ListHeads is not refused but filtered
 to the logs the caller may read (or pull), and ListPeerSyncStates, for a caller held in its
-tenant, to that tenant's logs.
+tenant, to that tenant's logs. A durable cursor is a position in a log: CommitCursor, GetCursor
+and DeleteCursor need `read` on the cursor's log, DeleteCursor of every cursor of a name (no
+topic) needs `admin`, and ListCursors is filtered to the cursors on logs the caller may read.
 
 Without a policy every call is allowed, as before authorization existed: msgbusd starts
 without one only when every listener is loopback TCP or a Unix socket, or with
@@ -67,7 +69,11 @@ AUDIT_KEYS: Final = 10_000
 """Denials remembered for the interval; the memo starts over when full."""
 
 ResponseFilter = Callable[[Any], Any]
-"""Rewrites a unary response for the caller (ListHeads: the logs it may read)."""
+"""Rewrites a unary response for the caller (ListHeads: the logs it may read); on a stream,
+it is applied to each response and None drops it (pattern Subscribe: the logs it may read)."""
+
+PATTERN_DECISIONS: Final = 4_096
+"""Logs whose read decision a pattern subscription remembers; the memo starts over when full."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,14 +250,42 @@ class Authorizer:
         caller = await self._caller(policy, method, context, unix)
         if method == "ListHeads":
             return lambda response: self._visible_heads(policy, caller, response)
+        if method == "Subscribe" and request.topic_pattern:
+            # Its logs are not known up front: each response (one log's messages) is decided.
+            return self._readable_logs(caller)
+        if method == "ListCursors":
+            return lambda response: self._visible_cursors(policy, caller, response)
         if method == "ListPeerSyncStates":
             check = _Check(ADMIN, None, "read the peer sync states", None)
             await self._require(policy, caller, method, check, context)
             if policy.isolation is not None and caller.tenant is not None:
                 return lambda response: self._tenant_states(policy, caller, response)
             return None
+        if request is None:
+            return None  # a stream opens: its handler checks each request it reads (`refusal`)
         for check in self._checks(method, request):
             await self._require(policy, caller, method, check, context)
+        return None
+
+    async def refusal(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> MsgbusError | None:
+        """The refusal of one request read from a stream (PublishStream), or None.
+
+        Decided and audited by the same rules as `admit`, with the policy in force when the
+        request is read, but the stream is not ended: its handler answers the refusal in the
+        request's response. `admit` checked who is calling when the stream opened.
+        """
+        policy = self._policy
+        if policy is None:
+            return None
+        peer = context.peer()
+        unix = self._unix(peer) if peer.startswith("unix") else None
+        caller = await self._caller(policy, method, context, unix)
+        for check in self._checks(method, request):
+            denial = self._denial(policy, caller, method, check)
+            if denial is not None:
+                return denial
         return None
 
     def _checks(self, method: str, request: Any) -> Iterator[_Check]:
@@ -261,12 +295,19 @@ class Authorizer:
         INVALID_ARGUMENT before touching anything.
         """
         node = self._node
-        if method == "Publish":
+        if method == "PublishStream":
+            if request.entries:
+                yield from self._checks("PublishBatch", request)
+            else:
+                yield from self._checks("Publish", request.publish)
+        elif method == "Publish":
             yield _Check(PUBLISH, LogRef(request.topic, node), _publish(request.topic), "topic")
         elif method == "PublishBatch":
             for index, entry in enumerate(request.entries):
                 what = f"{_publish(entry.topic)} (entries[{index}])"
                 yield _Check(PUBLISH, LogRef(entry.topic, node), what, f"entries[{index}].topic")
+        elif method == "Subscribe" and request.topic_pattern:
+            return  # decided per log as its messages go out (`_readable_logs`)
         elif method in ("Fetch", "GetHead", "Subscribe"):
             try:
                 origin = convert.node_or_local(
@@ -277,6 +318,20 @@ class Authorizer:
             actions = READ if method == "Subscribe" else READ_OR_PULL
             what = f"read topic {request.topic!r} of origin {origin.key}"
             yield _Check(actions, LogRef(request.topic, origin), what, "topic")
+        elif method in ("CommitCursor", "GetCursor", "DeleteCursor"):
+            if method == "DeleteCursor" and not request.topic:
+                what = f"delete every cursor of the name {request.name!r}"
+                yield _Check(ADMIN, None, what, "topic")
+                return
+            try:
+                origin = convert.node_or_local(
+                    request.HasField("origin"), request.origin, node, "origin"
+                )
+            except MsgbusError:
+                return
+            # A cursor is a position in a log: whoever may read the log may keep one on it.
+            what = f"keep a cursor on topic {request.topic!r} of origin {origin.key}"
+            yield _Check(READ, LogRef(request.topic, origin), what, "topic")
         elif method == "DeleteRange":
             what = f"delete from topic {request.topic!r}"
             yield _Check(DELETE, LogRef(request.topic, node), what, "topic")
@@ -294,9 +349,18 @@ class Authorizer:
         check: _Check,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
+        denial = self._denial(policy, caller, method, check)
+        if denial is not None:
+            answer = failure(denial)
+            await context.abort(answer.code, answer.message, answer.trailing_metadata)
+
+    def _denial(
+        self, policy: Policy, caller: Caller, method: str, check: _Check
+    ) -> PermissionDeniedError | None:
+        """The audited PERMISSION_DENIED of a check the policy refuses; None when allowed."""
         decision = policy.decide(caller, check.actions, check.resource)
         if decision.allowed:
-            return
+            return None
         rule = f"{decision.rule}: {decision.reason}" if decision.reason else decision.rule
         self.audit.record(
             caller=caller,
@@ -307,8 +371,7 @@ class Authorizer:
             resource=check.resource,
         )
         message = f"permission denied: {caller.principal} may not {check.what} (decided by {rule})"
-        answer = failure(PermissionDeniedError(message, field=check.field))
-        await context.abort(answer.code, answer.message, answer.trailing_metadata)
+        return PermissionDeniedError(message, field=check.field)
 
     async def _caller(
         self,
@@ -374,6 +437,49 @@ class Authorizer:
         return pb.ListHeadsResponse(
             heads=kept, next_page_token=response.next_page_token, cursor=response.cursor
         )
+
+    def _visible_cursors(
+        self, policy: Policy, caller: Caller, response: pb.ListCursorsResponse
+    ) -> pb.ListCursorsResponse:
+        """The cursors of `response` on logs the caller may read; the page token stays."""
+        kept = [
+            cursor
+            for cursor in response.cursors
+            if policy.decide(caller, READ, LogRef(cursor.topic, _node(cursor.origin))).allowed
+        ]
+        if len(kept) == len(response.cursors):
+            return response
+        return pb.ListCursorsResponse(cursors=kept, next_page_token=response.next_page_token)
+
+    def _readable_logs(self, caller: Caller) -> ResponseFilter:
+        """A pattern Subscribe's filter: the responses of logs the caller may read, else None.
+
+        Decided by the policy in force at each response (a SIGHUP applies to open streams),
+        remembered per log until the policy changes; under tenant isolation another tenant's
+        logs are never readable, so never sent.
+        """
+        decided: dict[tuple[str, str], bool] = {}
+        decided_by: list[Policy | None] = [self._policy]
+
+        def keep(response: pb.SubscribeResponse) -> pb.SubscribeResponse | None:
+            policy = self._policy
+            if policy is None:
+                return response
+            if policy is not decided_by[0]:
+                decided.clear()
+                decided_by[0] = policy
+            envelope = response.messages[0] if response.messages else response.message
+            origin = _node(envelope.origin)
+            key = (envelope.topic, origin.key)
+            allowed = decided.get(key)
+            if allowed is None:
+                if len(decided) >= PATTERN_DECISIONS:
+                    decided.clear()
+                log = LogRef(envelope.topic, origin)
+                allowed = decided[key] = policy.decide(caller, READ, log).allowed
+            return response if allowed else None
+
+        return keep
 
     def _tenant_states(
         self, policy: Policy, caller: Caller, response: pb.ListPeerSyncStatesResponse

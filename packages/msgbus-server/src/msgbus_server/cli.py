@@ -10,6 +10,7 @@ a path is wrong.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -24,9 +25,11 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, NoReturn
 
+from msgbus_core.cursors import DEFAULT_MAX_CURSORS
 from msgbus_core.errors import MsgbusError
 from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_LIMIT
 from msgbus_core.model import NodeId
+from msgbus_core.publish_keys import DEFAULT_MAX_KEYS
 from msgbus_core.store import ENTRY_POINT_GROUP, MsgbusStore
 from msgbus_core.validation import validate_node_part
 from msgbus_server.config import (
@@ -52,17 +55,19 @@ from msgbus_server.listeners import (
     without_covered,
 )
 from msgbus_server.logs import LOG_FORMATS, LOG_LEVELS
-from msgbus_server.peers import PeerTlsConfig, parse_peer_spec
+from msgbus_server.peers import PeerSpec, PeerTlsConfig, parse_peer_spec
 from msgbus_server.policy import PolicySource
 from msgbus_server.retention_rules import (
     DISCARD_POLICIES,
     RetentionPolicy,
     RetentionRule,
+    parse_duration_ms,
     parse_retention,
     parse_size,
 )
 from msgbus_server.sync_fetch import DEFAULT_RESPONSE_IDLE_TIMEOUT_S, FETCH_STREAM_CAP_S
 from msgbus_server.tls import load_server_tls
+from msgbus_server.topic_filter import parse_topic_globs
 
 EXIT_CONFIG = 2
 MAX_STREAMS_LIMIT = 2**31 - 1
@@ -79,6 +84,10 @@ MIN_DISK_BYTES = 1024 * 1024
 store's own tables and journal, and is most likely a unit mistake (bytes meant as KiB or MiB)."""
 MAX_METRICS_MAX_LOGS = 10_000
 """Upper bound for --metrics-max-logs: four series per log, so at most 40,000 of them."""
+MAX_CURSORS_LIMIT = 10_000_000
+"""The largest --max-cursors: cursors are small rows, but each costs a key in the store."""
+MAX_DEDUP_KEYS = 100_000_000
+"""The largest --dedup-max-keys: a key row costs some 200 bytes of store, so 20 GB at most."""
 RETENTION_ENV_SEPARATOR = ";"
 """Separates the specs in MSGBUS_RETENTION; commas already separate the rules of one spec."""
 
@@ -298,6 +307,46 @@ def build_parser() -> _Parser:
         metavar="ENDPOINT[=tenant/bl/device]",
         help="peer to pull from; repeatable and comma-separated",
     )
+    add(
+        "--upstream",
+        env="MSGBUS_UPSTREAMS",
+        default=[],
+        action="append",
+        metavar="ENDPOINT[=tenant/bl/device][;push=GLOBS][;pull=GLOBS]",
+        help="hub to dial and sync with both ways over that one connection (pull as from a "
+        "--peer, push with the Push RPC); repeatable and comma-separated",
+    )
+    add(
+        "--push-topics",
+        env="MSGBUS_PUSH_TOPICS",
+        default="",
+        metavar="GLOBS",
+        help="topic globs pushed to each --upstream without its own ;push= (default: every "
+        "log this node holds)",
+    )
+    add(
+        "--pull-topics",
+        env="MSGBUS_PULL_TOPICS",
+        default="",
+        metavar="GLOBS",
+        help="topic globs pulled from each --peer and --upstream without its own ;pull= "
+        "(default: everything)",
+    )
+    add(
+        "--accept-relayed",
+        env="MSGBUS_ACCEPT_RELAYED",
+        default=False,
+        action="store_true",
+        help="take pushed logs of other origins than the pusher's own (devices that relay "
+        "others); without a policy only a pusher's own logs are taken",
+    )
+    add(
+        "--no-push-service",
+        env="MSGBUS_NO_PUSH_SERVICE",
+        default=False,
+        action="store_true",
+        help="answer the Push RPC UNIMPLEMENTED, as an original daemon does",
+    )
     add("--peer-tls-ca", env="MSGBUS_PEER_TLS_CA", is_path=True, help="PEM CA for peer connections")
     add("--peer-tls-cert", env="MSGBUS_PEER_TLS_CERT", is_path=True, help="peer client certificate")
     add("--peer-tls-key", env="MSGBUS_PEER_TLS_KEY", is_path=True, help="peer client key")
@@ -311,7 +360,15 @@ def build_parser() -> _Parser:
         help="CA for client certificates; turns on mTLS (client certificates required)",
     )
     add("--sync-interval-ms", env="MSGBUS_SYNC_INTERVAL_MS", default=1000, type=int)
-    add("--sync-batch-limit", env="MSGBUS_SYNC_BATCH_LIMIT", default=100, type=int)
+    add(
+        "--sync-batch-limit",
+        env="MSGBUS_SYNC_BATCH_LIMIT",
+        default=None,
+        type=int,
+        help="messages per sync batch (at least 1); by default each log's batches adapt to the "
+        "link: they grow while Fetch round trips stay fast and shrink on slow links, within "
+        "10,000 messages and 8 MiB",
+    )
     add(
         "--sync-response-idle-ms",
         env="MSGBUS_SYNC_RESPONSE_IDLE_MS",
@@ -454,6 +511,31 @@ def build_parser() -> _Parser:
         "of their own; the others only count in the totals (default "
         f"{DEFAULT_METRICS_MAX_LOGS}, at most {MAX_METRICS_MAX_LOGS})",
     )
+    add(
+        "--dedup-window",
+        env="MSGBUS_DEDUP_WINDOW",
+        default="24h",
+        metavar="DURATION",
+        help="how long a publish's idempotency key is remembered, so that a repeat answers "
+        "the message stored the first time and stores nothing (90s, 12h, 7d; default 24h)",
+    )
+    add(
+        "--dedup-max-keys",
+        env="MSGBUS_DEDUP_MAX_KEYS",
+        default=DEFAULT_MAX_KEYS,
+        type=int,
+        help="the most idempotency keys remembered; beyond it the oldest are forgotten first, "
+        f"even within --dedup-window (default {DEFAULT_MAX_KEYS}, at most {MAX_DEDUP_KEYS})",
+    )
+    add(
+        "--max-cursors",
+        env="MSGBUS_MAX_CURSORS",
+        default=DEFAULT_MAX_CURSORS,
+        type=int,
+        help="the most durable named cursors this daemon keeps; committing one more is "
+        f"refused with RESOURCE_EXHAUSTED (default {DEFAULT_MAX_CURSORS}, at most "
+        f"{MAX_CURSORS_LIMIT})",
+    )
     return parser
 
 
@@ -478,9 +560,25 @@ def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
     return str(address), int(port_text)
 
 
-def _peer_values(args: argparse.Namespace) -> list[str]:
-    raw: list[str] = args.peer
+def _peer_values(args: argparse.Namespace, name: str = "peer") -> list[str]:
+    raw: list[str] = getattr(args, name)
     return [part.strip() for value in raw for part in value.split(",") if part.strip()]
+
+
+def _endpoint_specs(args: argparse.Namespace, name: str) -> tuple[PeerSpec, ...]:
+    """The `--peer` or `--upstream` specs, with the default topic filters for those without."""
+    flag = f"--{name}"
+    try:
+        push = parse_topic_globs(args.push_topics, "--push-topics")
+        pull = parse_topic_globs(args.pull_topics, "--pull-topics")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        return tuple(
+            parse_peer_spec(value, push=push, pull=pull) for value in _peer_values(args, name)
+        )
+    except (ValueError, MsgbusError) as error:
+        raise ConfigError(f"{flag}: {error}") from None
 
 
 _FLAG = re.compile(r"--([a-z][a-z-]*)")
@@ -559,10 +657,8 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
             f"refusing plaintext gRPC on non-loopback address {exposed[0].address}: "
             "configure --tls-cert/--tls-key, or pass --allow-insecure"
         )
-    try:
-        peers = tuple(parse_peer_spec(value) for value in _peer_values(args))
-    except (ValueError, MsgbusError) as error:
-        raise ConfigError(f"--peer: {error}") from None
+    peers = _endpoint_specs(args, "peer")
+    upstreams = _endpoint_specs(args, "upstream")
     try:
         peer_tls = PeerTlsConfig.from_paths(
             args.peer_tls_ca, args.peer_tls_cert, args.peer_tls_key, args.peer_tls_domain
@@ -573,6 +669,9 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
     max_disk_bytes = _disk_budget(args.max_disk_bytes)
     policy_source = _policy_source(args)
     policy = policy_source.load() if policy_source is not None else None
+    if peer_tls is not None and policy is not None:
+        # One rule for how a certificate names a node: callers' and pinned peers' alike.
+        peer_tls = dataclasses.replace(peer_tls, certificate_identity=policy.certificate_identity)
     if policy is None and exposed and not args.allow_anyone:
         raise ConfigError(
             f"refusing to serve {exposed[0].address} without an authorization policy: every "
@@ -597,6 +696,15 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
             f"--metrics-max-logs must be between 0 and {MAX_METRICS_MAX_LOGS}, "
             f"got {args.metrics_max_logs}"
         )
+    dedup_window_ms = parse_duration_ms(args.dedup_window, "--dedup-window")
+    if not 1 <= args.dedup_max_keys <= MAX_DEDUP_KEYS:
+        raise ConfigError(
+            f"--dedup-max-keys must be between 1 and {MAX_DEDUP_KEYS}, got {args.dedup_max_keys}"
+        )
+    if not 1 <= args.max_cursors <= MAX_CURSORS_LIMIT:
+        raise ConfigError(
+            f"--max-cursors must be between 1 and {MAX_CURSORS_LIMIT}, got {args.max_cursors}"
+        )
 
     return DaemonConfig(
         node=node,
@@ -605,10 +713,13 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         data=args.data,
         storage=args.storage,
         peers=peers,
+        upstreams=upstreams,
+        accept_relayed=args.accept_relayed,
+        push_service=not args.no_push_service,
         peer_tls=peer_tls,
         tls=tls,
         sync_interval_s=max(args.sync_interval_ms, 100) / 1000.0,
-        sync_batch_limit=max(args.sync_batch_limit, 1),
+        sync_batch_limit=(None if args.sync_batch_limit is None else max(args.sync_batch_limit, 1)),
         sync_response_idle_s=args.sync_response_idle_ms / 1000.0,
         max_payload_bytes=args.max_payload_bytes,
         max_streams_per_connection=args.max_streams_per_connection,
@@ -629,6 +740,9 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         metrics_max_logs=args.metrics_max_logs,
+        max_cursors=args.max_cursors,
+        dedup_window_ms=dedup_window_ms,
+        dedup_max_keys=args.dedup_max_keys,
     )
 
 

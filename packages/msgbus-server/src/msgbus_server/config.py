@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from msgbus_core.cursors import DEFAULT_MAX_CURSORS
 from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
 from msgbus_core.model import NodeId
+from msgbus_core.publish_keys import DEFAULT_DEDUP_WINDOW_MS, DEFAULT_MAX_KEYS
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.retention_rules import RetentionPolicy
 from msgbus_server.sync_fetch import DEFAULT_RESPONSE_IDLE_TIMEOUT_S
@@ -50,10 +52,18 @@ class DaemonConfig:
     data: str = "./msgbus.sqlite"
     storage: str = "sqlite"
     peers: tuple[PeerSpec, ...] = ()
+    upstreams: tuple[PeerSpec, ...] = ()
+    """`--upstream`: hubs this daemon dials, pulls from like peers and pushes to."""
+    accept_relayed: bool = False
+    """`--accept-relayed`: take pushed logs of origins other than the pusher's own."""
+    push_service: bool = True
+    """False (`--no-push-service`): the Push RPC answers UNIMPLEMENTED, as an original's."""
     peer_tls: PeerTlsConfig | None = None
     tls: ServerTls | None = None
     sync_interval_s: float = 1.0
-    sync_batch_limit: int = 100
+    sync_batch_limit: int | None = None
+    """`--sync-batch-limit`: messages per sync batch; None (the default) adapts each log's
+    batches to the link's round trips, within 8 MiB (`sync_fetch.AdaptiveBudget`)."""
     sync_response_idle_s: float = DEFAULT_RESPONSE_IDLE_TIMEOUT_S
     """How long a sync Fetch may go without a response (`--sync-response-idle-ms`)."""
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
@@ -71,6 +81,10 @@ class DaemonConfig:
     """How long in-flight unary calls get to finish on shutdown."""
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     """How much of each log to keep, by topic pattern (`--retention`); empty keeps everything."""
+    dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS
+    """How long an idempotency key is remembered at least (`--dedup-window`)."""
+    dedup_max_keys: int = DEFAULT_MAX_KEYS
+    """The most idempotency keys kept (`--dedup-max-keys`); the oldest go first beyond it."""
     max_disk_bytes: int | None = None
     """The daemon-wide disk budget (`--max-disk-bytes`), at least 1 MiB; None for no budget."""
     discard: str = "old"
@@ -96,6 +110,9 @@ class DaemonConfig:
     """Where `--metrics-listen` serves /metrics, /status and /status.json; None: nowhere."""
     metrics_port: int = 0
     metrics_max_logs: int = DEFAULT_METRICS_MAX_LOGS
+    max_cursors: int = DEFAULT_MAX_CURSORS
+    """The most durable cursors this daemon keeps (`--max-cursors`); a commit of one more is
+    RESOURCE_EXHAUSTED."""
     """The busiest logs (and deepest queues) that get metric series of their own."""
 
     @property

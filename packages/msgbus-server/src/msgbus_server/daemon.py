@@ -22,6 +22,7 @@ from msgbus_server.authz import Authorizer
 from msgbus_server.config import ConfigError, DaemonConfig
 from msgbus_server.daemon_status import DaemonStatus, StatusSource
 from msgbus_server.decoding import add_msgbus_service
+from msgbus_server.dedup import DedupWorker
 from msgbus_server.disk_budget import DiskBudget, format_bytes
 from msgbus_server.grpc_metrics import CallCounter
 from msgbus_server.head_changes import HeadChanges
@@ -31,6 +32,7 @@ from msgbus_server.metrics import DaemonMetrics
 from msgbus_server.notify import LogNotifier
 from msgbus_server.peer_authz import PushRules
 from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.push_intake import PushAcceptance, PushIntake
 from msgbus_server.read_gate import ReadGate
 from msgbus_server.recovery import SYNC_GRACE_S, OwnLogRecovery, WriteGate
 from msgbus_server.retention import PeerHoldings, RetentionWorker
@@ -38,6 +40,7 @@ from msgbus_server.service import SHUTTING_DOWN, MsgbusService
 from msgbus_server.shared_store import CommitFeed, WorkClaims
 from msgbus_server.status_page import StatusPage
 from msgbus_server.sync import PeerSync, SyncSettings, forget_unconfigured_peers
+from msgbus_server.sync_state import PUSHED, direction_of
 from msgbus_server.tls import server_ssl_context
 
 logger = logging.getLogger("msgbus_server.daemon")
@@ -94,7 +97,17 @@ class Daemon:
             else None
         )
         # Only a daemon that has peers to wait for protects what they have not pulled.
-        self.holdings = PeerHoldings() if config.retain_unsynced and config.peers else None
+        self.holdings = (
+            PeerHoldings()
+            if config.retain_unsynced and (config.peers or config.upstreams)
+            else None
+        )
+        self.dedup = DedupWorker(
+            pipeline=self.pipeline,
+            window_ms=config.dedup_window_ms,
+            max_keys=config.dedup_max_keys,
+        )
+        """Forgets idempotency keys past --dedup-window or beyond --dedup-max-keys."""
         self.retention: RetentionWorker | None = None
         if config.retention or self.disk_budget is not None:
             self.retention = RetentionWorker(
@@ -123,6 +136,23 @@ class Daemon:
                 gate=write_gate,
             )
         self._opening: asyncio.Task[None] | None = None
+        self.push_intake: PushIntake | None = None
+        """The hub side of the Push RPC; None with --no-push-service."""
+        if config.push_service:
+            self.push_intake = PushIntake(
+                local_node=config.node,
+                store=store,
+                pipeline=self.pipeline,
+                acceptance=PushAcceptance(
+                    local_node=config.node,
+                    accept_relayed=config.accept_relayed,
+                    # Read at each check, so the policy a SIGHUP puts in force decides.
+                    policy=lambda: self.authz.policy,
+                    audit=lambda: self.authz.audit,
+                ),
+                max_payload_bytes=config.max_payload_bytes,
+                budget=self.disk_budget,
+            )
         self.service = MsgbusService(
             node=config.node,
             store=store,
@@ -134,6 +164,8 @@ class Daemon:
             read_gate=self.read_gate,
             disk_budget=self.disk_budget,
             write_gate=write_gate,
+            push=self.push_intake,
+            max_cursors=config.max_cursors,
         )
         self.status: StatusSource | None = None
         """Takes the snapshots the metrics and the status page show (with --metrics-listen)."""
@@ -152,6 +184,9 @@ class Daemon:
             relayed=bool(self.unix.listeners),
         )
         """Who may do what: checks every call, and reloads the policy on SIGHUP."""
+        if self.authz.guard is not None:
+            # A PublishStream's requests are checked one by one, by the same rules.
+            self.service.stream_check = self.authz.refusal
         self.grpc_health: Any = _health_aio.HealthServicer()
         self.health.on_change(self._on_health_change)
         self._mirroring: set[asyncio.Task[None]] = set()
@@ -166,7 +201,12 @@ class Daemon:
         started = time.monotonic()
         try:
             await self.pipeline.start()
-            await forget_unconfigured_peers(self.pipeline, self.config.peers)
+            await forget_unconfigured_peers(
+                self.pipeline,
+                self.config.peers,
+                self.config.upstreams,
+                await asyncio.to_thread(self._pushed_records),
+            )
             if self.commit_feed is not None:
                 # Before the listing: what other processes commit after it is relayed.
                 await asyncio.to_thread(self.commit_feed.begin)
@@ -183,6 +223,7 @@ class Daemon:
             else:
                 await self._start_sync()
             await self._start_retention()
+            await self.dedup.start()
             self._install_signal_handlers()
             self._monitor = asyncio.create_task(self._health_monitor(), name="health-monitor")
             logger.info(
@@ -320,9 +361,14 @@ class Daemon:
         if page is not None:
             await asyncio.to_thread(page.stop)
 
+    def _pushed_records(self) -> list[str]:
+        """The stored peers of the records of devices that pushed to this daemon."""
+        peers = {state.peer for state in self.store.list_sync_states()}
+        return [peer for peer in peers if direction_of(peer)[0] == PUSHED]
+
     async def _start_sync(self) -> None:
         config = self.config
-        if not config.peers:
+        if not config.peers and not config.upstreams:
             return
         self.sync = PeerSync(
             local_node=config.node,
@@ -336,10 +382,13 @@ class Daemon:
             work=self.work,
             # Read at each check, so the policy a SIGHUP puts in force decides the next one.
             push=PushRules(lambda: self.authz.policy, self.authz.audit),
+            upstreams=config.upstreams,
+            notifier=self.notifier,
         )
         logger.info(
-            "starting peer sync with %d peer(s) every %.0f ms",
+            "starting peer sync with %d peer(s) and %d upstream(s) every %.0f ms",
             len(config.peers),
+            len(config.upstreams),
             config.sync_interval_s * 1000,
         )
         await self.sync.start()
@@ -482,6 +531,7 @@ class Daemon:
             tasks.append(self._stop_sync())
         if self.retention is not None:
             tasks.append(self.retention.stop())
+        tasks.append(self.dedup.stop())
         if self.commit_feed is not None:
             tasks.append(self.commit_feed.stop())
         await asyncio.gather(*tasks)
@@ -517,6 +567,8 @@ class Daemon:
             await self._stop_sync()
         if self.retention is not None and not self._shutting_down:
             await self.retention.stop()
+        if not self._shutting_down:
+            await self.dedup.stop()
         if self.commit_feed is not None:
             await self.commit_feed.stop()
         self.notifier.close()

@@ -23,9 +23,11 @@ request's, and the request's log (topic and origin) or queue matches its globs. 
 included. `{tenant}`, `{bl}` and `{device}` in a glob stand for the parts of the caller's
 certificate identity, so a rule that uses them matches only callers with one.
 
-Actions: `publish` (Publish, PublishBatch), `read` (Fetch, Subscribe, GetHead, and the heads
-ListHeads shows), `delete` (DeleteRange), `fifo` (EnqueueFifo, PeekFifo, AckFifo, RejectFifo, by
-queue), `admin` (ListPeerSyncStates), `pull` (what a peer's sync reads: Fetch, GetHead and
+Actions: `publish` (Publish, PublishBatch), `read` (Fetch, Subscribe, GetHead, the heads
+ListHeads shows, and durable cursors on the log: CommitCursor, GetCursor, DeleteCursor of one
+cursor, the cursors ListCursors shows), `delete` (DeleteRange), `fifo` (EnqueueFifo, PeekFifo,
+AckFifo, RejectFifo, by queue), `admin` (ListPeerSyncStates; DeleteCursor of every cursor of a
+name, which spans logs), `pull` (what a peer's sync reads: Fetch, GetHead and
 ListHeads, not Subscribe) and `push` (which logs a peer may supply, by topic and origin: what
 this daemon takes from the peers it pulls from, see `peer_authz`, and what issue 17's push RPC
 will ask).

@@ -12,7 +12,6 @@ import base64
 import functools
 import json
 import logging
-import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -21,11 +20,11 @@ from typing import NoReturn, Protocol, TypeVar
 
 import grpc
 
+from msgbus_core.cursors import DEFAULT_MAX_CURSORS
 from msgbus_core.errors import (
     InvalidArgumentError,
     MsgbusError,
     NotFoundError,
-    PermissionDeniedError,
     StorageError,
     StorageFullError,
 )
@@ -35,8 +34,8 @@ from msgbus_core.limits import (
     MAX_STORED_INT,
     READ_BUDGET_BYTES,
 )
-from msgbus_core.model import EMPTY_HEADERS, FifoMessage, Message, NodeId, TopicHead
-from msgbus_core.ops import AckOp, AppendOp, DeleteRangeOp, DeleteResult, EnqueueOp, RejectOp
+from msgbus_core.model import FifoMessage, Message, NodeId, TopicHead
+from msgbus_core.ops import AckOp, DeleteRangeOp, DeleteResult, EnqueueOp, RejectOp
 from msgbus_core.store import MsgbusStore, read_size
 from msgbus_core.validation import (
     clamp_stored,
@@ -49,10 +48,22 @@ from msgbus_core.validation import (
 from msgbus_proto import pb, rpc
 from msgbus_server import convert
 from msgbus_server.clock import now_ms
+from msgbus_server.cursors import CursorRpcs
 from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.health import Health, Subsystem, storage_reason
+from msgbus_server.ids import new_id
 from msgbus_server.notify import LogNotifier
+from msgbus_server.page_tokens import key_after, key_token
+from msgbus_server.pattern_subscription import (
+    PatternRequest,
+    follow_pattern,
+    list_heads_reader,
+    refuse_outside_pattern,
+)
 from msgbus_server.pipeline import CommitPipeline
+from msgbus_server.publish_stream import PublishStreamSession, RequestCheck
+from msgbus_server.publishing import PublishPath, fill_stored, owned_origin
+from msgbus_server.push_intake import PushIntake
 from msgbus_server.read_gate import ReadGate
 from msgbus_server.recovery import WRITE_HOLD_S, WriteGate
 from msgbus_server.status import failure
@@ -68,7 +79,6 @@ _Delivered = TypeVar("_Delivered", pb.FetchResponse, pb.SubscribeResponse)
 MAX_CHUNK = 512
 """Most messages one store read returns; its bytes are bounded by the read budget and gate."""
 
-MAX_BATCH_ENTRIES = 10_000
 PACK_BUDGET_BYTES = 3 * 1024 * 1024
 """Bytes per packed response: below the 4 MiB default receive limit of gRPC clients."""
 
@@ -94,23 +104,6 @@ SYNC_STATES_PAGE_MAX = 10_000
 SYNC_STATES_UNPAGED_MAX = 100_000
 """States answered to a request with neither page_size nor page_token: an original client
 expects every state in one response."""
-
-
-VALID_TOPIC_CACHE = 4096
-"""How many validated topics the publish path remembers before starting over."""
-
-
-def new_id() -> str:
-    """A server-assigned message id: a random UUID v4, canonical lowercase form.
-
-    Same bits and text as `str(uuid.uuid4())` at a third of the cost, which matters on the
-    publish path: the version and variant bits are set by hand on 16 random bytes.
-    """
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(slots=True, eq=False)
@@ -225,22 +218,10 @@ def _heads_page_after(token: str) -> tuple[tuple[str, str], int, str]:
     return (value[0], value[1]), value[2], value[3]
 
 
-def _page_token(key: tuple[str, str, str]) -> str:
-    """The opaque token of the page after the state with sort key `key`."""
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
-
-
 def _page_after(token: str) -> tuple[str, str, str]:
-    """The sort key a `_page_token` names; INVALID_ARGUMENT naming page_token otherwise."""
-    try:
-        key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, UnicodeError):
-        key = None
-    if not (isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key)):
-        raise InvalidArgumentError(
-            "page_token is malformed: pass a next_page_token unchanged", field="page_token"
-        )
-    return (key[0], key[1], key[2])
+    """The sync state sort key a page token names; INVALID_ARGUMENT naming page_token if not."""
+    peer, topic, origin_key = key_after(token, 3)
+    return (peer, topic, origin_key)
 
 
 class MsgbusService(rpc.MsgbusServiceServicer):
@@ -260,7 +241,12 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         read_budget_bytes: int = READ_BUDGET_BYTES,
         disk_budget: DiskBudget | None = None,
         write_gate: WriteGate | None = None,
+        push: PushIntake | None = None,
+        max_cursors: int = DEFAULT_MAX_CURSORS,
     ) -> None:
+        self._push = push
+        """The Push RPC's hub side (`push_intake`); None answers UNIMPLEMENTED
+        (`--no-push-service`, as an original daemon)."""
         self._node = node
         self._node_pb = convert.node_to_pb(node)
         self._store = store
@@ -271,10 +257,27 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         self._read_gate = read_gate
         self._read_budget = read_budget_bytes
         self._disk_budget = disk_budget
-        self._valid_topics: dict[str, None] = {}
-        """Topics already validated for writing; the same few topics arrive again and again."""
+        self.publishing = PublishPath(
+            node=node,
+            pipeline=pipeline,
+            max_payload_bytes=max_payload_bytes,
+            disk_budget=disk_budget,
+        )
+        """Validation and submission of publishes, for Publish, PublishBatch and PublishStream."""
+        self.stream_check: RequestCheck | None = None
+        """Authorizes each request of a PublishStream (`authz.Authorizer.refusal`); None allows
+        every request. The stream itself was admitted by the guard when it opened."""
         self._health = health
         self._write_gate = write_gate
+        self._cursors = CursorRpcs(
+            node=node,
+            store=store,
+            pipeline=pipeline,
+            read=self._read,
+            fail=self._fail,
+            max_cursors=max_cursors,
+        )
+        """The durable cursor RPCs (`msgbus_server.cursors`)."""
         """Closed while this node recovers its own logs (`recovery`); None when it never is."""
         self.streams = StreamStats()
         """What Fetch and Subscribe streams delivered, for the metrics and the status page."""
@@ -365,31 +368,9 @@ class MsgbusService(rpc.MsgbusServiceServicer):
 
     def _owned(self, present: bool, value: pb.NodeId, field: str = "origin") -> NodeId:
         """A write's origin: it must resolve to the local node."""
-        origin = convert.node_or_local(present, value, self._node, field)
-        if origin != self._node:
-            raise PermissionDeniedError(
-                f"{field} {origin.key} belongs to another node: "
-                f"writes must use the local daemon origin {self._node.key}"
-            )
-        return origin
+        return owned_origin(self._node, present, value, field)
 
     # -- logs -----------------------------------------------------------------------------------
-
-    def _append_op(self, request: pb.PublishRequest, created_at_ms: int) -> AppendOp:
-        """Validate one publish (in the original's order) and build its append op."""
-        topic = request.topic
-        if topic not in self._valid_topics:
-            validate_topic(topic)
-            ensure_application_topic(topic)
-            if len(self._valid_topics) >= VALID_TOPIC_CACHE:
-                self._valid_topics.clear()
-            self._valid_topics[topic] = None
-        origin = self._owned(True, request.origin) if request.HasField("origin") else self._node
-        payload = request.payload
-        if len(payload) > self._max_payload:
-            validate_payload(payload, self._max_payload)
-        headers = validate_headers(request.headers) if request.headers else EMPTY_HEADERS
-        return AppendOp(topic, origin, payload, headers, new_id(), created_at_ms)
 
     async def _writable(self, context: grpc.aio.ServicerContext[Req, Resp]) -> None:
         """Hold a write while this node recovers its own logs; refuse it if that lasts.
@@ -397,13 +378,22 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         Refused with UNAVAILABLE and the reason (clients retry it) when recovery has not
         finished within `WRITE_HOLD_S`, or half of what is left of the call's deadline.
         """
+        refusal = await self._write_refusal(context.time_remaining())
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
+
+    async def _write_refusal(self, remaining: float | None = None) -> str | None:
+        """Why a write is refused after holding it while recovery runs; None to go ahead.
+
+        `remaining` is what is left of the call's deadline (None: no deadline).
+        """
         gate = self._write_gate
         if gate is None or gate.is_open:
-            return
-        remaining = context.time_remaining()
+            return None
         hold = WRITE_HOLD_S if remaining is None else min(WRITE_HOLD_S, remaining / 2)
-        if not await gate.wait(hold):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, gate.reason)
+        if await gate.wait(hold):
+            return None
+        return gate.reason
 
     def _admit(self, incoming_bytes: int) -> None:
         """Refuse a write when the disk budget says so (`--discard new`); else count it."""
@@ -418,13 +408,10 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         """Append one message to a local log; answered after the commit is durable."""
         await self._writable(context)
         try:
-            op = self._append_op(request, now_ms())
-            self._admit(len(op.payload))
-            message = await self._pipeline.submit(op)
-            assert isinstance(message, Message)
+            message, duplicate = await self.publishing.publish(request)
         except Exception as error:
             await self._fail(context, error)
-        return pb.PublishResponse(message=convert.envelope(message))
+        return pb.PublishResponse(message=convert.envelope(message), duplicate=duplicate)
 
     async def PublishBatch(
         self,
@@ -438,34 +425,36 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         """
         await self._writable(context)
         try:
-            count = len(request.entries)
-            if not 1 <= count <= MAX_BATCH_ENTRIES:
-                raise InvalidArgumentError(
-                    f"entries has {count} items; a batch holds 1 to {MAX_BATCH_ENTRIES}",
-                    field="entries",
-                )
-            # One timestamp for the batch: its entries commit in one transaction.
-            created_at_ms = now_ms()
-            ops = []
-            for index, entry in enumerate(request.entries):
-                try:
-                    ops.append(self._append_op(entry, created_at_ms))
-                except (InvalidArgumentError, PermissionDeniedError) as error:
-                    # Field names are built only on failure: the error names the entry.
-                    raise error.in_entry(index) from None
-            self._admit(sum(len(op.payload) for op in ops))
-            outcomes = await self._pipeline.submit_many(ops)
-            stored: list[Message] = []
-            for outcome in outcomes:
-                if isinstance(outcome, Exception):
-                    raise outcome
-                assert isinstance(outcome, Message)
-                stored.append(outcome)
-            response = pb.PublishBatchResponse()
-            _fill(response.messages, stored)
+            stored = await self.publishing.publish_batch(request.entries)
         except Exception as error:
             await self._fail(context, error)
+        response = pb.PublishBatchResponse()
+        fill_stored(response, stored)
         return response
+
+    async def PublishStream(
+        self,
+        requests: AsyncIterator[pb.PublishStreamRequest],
+        context: grpc.aio.ServicerContext[pb.PublishStreamRequest, pb.PublishStreamResponse],
+    ) -> AsyncIterator[pb.PublishStreamResponse]:
+        """Publishes and batches on one stream, each answered in order once durable.
+
+        Each request is authorized, held by the write gate, validated and committed like the
+        unary RPC it carries; a refused one is answered with its error and the stream goes on.
+        At daemon shutdown the requests already read are answered, then the stream ends with
+        UNAVAILABLE.
+        """
+        session = PublishStreamSession(
+            self.publishing,
+            check=self.stream_check,
+            write_refusal=self._write_refusal,
+            notifier=self._notifier,
+            context=context,
+        )
+        async for response in session.run(requests):
+            yield response
+        if session.shut_down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     async def Fetch(
         self,
@@ -509,8 +498,15 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         notification and reads the store again from the next head. So there is no gap, no
         duplicate, no lag disconnect, and memory stays bounded for a slow client. The stream
         ends only when the client goes away, or with UNAVAILABLE at daemon shutdown.
+
+        With `topic_pattern` it follows many logs instead (`pattern_subscription`).
         """
+        if request.topic_pattern:
+            async for response in self._subscribe_pattern(request, context):
+                yield response
+            return
         try:
+            refuse_outside_pattern(request)
             topic = validate_topic(request.topic)
             origin = self._origin(request.HasField("origin"), request.origin)
         except Exception as error:
@@ -553,6 +549,44 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 if not await watch.wait_beyond(next_head - 1):
                     break
                 tally.waiting = False
+        await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+    async def _subscribe_pattern(
+        self,
+        request: pb.SubscribeRequest,
+        context: grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse],
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        """Subscribe over every log matching `topic_pattern` (and `origin_pattern`)."""
+        try:
+            pattern = PatternRequest.parse(request)
+        except Exception as error:
+            await self._fail(context, error)
+        if self._notifier.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        page = min(request.replay_limit or DEFAULT_FETCH_LIMIT, MAX_FETCH_LIMIT, MAX_CHUNK)
+        pack = request.max_messages_per_response
+        tally = self.streams.open(SUBSCRIBE)
+
+        def deliver(chunk: _Chunk) -> AsyncIterator[pb.SubscribeResponse]:
+            return self._deliver(chunk, pack, pb.SubscribeResponse, tally)
+
+        def on_wait(waiting: bool) -> None:
+            tally.waiting = waiting
+
+        responses = follow_pattern(
+            pattern,
+            notifier=self._notifier,
+            list_heads=list_heads_reader(self._read, self._store.list_heads),
+            read_chunk=self._read_chunk,
+            deliver=deliver,
+            page=page,
+            on_wait=on_wait,
+        )
+        try:
+            async for response in responses:
+                yield response
+        except Exception as error:
+            await self._fail(context, error)
         await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     async def GetHead(
@@ -646,6 +680,19 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         response.cursor = changes.cursor(covered)
         return response
 
+    async def Push(
+        self,
+        request_iterator: AsyncIterator[pb.PushRequest],
+        context: grpc.aio.ServicerContext[pb.PushRequest, pb.PushResponse],
+    ) -> AsyncIterator[pb.PushResponse]:
+        """A device pushes its logs to this daemon, its upstream (see `push_intake`)."""
+        if self._push is None:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "this daemon serves no Push (--no-push-service)"
+            )
+        async for response in self._push.serve(request_iterator, context):
+            yield response
+
     async def ListPeerSyncStates(
         self,
         request: pb.ListPeerSyncStatesRequest,
@@ -675,7 +722,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                 break
             response.states.append(entry)
         if len(response.states) < len(states):
-            response.next_page_token = _page_token(states[len(response.states) - 1].sort_key)
+            response.next_page_token = key_token(states[len(response.states) - 1].sort_key)
         return response
 
     async def DeleteRange(
@@ -780,6 +827,42 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             return bool(await self._pipeline.submit(op(queue, message_id)))
         except Exception as error:
             await self._fail(context, error)
+
+    # -- durable cursors (msgbus_server.cursors) ---------------------------------------------
+
+    async def CommitCursor(
+        self,
+        request: pb.CommitCursorRequest,
+        context: grpc.aio.ServicerContext[pb.CommitCursorRequest, pb.CommitCursorResponse],
+    ) -> pb.CommitCursorResponse:
+        """Store a durable cursor, answered once durable; see `CursorRpcs.commit`."""
+        await self._writable(context)
+        return await self._cursors.commit(request, context)
+
+    async def GetCursor(
+        self,
+        request: pb.GetCursorRequest,
+        context: grpc.aio.ServicerContext[pb.GetCursorRequest, pb.GetCursorResponse],
+    ) -> pb.GetCursorResponse:
+        """Read one durable cursor."""
+        return await self._cursors.get(request, context)
+
+    async def ListCursors(
+        self,
+        request: pb.ListCursorsRequest,
+        context: grpc.aio.ServicerContext[pb.ListCursorsRequest, pb.ListCursorsResponse],
+    ) -> pb.ListCursorsResponse:
+        """One page of durable cursors."""
+        return await self._cursors.list(request, context)
+
+    async def DeleteCursor(
+        self,
+        request: pb.DeleteCursorRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteCursorRequest, pb.DeleteCursorResponse],
+    ) -> pb.DeleteCursorResponse:
+        """Delete one cursor, or every cursor of a name."""
+        await self._writable(context)
+        return await self._cursors.delete(request, context)
 
     # -- health ---------------------------------------------------------------------------------
 

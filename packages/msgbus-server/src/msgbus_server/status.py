@@ -24,6 +24,7 @@ from msgbus_core.errors import (
     MsgbusError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     StorageError,
     StorageFullError,
 )
@@ -36,6 +37,7 @@ _CODES: tuple[tuple[type[MsgbusError], grpc.StatusCode], ...] = (
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StorageFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StorageError, grpc.StatusCode.UNAVAILABLE),
 )
