@@ -34,7 +34,9 @@ def test_a_peer_pulls_only_the_logs_its_pull_rule_names(
     config = tmp_path / "a.toml"
     config.write_text(POLICY)
     local = f"unix://{socket_dir / 'pull-a.sock'}"
-    args = [*pki.server_args(), "--config", str(config), "--listen", local, "--log-format", "json"]
+    # B pins A: A's server certificate must name A.
+    tls = pki.node_server_args(SOURCE)
+    args = [*tls, "--config", str(config), "--listen", local, "--log-format", "json"]
     with Daemon.start(
         tmp_path / "a", node=SOURCE, extra_args=args, credentials=pki.client(PULLER)
     ) as source:

@@ -76,6 +76,14 @@ class Pki:
             str(self.directory / "ca.pem"),
         ]
 
+    def node_server_args(self, identity: str) -> list[str]:
+        """`server_args` with a certificate that also names the node `identity` (SAN URI), as
+        a pinned peer's must."""
+        stem = f"node-{identity.replace('/', '-')}"
+        cert, key = self.ca.issue_node(identity, hosts=["127.0.0.1"]).write(self.directory, stem)
+        ca = str(self.directory / "ca.pem")
+        return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", ca]
+
     def peer_args(self, identity: str) -> list[str]:
         """msgbusd flags that pull from peers over mTLS as `identity` (files in the directory)."""
         stem = identity.replace("/", "-")

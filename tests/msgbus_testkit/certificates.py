@@ -120,7 +120,7 @@ class CertificateAuthority:
     ) -> IssuedCertificate:
         """A server certificate valid for `hosts` (DNS names or IP addresses)."""
         return self._issue(
-            common_name, ExtendedKeyUsageOID.SERVER_AUTH, [_san(host) for host in hosts]
+            common_name, [ExtendedKeyUsageOID.SERVER_AUTH], [_san(host) for host in hosts]
         )
 
     def issue_client(
@@ -131,7 +131,20 @@ class CertificateAuthority:
         `uris` become URI SANs: `msgbus://tenant/bl/device` names the caller's identity.
         """
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in uris]
-        return self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, sans)
+        return self._issue(common_name, [ExtendedKeyUsageOID.CLIENT_AUTH], sans)
+
+    def issue_node(
+        self, identity: str, *, hosts: Sequence[str] = DEFAULT_SERVER_HOSTS
+    ) -> IssuedCertificate:
+        """A node's certificate, naming `identity` (`tenant/bl/device`) in a `msgbus://` SAN URI.
+
+        Valid for serving `hosts` and as a client certificate, so one file serves a daemon's
+        listener (`--tls-cert`) and its peer and upstream connections (`--peer-tls-cert`).
+        """
+        sans = [x509.UniformResourceIdentifier(f"msgbus://{identity}")]
+        sans += [_san(host) for host in hosts]
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        return self._issue(identity.replace("/", "-"), usages, sans)
 
     def write_tls_files(
         self, directory: Path, *, server_hosts: Sequence[str] = DEFAULT_SERVER_HOSTS
@@ -144,11 +157,14 @@ class CertificateAuthority:
         return TlsFiles(ca, server_cert, server_key, client_cert, client_key)
 
     def _issue(
-        self, common_name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+        self,
+        common_name: str,
+        usages: Sequence[x509.ObjectIdentifier],
+        sans: list[x509.GeneralName],
     ) -> IssuedCertificate:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = self._builder(_name(common_name), key.public_key(), ca=False).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
+            x509.ExtendedKeyUsage(list(usages)), critical=False
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)

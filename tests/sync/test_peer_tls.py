@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,14 @@ SERVER_NAME = "msgbus-b.test"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return CertificateAuthority().write_tls_files(
-        tmp_path_factory.mktemp("pki"), server_hosts=[SERVER_NAME, "127.0.0.1"]
+    """The CA's files; B's server certificate names B (`msgbus://`), as A pins B."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority()
+    files = ca.write_tls_files(directory, server_hosts=[SERVER_NAME, "127.0.0.1"])
+    cert, key = ca.issue_node(node_id("b").key, hosts=[SERVER_NAME, "127.0.0.1"]).write(
+        directory, "server"
     )
+    return dataclasses.replace(files, server_cert=cert, server_key=key)
 
 
 def test_sync_over_tls(tmp_path: Path, pki: TlsFiles) -> None:
