@@ -23,7 +23,8 @@ class TestPostgresConformance(StoreConformance):
     downgrade_to_v2 = (
         "DROP TABLE cursors",
         "DROP TABLE publish_keys",
-        "DROP INDEX fifo_messages_by_lease",        "ALTER TABLE fifo_messages DROP COLUMN lease_id",
+        "DROP INDEX fifo_messages_by_lease",
+        "ALTER TABLE fifo_messages DROP COLUMN lease_id",
         "ALTER TABLE fifo_messages DROP COLUMN leased_until_ms",
         "ALTER TABLE fifo_messages DROP COLUMN dead_reason",
         "UPDATE meta SET value = '2' WHERE key = 'schema_version'",

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Final
 
 from msgbus_core.cursors import CommitCursorOp, CursorWriter, DeleteCursorOp
+from msgbus_core.errors import InvalidArgumentError, MsgbusError
 from msgbus_core.fifo_leases import (
     MAX_ATTEMPTS,
     AckLeaseOp,
@@ -22,8 +23,6 @@ from msgbus_core.fifo_leases import (
     RedriveOp,
     RejectLeaseOp,
 )
-from msgbus_core.publish_keys import PruneKeysOp, PublishKeyWriter
-from msgbus_core.errors import InvalidArgumentError, MsgbusError
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC
 from msgbus_core.model import (
@@ -54,6 +53,7 @@ from msgbus_core.ops import (
     WriteOp,
     WriteResult,
 )
+from msgbus_core.publish_keys import PruneKeysOp, PublishKeyWriter
 from msgbus_core.replication import (
     check_replicated,
     marker_still_needed,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Sequence
-
 from dataclasses import replace
 
 from msgbus_core.batch import BatchWriter
@@ -36,6 +35,7 @@ from msgbus_core.ops import (
     ReplicateResult,
     WriteOp,
 )
+from msgbus_core.publish_keys import RememberedPublish
 from msgbus_core.replication import (
     Decision,
     apply_tombstones,
@@ -44,7 +44,6 @@ from msgbus_core.replication import (
     marker_tombstone,
     replicated_copy,
 )
-from msgbus_core.publish_keys import RememberedPublish
 from msgbus_core.store import DiskUsage, MessageSummary, read_size
 
 LogId = tuple[str, NodeId]

@@ -232,6 +232,10 @@ class FifoMessage:
     created_at_ms: int
     sequence: int
     attempts: int = 0
+    dead_reason: str = ""
+    """Set in a dead-letter queue `QUEUE.dead`: why the message was moved there."""
+    leased_until_ms: int = 0
+    """When a lease holds the message, until when (ms since the epoch); 0 when none does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +247,8 @@ class FifoQueueSummary:
     """Messages in the queue (at least 1: an empty queue is not summarised)."""
     attempts: int
     """The `attempts` total of those messages: how many redeliveries they have had."""
+    leased: int = 0
+    """Those of them a lease holds or held until it expired (released by the next lease)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,7 +96,8 @@ def decode_headers(raw: str | None) -> dict[str, str]:
 
 FIFO_COLUMNS: Final = (
     "queue, sequence, id, topic, source_tenant_id, source_bl_name, source_device_id, "
-    "target_tenant_id, target_bl_name, target_device_id, payload, headers, created_at_ms, attempts"
+    "target_tenant_id, target_bl_name, target_device_id, payload, headers, created_at_ms, "
+    "attempts, leased_until_ms, dead_reason"
 )
 """The `fifo_messages` columns, in the order of `fifo_row` and `fifo_from_row`."""
 
@@ -125,13 +126,15 @@ def fifo_row(message: FifoMessage) -> tuple[Any, ...]:
         encode_headers(message.headers),
         message.created_at_ms,
         message.attempts,
+        message.leased_until_ms,
+        message.dead_reason,
     )
 
 
 def fifo_from_row(row: Sequence[Any]) -> FifoMessage:
     """The inverse of `fifo_row`."""
     queue, sequence, message_id, topic, *source, target_tenant, target_bl, target_device = row[:10]
-    payload, headers, created_at_ms, attempts = row[10:]
+    payload, headers, created_at_ms, attempts, leased_until_ms, reason = row[10:16]
     return FifoMessage(
         id=message_id,
         queue=queue,
@@ -143,6 +146,8 @@ def fifo_from_row(row: Sequence[Any]) -> FifoMessage:
         created_at_ms=created_at_ms,
         sequence=sequence,
         attempts=attempts,
+        dead_reason=reason,
+        leased_until_ms=leased_until_ms,
     )
 
 

@@ -45,6 +45,7 @@ from msgbus_core import sql_cursors, sql_fifo_leases
 from msgbus_core.batch import BatchWriter
 from msgbus_core.cursors import Cursor, CursorKey, DeleteCursorOp
 from msgbus_core.errors import MsgbusError, StorageError
+from msgbus_core.fifo_leases import LeasedRow, as_seen
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT
 from msgbus_core.model import (
@@ -58,7 +59,6 @@ from msgbus_core.model import (
     first_held,
     page_of_heads,
 )
-from msgbus_core.fifo_leases import LeasedRow, as_seen
 from msgbus_core.ops import (
     AppendOp,
     Outcome,
@@ -66,6 +66,7 @@ from msgbus_core.ops import (
     ReplicateResult,
     WriteOp,
 )
+from msgbus_core.publish_keys import RememberedPublish
 from msgbus_core.replication import (
     Decision,
     apply_tombstones,
@@ -85,7 +86,6 @@ from msgbus_core.rows import (
     sync_state_from_row,
     sync_state_row,
 )
-from msgbus_core.publish_keys import RememberedPublish
 from msgbus_core.sql_publish_keys import remembered_from_row
 from msgbus_core.sql_publish_keys import statements_for as publish_key_statements
 from msgbus_core.store import DiskUsage, MessageSummary

@@ -47,7 +47,6 @@ from hypothesis.stateful import (
 )
 
 from msgbus_core.cursor_testing import CursorConformance
-from msgbus_core.publish_key_testing import PublishKeyConformance
 from msgbus_core.errors import (
     ConflictError,
     GapError,
@@ -57,6 +56,7 @@ from msgbus_core.errors import (
     StorageError,
     StorageFullError,
 )
+from msgbus_core.fifo_lease_testing import FifoLeaseConformance
 from msgbus_core.limits import DELETE_TOPIC, MAX_STORED_INT, U64_MAX
 from msgbus_core.memory import MemoryStore
 from msgbus_core.model import (
@@ -86,6 +86,7 @@ from msgbus_core.ops import (
     TrimResult,
     WriteOp,
 )
+from msgbus_core.publish_key_testing import PublishKeyConformance
 from msgbus_core.store import MessageSummary, MsgbusStore, StoreFactory, read_size
 
 LOCAL = NodeId("tenant", "default", "local")
@@ -216,11 +217,14 @@ class StoreFixtures:
         store.close()
 
 
-class StoreConformance(CursorConformance, PublishKeyConformance, StoreFixtures):
+class StoreConformance(
+    CursorConformance, PublishKeyConformance, FifoLeaseConformance, StoreFixtures
+):
     """Subclass in a test module and set `factory` to the backend's StoreFactory.
 
     The durable cursor tests are `CursorConformance`'s (`msgbus_core.cursor_testing`), the
-    idempotency key tests `PublishKeyConformance`'s (`msgbus_core.publish_key_testing`).
+    idempotency key tests `PublishKeyConformance`'s (`msgbus_core.publish_key_testing`), the
+    FIFO lease tests `FifoLeaseConformance`'s (`msgbus_core.fifo_lease_testing`).
     """
 
     persistent: ClassVar[bool] = True
