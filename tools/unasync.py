@@ -33,6 +33,7 @@ PACKAGE = ROOT / "packages" / "msgbus-sdk" / "src" / "msgbus_sdk"
 FILES = {
     "_async_client.py": "_sync_client.py",
     "_async_subscription.py": "_sync_subscription.py",
+    "_async_durable.py": "_sync_durable.py",
 }
 
 ASYNC_ONLY_LINE = re.compile(r"^.*# async-only\n", re.MULTILINE)
@@ -95,6 +96,10 @@ coalescing, which gathers publishes that become runnable in the same event-loop 
         "list(self.iter_peer_sync_states())",
     ),
     (
+        "[stored async for stored in self.iter_cursors(name)]",
+        "list(self.iter_cursors(name))",
+    ),
+    (
         """\
                 for env in convert.fetch_envelopes(response):
                     yield env
@@ -127,6 +132,10 @@ The resume point and the duplicate/gap guard are ``_subscription.Cursor``.
 TOKENS: list[tuple[str, str]] = [
     ("_async_transport", "_sync_transport"),
     ("_async_subscription", "_sync_subscription"),
+    ("_async_durable", "_sync_durable"),
+    ("_async_client", "_sync_client"),
+    ("AsyncDurableSubscription", "DurableSubscription"),
+    ("_async_stream_publisher", "_sync_stream_publisher"),
     ("AsyncMsgbusClient", "MsgbusClient"),
     ("AsyncSubscription", "Subscription"),
     ("MsgbusServiceAsyncStub", "MsgbusServiceStub"),

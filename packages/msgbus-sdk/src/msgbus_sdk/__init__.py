@@ -7,9 +7,11 @@ same methods. Messages are the contract's own types (:class:`MessageEnvelope`,
 """
 
 from ._async_client import AsyncMsgbusClient
+from ._async_durable import AsyncDurableSubscription
 from ._async_subscription import AsyncSubscription
 from ._config import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ReconnectPolicy, parse_target
 from ._convert import HeadsChanged, NodeLike, Payload, node_key, parse_node_id
+from ._cursors import CommitPolicy
 from ._errors import (
     AbortedError,
     AlreadyExistsError,
@@ -35,6 +37,7 @@ from ._errors import (
     UnknownError,
 )
 from ._generated.msgbus.v1 import (
+    Cursor,
     FifoMessage,
     GetHeadResponse,
     HealthResponse,
@@ -44,9 +47,11 @@ from ._generated.msgbus.v1 import (
     ReadyResponse,
     TopicHead,
 )
+from ._idempotency import is_duplicate
 from ._requests import BatchEntry, PublishEntry
 from ._subscription import Trim, TrimPolicy
 from ._sync_client import MsgbusClient
+from ._sync_durable import DurableSubscription
 from ._sync_subscription import Subscription
 from ._tls import TlsConfig
 
@@ -57,15 +62,19 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "AbortedError",
     "AlreadyExistsError",
+    "AsyncDurableSubscription",
     "AsyncMsgbusClient",
     "AsyncSubscription",
     "BatchEntry",
     "CancelledError",
     "ClientClosedError",
+    "CommitPolicy",
     "ConfigurationError",
     "ConflictError",
+    "Cursor",
     "CursorExpiredError",
     "DeadlineExceededError",
+    "DurableSubscription",
     "FifoMessage",
     "GetHeadResponse",
     "HeadsChanged",
@@ -99,6 +108,7 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "__version__",
+    "is_duplicate",
     "node_key",
     "parse_node_id",
     "parse_target",

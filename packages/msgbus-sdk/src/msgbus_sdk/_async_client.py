@@ -11,13 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar, overload
+
+import tenacity
 
 from msgbus_proto import pb, rpc
 
 from . import _async_transport as transport
 from . import _convert as convert
+from . import _cursors as cursors
 from . import _requests as requests
+from ._async_durable import AsyncDurableSubscription
+from ._async_stream_publisher import StreamPublisher
 from ._async_subscription import AsyncSubscription
 from ._coalescing import PublishCoalescer  # async-only
 from ._config import (
@@ -31,6 +36,7 @@ from ._config import (
     token_metadata,
 )
 from ._convert import HeadsChanged, NodeLike, Payload
+from ._cursors import CommitPolicy
 from ._errors import (
     ClientClosedError,
     ConfigurationError,
@@ -43,8 +49,10 @@ from ._errors import (
     TransientError,
     UnavailableError,
     never_sent,
+    stream_refusal,
     translate_rpc_error,
 )
+from ._generated.msgbus.v1 import Cursor as StoredCursor
 from ._generated.msgbus.v1 import (
     FifoMessage,
     GetHeadResponse,
@@ -54,6 +62,15 @@ from ._generated.msgbus.v1 import (
     PeerSyncState,
     ReadyResponse,
     TopicHead,
+)
+from ._idempotency import (
+    DEFAULT_PUBLISH_RETRY_DEADLINE,
+    RETRY_ON,
+    RETRY_WAIT,
+    keyed,
+    new_key,
+    published,
+    published_batch,
 )
 from ._requests import BatchEntry
 from ._subscription import Cursor, LogCursors, TrimPolicy, resolve_on_trim
@@ -72,6 +89,12 @@ _log = logging.getLogger("msgbus_sdk")
 
 _FETCH_DEFAULT_LIMIT = 100
 """The page size the daemon uses for a Fetch ``limit`` of 0."""
+
+_REFUSED_WITH_DETAILS = frozenset(
+    code.value[0]
+    for code in (transport.GrpcStatus.INVALID_ARGUMENT, transport.GrpcStatus.PERMISSION_DENIED)
+)
+"""PublishStream refusals sent again as a unary call, which names the field in its status."""
 
 
 def _fetch_after(request: pb.FetchRequest, last: MessageEnvelope, limit: int) -> pb.FetchRequest:
@@ -114,6 +137,9 @@ class AsyncMsgbusClient:
         timeout: float | None,
         open_channel: Callable[[str], transport.Channel] | None = None,
         coalesce_publishes: bool = True,  # async-only
+        publish_stream: bool = True,
+        auto_idempotency: bool = True,
+        publish_retry_deadline: float = DEFAULT_PUBLISH_RETRY_DEADLINE,
     ) -> None:
         """Wrap an open channel; prefer :meth:`connect`, which also checks the daemon answers.
 
@@ -137,15 +163,24 @@ class AsyncMsgbusClient:
         self._channels: list[transport.Channel | None] = [channel] + [None] * (len(endpoints) - 1)
         first: MsgbusServiceAsyncStub = rpc.MsgbusServiceStub(channel)
         self._stubs: list[MsgbusServiceAsyncStub | None] = [first] + [None] * (len(endpoints) - 1)
+        # Publishes travel on one PublishStream per endpoint, unless streams are off or the
+        # endpoint's daemon answered that it has none (then its publishes go as unary calls).
+        self._publish_stream = publish_stream
+        self._publishers: list[StreamPublisher | None] = [None] * len(endpoints)
+        self._unary_endpoints: set[int] = set()
         self._current = 0
         self._failover_lock = transport.lock()
         self._default_origin = default_origin
         self._timeout = timeout
         self._closed = False
         self._node: NodeId | None = None
+        self._auto_idempotency = auto_idempotency
+        if publish_retry_deadline < 0:
+            raise ConfigurationError("publish_retry_deadline must not be negative")
+        self._publish_retry_deadline = publish_retry_deadline
         # async-only: begin
         self._coalescer = (
-            PublishCoalescer(self._publish_rpc, self._publish_batch_rpc)
+            PublishCoalescer(self._send_publish, self._send_publish_batch)
             if coalesce_publishes
             else None
         )
@@ -164,6 +199,9 @@ class AsyncMsgbusClient:
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
         coalesce_publishes: bool = True,  # async-only
         token: str | None = None,
+        publish_stream: bool = True,
+        auto_idempotency: bool = True,
+        publish_retry_deadline: float = DEFAULT_PUBLISH_RETRY_DEADLINE,
     ) -> AsyncMsgbusClient:
         """Connect to a daemon and check that it answers (one Health call).
 
@@ -176,7 +214,9 @@ class AsyncMsgbusClient:
         (``publish``, ``publish_batch``, ``enqueue_fifo``, ``ack_fifo``, ``reject_fifo``,
         ``delete_range``) are retried only when gRPC says the request never left the client
         (no connection could be made); otherwise the daemon may have stored the write, so it
-        raises :class:`UnavailableError` and the next call goes to the new endpoint.
+        raises :class:`UnavailableError` and the next call goes to the new endpoint. The
+        exception are publishes with an idempotency key (every publish has one unless
+        ``auto_idempotency=False``): they are retried, see ``publish_retry_deadline``.
         Subscriptions resume on the new endpoint after the last head they delivered. Each
         failover is logged as a warning on the ``msgbus_sdk`` logger.
 
@@ -205,6 +245,22 @@ class AsyncMsgbusClient:
                 A daemon without a policy ignores it; one that does not accept it answers
                 UNAUTHENTICATED (:class:`UnauthenticatedError`, not retried, no failover) to
                 every call but ``health`` and ``ready``. The client never logs it.
+            publish_stream: send publishes (and publish batches) on one long-lived
+                PublishStream per endpoint, the fastest path (the default); ``False`` sends
+                each as a unary Publish or PublishBatch call. Against a daemon without
+                PublishStream the client falls back to unary calls by itself, and remembers
+                that per endpoint. Either way a publish returns only once it is durable.
+            auto_idempotency: give every :meth:`publish` and :meth:`publish_batch` entry a
+                random idempotency key unless the call names one (the default). The daemon
+                stores the key with the message, so a retry of a publish that was stored but
+                whose answer was lost returns the stored message (:func:`is_duplicate`) instead
+                of storing it again. ``False`` sends keys only where a call names one; a
+                publish without a key is never resent once it may have reached the daemon.
+            publish_retry_deadline: seconds, from the first attempt, during which a publish
+                whose entries all carry a key is sent again after UNAVAILABLE or
+                DEADLINE_EXCEEDED, with exponential backoff and jitter, across reconnects,
+                daemon restarts and failovers, with the same key every time (default 30;
+                ``0`` sends it once). The last error is raised when it runs out.
 
         Raises:
             UnavailableError: the daemon cannot be reached; with several endpoints, none of
@@ -235,6 +291,9 @@ class AsyncMsgbusClient:
             timeout=timeout,
             open_channel=open_channel,
             coalesce_publishes=coalesce_publishes,  # async-only
+            publish_stream=publish_stream,
+            auto_idempotency=auto_idempotency,
+            publish_retry_deadline=publish_retry_deadline,
         )
         try:
             # An eager check, like the original SDKs: a wrong port or a dead daemon fails here,
@@ -303,6 +362,9 @@ class AsyncMsgbusClient:
             self._closed = True
             if self._coalescer is not None:  # async-only
                 self._coalescer.close()  # async-only
+            for publisher in self._publishers:
+                if publisher is not None:
+                    publisher.close()
             for channel in list(self._channels):
                 if channel is not None:
                     await transport.close_channel(channel)
@@ -506,9 +568,23 @@ class AsyncMsgbusClient:
         return convert.ready(await self._read(lambda stub: stub.Ready, pb.ReadyRequest()))
 
     async def publish(
-        self, topic: str, payload: Payload, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        payload: Payload,
+        headers: Mapping[str, str] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> MessageEnvelope:
         """Append a message to the local log of ``topic``; returns it once durably stored.
+
+        Exactly once: the publish carries ``idempotency_key``, or, when it is ``None``, a random
+        key of the client's (unless connected with ``auto_idempotency=False``), and is retried
+        with that key on UNAVAILABLE and DEADLINE_EXCEEDED until ``publish_retry_deadline``
+        (see :meth:`connect`). A key the daemon already holds for ``topic`` (within its
+        ``--dedup-window``) returns the message stored then, for which :func:`is_duplicate` is
+        true, and stores nothing. Pass a key of your own (at most 128 UTF-8 bytes, no control
+        characters) to make a publish repeated by the application itself, after its own
+        restart say, a duplicate too.
 
         Publishes that run concurrently on this client are coalesced: the ones issued while
         earlier ones are in flight travel together in one PublishBatch call, which the daemon
@@ -519,21 +595,28 @@ class AsyncMsgbusClient:
         one after the other keep their order in the log.
 
         Raises:
-            InvalidArgumentError: a malformed topic, or a payload or headers over the limits.
+            InvalidArgumentError: a malformed topic, or a payload, headers or idempotency key
+                over the limits.
             PermissionDeniedError: a ``$msgbus.`` topic, or a default origin that is not the
                 daemon's node.
         """
-        request = requests.publish(topic, payload, headers, self._default_origin)
+        key = idempotency_key
+        if key is None and self._auto_idempotency:
+            key = new_key()
+        request = requests.publish(topic, payload, headers, self._default_origin, key or "")
         self._check_open()
         if self._coalescer is not None:  # async-only
             return await self._coalescer.publish(request)  # async-only
-        return convert.require_envelope(await self._publish_rpc(request))
+        return published(await self._send_publish(request))
 
     async def publish_batch(self, entries: Iterable[BatchEntry]) -> list[MessageEnvelope]:
         """Publish several messages, to one or several topics, in one atomic transaction.
 
         ``entries`` are :class:`PublishEntry` values or plain ``(topic, payload)`` and
-        ``(topic, payload, headers)`` tuples, validated like :meth:`publish`. Returns one
+        ``(topic, payload, headers)`` tuples, validated like :meth:`publish`. Each entry gets
+        its ``PublishEntry.idempotency_key``, or a random one as :meth:`publish` does, and a
+        batch whose entries all carry a key is retried like a publish; an entry whose key the
+        daemon already holds returns the message stored then (:func:`is_duplicate`). Returns one
         envelope per entry, in order; entries for the same topic get consecutive head_ids in
         that order. All or nothing: if any entry is invalid nothing is stored, and the error
         names the entry: for the topic of the fourth entry, its ``index`` is 3 and its
@@ -548,22 +631,118 @@ class AsyncMsgbusClient:
                 the daemon's node.
             UnimplementedError: the daemon predates PublishBatch (an original daemon).
         """
-        request = requests.publish_batch(entries, self._default_origin)
+        make_key = new_key if self._auto_idempotency else None
+        request = requests.publish_batch(entries, self._default_origin, make_key)
         if not request.entries:
             return []
-        response = await self._publish_batch_rpc(request)
+        response = await self._send_publish_batch(request)
         if len(response.messages) != len(request.entries):
             raise ProtocolError(
                 f"server answered {len(response.messages)} envelopes "
                 f"for a batch of {len(request.entries)}"
             )
-        return [convert.envelope(message) for message in response.messages]
+        return published_batch(response)
+
+    async def _send_publish(self, request: pb.PublishRequest) -> pb.PublishResponse:
+        """One Publish; resent until the retry deadline when it carries a key."""
+        return await self._exactly_once([request], lambda: self._publish_rpc(request))
+
+    async def _send_publish_batch(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+        """One PublishBatch; resent until the retry deadline when every entry carries a key."""
+        return await self._exactly_once(request.entries, lambda: self._publish_batch_rpc(request))
+
+    async def _exactly_once(
+        self, entries: Sequence[pb.PublishRequest], send: Callable[[], Awaitable[_Resp]]
+    ) -> _Resp:
+        """``send()``, and again after UNAVAILABLE or DEADLINE_EXCEEDED if every entry is keyed.
+
+        Resending is safe only with keys: the daemon answers a repeated key with the message
+        stored the first time. A publish without one may have been stored before its answer
+        was lost, so it is sent once (see :mod:`msgbus_sdk._idempotency`).
+        """
+        if not keyed(entries) or not self._publish_retry_deadline:
+            return await send()
+        retrying = tenacity.AsyncRetrying(
+            wait=RETRY_WAIT,
+            stop=tenacity.stop_after_delay(self._publish_retry_deadline),
+            retry=RETRY_ON,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await send()
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    @property
+    def publishes_over_stream(self) -> bool:
+        """Whether publishes to the endpoint in use travel on a PublishStream.
+
+        ``False`` when connected with ``publish_stream=False``, and once the endpoint's daemon
+        answered that it has no PublishStream (an original daemon, or one from before it).
+        """
+        return self._publish_stream and self._current not in self._unary_endpoints
 
     async def _publish_rpc(self, request: pb.PublishRequest) -> pb.PublishResponse:
-        return await self._write(lambda stub: stub.Publish, request)
+        answer = await self._stream_write(pb.PublishStreamRequest(publish=request))
+        if answer is None:
+            return await self._write(lambda stub: stub.Publish, request)
+        return pb.PublishResponse(
+            message=answer.messages[0] if answer.messages else None,
+            duplicate=bool(answer.duplicates) and answer.duplicates[0],
+        )
 
     async def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
-        return await self._write(lambda stub: stub.PublishBatch, request)
+        answer = await self._stream_write(pb.PublishStreamRequest(entries=request.entries))
+        if answer is None:
+            return await self._write(lambda stub: stub.PublishBatch, request)
+        return pb.PublishBatchResponse(messages=answer.messages, duplicates=answer.duplicates)
+
+    async def _stream_write(
+        self, request: pb.PublishStreamRequest
+    ) -> pb.PublishStreamResponse | None:
+        """A publish on the PublishStream of the endpoint in use; failover as in :meth:`_unary`.
+
+        None when it must go as a unary call instead: streams are off, the endpoint's daemon
+        has no PublishStream (UNIMPLEMENTED, remembered for the endpoint), or the daemon
+        refused the request as invalid or not permitted. Nothing of a refused request was
+        stored, and the unary call answers the same refusal with its details (the field).
+        """
+        tried: set[int] = set()
+        while self._publish_stream:
+            self._check_open()
+            index, stub = self._route()
+            if index in self._unary_endpoints:
+                return None
+            publisher = self._publishers[index]
+            if publisher is None:
+                publisher = self._publishers[index] = StreamPublisher()
+            try:
+                answer = await publisher.send(stub, request, self._timeout)
+            except transport.RpcError as exc:
+                if exc.code() is transport.GrpcStatus.UNIMPLEMENTED:
+                    # An unknown RPC stores nothing: this request and the next go unary.
+                    self._unary_endpoints.add(index)
+                    return None
+                error = self._translate(exc)
+                resend = never_sent(exc)
+            except UnavailableError as ended:
+                error, resend = ended, False
+            except transport.CANCELLATIONS as exc:
+                if self._closed_under(exc):
+                    raise ClientClosedError from None
+                raise
+            else:
+                if not answer.error_code:
+                    return answer
+                if answer.error_code in _REFUSED_WITH_DETAILS:
+                    return None
+                raise stream_refusal(answer.error_code, answer.error_message)
+            if self._closed:
+                raise ClientClosedError
+            tried.add(index)
+            if not await self._fail_over(index, error) or not resend or self._current in tried:
+                raise error
+        return None
 
     async def fetch(
         self,
@@ -671,6 +850,34 @@ class AsyncMsgbusClient:
             if count < limit:
                 return
 
+    @overload
+    def subscribe(
+        self,
+        topic: str,
+        origin: NodeLike | None = ...,
+        from_head_id: int = ...,
+        replay_limit: int = ...,
+        reconnect: bool | ReconnectPolicy = ...,
+        *,
+        on_trim: TrimPolicy = ...,
+        durable: None = ...,
+        auto_commit: None = ...,
+    ) -> AsyncSubscription: ...
+
+    @overload
+    def subscribe(
+        self,
+        topic: str,
+        origin: NodeLike | None = ...,
+        from_head_id: int = ...,
+        replay_limit: int = ...,
+        reconnect: bool | ReconnectPolicy = ...,
+        *,
+        on_trim: TrimPolicy = ...,
+        durable: str,
+        auto_commit: CommitPolicy | None = ...,
+    ) -> AsyncDurableSubscription: ...
+
     def subscribe(
         self,
         topic: str,
@@ -680,7 +887,9 @@ class AsyncMsgbusClient:
         reconnect: bool | ReconnectPolicy = True,
         *,
         on_trim: TrimPolicy = "continue",
-    ) -> AsyncSubscription:
+        durable: str | None = None,
+        auto_commit: CommitPolicy | None = None,
+    ) -> AsyncSubscription | AsyncDurableSubscription:
         """Follow a log: replay it from ``from_head_id``, then deliver new messages live.
 
         Returns an async iterator that never yields a head_id twice and never skips one,
@@ -700,29 +909,45 @@ class AsyncMsgbusClient:
         ``trims`` counts it. A jump the daemon does not explain is a gap, repaired by
         reopening the stream.
 
+        With ``durable=NAME`` the subscription is a durable consumer, an
+        :class:`AsyncDurableSubscription`: it resumes after the daemon's cursor (NAME, topic,
+        origin) when one was committed (``from_head_id`` applies only before that), and
+        commits processed heads there, with ``commit(message)`` or by ``auto_commit``, a
+        :class:`CommitPolicy` (by count and by time). Without ``durable``, ``auto_commit``
+        must be ``None``.
+
         Raises:
-            ConfigurationError: ``on_trim`` is not one of the above.
+            ConfigurationError: ``on_trim`` is not one of the above, or ``auto_commit`` is
+                given without ``durable``.
         """
         self._check_open()
+        if auto_commit is not None and durable is None:
+            raise ConfigurationError("auto_commit needs durable: the name to commit under")
         origin = self._origin(origin)
         if origin is None and len(self._endpoints) > 1:
             # Resumed on another endpoint, the subscription follows the same log, even if that
             # endpoint's daemon is another node.
             origin = self._node
         requests.subscribe(topic, origin, from_head_id, replay_limit)  # validate eagerly
-        cursor = Cursor(from_head_id, resolve_on_trim(on_trim))
+        handle_trim = resolve_on_trim(on_trim)
+        policy = resolve_reconnect(reconnect) if reconnect is not False else None
 
-        def open_stream() -> tuple[int, transport.SubscribeCall]:
-            index, stub = self._route()
-            request = requests.subscribe(topic, origin, cursor.next_head_id, replay_limit)
-            return index, stub.Subscribe(request)
+        def follow(start: int) -> AsyncSubscription:
+            cursor = Cursor(start, handle_trim)
 
-        return AsyncSubscription(
-            open_stream,
-            cursor,
-            resolve_reconnect(reconnect) if reconnect is not False else None,
-            lambda: self._closed,
-            self._fail_over,
+            def open_stream() -> tuple[int, transport.SubscribeCall]:
+                index, stub = self._route()
+                request = requests.subscribe(topic, origin, cursor.next_head_id, replay_limit)
+                return index, stub.Subscribe(request)
+
+            return AsyncSubscription(
+                open_stream, cursor, policy, lambda: self._closed, self._fail_over
+            )
+
+        if durable is None:
+            return follow(from_head_id)
+        return AsyncDurableSubscription(
+            self, durable, topic, origin, from_head_id, follow, auto_commit
         )
 
     def subscribe_pattern(
@@ -891,6 +1116,71 @@ class AsyncMsgbusClient:
             request = pb.ListPeerSyncStatesRequest(
                 page_size=page_size, page_token=response.next_page_token
             )
+
+    async def commit_cursor(
+        self, name: str, topic: str, head_id: int, origin: NodeLike | None = None
+    ) -> StoredCursor:
+        """Store the durable cursor (name, topic, origin) at ``head_id``: durable on return.
+
+        ``head_id`` is the last head the consumer ``name`` processed; it resumes at
+        ``head_id + 1``. Cursors are local to the daemon and never replicated.
+
+        Raises:
+            ConflictError: ``head_id`` is above the log's head (FAILED_PRECONDITION).
+            ResourceExhaustedError: the daemon keeps its ``--max-cursors`` already.
+            InvalidArgumentError: ``name`` or ``topic`` is invalid (``field`` names it).
+        """
+        request = requests.commit_cursor(name, topic, self._origin(origin), head_id)
+        # Storing the same head twice changes nothing, so a commit may be sent again on
+        # failover like a read.
+        response = await self._read(lambda stub: stub.CommitCursor, request)
+        return cursors.cursor(response.cursor)
+
+    async def get_cursor(
+        self, name: str, topic: str, origin: NodeLike | None = None
+    ) -> StoredCursor | None:
+        """The durable cursor (name, topic, origin), or ``None`` when none was committed."""
+        request = pb.GetCursorRequest(
+            name=name, topic=topic, origin=convert.to_pb_node(self._origin(origin))
+        )
+        response = await self._read(lambda stub: stub.GetCursor, request)
+        return cursors.cursor(response.cursor) if response.found else None
+
+    async def list_cursors(self, name: str | None = None) -> list[StoredCursor]:
+        """Every durable cursor (of ``name`` when given), by name, topic and origin."""
+        return [stored async for stored in self.iter_cursors(name)]
+
+    async def iter_cursors(
+        self, name: str | None = None, *, page_size: int = 1000
+    ) -> AsyncIterator[StoredCursor]:
+        """Iterate over the durable cursors (of ``name``), one ListCursors page at a time.
+
+        Ordered by name, topic and origin; memory stays bounded by one page of at most
+        ``page_size`` (1 to 10,000) cursors.
+        """
+        size = requests.page_size(page_size)
+        request = requests.list_cursors(name, size)
+        while True:
+            response = await self._read(lambda stub: stub.ListCursors, request)
+            for stored in response.cursors:
+                yield cursors.cursor(stored)
+            if not response.next_page_token:
+                return
+            request = requests.list_cursors(name, size, response.next_page_token)
+
+    async def delete_cursor(
+        self, name: str, topic: str | None = None, origin: NodeLike | None = None
+    ) -> int:
+        """Delete the cursor (name, topic, origin), or every cursor of ``name`` without topic.
+
+        Returns how many cursors were deleted.
+        """
+        request = pb.DeleteCursorRequest(
+            name=name,
+            topic=topic or "",
+            origin=convert.to_pb_node(self._origin(origin)) if topic else None,
+        )
+        return (await self._read(lambda stub: stub.DeleteCursor, request)).deleted_count
 
     async def delete_range(
         self,

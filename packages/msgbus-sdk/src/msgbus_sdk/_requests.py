@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from msgbus_proto import pb
@@ -34,11 +34,19 @@ def _u32(name: str, value: int) -> int:
 
 
 def publish(
-    topic: str, payload: Payload, headers: Mapping[str, str] | None, origin: NodeLike | None
+    topic: str,
+    payload: Payload,
+    headers: Mapping[str, str] | None,
+    origin: NodeLike | None,
+    idempotency_key: str = "",
 ) -> pb.PublishRequest:
-    """A PublishRequest."""
+    """A PublishRequest; an empty ``idempotency_key`` means none."""
     return pb.PublishRequest(
-        topic=topic, origin=to_pb_node(origin), payload=to_payload(payload), headers=headers
+        topic=topic,
+        origin=to_pb_node(origin),
+        payload=to_payload(payload),
+        headers=headers,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -55,26 +63,44 @@ class PublishEntry(NamedTuple):
     """Payload bytes; a ``str`` is encoded as UTF-8."""
     headers: Mapping[str, str] | None = None
     """Application headers, or ``None`` for none."""
+    idempotency_key: str | None = None
+    """The entry's idempotency key; ``None``: one the client makes (see ``auto_idempotency``)."""
 
 
 BatchEntry = PublishEntry | tuple[str, Payload] | tuple[str, Payload, Mapping[str, str] | None]
 """What ``publish_batch`` accepts per entry: a :class:`PublishEntry` or a plain tuple."""
 
 
-def publish_batch(entries: Iterable[BatchEntry], origin: NodeLike | None) -> pb.PublishBatchRequest:
-    """A PublishBatchRequest; every entry gets the client's default origin, like ``publish``."""
+def publish_batch(
+    entries: Iterable[BatchEntry],
+    origin: NodeLike | None,
+    new_key: Callable[[], str] | None = None,
+) -> pb.PublishBatchRequest:
+    """A PublishBatchRequest; every entry gets the client's default origin, like ``publish``.
+
+    An entry without a key of its own gets ``new_key()``, when given.
+    """
     node = to_pb_node(origin)
     built: list[pb.PublishRequest] = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, tuple) or len(entry) not in (2, 3):
+        key: str | None = None
+        if isinstance(entry, PublishEntry):
+            key = entry.idempotency_key
+        elif not isinstance(entry, tuple) or len(entry) not in (2, 3):
             raise ConfigurationError(
                 f"entries[{index}] must be (topic, payload) or (topic, payload, headers), "
                 f"got {entry!r:.80}"
             )
-        headers = entry[2] if len(entry) == 3 else None
+        headers = entry[2] if len(entry) >= 3 else None
+        if key is None and new_key is not None:
+            key = new_key()
         built.append(
             pb.PublishRequest(
-                topic=entry[0], origin=node, payload=to_payload(entry[1]), headers=headers
+                topic=entry[0],
+                origin=node,
+                payload=to_payload(entry[1]),
+                headers=headers,
+                idempotency_key=key or "",
             )
         )
     return pb.PublishBatchRequest(entries=built)
@@ -186,6 +212,20 @@ def enqueue_fifo(
         payload=to_payload(payload),
         headers=headers,
     )
+
+
+def commit_cursor(
+    name: str, topic: str, origin: NodeLike | None, head_id: int
+) -> pb.CommitCursorRequest:
+    """A CommitCursorRequest."""
+    return pb.CommitCursorRequest(
+        name=name, topic=topic, origin=to_pb_node(origin), head_id=_u64("head_id", head_id)
+    )
+
+
+def list_cursors(name: str | None, size: int, token: str = "") -> pb.ListCursorsRequest:
+    """A ListCursorsRequest for one page."""
+    return pb.ListCursorsRequest(name=name or "", page_size=size, page_token=token)
 
 
 def page_size(value: int) -> int:
