@@ -7,6 +7,8 @@ them themselves, answering INVALID_ARGUMENT with the message type and protobuf's
 
 The same handlers pass each decoded request to the authorization guard (`Guard`) before the
 service sees it, so a refused call never reaches a handler and a refused stream sends nothing.
+A bidirectional stream passes the guard once, with no request, when it opens (who is calling);
+its handler checks each request it reads.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ Guard = Callable[
     [str, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Callable[[Any], Any] | None]
 ]
 """Checks a decoded request before its handler runs (`authz.Authorizer.admit`): it aborts a
-refused call, and may return a function that rewrites the response of a unary call."""
+refused call, and may return a function that rewrites the response of a unary call, or each
+response of a stream (None drops it)."""
 
 
 class _Collector:
@@ -72,12 +75,37 @@ def _decoding(handler: Any, method: str, guard: Guard | None) -> Any:
             raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             request = await _decode(decode, raw, context)
+            rewrite = None
             if guard is not None:
-                await guard(method, request, context)  # before anything is sent
+                rewrite = await guard(method, request, context)  # before anything is sent
+            if rewrite is None:
+                async for response in stream(request, context):
+                    yield response
+                return
             async for response in stream(request, context):
-                yield response
+                kept = rewrite(response)
+                if kept is not None:
+                    yield kept
 
         return handler._replace(request_deserializer=None, unary_stream=unary_stream)
+    if handler.stream_stream is not None:
+        bidirectional = handler.stream_stream
+
+        async def stream_stream(
+            raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            if guard is not None:
+                # Who is calling, before anything is read; the handler checks each request.
+                await guard(method, None, context)
+
+            async def requests() -> AsyncIterator[Any]:
+                async for raw in raws:
+                    yield await _decode(decode, raw, context)
+
+            async for response in bidirectional(requests(), context):
+                yield response
+
+        return handler._replace(request_deserializer=None, stream_stream=stream_stream)
     return handler  # msgbus.v1 has no client-streaming RPCs
 
 

@@ -138,6 +138,16 @@ class CommitPipeline:
             return []
         return await self._enqueue(ops)
 
+    def begin(self, ops: Sequence[WriteOp]) -> asyncio.Future[list[Outcome]]:
+        """Queue `ops` for one transaction now, and return the future of their outcomes.
+
+        For a caller that must queue in order and await later (a PublishStream keeps several
+        requests in flight, answered in order); `submit_many` is this, awaited at once.
+        """
+        if not ops:
+            raise ValueError("begin needs at least one op")
+        return self._enqueue(ops)
+
     def _enqueue(self, ops: Sequence[WriteOp]) -> asyncio.Future[list[Outcome]]:
         if not self._accepting or self._loop is None:
             raise StorageError("msgbusd is shutting down; writes are no longer accepted")
