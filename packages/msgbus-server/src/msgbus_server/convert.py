@@ -12,6 +12,7 @@ from msgbus_core.errors import InvalidArgumentError
 from msgbus_core.model import FifoMessage, Message, NodeId, PeerSyncState, TopicHead
 from msgbus_core.validation import validate_node_part
 from msgbus_proto import pb
+from msgbus_server.sync_state import direction_of
 
 _MAX_CACHED_NODES = 4096
 _pb_nodes: dict[NodeId, pb.NodeId] = {}
@@ -139,9 +140,14 @@ def head_to_pb(head: TopicHead) -> pb.TopicHead:
 
 
 def sync_state_to_pb(state: PeerSyncState) -> pb.PeerSyncState:
-    """The wire form of a sync state; a peer-level record has topic "" and no origin."""
+    """The wire form of a sync state; a peer-level record has topic "" and no origin.
+
+    The direction comes from how the record's peer is stored (`sync_state.direction_of`).
+    """
+    direction, peer = direction_of(state.peer)
     result = pb.PeerSyncState(
-        peer=state.peer,
+        peer=peer,
+        direction=direction,
         topic=state.topic,
         local_head=state.local_head,
         remote_head=state.remote_head,

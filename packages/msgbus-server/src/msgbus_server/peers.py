@@ -15,6 +15,8 @@ import grpc
 from grpc import aio
 
 from msgbus_core import MsgbusError, NodeId
+from msgbus_server.peer_certificates import PinnedTunnel, TunnelledChannel, client_context
+from msgbus_server.topic_filter import EVERY_TOPIC, TopicFilter, parse_topic_globs
 
 __all__ = [
     "PeerSpec",
@@ -37,10 +39,14 @@ class PeerSpec:
     `endpoint` is `host:port`, `http://host:port` or `https://host:port`. It is also the `peer`
     key of the sync state records. `pinned` is the identity the peer's Health must report; with
     None any identity but the local node's is accepted (a warning says so at startup).
+    `push_topics` and `pull_topics` are the logs exchanged with it (`topic_filter`): from
+    `;push=GLOBS` and `;pull=GLOBS` after the spec, else `--push-topics` / `--pull-topics`.
     """
 
     endpoint: str
     pinned: NodeId | None
+    push_topics: TopicFilter = EVERY_TOPIC
+    pull_topics: TopicFilter = EVERY_TOPIC
 
 
 def _validate_endpoint(endpoint: str) -> None:
@@ -68,12 +74,36 @@ def _validate_endpoint(endpoint: str) -> None:
         raise ValueError(f"peer endpoint {endpoint!r} has port {port}; ports are 1-65535")
 
 
-def parse_peer_spec(value: str) -> PeerSpec:
-    """Parse `endpoint` or `endpoint=tenant/bl/device`; raise `ValueError` when malformed.
+_TOPIC_OPTIONS = ("push", "pull")
+"""The options a spec may carry after `;`: `push=GLOBS` and `pull=GLOBS`."""
 
-    The split is on the last `=`, as in the original. Surrounding whitespace is trimmed from
-    both halves (a comma-separated `MSGBUS_PEERS` often has spaces after the commas).
+
+def parse_peer_spec(
+    value: str, *, push: TopicFilter = EVERY_TOPIC, pull: TopicFilter = EVERY_TOPIC
+) -> PeerSpec:
+    """Parse `endpoint[=tenant/bl/device][;push=GLOBS][;pull=GLOBS]`; `ValueError` if malformed.
+
+    The split of the identity is on the last `=` before the first `;`, as in the original.
+    Surrounding whitespace is trimmed from every part (a comma-separated `MSGBUS_PEERS` often
+    has spaces after the commas). The globs of one option are separated by `|`, since commas
+    separate specs. `push` and `pull` are the filters of a spec that names none.
     """
+    if not value.strip():
+        raise ValueError("peer is empty")
+    value, *options = value.split(";")
+    for option in options:
+        name, sep, globs = option.partition("=")
+        name = name.strip()
+        if not sep or name not in _TOPIC_OPTIONS:
+            raise ValueError(
+                f"peer option {option.strip()!r} is not push=GLOBS or pull=GLOBS "
+                f"(in {value.strip()!r})"
+            )
+        parsed = parse_topic_globs(globs.replace("|", ","), f"{name}=")
+        if name == "push":
+            push = parsed
+        else:
+            pull = parsed
     if not value.strip():
         raise ValueError("peer is empty")
     endpoint, sep, key = value.rpartition("=")
@@ -94,7 +124,7 @@ def parse_peer_spec(value: str) -> PeerSpec:
             pinned = NodeId.from_key(key, "peer node")
         except MsgbusError as error:
             raise ValueError(f"invalid peer {value!r}: {error}") from None
-    return PeerSpec(endpoint=endpoint, pinned=pinned)
+    return PeerSpec(endpoint=endpoint, pinned=pinned, push_topics=push, pull_topics=pull)
 
 
 def peer_target(endpoint: str) -> tuple[str, bool]:
@@ -127,6 +157,9 @@ class PeerTlsConfig:
     cert_path: str | None
     key_path: str | None
     domain: str | None
+    certificate_identity: str = "uri"
+    """How a pinned peer's server certificate names its node (`identity.certificate_node`):
+    the policy's `certificate-identity`, "uri" without a policy."""
 
     @classmethod
     def from_paths(
@@ -160,15 +193,30 @@ def open_peer_channel(
     endpoint: str,
     tls: PeerTlsConfig | None,
     options: list[tuple[str, str | int]] | None = None,
+    *,
+    pinned: NodeId | None = None,
 ) -> aio.Channel:
     """Open the one long-lived channel to a peer.
 
     TLS is used when a `PeerTlsConfig` is given (for every peer, as in the original) or when the
     endpoint says `https://` (then with the system roots). The channel connects lazily and
-    reconnects by itself, so it is created once and kept.
+    reconnects by itself, so it is created once and kept. Over TLS, a `pinned` peer's every
+    connection must present a certificate naming that node (`peer_certificates`); call this
+    from the event loop then, which serves the tunnel.
     """
     target, wants_tls = peer_target(endpoint)
     opts = list(options or [])
+    if pinned is not None and (tls is not None or wants_tls):
+        tunnel = PinnedTunnel(
+            target=target,
+            pinned=pinned,
+            context=client_context(
+                *((tls.ca_path, tls.cert_path, tls.key_path) if tls else (None, None, None))
+            ),
+            server_name=tls.domain if tls is not None else None,
+            certificate_identity=tls.certificate_identity if tls is not None else "uri",
+        )
+        return TunnelledChannel(tunnel, opts)
     if tls is not None and tls.domain:
         opts.append(("grpc.ssl_target_name_override", tls.domain))
     if tls is not None:

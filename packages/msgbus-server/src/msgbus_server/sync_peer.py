@@ -39,7 +39,6 @@ from msgbus_core import (
     MsgbusError,
     NodeId,
     PeerSyncState,
-    RecordSyncStateOp,
     ReplicateOp,
     ReplicateResult,
 )
@@ -58,6 +57,7 @@ from msgbus_server.backoff import backoff_delay, default_backoff_cap
 from msgbus_server.convert import node_from_pb, node_to_pb
 from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.peer_authz import PushRefusal, PushRules
+from msgbus_server.peer_certificates import certificate_refusal
 from msgbus_server.peers import PeerSpec, PeerTlsConfig, open_peer_channel
 from msgbus_server.pipeline import CommitPipeline
 from msgbus_server.retention import PeerHoldings
@@ -65,6 +65,7 @@ from msgbus_server.shared_store import WorkClaims
 from msgbus_server.sync_fetch import (
     DEFAULT_RESPONSE_IDLE_TIMEOUT_S,
     FETCH_STREAM_CAP_S,
+    AdaptiveBudget,
     BatchFetcher,
     BatchLimits,
     FailureKind,
@@ -72,7 +73,7 @@ from msgbus_server.sync_fetch import (
     SyncFailure,
     envelopes,
 )
-from msgbus_server.sync_state import Heads, LogId, SyncStateBook
+from msgbus_server.sync_state import Heads, LogId, SyncStateBook, flush_book
 from msgbus_server.sync_stats import PeerStats
 
 __all__ = ["OwnIdentityFailure", "PeerContext", "PeerWorker", "RecoveredLogs", "SyncSettings"]
@@ -112,6 +113,9 @@ class SyncSettings:
     response_idle_timeout_s: float = DEFAULT_RESPONSE_IDLE_TIMEOUT_S
     """How long a Fetch stream may go without a response (`--sync-response-idle-ms`): each
     response has its own deadline, so a long transfer that keeps moving is never cut short."""
+    adaptive: bool = False
+    """No `--sync-batch-limit` was given: each log's byte budget adapts to the link's round
+    trips (`sync_fetch.AdaptiveBudget`) under a count ceiling of `MAX_FETCH_LIMIT`."""
     fetch_timeout_s: float = FETCH_STREAM_CAP_S
     """The backstop deadline of one whole Fetch stream, far above the idle deadline."""
 
@@ -120,7 +124,7 @@ class SyncSettings:
         cls,
         *,
         interval_s: float,
-        batch_limit: int,
+        batch_limit: int | None,
         backoff_cap_s: float | None = None,
         fetch_packing: int | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
@@ -132,10 +136,13 @@ class SyncSettings:
         batch per response: packing makes catch-up several times faster (one message per
         response is the streaming bottleneck), and original peers answer one per response.
         `response_idle_timeout_s` None is `DEFAULT_RESPONSE_IDLE_TIMEOUT_S`; it is kept within
-        1 ms and the stream's backstop deadline.
+        1 ms and the stream's backstop deadline. `batch_limit` None (the default) adapts each
+        log's batches to the link; a count fixes them at that many messages.
         """
         interval = max(interval_s, 0.01)
-        limit = min(max(batch_limit, 1), MAX_FETCH_LIMIT)
+        limit = (
+            MAX_FETCH_LIMIT if batch_limit is None else min(max(batch_limit, 1), MAX_FETCH_LIMIT)
+        )
         idle = (
             DEFAULT_RESPONSE_IDLE_TIMEOUT_S
             if response_idle_timeout_s is None
@@ -150,6 +157,7 @@ class SyncSettings:
             fetch_packing=limit if fetch_packing is None else max(fetch_packing, 0),
             max_payload_bytes=max_payload_bytes,
             response_idle_timeout_s=idle,
+            adaptive=batch_limit is None,
         )
 
     def backoff(self, failures: int, rng: random.Random) -> float:
@@ -261,6 +269,7 @@ class PeerWorker:
         self._channel = open_peer_channel(
             self.endpoint,
             context.tls,
+            pinned=context.spec.pinned,
             options=[
                 ("grpc.max_receive_message_length", self._receive_limit),
                 ("grpc.max_send_message_length", self._receive_limit),
@@ -296,6 +305,11 @@ class PeerWorker:
         """What this worker's passes found and did, for the metrics and the status page."""
         self._push = context.push.gate(context.spec) if context.push is not None else None
         """Which logs the policy lets this peer supply; None takes every log."""
+
+    @property
+    def channel(self) -> aio.Channel:
+        """The one channel to the peer; an upstream's push runs over it too (`upstream_push`)."""
+        return self._channel
 
     def peer_state(self) -> PeerSyncState | None:
         """The peer-level sync state as last noted (None before the first pass ended)."""
@@ -437,6 +451,9 @@ class PeerWorker:
                 pb.HealthRequest(), timeout=self._context.settings.rpc_timeout_s
             )
         except aio.AioRpcError as error:
+            refusal = certificate_refusal(self._channel)
+            if refusal is not None:
+                raise self._unavailable(refusal) from None
             raise SyncFailure.from_rpc(self.endpoint, "Health", error, whole_peer=True) from None
         if not response.HasField("node"):
             raise self._unavailable("health response has no node")
@@ -523,8 +540,8 @@ class PeerWorker:
             if index % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             parsed = self._parse_head(head)
-            if parsed is None:
-                continue
+            if parsed is None or not self._context.spec.pull_topics.matches(parsed[0][0]):
+                continue  # invalid, or not pulled from this peer (--pull-topics)
             listed.add(parsed[0])
             if self._settled.get(parsed[0]) != parsed[1]:
                 work.append(parsed)
@@ -660,6 +677,7 @@ class PeerWorker:
             max_bytes=settings.batch_bytes,
             max_payload_bytes=settings.max_payload_bytes,
             receive_limit=self._receive_limit,
+            adaptive=AdaptiveBudget(settings.batch_bytes) if settings.adaptive else None,
         )
         try:
             await self._pull_batches(fetcher, log_id, pull)
@@ -916,20 +934,4 @@ class PeerWorker:
 
     async def _flush(self) -> None:
         """Write the sync state records that changed, in one transaction."""
-        states = self._book.take_pending()
-        if not states:
-            return
-        try:
-            outcomes = await self._context.pipeline.submit_many(
-                [RecordSyncStateOp(state) for state in states]
-            )
-        except MsgbusError as error:
-            log.warning("peer %s: cannot record sync state: %s", self.endpoint, error)
-            self._book.restore(states)
-            return
-        done = [s for s, o in zip(states, outcomes, strict=True) if not isinstance(o, Exception)]
-        self._book.written(done)
-        failed = [s for s, o in zip(states, outcomes, strict=True) if isinstance(o, Exception)]
-        if failed:
-            log.warning("peer %s: %d sync state records not written", self.endpoint, len(failed))
-            self._book.restore(failed)
+        await flush_book(self._context.pipeline, self._book, f"peer {self.endpoint}")

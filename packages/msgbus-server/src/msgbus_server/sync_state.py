@@ -21,14 +21,48 @@ log output (each is logged when it starts or changes, not on every retry).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from msgbus_core import NodeId, PeerSyncState
+from msgbus_core import MsgbusError, NodeId, PeerSyncState, RecordSyncStateOp
 from msgbus_server.clock import now_ms
 
-__all__ = ["Heads", "LogId", "StateKey", "SyncStateBook", "now_ms", "state_key"]
+if TYPE_CHECKING:
+    from msgbus_server.pipeline import CommitPipeline
+
+log = logging.getLogger("msgbus_server.sync")
+
+__all__ = [
+    "PULL",
+    "PUSH",
+    "PUSHED",
+    "Heads",
+    "LogId",
+    "StateKey",
+    "SyncStateBook",
+    "direction_of",
+    "flush_book",
+    "now_ms",
+    "push_record_peer",
+    "pushed_record_peer",
+    "state_key",
+]
+
+PULL = "pull"
+PUSH = "push"
+PUSHED = "pushed"
+"""The directions of `PeerSyncState.direction` on the wire: this daemon pulls from the peer,
+pushes to the upstream, or the peer (a device) pushes to this daemon."""
+
+_DIRECTION_MARK = "+"
+"""Sync state is stored without a direction column (no schema change): the records of pushes
+are stored under `push+ENDPOINT` (this daemon pushing to an --upstream) and
+`pushed+tenant/bl/device` (a device pushing here), pull records under the plain endpoint. No
+endpoint holds a `+` (`peers._HOST_PORT`), so the three never collide, and the pull and push
+records of one upstream are kept apart."""
 
 StateKey = tuple[str, str, str]
 """(peer endpoint, topic, origin key); topic and origin key are "" for the peer-level record."""
@@ -38,6 +72,25 @@ LogId = tuple[str, NodeId]
 
 _MAX_FAILURES = 2**32 - 1
 """consecutive_failures is a uint32 on the wire."""
+
+
+def push_record_peer(endpoint: str) -> str:
+    """The stored `peer` of this daemon's push records for the upstream `endpoint`."""
+    return f"{PUSH}{_DIRECTION_MARK}{endpoint}"
+
+
+def pushed_record_peer(pusher: NodeId) -> str:
+    """The stored `peer` of the records of what the device `pusher` pushed to this daemon."""
+    return f"{PUSHED}{_DIRECTION_MARK}{pusher.key}"
+
+
+def direction_of(stored_peer: str) -> tuple[str, str]:
+    """(direction, peer as shown) of a stored record's `peer`; plain endpoints are pulls."""
+    for direction in (PUSHED, PUSH):
+        prefix = f"{direction}{_DIRECTION_MARK}"
+        if stored_peer.startswith(prefix):
+            return direction, stored_peer[len(prefix) :]
+    return PULL, stored_peer
 
 
 def state_key(peer: str, topic: str = "", origin: NodeId | None = None) -> StateKey:
@@ -213,6 +266,11 @@ class SyncStateBook:
 
     # -- persisting -----------------------------------------------------------------------------
 
+    @property
+    def has_pending(self) -> bool:
+        """True while some record waits to be written."""
+        return bool(self._pending)
+
     def take_pending(self) -> list[PeerSyncState]:
         """The records to write now; the caller calls `written` once they are committed."""
         pending = list(self._pending.values())
@@ -229,3 +287,25 @@ class SyncStateBook:
         for state in states:
             key = state_key(state.peer, state.topic, state.origin)
             self._pending.setdefault(key, replace(state))
+
+
+async def flush_book(pipeline: CommitPipeline, book: SyncStateBook, who: str) -> None:
+    """Write the book's changed records in one transaction; `who` names them in warnings.
+
+    Sync state is advisory: a failed write is logged and its records are kept for the next.
+    """
+    states = book.take_pending()
+    if not states:
+        return
+    try:
+        outcomes = await pipeline.submit_many([RecordSyncStateOp(state) for state in states])
+    except MsgbusError as error:
+        log.warning("%s: cannot record sync state: %s", who, error)
+        book.restore(states)
+        return
+    done = [s for s, o in zip(states, outcomes, strict=True) if not isinstance(o, Exception)]
+    book.written(done)
+    failed = [s for s, o in zip(states, outcomes, strict=True) if isinstance(o, Exception)]
+    if failed:
+        log.warning("%s: %d sync state records not written", who, len(failed))
+        book.restore(failed)
