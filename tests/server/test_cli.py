@@ -178,7 +178,8 @@ def test_parse_config_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.storage, config.data) == ("sqlite", "./msgbus.sqlite")
     assert config.node.key == "tenant/default/device"
     assert config.max_payload_bytes == 1024 * 1024
-    assert (config.sync_interval_s, config.sync_batch_limit) == (1.0, 100)
+    # No --sync-batch-limit: sync batches adapt to the link (None).
+    assert (config.sync_interval_s, config.sync_batch_limit) == (1.0, None)
     monkeypatch.setenv("MSGBUS_PEERS", "127.0.0.1:7001, 127.0.0.1:7002=a/b/c")
     monkeypatch.setenv("MSGBUS_SYNC_INTERVAL_MS", "5")
     monkeypatch.setenv("MSGBUS_SYNC_BATCH_LIMIT", "0")

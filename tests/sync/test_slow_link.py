@@ -186,9 +186,11 @@ def test_the_proxy_forwards_in_order_and_resets_connections_on_demand_and_every_
 
 
 @pytest.mark.timeout(WAIT_S + 300)
+@pytest.mark.parametrize("batch_limit", [BATCH_LIMIT, None], ids=["limit-20", "adaptive"])
 def test_200_messages_cross_a_2_mbit_link_cut_twice_while_another_log_of_the_peer_keeps_syncing(
-    tmp_path: Path,
+    tmp_path: Path, batch_limit: int | None
 ) -> None:
+    """`batch_limit` None is B's default: batches adapt to the link (`sync_fetch`)."""
     require_namespaces()
     with (
         veth_namespace() as link,
@@ -212,7 +214,7 @@ def test_200_messages_cross_a_2_mbit_link_cut_twice_while_another_log_of_the_pee
                 tmp_path,
                 "b",
                 peers=[(proxy.endpoint, a.node.key)],
-                batch_limit=BATCH_LIMIT,
+                batch_limit=batch_limit,
                 extra=["--sync-response-idle-ms", str(IDLE_MS)],
             ) as b,
         ):

@@ -11,12 +11,20 @@ stream that stalls or breaks after some messages keeps them: the batch is the pr
 problem, and the caller commits the prefix before it records the failure on the log. After a
 deadline the log's batch halves (down to one message); each complete batch doubles it again, up
 to the batch limit. `BatchLimits` keeps where each log's batch stands from one pass to the next.
+
+Without `--sync-batch-limit` the batch adapts to the link (`AdaptiveBudget`): its byte budget
+starts small, doubles after each full batch that took less than `FAST_FETCH_S` and halves after
+one that took more than `SLOW_FETCH_S`, always within `READ_BUDGET_BYTES` and `MAX_FETCH_LIMIT`
+messages. A fast link reaches the largest batch within a few round trips (the fast setting is
+the default); a slow one keeps batches that arrive well inside the idle deadline, so a cut costs
+little. An explicit `--sync-batch-limit` fixes the count and keeps the full byte budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -32,7 +40,11 @@ from msgbus_server.convert import message_from_envelope, node_to_pb
 from msgbus_server.sync_state import LogId
 
 __all__ = [
+    "ADAPTIVE_START_BYTES",
     "DEFAULT_RESPONSE_IDLE_TIMEOUT_S",
+    "FAST_FETCH_S",
+    "SLOW_FETCH_S",
+    "AdaptiveBudget",
     "FETCH_STREAM_CAP_S",
     "BatchFetcher",
     "BatchLimits",
@@ -51,6 +63,46 @@ FETCH_STREAM_CAP_S = 600.0
 It bounds a peer that trickles responses just inside the idle deadline forever; a batch (at most
 `--sync-batch-limit` messages and about 8 MiB) that needs longer is cut there, keeps its prefix
 and halves like after an idle deadline."""
+
+ADAPTIVE_START_BYTES = 256 * 1024
+"""The byte budget of an adaptive log's first batch: about 1 s on a 2 Mbit/s link, a few ms on
+loopback, so neither a slow link nor a fast one pays much for the first guess."""
+ADAPTIVE_MIN_BYTES = 32 * 1024
+"""The smallest adaptive budget: a slow link still moves a useful batch per round trip (a larger
+message still comes alone)."""
+READ_SIZE_GUESS = 16 * 1024
+"""The message size an adaptive log's first batch assumes (16 messages of the start budget), so
+a log of large messages does not start with a Fetch of thousands of them; the batches after it
+are counted at the sizes seen."""
+FAST_FETCH_S = 0.25
+"""A full batch fetched in less than this doubles the adaptive budget: the round trip, not the
+bytes, dominated it."""
+SLOW_FETCH_S = 2.0
+"""A batch that took longer than this halves the adaptive budget: the link is slow, and smaller
+batches keep each Fetch well inside the idle deadline and lose less to a cut."""
+
+
+@dataclass(slots=True)
+class AdaptiveBudget:
+    """The byte budget of one log's batches, adapted to how long each Fetch took.
+
+    Grows while fetches are fast and full, shrinks on slow ones; never above `ceiling` (the
+    memory bound of a batch) nor below `ADAPTIVE_MIN_BYTES`.
+    """
+
+    ceiling: int = READ_BUDGET_BYTES
+    bytes: int = ADAPTIVE_START_BYTES
+
+    def __post_init__(self) -> None:
+        self.bytes = min(max(self.bytes, ADAPTIVE_MIN_BYTES), self.ceiling)
+
+    def note(self, elapsed_s: float, *, full: bool) -> None:
+        """Adapt after one Fetch of `elapsed_s`; `full` when it stopped at its count or bytes."""
+        if elapsed_s > SLOW_FETCH_S:
+            self.bytes = max(self.bytes // 2, min(ADAPTIVE_MIN_BYTES, self.ceiling))
+        elif full and elapsed_s < FAST_FETCH_S:
+            self.bytes = min(self.bytes * 2, self.ceiling)
+
 
 # Status codes that say the peer (or the path to it) is down rather than that one request was
 # bad: they end the pass and back the whole peer off. Any other code fails only the log. A Fetch
@@ -196,6 +248,7 @@ class BatchFetcher:
         max_bytes: int = READ_BUDGET_BYTES,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         receive_limit: int | None = None,
+        adaptive: AdaptiveBudget | None = None,
     ) -> None:
         """A fetcher of `log` that keeps each batch within `limit` messages and ~`max_bytes`.
 
@@ -216,6 +269,8 @@ class BatchFetcher:
             max_payload_bytes: A larger payload is refused, by name.
             receive_limit: The channel's receive limit, named when a response exceeds it (None:
                 derived from `max_payload_bytes`, as `PeerWorker` sets it).
+            adaptive: The byte budget to adapt by round-trip time (no `--sync-batch-limit`);
+                None keeps `max_bytes` for every batch.
         """
         self._stub = stub
         self._endpoint = endpoint
@@ -232,6 +287,11 @@ class BatchFetcher:
         self._idle_s = idle_timeout_s
         self._channel = channel
         self._max_bytes = max_bytes
+        self._adaptive = adaptive
+        if adaptive is not None:
+            adaptive.ceiling = min(adaptive.ceiling, max_bytes)
+            adaptive.bytes = min(adaptive.bytes, adaptive.ceiling)
+            self._asked = min(self._asked, self._count_for(adaptive.bytes, READ_SIZE_GUESS))
         self._max_payload = max_payload_bytes
         self._receive_limit = (
             receive_limit_bytes(max_payload_bytes) if receive_limit is None else receive_limit
@@ -270,8 +330,18 @@ class BatchFetcher:
         # Retrieve the outcome so asyncio never reports "exception was never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
+    def _budget(self) -> int:
+        """The bytes the next batch may hold: the adaptive budget, else `max_bytes`."""
+        return self._max_bytes if self._adaptive is None else self._adaptive.bytes
+
+    @staticmethod
+    def _count_for(budget: int, message_size: int) -> int:
+        return max(budget // max(message_size, 1), 1)
+
     async def _fetch(self, from_head_id: int) -> ServedBatch:
         limit = self._asked
+        budget = self._budget()
+        began = time.monotonic()
         request = pb.FetchRequest(
             topic=self._topic,
             origin=node_to_pb(self._origin),
@@ -311,7 +381,7 @@ class BatchFetcher:
                     size += read_size(messages[-1])
                 # A peer that ignores the limit or sends more than the budget does not get to
                 # fill our memory: the rest is fetched with the next batch.
-                if problem or len(messages) >= limit or size >= self._max_bytes:
+                if problem or len(messages) >= limit or size >= budget:
                     break
         except aio.AioRpcError as error:
             if _over_receive_limit(error):
@@ -329,18 +399,21 @@ class BatchFetcher:
                 raise SyncFailure.from_rpc(self._endpoint, "Fetch", error) from None
         finally:
             call.cancel()
+        full = len(messages) >= limit or size >= budget
         messages = messages[:limit]
+        if self._adaptive is not None:
+            self._adaptive.note(time.monotonic() - began, full=full and problem is None)
         self._adapt(messages, size, deadline=deadline, complete=problem is None)
         return ServedBatch(messages, problem, first_head_id, refused)
 
     def _adapt(self, messages: list[Message], size: int, *, deadline: bool, complete: bool) -> None:
         """Size the next batch after one Fetch.
 
-        By bytes at this batch's sizes; the count halves after a deadline and doubles after a
-        complete batch, within 1 and the batch limit.
+        By bytes (the adaptive budget, else `max_bytes`) at this batch's sizes; the count halves
+        after a deadline and doubles after a complete batch, within 1 and the batch limit.
         """
         if messages:
-            self._by_bytes = max(self._max_bytes * len(messages) // max(size, 1), 1)
+            self._by_bytes = self._count_for(self._budget(), max(size, 1) // len(messages))
         if deadline:
             self._limit = max(self._asked // 2, 1)
         elif complete:
