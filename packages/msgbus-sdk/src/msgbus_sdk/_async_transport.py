@@ -20,6 +20,8 @@ from msgbus_proto import pb
 Channel: TypeAlias = grpc.aio.Channel
 RpcError: TypeAlias = grpc.aio.AioRpcError
 """What a failed call raises."""
+GrpcStatus: TypeAlias = grpc.StatusCode
+"""gRPC's status codes (the SDK's own ``StatusCode`` names them in its errors)."""
 
 CANCELLATIONS: tuple[type[BaseException], ...] = (asyncio.CancelledError,)
 """What a call raises when its channel is closed under it (see :func:`cancelled_by_channel`)."""

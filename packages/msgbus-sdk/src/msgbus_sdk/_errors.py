@@ -341,6 +341,20 @@ def translate_rpc_error(error: grpc.RpcError) -> MsgbusError:
     return error_for_status(StatusCode(grpc_code.name), message, field=field or None, index=index)
 
 
+_CODE_NAMES: Final = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def stream_refusal(error_code: int, message: str) -> MsgbusError:
+    """The error of a request a PublishStream refused: the status its unary RPC answers.
+
+    The response carries the code and the message, not the status details, so the batch entry
+    comes from the message's ``entries[i].`` prefix and no field is named.
+    """
+    name = _CODE_NAMES.get(error_code, StatusCode.UNKNOWN.value)
+    index = _entry_index_from_message(message)
+    return error_for_status(StatusCode(name), message, index=index)
+
+
 # gRPC's words when a call fails in the channel itself, before any connection carried it: no
 # address of the endpoint took a connection (refused, unreachable, TLS handshake failed). A call
 # that broke on a connection (a reset, a daemon killed mid-call) says something else ("Stream

@@ -17,6 +17,8 @@ from msgbus_proto import pb
 Channel: TypeAlias = grpc.Channel
 RpcError: TypeAlias = grpc.RpcError
 """What a failed call raises."""
+GrpcStatus: TypeAlias = grpc.StatusCode
+"""gRPC's status codes (the SDK's own ``StatusCode`` names them in its errors)."""
 
 CANCELLATIONS: tuple[type[BaseException], ...] = ()
 """Nothing: a blocking call learns of a closed channel by an RpcError (CANCELLED)."""
