@@ -56,7 +56,8 @@ class PublishKeyConformance:
     ) -> None:
         a = _one(store, _keyed("a", "same", 1))
         b = _one(store, _keyed("b", "same", 2))
-        assert isinstance(a, Message) and isinstance(b, Message)
+        assert isinstance(a, Message)
+        assert isinstance(b, Message)
         unkeyed = [_one(store, _keyed("a", "", n)) for n in (3, 4)]
         assert [m.head_id for m in unkeyed] == [2, 3]
         assert store.get_head("b", _LOCAL) == 1
@@ -68,7 +69,8 @@ class PublishKeyConformance:
             [_keyed("events", "k", 1), _keyed("events", "other", 2), _keyed("events", "k", 3)]
         )
         first, other, repeat = outcomes
-        assert isinstance(first, Message) and isinstance(other, Message)
+        assert isinstance(first, Message)
+        assert isinstance(other, Message)
         assert repeat == DuplicatePublish(first)
         assert store.get_head("events", _LOCAL) == 2
 
@@ -146,7 +148,8 @@ class PublishKeyConformance:
         reopened = self.factory.open(db_file)
         try:
             first = _one(reopened, _keyed("events", "k", 2))
-            assert isinstance(first, Message) and first.head_id == 2
+            assert isinstance(first, Message)
+            assert first.head_id == 2
             assert _one(reopened, _keyed("events", "k", 3)) == DuplicatePublish(first)
         finally:
             reopened.close()

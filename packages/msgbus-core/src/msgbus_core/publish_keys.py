@@ -128,9 +128,7 @@ class PublishKeyWriter(abc.ABC):
         remembered = self._find_key(op.topic, op.origin, op.idempotency_key)
         if remembered is not None:
             held = self._held(op.topic, op.origin, remembered.head_id, remembered.head_id)
-            message = remembered_message(
-                op.topic, op.origin, remembered, held[0] if held else None
-            )
+            message = remembered_message(op.topic, op.origin, remembered, held[0] if held else None)
             return DuplicatePublish(message)
         message = self._append(op)
         self._store_key(

@@ -41,9 +41,7 @@ class PublishKeyStatements:
         )
         drop = f"DELETE FROM publish_keys WHERE ({log}, idempotency_key) IN ({oldest})"
         self.drop_oldest: Final[str] = render(drop.format(where=""))
-        self.drop_oldest_before: Final[str] = render(
-            drop.format(where=" WHERE created_at_ms < ?")
-        )
+        self.drop_oldest_before: Final[str] = render(drop.format(where=" WHERE created_at_ms < ?"))
 
 
 statements_for: Final = functools.cache(PublishKeyStatements)

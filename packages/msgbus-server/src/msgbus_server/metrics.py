@@ -60,6 +60,7 @@ from msgbus_core.ops import (
     TrimResult,
     WriteOp,
 )
+from msgbus_core.publish_keys import DuplicatePublish
 from msgbus_server.daemon_status import DaemonStatus
 from msgbus_server.stream_stats import FETCH, SUBSCRIBE
 from msgbus_server.sync_fetch import FailureKind
@@ -120,6 +121,14 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
         "counter",
         (),
         "Payload bytes of the messages published.",
+        "publishing",
+    ),
+    MetricSpec(
+        "msgbus_publish_duplicates_total",
+        "counter",
+        (),
+        "Publishes (and batch entries) whose idempotency key repeated an earlier publish: "
+        "answered with the message stored then, nothing stored.",
         "publishing",
     ),
     MetricSpec(
@@ -442,6 +451,7 @@ class DaemonMetrics:
             GCCollector(registry=self.registry)
         self._published = self._counter("msgbus_published_messages_total")
         self._published_bytes = self._counter("msgbus_published_bytes_total")
+        self._duplicates = self._counter("msgbus_publish_duplicates_total")
         self._batch = self._histogram("msgbus_publish_batch_messages")
         self._commit = self._histogram("msgbus_commit_seconds")
         transactions = self._counter("msgbus_transactions_total")
@@ -491,7 +501,7 @@ class DaemonMetrics:
             return
         self._committed.inc()
         published = published_bytes = deleted = trimmed = trimmed_bytes = 0
-        enqueued = acked = rejected = 0
+        enqueued = acked = rejected = duplicates = 0
         index = 0
         for ops in submissions:
             if ops and isinstance(ops[0], AppendOp):
@@ -503,6 +513,8 @@ class DaemonMetrics:
                     if isinstance(outcome, Message):
                         published += 1
                         published_bytes += len(op.payload)
+                    else:
+                        duplicates += isinstance(outcome, DuplicatePublish)
                 elif isinstance(op, TrimOp):
                     if isinstance(outcome, TrimResult):
                         trimmed += outcome.removed
@@ -520,6 +532,7 @@ class DaemonMetrics:
         for counter, amount in (
             (self._published, published),
             (self._published_bytes, published_bytes),
+            (self._duplicates, duplicates),
             (self._deleted, deleted),
             (self._trimmed, trimmed),
             (self._trimmed_bytes, trimmed_bytes),
