@@ -20,7 +20,9 @@ is then re-sent alone as a plain Publish, so its caller gets exactly the error a
 gets, and the others are re-sent as a batch. Re-sending is safe only because the daemon
 validates every entry before it stores anything, so a batch rejected for a named entry stored
 nothing. Any other error is never retried, so a publish is never duplicated: it goes to every
-caller of the batch, as it would with one RPC per publish (UNAVAILABLE, DEADLINE_EXCEEDED, ...).
+caller of the batch, as it would with one RPC per publish (UNAVAILABLE, DEADLINE_EXCEEDED, ...);
+a batch whose entries all carry idempotency keys was already resent by the client's own
+exactly-once retry (``_idempotency``) before its error gets here.
 A daemon without PublishBatch (UNIMPLEMENTED) switches the client to plain Publish for good.
 """
 
@@ -34,7 +36,6 @@ from typing import Final
 
 from msgbus_proto import pb
 
-from . import _convert as convert
 from ._errors import (
     ClientClosedError,
     InvalidArgumentError,
@@ -44,6 +45,7 @@ from ._errors import (
     UnimplementedError,
 )
 from ._generated.msgbus.v1 import MessageEnvelope
+from ._idempotency import published, published_batch
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_ENTRIES", "MAX_IN_FLIGHT", "PublishCoalescer"]
 
@@ -95,7 +97,7 @@ class PublishCoalescer:
     async def publish(self, request: pb.PublishRequest) -> MessageEnvelope:
         """Publish one message, batched with whatever else is being published meanwhile."""
         if not self.batching:
-            return convert.require_envelope(await self._publish(request))
+            return published(await self._publish(request))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[MessageEnvelope] = loop.create_future()
         self._queue.append(_Pending(request, request.ByteSize(), future))
@@ -216,9 +218,9 @@ class PublishCoalescer:
             )
             PublishCoalescer._fail(batch, error)
             return
-        for pending, message in zip(batch, messages, strict=True):
+        for pending, envelope in zip(batch, published_batch(response), strict=True):
             if not pending.future.done():
-                pending.future.set_result(convert.envelope(message))
+                pending.future.set_result(envelope)
 
     async def _publish_each(self, entries: list[_Pending]) -> None:
         if not entries:
@@ -232,7 +234,7 @@ class PublishCoalescer:
                 if pending.future.done():
                     return
                 try:
-                    envelope = convert.require_envelope(await self._publish(pending.request))
+                    envelope = published(await self._publish(pending.request))
                 except MsgbusError as error:
                     if not pending.future.done():
                         pending.future.set_exception(error)

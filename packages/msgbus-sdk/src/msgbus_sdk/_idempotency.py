@@ -1,0 +1,93 @@
+"""Exactly-once publish on the client side: idempotency keys, and what a retry may resend.
+
+A publish that carries an idempotency key can be sent again after any failure: the daemon
+stores the key in the transaction of the message, so a repeat within its dedup window answers
+the message stored the first time (flagged as a duplicate) and stores nothing. The clients
+therefore give every publish a random key unless told not to (``auto_idempotency=False``), and
+retry a request whose every publish carries a key on UNAVAILABLE and DEADLINE_EXCEEDED, with
+backoff, until ``publish_retry_deadline``. A request with a publish without a key is never
+resent after it may have reached the daemon: it could be stored twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Final
+
+import tenacity
+
+from msgbus_proto import pb
+
+from . import _convert as convert
+from ._errors import DeadlineExceededError, UnavailableError
+from ._generated.msgbus.v1 import MessageEnvelope
+
+__all__ = [
+    "DEFAULT_PUBLISH_RETRY_DEADLINE",
+    "RETRY_ON",
+    "RETRY_WAIT",
+    "is_duplicate",
+    "keyed",
+    "new_key",
+    "published",
+    "published_batch",
+]
+
+DEFAULT_PUBLISH_RETRY_DEADLINE: Final = 30.0
+"""Seconds a keyed publish is retried for, from its first attempt, unless the client says."""
+RETRY_INITIAL_DELAY: Final = 0.05
+"""The upper bound of the first wait between two attempts, in seconds (it doubles)."""
+RETRY_MAX_DELAY: Final = 1.0
+"""The cap on one wait between two attempts, in seconds."""
+
+_DUPLICATE: Final = "_msgbus_duplicate"
+"""The attribute a returned envelope carries when its publish repeated an earlier one."""
+
+
+def new_key() -> str:
+    """A fresh random idempotency key (a UUID4, 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def keyed(entries: Iterable[pb.PublishRequest]) -> bool:
+    """Whether every publish of a request carries an idempotency key (so it may be resent)."""
+    return all(entry.idempotency_key for entry in entries)
+
+
+RETRY_WAIT: Final = tenacity.wait_random_exponential(
+    multiplier=RETRY_INITIAL_DELAY, max=RETRY_MAX_DELAY
+)
+"""Exponential backoff with full jitter, so clients that lost one daemon do not return in step."""
+RETRY_ON: Final = tenacity.retry_if_exception_type((UnavailableError, DeadlineExceededError))
+"""The failures after which a keyed publish is sent again."""
+
+
+def is_duplicate(envelope: MessageEnvelope) -> bool:
+    """Whether ``publish`` or ``publish_batch`` returned ``envelope`` for a repeated key.
+
+    True when the daemon already held a message stored under the same idempotency key (a retry
+    of a publish that was stored before its answer was lost, or a repeat by the application):
+    ``envelope`` is that message and nothing new was stored.
+    """
+    return bool(getattr(envelope, _DUPLICATE, False))
+
+
+def _marked(envelope: MessageEnvelope, duplicate: bool) -> MessageEnvelope:
+    if duplicate:
+        setattr(envelope, _DUPLICATE, True)
+    return envelope
+
+
+def published(response: pb.PublishResponse) -> MessageEnvelope:
+    """The envelope of a Publish response, marked when it answers a repeated key."""
+    return _marked(convert.require_envelope(response), response.duplicate)
+
+
+def published_batch(response: pb.PublishBatchResponse) -> list[MessageEnvelope]:
+    """The envelopes of a PublishBatch response, each marked when it answers a repeated key."""
+    flags = list(response.duplicates) or [False] * len(response.messages)
+    return [
+        _marked(convert.envelope(message), flag)
+        for message, flag in zip(response.messages, flags, strict=False)
+    ]
