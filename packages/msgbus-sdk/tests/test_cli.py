@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from msgbus_sdk import MsgbusClient
 from msgbus_server.testing import Daemon, free_port
 
 MSGBUS = str(Path(sys.executable).parent / "msgbus")
@@ -286,3 +287,26 @@ def test_examples_run_against_a_daemon(daemon: Daemon, example: str) -> None:
     else:
         assert "rejected sequence=2 attempt=1" in result.stdout
         assert result.stdout.splitlines()[-1] == "queue empty"
+
+
+def test_cursors_list_filter_and_delete(daemon: Daemon, topic: str) -> None:
+    with MsgbusClient.connect(daemon.endpoint) as bus:
+        bus.publish_batch([(topic, b"a"), (topic, b"b")])
+        bus.commit_cursor("cli-billing", topic, 2)
+        bus.commit_cursor("cli-audit", topic, 1)
+    table = ok(daemon, "cursors").splitlines()
+    assert table[0].split() == ["NAME", "TOPIC", "ORIGIN", "HEAD", "UPDATED"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert rows["cli-billing"][1:4] == [topic, "tenant/default/device", "2"]
+    assert rows["cli-audit"][3] == "1"
+    listed = json_lines(ok(daemon, "cursors", "--name", "cli-billing", "--json"))
+    assert [(c["name"], c["topic"], c["head_id"]) for c in listed] == [("cli-billing", topic, 2)]
+    assert listed[0]["origin"] == "tenant/default/device"
+    assert ok(daemon, "cursors", "delete", "cli-billing", "--topic", topic) == "deleted=1\n"
+    assert json_lines(ok(daemon, "cursors", "delete", "cli-audit", "--json")) == [
+        {"deleted_count": 1}
+    ]
+    assert json_lines(ok(daemon, "cursors", "--name", "cli-billing", "--json")) == []
+    refused = run(daemon, "cursors", "delete", "")
+    assert refused.returncode != 0
+    assert b"name" in refused.stderr

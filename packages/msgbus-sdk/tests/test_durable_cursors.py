@@ -143,9 +143,11 @@ def test_bad_commit_policies_and_auto_commit_without_a_name(daemon: Daemon, topi
         CommitPolicy(every=0)
     with pytest.raises(ConfigurationError, match="interval_s must be above 0"):
         CommitPolicy(interval_s=0)
-    with MsgbusClient.connect(daemon.endpoint) as bus:
-        with pytest.raises(ConfigurationError, match="auto_commit needs durable"):
-            bus.subscribe(topic, auto_commit=CommitPolicy(every=1))  # type: ignore[call-overload]
+    with (
+        MsgbusClient.connect(daemon.endpoint) as bus,
+        pytest.raises(ConfigurationError, match="auto_commit needs durable"),
+    ):
+        bus.subscribe(topic, auto_commit=CommitPolicy(every=1))  # type: ignore[call-overload]
 
 
 async def test_asyncio_durable_subscription_resumes(daemon: Daemon, topic: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from ._convert import node_key
 from ._generated.msgbus.v1 import (
+    Cursor,
     FifoMessage,
     HealthResponse,
     MessageEnvelope,
@@ -155,6 +156,31 @@ def sync_state_json(state: PeerSyncState) -> dict[str, Any]:
         "consecutive_failures": state.consecutive_failures,
         "last_error": state.last_error,
     }
+
+
+def cursor_json(cursor: Cursor) -> dict[str, Any]:
+    """A durable cursor as a JSON object, with raw integers."""
+    return {
+        "name": cursor.name,
+        "topic": cursor.topic,
+        "origin": _node(cursor.origin),
+        "head_id": cursor.head_id,
+        "updated_at_ms": cursor.updated_at_ms,
+    }
+
+
+CURSOR_COLUMNS = ("NAME", "TOPIC", "ORIGIN", "HEAD", "UPDATED")
+
+
+def cursor_row(cursor: Cursor) -> list[str]:
+    """A durable cursor as a table row (see ``CURSOR_COLUMNS``)."""
+    return [
+        cursor.name,
+        cursor.topic,
+        _node(cursor.origin) or "-",
+        str(cursor.head_id),
+        timestamp(cursor.updated_at_ms),
+    ]
 
 
 def health_json(health: HealthResponse) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from ._errors import (
     UnavailableError,
 )
 from ._generated.msgbus.v1 import MessageEnvelope, NodeId
+from ._idempotency import is_duplicate
 from ._subscription import Trim
 from ._sync_client import MsgbusClient
 from ._tls import TlsConfig
@@ -185,11 +186,14 @@ def _cmd_publish(args: argparse.Namespace, io: _Io) -> int:
     payload = _payload(args)
     headers = _headers(args.header)
     with _client(args, _origin(args.origin)) as bus:
-        env = bus.publish(args.topic, payload, headers)
+        env = bus.publish(args.topic, payload, headers, idempotency_key=args.idempotency_key)
+    duplicate = is_duplicate(env)
     if io.json:
-        render.write_json(io.out, render.envelope_json(env))
+        render.write_json(io.out, {**render.envelope_json(env), "duplicate": duplicate})
     else:
-        io.out.write(f"published topic={env.topic} head_id={env.head_id} id={env.id}\n")
+        # A repeated key stored nothing: the line says so, and names the message stored then.
+        verb = "duplicate of" if duplicate else "published"
+        io.out.write(f"{verb} topic={env.topic} head_id={env.head_id} id={env.id}\n")
     return EXIT_OK
 
 
@@ -306,6 +310,28 @@ def _cmd_sync_state(args: argparse.Namespace, io: _Io) -> int:
             "LAST_ERROR",
         )
         render.write_table(io.out, columns, rows)
+    return EXIT_OK
+
+
+def _cmd_cursors(args: argparse.Namespace, io: _Io) -> int:
+    with _client(args) as bus:
+        if io.json:
+            # One line per cursor as its page arrives, like `heads`.
+            for cursor in bus.iter_cursors(args.name):
+                render.write_json(io.out, render.cursor_json(cursor))
+            return EXIT_OK
+        cursors = bus.list_cursors(args.name)
+    render.write_table(io.out, render.CURSOR_COLUMNS, [render.cursor_row(c) for c in cursors])
+    return EXIT_OK
+
+
+def _cmd_cursors_delete(args: argparse.Namespace, io: _Io) -> int:
+    with _client(args) as bus:
+        deleted = bus.delete_cursor(args.cursor_name, args.topic, _origin(args.origin))
+    if io.json:
+        render.write_json(io.out, {"deleted_count": deleted})
+    else:
+        io.out.write(f"deleted={deleted}\n")
     return EXIT_OK
 
 
@@ -690,6 +716,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic")
     payload_args(p)
     origin_flag(p, "origin to send (must be the daemon's node)")
+    p.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="publish exactly once under KEY (at most 128 UTF-8 bytes): a repeat within the "
+        "daemon's --dedup-window stores nothing and prints the message stored the first time "
+        "as 'duplicate of'; default: a random key, so retries of this command's call store "
+        "one message",
+    )
 
     p = command("fetch", _cmd_fetch, "read messages of a log")
     p.add_argument("topic")
@@ -719,6 +753,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("from_head_id", type=int, metavar="FROM")
     p.add_argument("to_head_id", type=int, metavar="TO")
     origin_flag(p, "the log's origin (must be the daemon's node)")
+
+    p = command("cursors", _cmd_cursors, "list the durable named cursors (consumer positions)")
+    p.add_argument("--name", help="only the cursors of this consumer name")
+    cursors_sub = p.add_subparsers(dest="cursors_command", metavar="ACTION")
+    p = command(
+        "delete",
+        _cmd_cursors_delete,
+        "delete a consumer's cursor of one log, or all its cursors without --topic",
+        cursors_sub,
+    )
+    p.add_argument("cursor_name", metavar="NAME")
+    p.add_argument("--topic", help="the log's topic (default: every cursor of NAME)")
+    origin_flag(p, "the log's origin, with --topic")
 
     fifo = sub.add_parser("fifo", help="local FIFO queues: enqueue, peek, ack, reject")
     fifo_sub = fifo.add_subparsers(dest="fifo_command", metavar="ACTION", required=True)
