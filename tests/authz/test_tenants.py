@@ -235,3 +235,35 @@ def _operator_sees_every_tenant(daemon: Daemon, operators: str) -> None:
         states = stub.ListPeerSyncStates(pb.ListPeerSyncStatesRequest(), timeout=10).states
         assert {state.origin.tenant_id for state in states if state.topic} == set(TENANTS)
     assert "Traceback" not in daemon.stderr_text()
+
+
+def test_a_pattern_subscription_delivers_only_the_callers_tenant(
+    hub: tuple[Daemon, str], pki: Pki
+) -> None:
+    """topic_pattern cannot be decided up front: each log's messages are decided as they go.
+
+    The initech devices' logs sort last, and the subscription takes its logs' turns in listing
+    order, so by the time both of them arrived every other tenant's log had its turn, and was
+    left out.
+    """
+    daemon, operators = hub
+    device = DEVICES[-1]
+    own = {d.key for d in DEVICES if d.tenant_id == device.tenant_id}
+    request = pb.SubscribeRequest(topic_pattern="telemetry", max_messages_per_response=16)
+    with grpc.insecure_channel(operators) as channel:
+        everything = rpc.MsgbusServiceStub(channel).Subscribe(request, timeout=30)
+        origins: set[str] = set()
+        for response in everything:
+            origins |= {_key(m.origin) for m in response.messages}
+            if len(origins) == len(DEVICES):
+                break
+        everything.cancel()
+    with grpc.secure_channel(daemon.endpoint, pki.client(device.key)) as channel:
+        call = rpc.MsgbusServiceStub(channel).Subscribe(request, timeout=30)
+        received: list[tuple[str, int]] = []
+        for response in call:
+            received += [(_key(m.origin), m.head_id) for m in response.messages]
+            if len(received) == 2 * len(own):
+                break
+        call.cancel()
+    assert sorted(received) == sorted((key, head) for key in own for head in (1, 2))

@@ -10,6 +10,8 @@
 //	msgbus-interop-go retention-check -addr ... -topic trim.X -untrimmed-topic keep.X [-publish 20 -max-messages 5]
 //	msgbus-interop-go heads-pages -addr ... -topics a,b,c -change b,new [-page-size 3]
 //	msgbus-interop-go heads-pages -addr ... -stale-cursor CURSOR
+//	msgbus-interop-go pattern-subscribe -addr ... -pattern telemetry -messages N -logs L
+//	msgbus-interop-go publish-stream -addr ... -topic T [-count 10]
 package main
 
 import (
@@ -25,7 +27,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: msgbus-interop-go contract|tls|resume|fixtures|sync-pages|retention-check|heads-pages [flags]")
+		fail("usage: msgbus-interop-go contract|tls|resume|fixtures|sync-pages|retention-check|heads-pages|publish-stream [flags]")
 	}
 	command, args := os.Args[1], os.Args[2:]
 	switch command {
@@ -43,6 +45,10 @@ func main() {
 		runRetentionCheck(args)
 	case "heads-pages":
 		runHeadsPages(args)
+	case "pattern-subscribe":
+		runPatternSubscribe(args)
+	case "publish-stream":
+		runPublishStream(args)
 	default:
 		fail("unknown command %q", command)
 	}
