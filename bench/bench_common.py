@@ -60,27 +60,41 @@ def machine_busy_seconds() -> float:
 
 @dataclass
 class CpuWatch:
-    """Measures the CPU that processes other than ours used during a scenario."""
+    """The CPU of a scenario: the client's (this process), the daemons', and everyone else's."""
 
     pids: list[int] = field(default_factory=list)
     _busy: float = 0.0
-    _ours: float = 0.0
+    _start: dict[int, float] = field(default_factory=dict)
     _wall: float = 0.0
+    client_s: float = 0.0
+    """CPU seconds this process (the benchmark's client) used between `start` and `stop`."""
+    daemon_s: float = 0.0
+    """CPU seconds the daemons used between `start` and `stop` (a daemon started meanwhile
+    counts from its start, so its start-up is included)."""
 
-    def _our_cpu(self) -> float:
-        return sum(process_cpu_seconds(pid) for pid in {os.getpid(), *self.pids})
+    def _cpu(self, pid: int) -> float:
+        return process_cpu_seconds(pid)
 
     def start(self, pids: list[int]) -> None:
         """Begin measuring; `pids` are the daemons and servers this run started."""
         self.pids = pids
         self._busy = machine_busy_seconds()
-        self._ours = self._our_cpu()
+        self._start = {pid: self._cpu(pid) for pid in {os.getpid(), *pids}}
         self._wall = time.monotonic()
 
     def stop(self) -> float:
-        """Average number of cores others used since `start` (0.0 = a quiet machine)."""
+        """Average number of cores others used since `start` (0.0 = a quiet machine).
+
+        Also sets `client_s` and `daemon_s`. Call it while the daemons still run: the CPU of a
+        process that has exited is not counted.
+        """
         wall = max(time.monotonic() - self._wall, 1e-9)
-        others = (machine_busy_seconds() - self._busy) - (self._our_cpu() - self._ours)
+        me = os.getpid()
+        self.client_s = self._cpu(me) - self._start.get(me, 0.0)
+        self.daemon_s = sum(
+            self._cpu(pid) - self._start.get(pid, 0.0) for pid in set(self.pids) - {me}
+        )
+        others = (machine_busy_seconds() - self._busy) - (self.client_s + self.daemon_s)
         return max(others, 0.0) / wall
 
 

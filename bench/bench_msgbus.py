@@ -1,7 +1,11 @@
 """msgbusd as a benchmark target, driven through the public SDK as an application would.
 
 Every scenario starts fresh daemons (real processes, real database files) with the
-`msgbus_server.testing` harness and talks to them through `msgbus_sdk.AsyncMsgbusClient`.
+`msgbus_server.testing` harness and talks to them through `msgbus_sdk.AsyncMsgbusClient`, with
+its default (fastest) paths: `publish` as the SDK sends it by default, `publish_batch` to fill,
+`subscribe` to replay. With `unix=True` the client reaches the daemon over its Unix socket
+listener (`--listen unix:PATH`) instead of loopback TCP; peers still sync over TCP. Peers run
+with default sync flags: catch-up (e) and (f) are what a fresh deployment gets.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from msgbus_sdk import AsyncMsgbusClient, MessageEnvelope
 from msgbus_server.testing import Daemon
 
 TOPIC = "bench.events"
-SYNC_ARGS = ["--sync-interval-ms", "100", "--sync-batch-limit", "10000"]
+SYNC_ARGS: list[str] = []
+"""Default flags: nobody tunes --sync-batch-limit or --sync-interval-ms for (e) and (f)."""
 
 
 class MsgbusTarget:
     """The scenarios, implemented for msgbusd with one storage backend."""
 
-    def __init__(self, workdir: Path, storage: str) -> None:
+    def __init__(self, workdir: Path, storage: str, *, unix: bool = False) -> None:
         self.workdir = workdir
         self.storage = storage
-        self.name = f"msgbus {storage}"
+        self.unix = unix
+        self.name = f"msgbus {storage}" + (" unix" if unix else "")
         self.daemons: list[Daemon] = []
         self._count = 0
 
@@ -42,19 +48,25 @@ class MsgbusTarget:
 
     def _daemon(self, name: str, extra_args: list[str] | None = None) -> Daemon:
         self._count += 1
+        directory = self.workdir / f"{name}-{self._count}"
+        listen = ["--listen", f"unix:{directory / 'msgbusd.sock'}"] if self.unix else []
         daemon = Daemon.start(
-            self.workdir / f"{name}-{self._count}",
+            directory,
             storage=self.storage,
             node=f"tenant/bench/{name}",
-            extra_args=extra_args or [],
+            extra_args=[*listen, *(extra_args or [])],
         )
         self.daemons.append(daemon)
         return daemon
 
+    def _client_target(self, daemon: Daemon) -> str:
+        """Where the benchmark's client connects: the Unix socket or loopback TCP."""
+        return f"unix:{daemon.data_dir / 'msgbusd.sock'}" if self.unix else daemon.endpoint
+
     async def _fresh(self) -> tuple[Daemon, AsyncMsgbusClient]:
         self.close()
         daemon = self._daemon("leader")
-        return daemon, await AsyncMsgbusClient.connect(daemon.endpoint)
+        return daemon, await AsyncMsgbusClient.connect(self._client_target(daemon))
 
     async def sequential_publish(self, count: int) -> list[float]:
         _, client = await self._fresh()
@@ -147,7 +159,8 @@ class MsgbusTarget:
             await self._fill(client, count)
         began = time.perf_counter()
         follower = self._daemon("follower", ["--peer", leader.endpoint, *SYNC_ARGS])
-        async with await AsyncMsgbusClient.connect(follower.endpoint) as follower_client:
+        follower_target = self._client_target(follower)
+        async with await AsyncMsgbusClient.connect(follower_target) as follower_client:
             await self._wait_head(follower_client, leader.node.key, count)
         return time.perf_counter() - began
 
@@ -159,6 +172,8 @@ class MsgbusTarget:
             await self._fill(client, count)
         began = time.perf_counter()
         os.kill(follower.pid, signal.SIGCONT)
-        async with await AsyncMsgbusClient.connect(follower.endpoint) as follower_client:
+        async with await AsyncMsgbusClient.connect(
+            self._client_target(follower)
+        ) as follower_client:
             await self._wait_head(follower_client, leader.node.key, count)
         return time.perf_counter() - began

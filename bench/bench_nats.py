@@ -188,16 +188,28 @@ class NatsTarget:
     async def replay(self, count: int) -> float:
         _, connection, js = await self._fresh()
         await self._fill(js, count)
-        # No acks: a replay reader only reads, and explicit acks would stall at max_ack_pending.
-        subscription = await js.pull_subscribe(  # type: ignore[attr-defined]
-            SUBJECT, stream=STREAM, config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE)
-        )
+        # An ordered push consumer: the server pushes the stream with flow control and no acks,
+        # nats-py's fastest read path (a pull fetch of 1,000 at a time is about 10x slower).
         received = 0
+        done = asyncio.Event()
+
+        async def on_message(message: object) -> None:
+            del message
+            nonlocal received
+            received += 1
+            if received >= count:
+                done.set()
+
         began = time.perf_counter()
-        while received < count:
-            batch = await subscription.fetch(batch=1000, timeout=10)
-            received += len(batch)
+        subscription = await js.subscribe(  # type: ignore[attr-defined]
+            SUBJECT,
+            stream=STREAM,
+            cb=on_message,
+            ordered_consumer=True,
+        )
+        await asyncio.wait_for(done.wait(), timeout=600)
         elapsed = time.perf_counter() - began
+        await subscription.unsubscribe()
         await connection.close()
         return elapsed
 

@@ -701,9 +701,9 @@ def print_table(
         "\nRatios: throughput over SQLite's (above 1 is faster), latency over SQLite's (above 1 "
         "is slower). Catch-up is timed from the hub's launch (startup "
         f"{base.startup_s:.1f} s SQLite, {hub.startup_s:.1f} s PostgreSQL), with the sync "
-        f"settings {' '.join(SYNC_ARGS)}. Live latency runs from just before the Publish call "
-        "to the subscriber's receipt; across processes, the subscriber is on process B and the "
-        "publisher on process A.",
+        f"settings {' '.join(SYNC_ARGS) or '(the defaults)'}. Live latency runs from just "
+        "before the Publish call to the subscriber's receipt; across processes, the subscriber "
+        "is on process B and the publisher on process A.",
         flush=True,
     )
 
