@@ -4,7 +4,7 @@ One policy grants a trusted caller of each kind everything; a stranger of the sa
 nothing. For every cell the test checks each call's status code, that a refused caller changed
 nothing in the database file (every row of every table is compared), and that each refusal left
 an audit line naming the RPC, the caller and the rule. Health and Ready are answered to every
-caller; ListHeads is not refused but shows a stranger nothing.
+caller; ListHeads and ListCursors are not refused but show a stranger nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ TOPIC = "matrix.log"
 QUEUE = "matrix.queue"
 NODE = NodeId("tenant", "default", "device")
 STRANGER_UID = 65534
-ALWAYS_ANSWERED = {"Health", "Ready", "ListHeads"}
+ALWAYS_ANSWERED = {"Health", "Ready", "ListHeads", "ListCursors"}
 KINDS = ("certificate", "unix", "token", "anonymous")
 
 
@@ -104,10 +104,14 @@ def certificates(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator
 
 
 def _prepare(served: Served) -> str:
-    """As the trusted caller: messages in the log, a message in the queue; the front's id."""
+    """As the trusted caller: messages in the log, a cursor on it, a message in the queue;
+    the front's id."""
     stub = rpc.MsgbusServiceStub(served.trusted)
     meta = served.trusted_metadata
     stub.Publish(pb.PublishRequest(topic=TOPIC, payload=b"setup"), metadata=meta)
+    stub.CommitCursor(
+        pb.CommitCursorRequest(name="prepared", topic=TOPIC, head_id=1), metadata=meta
+    )
     target = pb.NodeId(tenant_id=NODE.tenant_id, bl_name=NODE.bl_name, device_id=NODE.device_id)
     stub.EnqueueFifo(
         pb.EnqueueFifoRequest(queue=QUEUE, topic=TOPIC, target=target, payload=b"job"),
@@ -141,7 +145,7 @@ def _as_other_uid(target: str, front_id: str) -> Outcome:
     )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    return Outcome(document["codes"], document["listed"], document["details"])
+    return Outcome(document["codes"], document["listed"], document["details"], document["cursors"])
 
 
 def _call(
@@ -202,11 +206,13 @@ def _checked(
     if allowed:
         assert outcome.codes == dict.fromkeys(RPCS, "OK"), outcome.details
         assert TOPIC in outcome.listed
+        assert "matrix" in outcome.cursors
         assert after != before, "the allowed calls stored nothing"
         return served, principal
     for name in ALWAYS_ANSWERED:
         assert outcome.codes[name] == "OK", (name, outcome.details)
     assert outcome.listed == [], "ListHeads showed a stranger logs it may not read"
+    assert outcome.cursors == [], "ListCursors showed a stranger cursors of logs it may not read"
     refused = {name: code for name, code in outcome.codes.items() if name not in ALWAYS_ANSWERED}
     assert refused == dict.fromkeys(refused, "PERMISSION_DENIED"), outcome.details
     for name in refused:

@@ -35,6 +35,10 @@ RPCS = (
     "Fetch",
     "Subscribe",
     "GetHead",
+    "CommitCursor",
+    "GetCursor",
+    "ListCursors",
+    "DeleteCursor",
     "ListHeads",
     "ListPeerSyncStates",
     "DeleteRange",
@@ -56,6 +60,8 @@ class Outcome:
     listed: list[str] = field(default_factory=list)
     details: dict[str, str] = field(default_factory=dict)
     """The status message of each call that failed."""
+    cursors: list[str] = field(default_factory=list)
+    """The cursor names ListCursors showed."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,26 @@ def every_rpc(
         ),
         "GetHead": lambda: stub.GetHead(
             pb.GetHeadRequest(topic=topic), timeout=CALL_TIMEOUT_S, metadata=meta
+        ),
+        # A cursor at head 1: Publish came first.
+        "CommitCursor": lambda: stub.CommitCursor(
+            pb.CommitCursorRequest(name="matrix", topic=topic, head_id=1),
+            timeout=CALL_TIMEOUT_S,
+            metadata=meta,
+        ),
+        "GetCursor": lambda: stub.GetCursor(
+            pb.GetCursorRequest(name="matrix", topic=topic), timeout=CALL_TIMEOUT_S, metadata=meta
+        ),
+        "ListCursors": lambda: outcome.cursors.extend(
+            cursor.name
+            for cursor in stub.ListCursors(
+                pb.ListCursorsRequest(), timeout=CALL_TIMEOUT_S, metadata=meta
+            ).cursors
+        ),
+        "DeleteCursor": lambda: stub.DeleteCursor(
+            pb.DeleteCursorRequest(name="matrix", topic=topic),
+            timeout=CALL_TIMEOUT_S,
+            metadata=meta,
         ),
         "ListHeads": lambda: outcome.listed.extend(
             head.topic
@@ -242,7 +268,12 @@ def main(argv: Sequence[str]) -> None:
             channel, topic=topic, queue=queue, front_id=front_id, node=NodeId.from_key(node)
         )
     json.dump(
-        {"codes": outcome.codes, "listed": outcome.listed, "details": outcome.details},
+        {
+            "codes": outcome.codes,
+            "listed": outcome.listed,
+            "details": outcome.details,
+            "cursors": outcome.cursors,
+        },
         sys.stdout,
     )
 
