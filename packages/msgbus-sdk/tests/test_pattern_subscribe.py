@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections import defaultdict
 
@@ -10,6 +11,7 @@ import pytest
 
 from msgbus_sdk import (
     AsyncMsgbusClient,
+    CommitPolicy,
     ConfigurationError,
     InvalidArgumentError,
     MsgbusClient,
@@ -24,7 +26,7 @@ FAST = ReconnectPolicy(initial_delay=0.05, max_delay=0.5)
 def _publish(bus: MsgbusClient, topic: str, count: int) -> None:
     for i in range(count):
         wait_until(
-            lambda payload=str(i): bus.publish(topic, payload),
+            functools.partial(bus.publish, topic, str(i)),
             message=f"a publish to {topic}",
             timeout=30,
             retry_on=(UnavailableError,),
@@ -115,3 +117,41 @@ def test_sync_pattern_subscription_resume_after_and_origin_pattern(
             bus.subscribe_pattern("")
         with pytest.raises(ConfigurationError):
             bus.subscribe_pattern("t.*", resume_after={("t.a", "not-a-node"): 1})
+
+
+def test_durable_pattern_subscription_resumes_each_log_after_its_committed_cursor(
+    daemon: Daemon, topic: str
+) -> None:
+    node = daemon.node.key
+    logs = [f"{topic}.a", f"{topic}.b"]
+    name = f"hub-{topic}"
+    with MsgbusClient.connect(daemon.endpoint) as bus:
+        for log in logs:
+            _publish(bus, log, 4)
+        first: list[tuple[str, int]] = []
+        with bus.subscribe_pattern(
+            f"{topic}.*", durable=name, auto_commit=CommitPolicy(every=1)
+        ) as subscription:
+            for message in subscription:
+                first.append((message.topic, message.head_id))
+                if len(first) == 8:
+                    break
+        # Leaving the block without an error commits the last message too: every head.
+        committed = {(c.topic, c.head_id) for c in bus.list_cursors(name)}
+        assert committed == {(log, 4) for log in logs}
+        for log in logs:
+            _publish(bus, log, 2)
+        _publish(bus, f"{topic}.c", 1)
+        again: list[tuple[str, int]] = []
+        subscription = bus.subscribe_pattern(f"{topic}.*", durable=name)
+        for message in subscription:
+            again.append((message.topic, message.head_id))
+            if len(again) == 5:
+                subscription.commit(message)
+                break
+        subscription.close()
+        assert sorted(first) == sorted((log, h) for log in logs for h in range(1, 5))
+        assert sorted(again) == sorted(
+            [(log, h) for log in logs for h in (5, 6)] + [(f"{topic}.c", 1)]
+        )
+        assert bus.get_cursor(name, again[-1][0], node) is not None

@@ -52,10 +52,16 @@ class DurableSubscription:
         topic: str,
         origin: NodeLike | None,
         from_head_id: int,
-        open_subscription: Callable[[int], Subscription],
+        open_subscription: Callable[[int], Subscription] | None,
         auto_commit: CommitPolicy | None,
+        start: Callable[[DurableCommits], Subscription] | None = None,
     ) -> None:
-        """Used by the client's ``subscribe``; ``open_subscription(head)`` follows the log."""
+        """Used by the client's ``subscribe``; ``open_subscription(head)`` follows the log.
+
+        A pattern subscription (``subscribe_pattern``) passes ``start`` instead: it loads the
+        name's cursors into the commits (``resumed``) and opens the subscription after them.
+        """
+        self._start_with = start
         self._client = client
         self._cursors = DurableCommits(name, auto_commit)
         self._topic = topic
@@ -84,6 +90,11 @@ class DurableSubscription:
         """The head_id the subscription will deliver next (0 until it read its cursor)."""
         return self._inner.next_head_id if self._inner is not None else 0
 
+    @property
+    def positions(self) -> dict[tuple[str, str], int]:
+        """A durable pattern subscription's last delivered head per (topic, origin key)."""
+        return self._inner.positions if self._inner is not None else {}
+
     def __iter__(self) -> Self:
         return self
 
@@ -101,12 +112,16 @@ class DurableSubscription:
         return message
 
     def _start(self) -> Subscription:
+        if self._start_with is not None:
+            self._inner = self._start_with(self._cursors)
+            return self._inner
         stored = self._client.get_cursor(self.name, self._topic, self._origin)
         start = self._from_head_id
         if stored is not None:
             self._cursors.resumed(stored.topic, stored.origin, stored.head_id)
             self._log_origin = stored.origin
             start = stored.head_id + 1
+        assert self._open_subscription is not None, "a single-log durable subscription"
         self._inner = self._open_subscription(start)
         return self._inner
 
