@@ -12,6 +12,7 @@
 //	msgbus-interop-go heads-pages -addr ... -stale-cursor CURSOR
 //	msgbus-interop-go pattern-subscribe -addr ... -pattern telemetry -messages N -logs L
 //	msgbus-interop-go publish-stream -addr ... -topic T [-count 10]
+//	msgbus-interop-go cursors -addr ... -topic T [-count 5 -names 7 -page-size 3]
 package main
 
 import (
@@ -49,6 +50,8 @@ func main() {
 		runPatternSubscribe(args)
 	case "publish-stream":
 		runPublishStream(args)
+	case "cursors":
+		runCursors(args)
 	default:
 		fail("unknown command %q", command)
 	}
