@@ -21,7 +21,13 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import api
 
-from bench_common import PAYLOAD_SIZE, free_port, latency_from_payload, payload_with_timestamp
+from bench_common import (
+    PAYLOAD_SIZE,
+    free_port,
+    latency_from_payload,
+    payload_with_timestamp,
+    stop_process,
+)
 
 STREAM = "BENCH"
 SUBJECT = "bench.events"
@@ -98,14 +104,8 @@ class NatsServer:
                 await asyncio.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 class NatsTarget:

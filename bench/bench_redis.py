@@ -24,7 +24,13 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from bench_common import PAYLOAD_SIZE, free_port, latency_from_payload, payload_with_timestamp
+from bench_common import (
+    PAYLOAD_SIZE,
+    free_port,
+    latency_from_payload,
+    payload_with_timestamp,
+    stop_process,
+)
 
 STREAM = "bench.events"
 FIELD = "p"
@@ -93,14 +99,8 @@ class RedisServer:
                 await asyncio.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 class RedisTarget:
