@@ -13,6 +13,7 @@
 //	msgbus-interop-go pattern-subscribe -addr ... -pattern telemetry -messages N -logs L
 //	msgbus-interop-go publish-stream -addr ... -topic T [-count 10]
 //	msgbus-interop-go cursors -addr ... -topic T [-count 5 -names 7 -page-size 3]
+//	msgbus-interop-go idempotency -addr ... -topic T [-key K]
 package main
 
 import (
@@ -52,6 +53,8 @@ func main() {
 		runPublishStream(args)
 	case "cursors":
 		runCursors(args)
+	case "idempotency":
+		runIdempotency(args)
 	default:
 		fail("unknown command %q", command)
 	}
