@@ -163,10 +163,12 @@ def test_heads_delete_and_sync_state(daemon: Daemon, topic: str) -> None:
     assert ok(daemon, "sync-state", "--json") == ""
     assert ok(daemon, "sync-state").split() == [
         "PEER",
+        "DIRECTION",
         "TOPIC",
         "ORIGIN",
         "LOCAL",
         "REMOTE",
+        "LAG",
         "SYNCED",
         "LAST_SUCCESS",
         "FAILURES",

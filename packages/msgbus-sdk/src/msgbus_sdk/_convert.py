@@ -150,6 +150,8 @@ def fifo_message(p: pb.FifoMessage) -> FifoMessage:
         created_at_ms=p.created_at_ms,
         sequence=p.sequence,
         attempts=p.attempts,
+        dead_reason=p.dead_reason,
+        leased_until_ms=p.leased_until_ms,
     )
 
 
@@ -197,6 +199,7 @@ def peer_sync_state(p: pb.PeerSyncState) -> PeerSyncState:
         last_success_at_ms=p.last_success_at_ms,
         consecutive_failures=p.consecutive_failures,
         last_error=p.last_error,
+        direction=p.direction,
     )
 
 

@@ -142,10 +142,28 @@ def head_row(head: TopicHead) -> list[str]:
     ]
 
 
+def sync_direction(state: PeerSyncState) -> str:
+    """Which way the data flows: "pull", "push" or "pushed"; "pull" when an original says none."""
+    return state.direction or "pull"
+
+
+def sync_lag(state: PeerSyncState) -> int:
+    """Messages still to move: what the receiving side lacks of the sending side's head.
+
+    This daemon receives in "pull" (its head is `local_head`) and "pushed" (a device pushes
+    to it); in "push" the upstream receives, at `remote_head`.
+    """
+    if sync_direction(state) == "push":
+        return max(state.local_head - state.remote_head, 0)
+    return max(state.remote_head - state.local_head, 0)
+
+
 def sync_state_json(state: PeerSyncState) -> dict[str, Any]:
     """A peer sync state as a JSON object."""
     return {
         "peer": state.peer,
+        "direction": sync_direction(state),
+        "lag": sync_lag(state),
         "topic": state.topic,
         "origin": _node(state.origin),
         "local_head": state.local_head,

@@ -287,10 +287,12 @@ def _cmd_sync_state(args: argparse.Namespace, io: _Io) -> int:
         rows = [
             [
                 s.peer,
+                render.sync_direction(s),
                 s.topic or "-",
                 node_key(s.origin) or "-",
                 str(s.local_head),
                 str(s.remote_head),
+                str(render.sync_lag(s)),
                 str(s.last_synced_head),
                 render.timestamp(s.last_success_at_ms),
                 str(s.consecutive_failures),
@@ -300,10 +302,12 @@ def _cmd_sync_state(args: argparse.Namespace, io: _Io) -> int:
         ]
         columns = (
             "PEER",
+            "DIRECTION",
             "TOPIC",
             "ORIGIN",
             "LOCAL",
             "REMOTE",
+            "LAG",
             "SYNCED",
             "LAST_SUCCESS",
             "FAILURES",

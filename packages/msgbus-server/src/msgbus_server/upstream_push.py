@@ -164,6 +164,8 @@ class UpstreamPush:
         self._retry: dict[LogId, None] = {}
         """Logs whose push failed in this session: offered again once their backoff ends."""
         self._flushed_at = 0.0
+        self._upstream: NodeId | None = None
+        """The upstream's identity, from the current session's welcome."""
         self._welcomed = False
         """The current session got its welcome: a failure after it starts a new backoff run."""
 
@@ -230,6 +232,8 @@ class UpstreamPush:
             _node_key(welcome, "pusher"),
         )
         self._book.success()
+        # The upstream's own logs are never taken back by it (this node pulled them from it).
+        self._upstream = _node_of(welcome)
         budget = min(welcome.max_batch_bytes or MAX_PUSH_BATCH_BYTES, self._settings.batch_bytes)
         window = asyncio.Semaphore(MAX_IN_FLIGHT)
         changes = self._notifier.changes
@@ -285,7 +289,11 @@ class UpstreamPush:
         window: asyncio.Semaphore,
     ) -> None:
         """Offer these logs (those --push-topics matches), then send what the upstream lacks."""
-        wanted = [head for head in heads if self._spec.push_topics.matches(head.topic)]
+        wanted = [
+            head
+            for head in heads
+            if self._spec.push_topics.matches(head.topic) and head.origin != self._upstream
+        ]
         # Marker logs first: the upstream takes a deleted copy only with its marker held.
         wanted.sort(key=lambda head: head.topic != DELETE_TOPIC)
         outstanding: list[asyncio.Future[pb.PushResponse]] = []
@@ -369,6 +377,7 @@ class UpstreamPush:
             sent.append(future)
             next_from = messages[-1].head_id + 1
             first_head_id = 0
+            await self._flush_due()  # a long push shows its progress as it goes
         return sent
 
     def _acked(
@@ -438,14 +447,20 @@ class UpstreamPush:
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
+def _node_of(welcome: pb.PushWelcome, name: Literal["node", "pusher"] = "node") -> NodeId | None:
+    """A node the welcome names; None when it is absent or malformed."""
+    if not welcome.HasField(name):
+        return None
+    try:
+        return node_from_pb(getattr(welcome, name), f"welcome.{name}")
+    except MsgbusError:
+        return None
+
+
 def _node_key(welcome: pb.PushWelcome, name: Literal["node", "pusher"]) -> str:
     """A node the welcome names, for the log line; "?" when it is absent or malformed."""
-    if not welcome.HasField(name):
-        return "?"
-    try:
-        return node_from_pb(getattr(welcome, name), f"welcome.{name}").key
-    except MsgbusError:
-        return "?"
+    node = _node_of(welcome, name)
+    return node.key if node is not None else "?"
 
 
 def _shown(log_id: LogId) -> tuple[str, str]:
