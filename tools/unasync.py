@@ -34,6 +34,7 @@ FILES = {
     "_async_client.py": "_sync_client.py",
     "_async_subscription.py": "_sync_subscription.py",
     "_async_durable.py": "_sync_durable.py",
+    "_async_worker.py": "_sync_worker.py",
 }
 
 ASYNC_ONLY_LINE = re.compile(r"^.*# async-only\n", re.MULTILINE)
@@ -100,6 +101,10 @@ coalescing, which gathers publishes that become runnable in the same event-loop 
         "list(self.iter_cursors(name))",
     ),
     (
+        "[message async for message in self.iter_fifo(queue)]",
+        "list(self.iter_fifo(queue))",
+    ),
+    (
         """\
                 for env in convert.fetch_envelopes(response):
                     yield env
@@ -122,6 +127,24 @@ The resume point and the duplicate/gap guard are ``_subscription.Cursor``.
 """''',
     ),
     ("An async iterator over one log", "A blocking iterator over one log"),
+    # _async_worker.py: the lease keeper is a thread, waiting on the stop event.
+    ("An async iterator of jobs", "A blocking iterator of jobs"),
+    ("Process jobs in tasks", "Process jobs in threads"),
+    ("Run jobs\n        in tasks", "Run jobs\n        in threads"),
+    ("asyncio.Semaphore(concurrency)", "threading.Semaphore(concurrency)"),
+    (
+        "self._keeper: asyncio.Task[None] | None = None",
+        "self._keeper: threading.Thread | None = None",
+    ),
+    (
+        "self._keeper = asyncio.create_task(self._keep_leases())",
+        "self._keeper = threading.Thread(\n"
+        '                target=self._keep_leases, name="msgbus-lease-keeper", daemon=True\n'
+        "            )\n"
+        "            self._keeper.start()",
+    ),
+    ("await asyncio.sleep(seconds)", "self._stopped.wait(seconds)"),
+    ("keeper.cancel()", "keeper.join()"),
     (
         "Stop the subscription and cancel its stream. Iteration then ends.",
         "Stop the subscription and cancel its stream. Iteration then ends.\n\n"
@@ -133,6 +156,9 @@ TOKENS: list[tuple[str, str]] = [
     ("_async_transport", "_sync_transport"),
     ("_async_subscription", "_sync_subscription"),
     ("_async_durable", "_sync_durable"),
+    ("_async_worker", "_sync_worker"),
+    ("AsyncWorker", "Worker"),
+    ("AsyncJob", "Job"),
     ("_async_client", "_sync_client"),
     ("AsyncDurableSubscription", "DurableSubscription"),
     ("_async_stream_publisher", "_sync_stream_publisher"),

@@ -9,6 +9,7 @@ same methods. Messages are the contract's own types (:class:`MessageEnvelope`,
 from ._async_client import AsyncMsgbusClient
 from ._async_durable import AsyncDurableSubscription
 from ._async_subscription import AsyncSubscription
+from ._async_worker import AsyncJob, AsyncWorker
 from ._config import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ReconnectPolicy, parse_target
 from ._convert import HeadsChanged, NodeLike, Payload, node_key, parse_node_id
 from ._cursors import CommitPolicy
@@ -38,6 +39,7 @@ from ._errors import (
 )
 from ._generated.msgbus.v1 import (
     Cursor,
+    FifoLease,
     FifoMessage,
     GetHeadResponse,
     HealthResponse,
@@ -45,6 +47,7 @@ from ._generated.msgbus.v1 import (
     NodeId,
     PeerSyncState,
     ReadyResponse,
+    RejectFifoLeaseResponse,
     TopicHead,
 )
 from ._idempotency import is_duplicate
@@ -53,6 +56,7 @@ from ._subscription import Trim, TrimPolicy
 from ._sync_client import MsgbusClient
 from ._sync_durable import DurableSubscription
 from ._sync_subscription import Subscription
+from ._sync_worker import Job, Worker
 from ._tls import TlsConfig
 
 __version__ = "0.1.0"
@@ -63,8 +67,10 @@ __all__ = [
     "AbortedError",
     "AlreadyExistsError",
     "AsyncDurableSubscription",
+    "AsyncJob",
     "AsyncMsgbusClient",
     "AsyncSubscription",
+    "AsyncWorker",
     "BatchEntry",
     "CancelledError",
     "ClientClosedError",
@@ -75,12 +81,14 @@ __all__ = [
     "CursorExpiredError",
     "DeadlineExceededError",
     "DurableSubscription",
+    "FifoLease",
     "FifoMessage",
     "GetHeadResponse",
     "HeadsChanged",
     "HealthResponse",
     "InternalError",
     "InvalidArgumentError",
+    "Job",
     "MessageEnvelope",
     "MsgbusClient",
     "MsgbusError",
@@ -94,6 +102,7 @@ __all__ = [
     "PublishEntry",
     "ReadyResponse",
     "ReconnectPolicy",
+    "RejectFifoLeaseResponse",
     "ResourceExhaustedError",
     "StatusCode",
     "Subscription",
@@ -107,6 +116,7 @@ __all__ = [
     "UnavailableError",
     "UnimplementedError",
     "UnknownError",
+    "Worker",
     "__version__",
     "is_duplicate",
     "node_key",

@@ -15,6 +15,7 @@ from msgbus_proto import pb, rpc
 
 from . import _convert as convert
 from . import _cursors as cursors
+from . import _fifo_leases as fifo_leases
 from . import _requests as requests
 from . import _sync_transport as transport
 from ._config import (
@@ -28,7 +29,7 @@ from ._config import (
     token_metadata,
 )
 from ._convert import HeadsChanged, NodeLike, Payload
-from ._cursors import CommitPolicy
+from ._cursors import CommitPolicy, DurableCommits
 from ._errors import (
     ClientClosedError,
     ConfigurationError,
@@ -46,6 +47,7 @@ from ._errors import (
 )
 from ._generated.msgbus.v1 import Cursor as StoredCursor
 from ._generated.msgbus.v1 import (
+    FifoLease,
     FifoMessage,
     GetHeadResponse,
     HealthResponse,
@@ -53,6 +55,7 @@ from ._generated.msgbus.v1 import (
     NodeId,
     PeerSyncState,
     ReadyResponse,
+    RejectFifoLeaseResponse,
     TopicHead,
 )
 from ._idempotency import (
@@ -69,6 +72,7 @@ from ._subscription import Cursor, LogCursors, TrimPolicy, resolve_on_trim
 from ._sync_durable import DurableSubscription
 from ._sync_stream_publisher import StreamPublisher
 from ._sync_subscription import Subscription
+from ._sync_worker import Worker
 from ._tls import TlsConfig
 
 if TYPE_CHECKING:
@@ -242,8 +246,9 @@ class MsgbusClient:
             publish_retry_deadline: seconds, from the first attempt, during which a publish
                 whose entries all carry a key is sent again after UNAVAILABLE or
                 DEADLINE_EXCEEDED, with exponential backoff and jitter, across reconnects,
-                daemon restarts and failovers, with the same key every time (default 30;
-                ``0`` sends it once). The last error is raised when it runs out.
+                daemon restarts and failovers to processes of the same node (which share its
+                store), with the same key every time (default 30; ``0`` sends it once). The
+                last error is raised when it runs out, or after a failover to another node.
 
         Raises:
             UnavailableError: the daemon cannot be reached; with several endpoints, none of
@@ -617,14 +622,22 @@ class MsgbusClient:
 
         Resending is safe only with keys: the daemon answers a repeated key with the message
         stored the first time. A publish without one may have been stored before its answer
-        was lost, so it is sent once (see :mod:`msgbus_sdk._idempotency`).
+        was lost, so it is sent once (see :mod:`msgbus_sdk._idempotency`). Keys are held by
+        the store of the node that took the publish, so it is resent only while the client
+        talks to that node (the processes of one hub share its node and its database); after
+        a failover to another node the error is raised, as for a publish without a key.
         """
         if not keyed(entries) or not self._publish_retry_deadline:
             return send()
+        node = self._node
+
+        def same_node(_: BaseException) -> bool:
+            return self._node == node
+
         retrying = tenacity.Retrying(
             wait=RETRY_WAIT,
             stop=tenacity.stop_after_delay(self._publish_retry_deadline),
-            retry=RETRY_ON,
+            retry=RETRY_ON & tenacity.retry_if_exception(same_node),
             reraise=True,
         )
         for attempt in retrying:
@@ -902,6 +915,36 @@ class MsgbusClient:
             return follow(from_head_id)
         return DurableSubscription(self, durable, topic, origin, from_head_id, follow, auto_commit)
 
+    @overload
+    def subscribe_pattern(
+        self,
+        topic_pattern: str,
+        origin_pattern: str | None = ...,
+        from_head_id: int = ...,
+        replay_limit: int = ...,
+        reconnect: bool | ReconnectPolicy = ...,
+        *,
+        resume_after: Mapping[tuple[str, str], int] | None = ...,
+        on_trim: TrimPolicy = ...,
+        durable: None = ...,
+        auto_commit: None = ...,
+    ) -> Subscription: ...
+
+    @overload
+    def subscribe_pattern(
+        self,
+        topic_pattern: str,
+        origin_pattern: str | None = ...,
+        from_head_id: int = ...,
+        replay_limit: int = ...,
+        reconnect: bool | ReconnectPolicy = ...,
+        *,
+        resume_after: Mapping[tuple[str, str], int] | None = ...,
+        on_trim: TrimPolicy = ...,
+        durable: str,
+        auto_commit: CommitPolicy | None = ...,
+    ) -> DurableSubscription: ...
+
     def subscribe_pattern(
         self,
         topic_pattern: str,
@@ -912,7 +955,9 @@ class MsgbusClient:
         *,
         resume_after: Mapping[tuple[str, str], int] | None = None,
         on_trim: TrimPolicy = "continue",
-    ) -> Subscription:
+        durable: str | None = None,
+        auto_commit: CommitPolicy | None = None,
+    ) -> Subscription | DurableSubscription:
         """Follow every log whose topic matches ``topic_pattern``, of every origin.
 
         ``topic_pattern`` is a glob over dot-separated segments: ``*`` matches within one
@@ -925,31 +970,53 @@ class MsgbusClient:
         just after it. A reconnect resumes every log exactly after its last delivered head.
         ``reconnect`` and ``on_trim`` are as for :meth:`subscribe`, per log.
 
+        With ``durable=NAME`` it is a durable consumer of every log it follows (an
+        :class:`DurableSubscription`, as :meth:`subscribe` makes): before the first
+        message it loads NAME's cursors (``list_cursors``) and resumes each log after its
+        cursor; processed heads are committed per log, by ``commit(message)`` or by
+        ``auto_commit``.
+
         Raises:
             ConfigurationError: an empty ``topic_pattern``, a malformed origin key in
-                ``resume_after``, or ``on_trim`` not one of those of :meth:`subscribe`.
+                ``resume_after``, ``on_trim`` not one of those of :meth:`subscribe`, or
+                ``auto_commit`` without ``durable``.
         """
         self._check_open()
-        resume = dict(resume_after or {})
+        if auto_commit is not None and durable is None:
+            raise ConfigurationError("auto_commit needs durable: the name to commit under")
+        given = dict(resume_after or {})
         # Validated eagerly, as subscribe does: a bad argument fails here, not at the first read.
-        requests.subscribe_pattern(
-            topic_pattern, origin_pattern, from_head_id, replay_limit, resume
-        )
-        cursor = LogCursors(from_head_id, resolve_on_trim(on_trim), resume)
+        requests.subscribe_pattern(topic_pattern, origin_pattern, from_head_id, replay_limit, given)
+        handle_trim = resolve_on_trim(on_trim)
+        policy = resolve_reconnect(reconnect) if reconnect is not False else None
 
-        def open_stream() -> tuple[int, transport.SubscribeCall]:
-            index, stub = self._route()
-            request = requests.subscribe_pattern(
-                topic_pattern, origin_pattern, from_head_id, replay_limit, cursor.resume_after()
-            )
-            return index, stub.Subscribe(request)
+        def follow(resume: Mapping[tuple[str, str], int]) -> Subscription:
+            cursor = LogCursors(from_head_id, handle_trim, resume)
 
-        return Subscription(
-            open_stream,
-            cursor,
-            resolve_reconnect(reconnect) if reconnect is not False else None,
-            lambda: self._closed,
-            self._fail_over,
+            def open_stream() -> tuple[int, transport.SubscribeCall]:
+                index, stub = self._route()
+                request = requests.subscribe_pattern(
+                    topic_pattern, origin_pattern, from_head_id, replay_limit, cursor.resume_after()
+                )
+                return index, stub.Subscribe(request)
+
+            return Subscription(open_stream, cursor, policy, lambda: self._closed, self._fail_over)
+
+        if durable is None:
+            return follow(given)
+
+        def start(commits: DurableCommits) -> Subscription:
+            resume = dict(given)
+            for stored in self.iter_cursors(durable):
+                # The name's cursors on logs the pattern does not match are ignored by the
+                # daemon; those it matches resume after the later of the two positions.
+                key = (stored.topic, convert.node_key(stored.origin))
+                commits.resumed(stored.topic, stored.origin, stored.head_id)
+                resume[key] = max(resume.get(key, 0), stored.head_id)
+            return follow(resume)
+
+        return DurableSubscription(
+            self, durable, topic_pattern, None, from_head_id, None, auto_commit, start
         )
 
     def get_head(self, topic: str, origin: NodeLike | None = None) -> GetHeadResponse:
@@ -1186,3 +1253,110 @@ class MsgbusClient:
         """
         request = pb.RejectFifoRequest(queue=queue, message_id=message_id)
         return (self._write(lambda stub: stub.RejectFifo, request)).accepted
+
+    # -- FIFO leases: several workers drain one queue in parallel -----------------------------
+
+    def lease_fifo(
+        self,
+        queue: str,
+        max_messages: int = 1,
+        *,
+        visibility_ms: int = 0,
+        wait_ms: int = 0,
+    ) -> list[FifoLease]:
+        """Lease up to ``max_messages`` (1 to 1,000) messages nobody holds, in FIFO order.
+
+        Each lease holds its message for ``visibility_ms`` (0: 30 s; at most 12 h): ack,
+        reject or extend it by its ``lease_id`` before then, or the message becomes available
+        again with one more attempt. With ``wait_ms`` (at most 60 s, and below the client's
+        timeout) the call waits for a message when none is available; an empty list means
+        none came.
+        """
+        request = pb.LeaseFifoRequest(
+            queue=queue, max_messages=max_messages, visibility_ms=visibility_ms, wait_ms=wait_ms
+        )
+        response = self._write(lambda stub: stub.LeaseFifo, request)
+        return [fifo_leases.fifo_lease(lease) for lease in response.leases]
+
+    def ack_fifo_lease(self, queue: str, lease_id: str) -> bool:
+        """Remove a leased message; ``False`` when the lease ran out or is unknown."""
+        request = pb.AckFifoLeaseRequest(queue=queue, lease_id=lease_id)
+        return (self._write(lambda stub: stub.AckFifoLease, request)).accepted
+
+    def reject_fifo_lease(self, queue: str, lease_id: str) -> RejectFifoLeaseResponse:
+        """End a lease as a failed attempt: the message is available again with attempts + 1.
+
+        ``dead_lettered`` says the attempt reached the queue's max_attempts and the message
+        moved to ``QUEUE.dead``; ``accepted`` is ``False`` when the lease was not held.
+        """
+        request = pb.RejectFifoLeaseRequest(queue=queue, lease_id=lease_id)
+        response = self._write(lambda stub: stub.RejectFifoLease, request)
+        return RejectFifoLeaseResponse(
+            accepted=response.accepted, dead_lettered=response.dead_lettered
+        )
+
+    def extend_fifo_lease(self, queue: str, lease_id: str, visibility_ms: int = 0) -> int:
+        """Keep a held lease ``visibility_ms`` (0: 30 s) from now; the new expiry in ms.
+
+        Returns 0 when the lease had run out or is unknown (the message may be someone
+        else's by now).
+        """
+        request = pb.ExtendFifoLeaseRequest(
+            queue=queue, lease_id=lease_id, visibility_ms=visibility_ms
+        )
+        response = self._write(lambda stub: stub.ExtendFifoLease, request)
+        return response.expires_at_ms if response.accepted else 0
+
+    def list_fifo(self, queue: str) -> list[FifoMessage]:
+        """Every message of a queue in sequence order, leased ones included."""
+        return list(self.iter_fifo(queue))
+
+    def iter_fifo(self, queue: str, *, page_size: int = 100) -> Iterator[FifoMessage]:
+        """Iterate over a queue's messages, one ListFifo page (1 to 1,000) at a time.
+
+        ``dead_reason`` is set on the messages of a dead-letter queue ``QUEUE.dead``, and
+        ``leased_until_ms`` on leased ones.
+        """
+        size = requests.page_size(page_size)
+        request = pb.ListFifoRequest(queue=queue, page_size=size)
+        while True:
+            response = self._read(lambda stub: stub.ListFifo, request)
+            for message in response.messages:
+                yield convert.fifo_message(message)
+            if not response.next_page_token:
+                return
+            request = pb.ListFifoRequest(
+                queue=queue, page_size=size, page_token=response.next_page_token
+            )
+
+    def redrive_fifo(self, queue: str, max_messages: int = 0) -> int:
+        """Move the dead letters of ``QUEUE.dead`` back to the back of ``queue``.
+
+        They get attempts 0. ``max_messages`` 0 moves all of them, in atomic batches of
+        1,000. Returns how many moved.
+        """
+        request = pb.RedriveFifoRequest(queue=queue, max_messages=max_messages)
+        return (self._write(lambda stub: stub.RedriveFifo, request)).moved_count
+
+    def work(
+        self,
+        queue: str,
+        *,
+        concurrency: int = 8,
+        visibility_ms: int = fifo_leases.DEFAULT_VISIBILITY_MS,
+    ) -> Worker:
+        """Jobs leased from ``queue``, at most ``concurrency`` running at once.
+
+        ``for job in bus.work(queue)`` yields :class:`Job` s; ``with job:``
+        acks the job when its block succeeds and rejects it when the block raises. Run jobs
+        in threads to process up to ``concurrency`` at a time; while a job runs its lease is
+        extended, every third of ``visibility_ms``.
+        """
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+        if not 1_000 <= visibility_ms <= 43_200_000:
+            raise ConfigurationError(
+                f"visibility_ms must be between 1000 and 43200000, got {visibility_ms}"
+            )
+        wait_ms = fifo_leases.poll_ms(self._timeout)
+        return Worker(self, queue, concurrency, visibility_ms, wait_ms)

@@ -29,6 +29,7 @@ from typing import Any, Final, NoReturn
 import grpc
 
 from msgbus_core.errors import MsgbusError, PermissionDeniedError
+from msgbus_core.fifo_leases import dead_letter_queue
 from msgbus_core.model import NodeId
 from msgbus_proto import pb
 from msgbus_server import convert
@@ -58,6 +59,21 @@ PUSH: Final = frozenset({"push"})
 """What a peer needs for each log it supplies: to this daemon's sync (`peer_authz`), and to
 issue 17's push RPC when it lands."""
 ALWAYS_ANSWERED: Final = frozenset({"Health", "Ready"})
+FIFO_METHODS: Final = frozenset(
+    {
+        "EnqueueFifo",
+        "PeekFifo",
+        "AckFifo",
+        "RejectFifo",
+        "LeaseFifo",
+        "AckFifoLease",
+        "RejectFifoLease",
+        "ExtendFifoLease",
+        "ListFifo",
+        "RedriveFifo",
+    }
+)
+"""The RPCs that need the `fifo` action on their queue (RedriveFifo on `QUEUE.dead` too)."""
 """RPCs every caller may make: probes and peers' identity checks need them."""
 
 AUDIT_INTERVAL_S: Final = 10.0
@@ -335,9 +351,14 @@ class Authorizer:
         elif method == "DeleteRange":
             what = f"delete from topic {request.topic!r}"
             yield _Check(DELETE, LogRef(request.topic, node), what, "topic")
-        elif method in ("EnqueueFifo", "PeekFifo", "AckFifo", "RejectFifo"):
+        elif method in FIFO_METHODS:
             what = f"use FIFO queue {request.queue!r}"
             yield _Check(FIFO, QueueRef(request.queue), what, "queue")
+            if method == "RedriveFifo":
+                # It takes the messages out of the dead-letter queue too. (A reject that
+                # dead-letters does not need it: the daemon moves the message, by the rule.)
+                dead = dead_letter_queue(request.queue)
+                yield _Check(FIFO, QueueRef(dead), f"use FIFO queue {dead!r}", "queue")
         else:  # pragma: no cover - every RPC of msgbus.v1 is handled above
             raise AssertionError(f"no authorization rule for {method}")
 

@@ -41,6 +41,7 @@ from msgbus_server.config import (
     ServerTls,
 )
 from msgbus_server.config_file import FileKey, ValueKind, load_config_file
+from msgbus_server.fifo_attempts import max_attempts_of
 from msgbus_server.listeners import (
     DEFAULT_SOCKET_MODE,
     UNIX_PREFIX,
@@ -192,7 +193,7 @@ def _from_text(option: _Option, text: str, source: str) -> Any:
         return _truthy(text)
     if option.kind == "strings":
         return [text]
-    if option.kind == "retention":
+    if option.kind in ("retention", "max-attempts"):
         return [spec.strip() for spec in text.split(RETENTION_ENV_SEPARATOR) if spec.strip()]
     convert = option.action.type if callable(option.action.type) else str
     try:
@@ -536,6 +537,19 @@ def build_parser() -> _Parser:
         f"refused with RESOURCE_EXHAUSTED (default {DEFAULT_MAX_CURSORS}, at most "
         f"{MAX_CURSORS_LIMIT})",
     )
+    add(
+        "--fifo-max-attempts",
+        env="MSGBUS_FIFO_MAX_ATTEMPTS",
+        default=[],
+        action="append",
+        kind="max-attempts",
+        metavar="PATTERN=N",
+        help="failed attempts (rejects and expired leases) a FIFO message of the queues whose "
+        "name matches the glob PATTERN may have before it moves to the dead-letter queue "
+        "QUEUE.dead, e.g. --fifo-max-attempts 'jobs.*=5'; repeatable: the first matching "
+        "pattern applies; default: no limit; the variable takes several specs separated by "
+        f"'{RETENTION_ENV_SEPARATOR}'",
+    )
     return parser
 
 
@@ -705,6 +719,10 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         raise ConfigError(
             f"--max-cursors must be between 1 and {MAX_CURSORS_LIMIT}, got {args.max_cursors}"
         )
+    try:
+        fifo_max_attempts = max_attempts_of(args.fifo_max_attempts)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
     return DaemonConfig(
         node=node,
@@ -741,6 +759,7 @@ def _validated(args: argparse.Namespace) -> DaemonConfig:
         metrics_port=metrics_port,
         metrics_max_logs=args.metrics_max_logs,
         max_cursors=args.max_cursors,
+        fifo_max_attempts=fifo_max_attempts,
         dedup_window_ms=dedup_window_ms,
         dedup_max_keys=args.dedup_max_keys,
     )

@@ -9,6 +9,7 @@ from msgbus_core.cursors import DEFAULT_MAX_CURSORS
 from msgbus_core.limits import DEFAULT_MAX_PAYLOAD_BYTES
 from msgbus_core.model import NodeId
 from msgbus_core.publish_keys import DEFAULT_DEDUP_WINDOW_MS, DEFAULT_MAX_KEYS
+from msgbus_server.fifo_attempts import MaxAttempts
 from msgbus_server.peers import PeerSpec, PeerTlsConfig
 from msgbus_server.retention_rules import RetentionPolicy
 from msgbus_server.sync_fetch import DEFAULT_RESPONSE_IDLE_TIMEOUT_S
@@ -113,6 +114,9 @@ class DaemonConfig:
     max_cursors: int = DEFAULT_MAX_CURSORS
     """The most durable cursors this daemon keeps (`--max-cursors`); a commit of one more is
     RESOURCE_EXHAUSTED."""
+    fifo_max_attempts: MaxAttempts = field(default_factory=MaxAttempts)
+    """Failed attempts each FIFO queue allows before its dead-letter queue (`--fifo-max-attempts`,
+    by queue glob); a queue no rule matches has no limit."""
     """The busiest logs (and deepest queues) that get metric series of their own."""
 
     @property

@@ -32,10 +32,13 @@ from typing import Literal
 from msgbus_server.config import ConfigError
 from msgbus_server.retention_rules import RetentionRule, rule_from_table
 
-ValueKind = Literal["string", "integer", "boolean", "strings", "size", "retention", "policy"]
+ValueKind = Literal[
+    "string", "integer", "boolean", "strings", "size", "retention", "policy", "max-attempts"
+]
 """The TOML type a key takes; `strings` is a repeatable flag (an array, or one string), `size`
 an integer or a string, `retention` an array of strings or a table of rule tables, `policy` a
-path or the `[policy]` table itself (which `msgbus_server.policy` parses)."""
+path or the `[policy]` table itself (which `msgbus_server.policy` parses), `max-attempts` an
+array of "PATTERN=N" strings or a table of PATTERN = N (read as those strings, in file order)."""
 
 FileValue = str | int | bool | list[str] | tuple[RetentionRule, ...] | dict[str, object]
 """A checked value; retention tables arrive parsed, as rules in file order; a policy table
@@ -49,6 +52,7 @@ _EXPECTED: dict[ValueKind, str] = {
     "size": "an integer (bytes) or a size string such as '2GiB'",
     "retention": 'an array of "PATTERN:RULES" strings or a table per pattern',
     "policy": "a table ([policy]) or the path of a policy file",
+    "max-attempts": 'an array of "PATTERN=N" strings or a table of PATTERN = N',
 }
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 
@@ -99,13 +103,15 @@ def _checked(path: str, key: str, value: object, kind: ValueKind) -> FileValue:
         return value
     if kind in ("string", "size") and isinstance(value, str):
         return value
-    if kind in ("strings", "retention") and isinstance(value, str):
+    if kind in ("strings", "retention", "max-attempts") and isinstance(value, str):
         return [value]
+    if kind == "max-attempts" and isinstance(value, dict):
+        return _max_attempts_table(path, key, value)
     if kind == "retention" and isinstance(value, dict):
         return _retention_tables(path, key, value)
     if kind == "policy" and isinstance(value, str | dict):
         return value
-    if kind in ("strings", "retention") and isinstance(value, list):
+    if kind in ("strings", "retention", "max-attempts") and isinstance(value, list):
         strings = [item for item in value if isinstance(item, str)]
         if len(strings) == len(value):
             return strings
@@ -134,6 +140,18 @@ def _retention_tables(
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
     return tuple(rules)
+
+
+def _max_attempts_table(path: str, key: str, table: Mapping[str, object]) -> list[str]:
+    """`[fifo-max-attempts]` as the flag's `PATTERN=N` specs, in file order."""
+    specs = []
+    for pattern, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                f"{path}: {key}.{_quoted(pattern)} must be an integer, got {described(value)}"
+            )
+        specs.append(f"{pattern}={value}")
+    return specs
 
 
 def _quoted(name: str) -> str:

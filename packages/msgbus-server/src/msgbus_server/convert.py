@@ -125,6 +125,8 @@ def fifo_to_pb(message: FifoMessage) -> pb.FifoMessage:
         created_at_ms=message.created_at_ms,
         sequence=message.sequence,
         attempts=message.attempts,
+        dead_reason=message.dead_reason,
+        leased_until_ms=message.leased_until_ms,
     )
 
 

@@ -166,6 +166,7 @@ class Daemon:
             write_gate=write_gate,
             push=self.push_intake,
             max_cursors=config.max_cursors,
+            fifo_max_attempts=config.fifo_max_attempts,
         )
         self.status: StatusSource | None = None
         """Takes the snapshots the metrics and the status page show (with --metrics-listen)."""
@@ -309,6 +310,7 @@ class Daemon:
             sync=lambda: self.sync,
             budget=self.disk_budget,
             max_logs=config.metrics_max_logs,
+            push_in=self.push_intake.stats if self.push_intake is not None else None,
         )
 
     def _start_status_page(self) -> None:

@@ -26,11 +26,12 @@ certificate identity, so a rule that uses them matches only callers with one.
 Actions: `publish` (Publish, PublishBatch), `read` (Fetch, Subscribe, GetHead, the heads
 ListHeads shows, and durable cursors on the log: CommitCursor, GetCursor, DeleteCursor of one
 cursor, the cursors ListCursors shows), `delete` (DeleteRange), `fifo` (EnqueueFifo, PeekFifo,
-AckFifo, RejectFifo, by queue), `admin` (ListPeerSyncStates; DeleteCursor of every cursor of a
-name, which spans logs), `pull` (what a peer's sync reads: Fetch, GetHead and
-ListHeads, not Subscribe) and `push` (which logs a peer may supply, by topic and origin: what
-this daemon takes from the peers it pulls from, see `peer_authz`, and what issue 17's push RPC
-will ask).
+AckFifo, RejectFifo and the lease RPCs LeaseFifo, AckFifoLease, RejectFifoLease,
+ExtendFifoLease, ListFifo, by queue; RedriveFifo on both QUEUE and QUEUE.dead), `admin`
+(ListPeerSyncStates; DeleteCursor of every cursor of a name, which spans logs), `pull` (what a
+peer's sync reads: Fetch, GetHead and ListHeads, not Subscribe) and `push` (which logs a peer
+may supply, by topic and origin: what this daemon takes from the peers it pulls from, see
+`peer_authz`, and what issue 17's push RPC will ask).
 Health and Ready are answered to every caller.
 
 Tenant isolation is one line: a caller whose certificate identity is in tenant T touches only

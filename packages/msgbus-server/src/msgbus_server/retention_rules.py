@@ -85,6 +85,15 @@ _RULES_ALLOWED: Final = "max-messages=N, max-age=DURATION, max-bytes=SIZE"
 _EXAMPLE: Final = "'telemetry.*:max-age=7d,max-bytes=1GiB'"
 
 
+def glob_matches(name: str, pattern: str) -> bool:
+    """The glob rule of retention patterns, also used for FIFO queue patterns.
+
+    `fnmatch.fnmatchcase`: case-sensitive, `*` matches any text (dots included), `?` one
+    character, `[...]` a set.
+    """
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 def _config_error(message: str) -> ConfigError:
     # config.py imports this module for DaemonConfig's fields, so the error class is looked up
     # when an error is raised: a top-level import would be a cycle.
@@ -128,7 +137,7 @@ class RetentionRule:
 
     def matches(self, topic: str) -> bool:
         """Whether this rule's pattern covers `topic` (case-sensitive, `*` crosses dots)."""
-        return fnmatch.fnmatchcase(topic, self.pattern)
+        return glob_matches(topic, self.pattern)
 
     def __str__(self) -> str:
         """The canonical text, which `parse_retention` reads back to an equal rule."""

@@ -50,9 +50,11 @@ from msgbus_server import convert
 from msgbus_server.clock import now_ms
 from msgbus_server.cursors import CursorRpcs
 from msgbus_server.disk_budget import DiskBudget
+from msgbus_server.fifo_attempts import MaxAttempts
+from msgbus_server.fifo_leases import FifoLeaseRpcs
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.ids import new_id
-from msgbus_server.notify import LogNotifier
+from msgbus_server.notify import LogNotifier, LogWatch
 from msgbus_server.page_tokens import key_after, key_token
 from msgbus_server.pattern_subscription import (
     PatternRequest,
@@ -135,6 +137,17 @@ class _Chunk:
         self.messages.clear()
         self.sizes.clear()
         return freed
+
+
+def _recent_chunk(watch: LogWatch, next_head: int, limit: int) -> _Chunk | None:
+    """The kept just-committed messages from `next_head` on (`recent`); None: read the store.
+
+    They hold no read-gate reservation: they are in memory anyway, bounded by `recent`.
+    """
+    messages = watch.recent_since(next_head, limit)
+    if messages is None:
+        return None
+    return _Chunk(deque(messages), deque(0 for _ in messages), next_head)
 
 
 def _take_group(chunk: _Chunk, pack: int) -> tuple[list[Message], int]:
@@ -243,6 +256,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         write_gate: WriteGate | None = None,
         push: PushIntake | None = None,
         max_cursors: int = DEFAULT_MAX_CURSORS,
+        fifo_max_attempts: MaxAttempts | None = None,
     ) -> None:
         self._push = push
         """The Push RPC's hub side (`push_intake`); None answers UNIMPLEMENTED
@@ -278,6 +292,14 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             max_cursors=max_cursors,
         )
         """The durable cursor RPCs (`msgbus_server.cursors`)."""
+        self.fifo_leases = FifoLeaseRpcs(
+            store=store,
+            pipeline=pipeline,
+            read=self._read,
+            fail=self._fail,
+            max_attempts=fifo_max_attempts or MaxAttempts(),
+        )
+        """The FIFO lease RPCs and the queues' max_attempts (`msgbus_server.fifo_leases`)."""
         """Closed while this node recovers its own logs (`recovery`); None when it never is."""
         self.streams = StreamStats()
         """What Fetch and Subscribe streams delivered, for the metrics and the status page."""
@@ -527,7 +549,10 @@ class MsgbusService(rpc.MsgbusServiceServicer):
                     await notifier.wait_closed()
                     break
                 try:
-                    chunk = await self._read_chunk(topic, origin, next_head, page)
+                    # Live, the messages just committed are usually still kept in memory.
+                    chunk = _recent_chunk(watch, next_head, page) if caught_up else None
+                    if chunk is None:
+                        chunk = await self._read_chunk(topic, origin, next_head, page)
                 except Exception as error:
                     await self._fail(context, error)
                 found = bool(chunk.messages)
@@ -782,6 +807,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             assert isinstance(message, FifoMessage)
         except Exception as error:
             await self._fail(context, error)
+        self.fifo_leases.signals.notify(queue)
         return pb.EnqueueFifoResponse(message=convert.fifo_to_pb(message))
 
     async def PeekFifo(
@@ -789,10 +815,15 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         request: pb.PeekFifoRequest,
         context: grpc.aio.ServicerContext[pb.PeekFifoRequest, pb.PeekFifoResponse],
     ) -> pb.PeekFifoResponse:
-        """The front of a queue; NOT_FOUND when it is empty."""
+        """The front of a queue; NOT_FOUND when it is empty.
+
+        With leases in use, the front is the lowest message no live lease holds (see
+        `msgbus_server.fifo_leases`): an original client never sees a message a worker holds.
+        """
         try:
             queue = validate_name("queue", request.queue)
-            message = await self._read(functools.partial(self._store.peek_fifo, queue))
+            peek = functools.partial(self._store.peek_fifo, queue, now_ms())
+            message = await self._read(peek)
             if message is None:
                 raise NotFoundError("fifo queue is empty")
         except Exception as error:
@@ -824,9 +855,12 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         try:
             queue = validate_name("queue", request.queue)
             message_id = validate_name("message_id", request.message_id)
-            return bool(await self._pipeline.submit(op(queue, message_id)))
+            # The front no live lease holds; a reject counts toward the queue's max_attempts.
+            limit = self.fifo_leases.max_attempts.for_queue(queue)
+            accepted = bool(await self._pipeline.submit(op(queue, message_id, now_ms(), limit)))
         except Exception as error:
             await self._fail(context, error)
+        return accepted
 
     # -- durable cursors (msgbus_server.cursors) ---------------------------------------------
 
@@ -863,6 +897,61 @@ class MsgbusService(rpc.MsgbusServiceServicer):
         """Delete one cursor, or every cursor of a name."""
         await self._writable(context)
         return await self._cursors.delete(request, context)
+
+    # -- FIFO leases (msgbus_server.fifo_leases) ---------------------------------------------
+
+    async def LeaseFifo(
+        self,
+        request: pb.LeaseFifoRequest,
+        context: grpc.aio.ServicerContext[pb.LeaseFifoRequest, pb.LeaseFifoResponse],
+    ) -> pb.LeaseFifoResponse:
+        """Lease messages nobody holds, in FIFO order; see `FifoLeaseRpcs.lease`."""
+        await self._writable(context)
+        return await self.fifo_leases.lease(request, context)
+
+    async def AckFifoLease(
+        self,
+        request: pb.AckFifoLeaseRequest,
+        context: grpc.aio.ServicerContext[pb.AckFifoLeaseRequest, pb.AckFifoLeaseResponse],
+    ) -> pb.AckFifoLeaseResponse:
+        """Remove a leased message."""
+        await self._writable(context)
+        return await self.fifo_leases.ack(request, context)
+
+    async def RejectFifoLease(
+        self,
+        request: pb.RejectFifoLeaseRequest,
+        context: grpc.aio.ServicerContext[pb.RejectFifoLeaseRequest, pb.RejectFifoLeaseResponse],
+    ) -> pb.RejectFifoLeaseResponse:
+        """End a lease as a failed attempt (dead-lettered at max_attempts)."""
+        await self._writable(context)
+        return await self.fifo_leases.reject(request, context)
+
+    async def ExtendFifoLease(
+        self,
+        request: pb.ExtendFifoLeaseRequest,
+        context: grpc.aio.ServicerContext[pb.ExtendFifoLeaseRequest, pb.ExtendFifoLeaseResponse],
+    ) -> pb.ExtendFifoLeaseResponse:
+        """Keep a held lease longer."""
+        await self._writable(context)
+        return await self.fifo_leases.extend(request, context)
+
+    async def ListFifo(
+        self,
+        request: pb.ListFifoRequest,
+        context: grpc.aio.ServicerContext[pb.ListFifoRequest, pb.ListFifoResponse],
+    ) -> pb.ListFifoResponse:
+        """One page of a queue, leased messages included."""
+        return await self.fifo_leases.list(request, context)
+
+    async def RedriveFifo(
+        self,
+        request: pb.RedriveFifoRequest,
+        context: grpc.aio.ServicerContext[pb.RedriveFifoRequest, pb.RedriveFifoResponse],
+    ) -> pb.RedriveFifoResponse:
+        """Move the dead letters of `QUEUE.dead` back to the queue."""
+        await self._writable(context)
+        return await self.fifo_leases.redrive(request, context)
 
     # -- health ---------------------------------------------------------------------------------
 
