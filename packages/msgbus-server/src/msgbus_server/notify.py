@@ -1,8 +1,10 @@
 """Per-log wake-up signals for live subscribers.
 
-A notification says "log (topic, origin) now reaches head N". It carries no payload: a woken
-subscriber reads the new messages from the store, so order and completeness come from the log
-itself and a slow subscriber costs no memory.
+A notification says "log (topic, origin) now reaches head N". A woken subscriber reads the new
+messages from the store, so order and completeness come from the log itself and a slow
+subscriber costs no memory. The commit pipeline also hands over the committed message, and the
+last few of each watched log are kept (`recent`) for subscribers waiting at its head, which
+then skip the store read; the store stays the source of truth.
 
 Everything here runs on the event loop thread (the commit pipeline calls `notify` through
 `loop.call_soon_threadsafe`), so no locks are needed. State exists only for logs that someone
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 
-from msgbus_core.model import NodeId
+from msgbus_core.limits import DELETE_TOPIC
+from msgbus_core.model import Message, NodeId
 from msgbus_server.head_changes import HeadChanges
+from msgbus_server.recent import RecentBudget, RecentMessages
 
 LogId = tuple[str, NodeId]
 
@@ -28,11 +32,13 @@ LogId = tuple[str, NodeId]
 class _LogState:
     """What is known about one watched log since its first watcher registered."""
 
-    __slots__ = ("event", "head", "watchers")
+    __slots__ = ("event", "head", "recent", "watchers")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: RecentBudget) -> None:
         self.head = 0
         self.watchers = 0
+        self.recent = RecentMessages(budget)
+        """The newest messages committed since the first watcher came, as committed."""
         # Replaced on every notify that finds waiters; created only when someone waits, so a
         # busy log with no idle subscriber allocates nothing per commit.
         self.event: asyncio.Event | None = None
@@ -67,6 +73,14 @@ class LogWatch:
             await event.wait()
         return False
 
+    def recent_since(self, head_id: int, limit: int) -> list[Message] | None:
+        """Up to `limit` just-committed messages from `head_id` on, if they are still kept.
+
+        None means: read the store (the head is older than what is kept, or nothing is).
+        """
+        state = self._state
+        return None if state is None else state.recent.since(head_id, limit)
+
     def close(self) -> None:
         """Unregister; the log's state goes away with its last watcher."""
         if self._state is not None:
@@ -90,6 +104,7 @@ class LogNotifier:
     def __init__(self, changes: HeadChanges | None = None) -> None:
         self.changes = changes
         self._logs: dict[LogId, _LogState] = {}
+        self._recent_budget = RecentBudget()
         self._closed = False
         self._closed_event = asyncio.Event()
         # Set and replaced by the next notify of any log; created only while a pattern
@@ -101,10 +116,18 @@ class LogNotifier:
         """True once `close()` ran: every wait returns False from then on."""
         return self._closed
 
-    def notify(self, topic: str, origin: NodeId, head_id: int) -> None:
-        """Record that the log reaches `head_id` and wake its waiters. O(1) when unwatched."""
+    def notify(
+        self, topic: str, origin: NodeId, head_id: int, message: Message | None = None
+    ) -> None:
+        """Record that the log reaches `head_id` and wake its waiters. O(1) when unwatched.
+
+        `message` is the message committed at `head_id`, when the caller has it in hand.
+        """
         if self.changes is not None:
             self.changes.note(topic, origin)
+        if topic == DELETE_TOPIC:
+            # A delete range erased messages of some log: kept copies may be stale.
+            self.forget_recent()
         any_change = self._any_change
         if any_change is not None:
             self._any_change = None
@@ -112,6 +135,7 @@ class LogNotifier:
         state = self._logs.get((topic, origin))
         if state is None:
             return
+        state.recent.note(head_id, message)
         if head_id > state.head:
             state.head = head_id
         event = state.event
@@ -124,7 +148,7 @@ class LogNotifier:
         log_id = (topic, origin)
         state = self._logs.get(log_id)
         if state is None:
-            state = self._logs[log_id] = _LogState()
+            state = self._logs[log_id] = _LogState(self._recent_budget)
         state.watchers += 1
         return LogWatch(self, log_id, state)
 
@@ -147,6 +171,11 @@ class LogNotifier:
             await event.wait()
         return False
 
+    def forget_recent(self) -> None:
+        """Drop every kept message (a delete or a trim changed what the store holds)."""
+        for state in self._logs.values():
+            state.recent.clear()
+
     async def wait_closed(self) -> None:
         """Return once the notifier is closed."""
         await self._closed_event.wait()
@@ -166,4 +195,5 @@ class LogNotifier:
     def _release(self, log_id: LogId, state: _LogState) -> None:
         state.watchers -= 1
         if state.watchers <= 0 and self._logs.get(log_id) is state:
+            state.recent.clear()
             del self._logs[log_id]

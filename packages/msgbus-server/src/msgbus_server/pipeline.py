@@ -25,6 +25,7 @@ from msgbus_core.ops import (
     Outcome,
     ProbeOp,
     ReplicateResult,
+    TrimResult,
     WriteOp,
     WriteResult,
 )
@@ -227,16 +228,20 @@ class CommitPipeline:
                     pending.future.set_exception(failure)
             return
         self._health.report(Subsystem.PIPELINE, True)
-        notify = self._notifier.notify
+        notifier = self._notifier
+        notify = notifier.notify
         for outcome in outcomes:
             if isinstance(outcome, Message):
-                notify(outcome.topic, outcome.origin, outcome.head_id)
+                # The message as committed: live subscribers take it without a store read.
+                notify(outcome.topic, outcome.origin, outcome.head_id, outcome)
             elif isinstance(outcome, DeleteResult):
                 if outcome.marker is not None:
                     notify(DELETE_TOPIC, outcome.marker.origin, outcome.marker.head_id)
             elif isinstance(outcome, ReplicateResult):
                 for message in outcome.changed:
                     notify(message.topic, message.origin, message.head_id)
+            elif isinstance(outcome, TrimResult) and outcome.removed:
+                notifier.forget_recent()
         start = 0
         for pending in batch:
             end = start + len(pending.ops)
