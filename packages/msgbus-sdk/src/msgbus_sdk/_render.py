@@ -91,6 +91,8 @@ def fifo_json(msg: FifoMessage) -> dict[str, Any]:
         "created_at_ms": msg.created_at_ms,
         "sequence": msg.sequence,
         "attempts": msg.attempts,
+        "dead_reason": msg.dead_reason,
+        "leased_until_ms": msg.leased_until_ms,
     }
 
 
@@ -247,6 +249,21 @@ def fifo_row(msg: FifoMessage) -> list[str]:
         msg.topic,
         _node(msg.target) or "-",
         str(msg.attempts),
+        payload_cell(msg.payload),
+    ]
+
+
+DEAD_LETTER_COLUMNS = ("SEQUENCE", "ID", "TOPIC", "ATTEMPTS", "REASON", "PAYLOAD")
+
+
+def dead_letter_row(msg: FifoMessage) -> list[str]:
+    """A dead letter as a table row (see ``DEAD_LETTER_COLUMNS``)."""
+    return [
+        str(msg.sequence),
+        msg.id,
+        msg.topic,
+        str(msg.attempts),
+        msg.dead_reason or "-",
         payload_cell(msg.payload),
     ]
 

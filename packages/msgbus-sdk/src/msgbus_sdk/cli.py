@@ -400,6 +400,30 @@ def _cmd_fifo_reject(args: argparse.Namespace, io: _Io) -> int:
     return _fifo_settle(args, io, "reject")
 
 
+def _cmd_fifo_dead(args: argparse.Namespace, io: _Io) -> int:
+    with _client(args) as bus:
+        # JSON lines go out a page at a time; a table holds its rows for the column widths.
+        dead = bus.iter_fifo(f"{args.queue}.dead", page_size=1_000)
+        if io.json:
+            for msg in dead:
+                render.write_json(io.out, render.fifo_json(msg))
+        else:
+            render.write_table(
+                io.out, render.DEAD_LETTER_COLUMNS, [render.dead_letter_row(m) for m in dead]
+            )
+    return EXIT_OK
+
+
+def _cmd_fifo_redrive(args: argparse.Namespace, io: _Io) -> int:
+    with _client(args) as bus:
+        moved = bus.redrive_fifo(args.queue, args.max_messages)
+    if io.json:
+        render.write_json(io.out, {"moved": moved})
+    else:
+        io.out.write(f"moved={moved}\n")
+    return EXIT_OK
+
+
 # -- bench --------------------------------------------------------------------------------------
 
 
@@ -771,7 +795,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", help="the log's topic (default: every cursor of NAME)")
     origin_flag(p, "the log's origin, with --topic")
 
-    fifo = sub.add_parser("fifo", help="local FIFO queues: enqueue, peek, ack, reject")
+    fifo = sub.add_parser(
+        "fifo", help="local FIFO queues: enqueue, peek, ack, reject, dead letters, redrive"
+    )
     fifo_sub = fifo.add_subparsers(dest="fifo_command", metavar="ACTION", required=True)
     p = command("enqueue", _cmd_fifo_enqueue, "append a message to a queue", fifo_sub)
     p.add_argument("queue")
@@ -786,6 +812,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p = command("reject", _cmd_fifo_reject, "count a failed attempt on the front", fifo_sub)
     p.add_argument("queue")
     p.add_argument("message_id")
+    p = command(
+        "dead",
+        _cmd_fifo_dead,
+        "list the dead letters of QUEUE (QUEUE.dead), why they died",
+        fifo_sub,
+    )
+    p.add_argument("queue")
+    p = command("redrive", _cmd_fifo_redrive, "move QUEUE.dead back to QUEUE", fifo_sub)
+    p.add_argument("queue")
+    p.add_argument(
+        "--max-messages", type=int, default=0, help="the most to move (default 0: all of them)"
+    )
 
     p = command("bench", _cmd_bench, "quick publish/subscribe/fetch benchmark against a daemon")
     p.add_argument("--count", type=int, default=10_000, help="messages (default 10000)")
