@@ -257,7 +257,7 @@ def test_a_pattern_subscription_delivers_only_the_callers_tenant(
             origins |= {_key(m.origin) for m in response.messages}
             if len(origins) == len(DEVICES):
                 break
-        everything.cancel()
+        everything.cancel()  # type: ignore[no-untyped-call]
     with grpc.secure_channel(daemon.endpoint, pki.client(device.key)) as channel:
         call = rpc.MsgbusServiceStub(channel).Subscribe(request, timeout=30)
         received: list[tuple[str, int]] = []
@@ -265,5 +265,5 @@ def test_a_pattern_subscription_delivers_only_the_callers_tenant(
             received += [(_key(m.origin), m.head_id) for m in response.messages]
             if len(received) == 2 * len(own):
                 break
-        call.cancel()
+        call.cancel()  # type: ignore[no-untyped-call]
     assert sorted(received) == sorted((key, head) for key in own for head in (1, 2))

@@ -26,7 +26,7 @@ def _log(envelope: pb.MessageEnvelope) -> Log:
 
 
 async def _collect(
-    stub: rpc.MsgbusServiceStub, request: pb.SubscribeRequest, count: int
+    stub: rpc.MsgbusServiceAsyncStub, request: pb.SubscribeRequest, count: int
 ) -> list[list[pb.MessageEnvelope]]:
     """The responses' messages (one list per response) until `count` messages arrived."""
     responses: list[list[pb.MessageEnvelope]] = []
@@ -171,37 +171,39 @@ async def test_origin_pattern_and_tombstones(tmp_path: Path, name: Callable[[str
             call.cancel()
 
 
+_ORIGIN = pb.NodeId(tenant_id="a", bl_name="b", device_id="c")
+
+
 @pytest.mark.parametrize(
-    ("fields", "field"),
+    ("subscribe", "field"),
     [
-        ({"topic": "t", "topic_pattern": "t.*"}, "topic"),
+        (pb.SubscribeRequest(topic="t", topic_pattern="t.*"), "topic"),
+        (pb.SubscribeRequest(topic_pattern="t.*", origin=_ORIGIN), "origin"),
+        (pb.SubscribeRequest(topic_pattern="t..x"), "topic_pattern"),
+        (pb.SubscribeRequest(topic_pattern="t.>.x"), "topic_pattern"),
+        (pb.SubscribeRequest(topic_pattern="t.a**"), "topic_pattern"),
+        (pb.SubscribeRequest(topic_pattern="t.*", origin_pattern="a//c"), "origin_pattern"),
+        (pb.SubscribeRequest(topic="t", origin_pattern="a/*/*"), "origin_pattern"),
         (
-            {
-                "topic_pattern": "t.*",
-                "origin": pb.NodeId(tenant_id="a", bl_name="b", device_id="c"),
-            },
-            "origin",
+            pb.SubscribeRequest(topic="t", resume_after=[pb.TopicHead(topic="t", head_id=1)]),
+            "resume_after",
         ),
-        ({"topic_pattern": "t..x"}, "topic_pattern"),
-        ({"topic_pattern": "t.>.x"}, "topic_pattern"),
-        ({"topic_pattern": "t.a**"}, "topic_pattern"),
-        ({"topic_pattern": "t.*", "origin_pattern": "a//c"}, "origin_pattern"),
-        ({"topic": "t", "origin_pattern": "a/*/*"}, "origin_pattern"),
-        ({"topic": "t", "resume_after": [pb.TopicHead(topic="t", head_id=1)]}, "resume_after"),
         (
-            {"topic_pattern": "t.*", "resume_after": [pb.TopicHead(topic="t", head_id=1)]},
+            pb.SubscribeRequest(
+                topic_pattern="t.*", resume_after=[pb.TopicHead(topic="t", head_id=1)]
+            ),
             "resume_after[0].origin",
         ),
     ],
 )
 def test_invalid_requests_name_the_field(
-    shared_daemon: Daemon, fields: dict[str, object], field: str
+    shared_daemon: Daemon, subscribe: pb.SubscribeRequest, field: str
 ) -> None:
     stub = shared_daemon.stub()
     with pytest.raises(grpc.RpcError) as caught:
-        next(iter(stub.Subscribe(pb.SubscribeRequest(**fields), timeout=10)))
+        next(iter(stub.Subscribe(subscribe, timeout=10)))
     assert _code(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
-    assert field in caught.value.details()
+    assert field in str(caught.value.details())
     assert stub.Health(pb.HealthRequest(), timeout=10).status
 
 
@@ -213,7 +215,7 @@ def test_too_many_resume_entries_are_refused(shared_daemon: Daemon) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         next(iter(stub.Subscribe(request, timeout=30)))
     assert _code(caught.value) is grpc.StatusCode.INVALID_ARGUMENT
-    assert "resume_after has 100001 entries; the limit is 100000" in caught.value.details()
+    assert "resume_after has 100001 entries; the limit is 100000" in str(caught.value.details())
     # The limit itself is accepted.
     call = stub.Subscribe(
         pb.SubscribeRequest(topic_pattern="t*", resume_after=entries[:100_000]), timeout=5
@@ -245,7 +247,7 @@ def test_memory_stays_bounded_with_1000_logs_matched(
         try:
             # Each idle stream got going (its first response is in flight) and stalls there.
             for call in idle:
-                next(call)
+                next(iter(call))
             reader = stub.Subscribe(request, timeout=300)
             seen: dict[str, int] = {}
             total = 0
@@ -257,7 +259,7 @@ def test_memory_stays_bounded_with_1000_logs_matched(
                 total += len(response.messages)
                 if total >= 50_000:
                     break
-            reader.cancel()
+            reader.cancel()  # type: ignore[no-untyped-call]
             assert len(seen) == 1_000
             assert set(seen.values()) == {50}
             grown = daemon.rss_kib() - baseline
@@ -266,5 +268,5 @@ def test_memory_stays_bounded_with_1000_logs_matched(
             assert grown < 64 * 1024
         finally:
             for call in idle:
-                call.cancel()
+                call.cancel()  # type: ignore[no-untyped-call]
         assert stub.Health(pb.HealthRequest(), timeout=10).status
