@@ -224,3 +224,35 @@ def test_cursors_are_not_replicated(tmp_path: Path) -> None:
         assert (
             stub.GetCursor(pb.GetCursorRequest(name="billing", topic="orders")).cursor.head_id == 3
         )
+
+
+def test_a_page_of_large_cursors_stays_below_the_clients_receive_limit(tmp_path: Path) -> None:
+    # 8,000 cursors of 255-byte names and topics (about 560 bytes each on the wire): 4.5 MB
+    # in one page of 10,000, above gRPC's default 4 MiB receive limit; the daemon ends pages
+    # at its byte budget instead.
+    topic = "t" * 255
+    with Daemon.start(tmp_path, extra_args=["--max-cursors", "8000"]) as daemon:
+        stub = daemon.stub()
+        _publish(stub, topic, 1)
+        names = [f"{n:05d}".ljust(255, "n") for n in range(8_000)]
+        for start in range(0, len(names), 500):
+            for name in names[start : start + 500]:
+                stub.CommitCursor(pb.CommitCursorRequest(name=name, topic=topic, head_id=1))
+        # The client keeps gRPC's default receive limit (4 MiB).
+        with grpc.insecure_channel(daemon.endpoint) as channel:
+            client = rpc.MsgbusServiceStub(channel)
+            seen: list[str] = []
+            request = pb.ListCursorsRequest(page_size=10_000)
+            pages = 0
+            while True:
+                response = client.ListCursors(request)
+                pages += 1
+                assert response.ByteSize() < 4 * 1024 * 1024
+                seen.extend(c.name for c in response.cursors)
+                if not response.next_page_token:
+                    break
+                request = pb.ListCursorsRequest(
+                    page_size=10_000, page_token=response.next_page_token
+                )
+        assert seen == names
+        assert pages >= 2

@@ -66,13 +66,16 @@ class CursorRpcs:
         read: Read[Any],
         fail: Callable[[Any, Exception], Awaitable[NoReturn]],
         max_cursors: int,
+        page_budget_bytes: int,
     ) -> None:
+        """`page_budget_bytes` bounds a ListCursors response (below clients' receive limit)."""
         self._node = node
         self._store = store
         self._pipeline = pipeline
         self._read = read
         self._fail = fail
         self._max_cursors = max_cursors
+        self._page_budget = page_budget_bytes
 
     async def commit(
         self, request: pb.CommitCursorRequest, context: Any
@@ -101,7 +104,11 @@ class CursorRpcs:
         return pb.GetCursorResponse(cursor=cursor_to_pb(cursor), found=True)
 
     async def list(self, request: pb.ListCursorsRequest, context: Any) -> pb.ListCursorsResponse:
-        """One keyset page of cursors by name, topic and origin; of one name when given."""
+        """One keyset page of cursors by name, topic and origin; of one name when given.
+
+        At most page_size cursors and about the page budget of bytes: only an empty
+        next_page_token ends the listing.
+        """
         try:
             name = validate_name("name", request.name) if request.name else None
             after: CursorKey | None = None
@@ -114,9 +121,18 @@ class CursorRpcs:
             cursors: list[Cursor] = await self._read(read)
         except Exception as error:
             await self._fail(context, error)
-        response = pb.ListCursorsResponse(cursors=[cursor_to_pb(c) for c in cursors[:limit]])
-        if len(cursors) > limit:
-            response.next_page_token = key_token(cursors[limit - 1].key)
+        response = pb.ListCursorsResponse()
+        size = 0
+        for count, cursor in enumerate(cursors[:limit]):
+            entry = cursor_to_pb(cursor)
+            # Names of 255 bytes make a cursor about 1.3 KB: 10,000 of them would not fit a
+            # client's 4 MiB receive limit, so a page also ends at the byte budget.
+            size += entry.ByteSize() + 8
+            if count and size > self._page_budget:
+                break
+            response.cursors.append(entry)
+        if len(response.cursors) < len(cursors):
+            response.next_page_token = key_token(cursors[len(response.cursors) - 1].key)
         return response
 
     async def delete(

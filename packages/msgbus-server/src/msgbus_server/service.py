@@ -290,6 +290,7 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             read=self._read,
             fail=self._fail,
             max_cursors=max_cursors,
+            page_budget_bytes=PACK_BUDGET_BYTES,
         )
         """The durable cursor RPCs (`msgbus_server.cursors`)."""
         self.fifo_leases = FifoLeaseRpcs(
