@@ -14,6 +14,7 @@
 //	msgbus-interop-go publish-stream -addr ... -topic T [-count 10]
 //	msgbus-interop-go cursors -addr ... -topic T [-count 5 -names 7 -page-size 3]
 //	msgbus-interop-go idempotency -addr ... -topic T [-key K]
+//	msgbus-interop-go fifo-leases -addr ... -queue Q (a queue with max_attempts 2)
 package main
 
 import (
@@ -55,6 +56,8 @@ func main() {
 		runCursors(args)
 	case "idempotency":
 		runIdempotency(args)
+	case "fifo-leases":
+		runFifoLeases(args)
 	default:
 		fail("unknown command %q", command)
 	}
