@@ -43,7 +43,10 @@ class MsgbusTarget:
         for daemon in self.daemons:
             if daemon.poll() is None:
                 daemon.signal(signal.SIGCONT)
-                daemon.stop()
+                try:
+                    daemon.stop(timeout=60)
+                except TimeoutError:  # a daemon still draining a backlog: the next run needs
+                    daemon.kill()  # the machine, not its clean exit
         self.daemons.clear()
 
     def _daemon(self, name: str, extra_args: list[str] | None = None) -> Daemon:

@@ -197,8 +197,15 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], run: dict[str, Any])
     targets = list(results)
     ours = [t for t in targets if t.startswith("msgbus")]
     peers = [t for t in (NATS_ALWAYS, REDIS) if t in results]
+    load = run.get("load_avg_at_end")
     lines = [
-        f"Run {run['date']} on {run['machine']}, {run['sizes']}; peers: {run.get('peers', '-')}.",
+        f"Run {run['date']} on {run['machine']}, {run['sizes']}; peers: {run.get('peers', '-')}"
+        + (
+            f"; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+            if load
+            else ""
+        )
+        + ".",
         "",
         "| scenario | " + " | ".join(targets) + " |",
         "|---" * (1 + len(targets)) + "|",
@@ -299,9 +306,31 @@ def peer_versions() -> str:
     return ", ".join(found) or "-"
 
 
+def describe_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's date, machine, sizes, peers and load, as the table's first line shows them."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "sizes": f"N={args.messages:,}, sequential={args.sequential:,}, "
+        f"latency={args.latency_seconds:g}s",
+        "peers": peer_versions(),
+        "load_avg_at_end": os.getloadavg(),
+    }
+
+
+def close_target(target: Target) -> None:
+    """Stop a target's servers; one that will not stop is reported, not fatal to the run."""
+    try:
+        target.close()
+    except Exception as error:
+        print(f"  closing {target.name} failed: {type(error).__name__}: {error}", file=sys.stderr)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="msgbus-bench-"))
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
         for target in make_targets(workdir, args.targets):
             results[target.name] = {}
@@ -316,30 +345,24 @@ async def main_async(args: argparse.Namespace) -> int:
                     figures = {"error": f"{type(error).__name__}: {error}"}
                     print(f"  failed: {figures['error']}", file=sys.stderr)
                 finally:
-                    target.close()
+                    close_target(target)
                 results[target.name][scenario] = figures
                 print(f"  {headline(scenario, figures)}", file=sys.stderr, flush=True)
+                # Saved after every scenario, so a run that dies keeps what it measured.
+                document = {"run": describe_run(args), "results": results}
+                save(Path(args.out_dir), document, markdown(results, document["run"]), stamp)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    run = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}",
-        "sizes": f"N={args.messages:,}, sequential={args.sequential:,}, "
-        f"latency={args.latency_seconds:g}s",
-        "peers": peer_versions(),
-        "load_avg_at_end": os.getloadavg(),
-    }
+    run = describe_run(args)
     table = markdown(results, run)
     print(table)
-    save(Path(args.out_dir), {"run": run, "results": results}, table)
+    save(Path(args.out_dir), {"run": run, "results": results}, table, stamp)
     return 0
 
 
-def save(out: Path, document: dict[str, Any], table: str) -> None:
-    """Write the run as JSON and markdown, named by its time."""
+def save(out: Path, document: dict[str, Any], table: str, stamp: str) -> None:
+    """Write the run as JSON and markdown, named by its start time `stamp`."""
     out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     (out / f"compare-{stamp}.json").write_text(json.dumps(document, indent=2))
     (out / f"compare-{stamp}.md").write_text(table + "\n")
 
