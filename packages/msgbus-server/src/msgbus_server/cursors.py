@@ -18,7 +18,7 @@ from msgbus_core.validation import validate_name, validate_topic
 from msgbus_proto import pb
 from msgbus_server import convert
 from msgbus_server.clock import now_ms
-from msgbus_server.page_tokens import key_after, key_token
+from msgbus_server.page_tokens import key_after, keyset_page
 from msgbus_server.pipeline import CommitPipeline
 
 T = TypeVar("T")
@@ -121,19 +121,12 @@ class CursorRpcs:
             cursors: list[Cursor] = await self._read(read)
         except Exception as error:
             await self._fail(context, error)
-        response = pb.ListCursorsResponse()
-        size = 0
-        for count, cursor in enumerate(cursors[:limit]):
-            entry = cursor_to_pb(cursor)
-            # Names of 255 bytes make a cursor about 1.3 KB: 10,000 of them would not fit a
-            # client's 4 MiB receive limit, so a page also ends at the byte budget.
-            size += entry.ByteSize() + 8
-            if count and size > self._page_budget:
-                break
-            response.cursors.append(entry)
-        if len(response.cursors) < len(cursors):
-            response.next_page_token = key_token(cursors[len(response.cursors) - 1].key)
-        return response
+        # Names of 255 bytes make a cursor about 560 bytes: 10,000 of them would not fit a
+        # client's 4 MiB receive limit, so a page also ends at the byte budget.
+        page, token = keyset_page(
+            cursors, limit, cursor_to_pb, lambda cursor: cursor.key, self._page_budget
+        )
+        return pb.ListCursorsResponse(cursors=page, next_page_token=token)
 
     async def delete(
         self, request: pb.DeleteCursorRequest, context: Any

@@ -1,15 +1,21 @@
-"""Opaque keyset page tokens: the key of the last entry a page answered, for the next page.
+"""Keyset pages: the entries of one page and the opaque token of the next.
 
-ListPeerSyncStates and ListCursors page by a key of strings; the token is that key as JSON in
-URL-safe base64, so a client passes it back unchanged and never reads it.
+ListPeerSyncStates and ListCursors page by a key of strings; the token is the key of the last
+entry a page answered, as JSON in URL-safe base64, so a client passes it back unchanged and
+never reads it. A page holds at most its count and about a byte budget of entries, so it stays
+below what clients receive.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from msgbus_core.errors import InvalidArgumentError
+
+T = TypeVar("T")
 
 
 def key_token(key: tuple[str, ...]) -> str:
@@ -30,4 +36,28 @@ def key_after(token: str, parts: int) -> tuple[str, ...]:
     return tuple(key)
 
 
-__all__ = ["key_after", "key_token"]
+def keyset_page(
+    items: Sequence[T],
+    limit: int,
+    to_pb: Callable[[T], Any],
+    key: Callable[[T], tuple[str, ...]],
+    budget_bytes: int,
+) -> tuple[list[Any], str]:
+    """The first `limit` of `items` as messages, within about `budget_bytes` (at least one).
+
+    `items` is read one beyond the page (`limit + 1`) to tell whether more follow. Returns the
+    messages and the token of the next page: empty when `items` held nothing more.
+    """
+    page: list[Any] = []
+    size = 0
+    for count, item in enumerate(items[:limit]):
+        entry = to_pb(item)
+        size += entry.ByteSize() + 8
+        if count and size > budget_bytes:
+            break
+        page.append(entry)
+    token = key_token(key(items[len(page) - 1])) if len(page) < len(items) else ""
+    return page, token
+
+
+__all__ = ["key_after", "key_token", "keyset_page"]

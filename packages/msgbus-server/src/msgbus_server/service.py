@@ -55,7 +55,7 @@ from msgbus_server.fifo_leases import FifoLeaseRpcs
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.ids import new_id
 from msgbus_server.notify import LogNotifier, LogWatch
-from msgbus_server.page_tokens import key_after, key_token
+from msgbus_server.page_tokens import key_after, keyset_page
 from msgbus_server.pattern_subscription import (
     PatternRequest,
     follow_pattern,
@@ -738,18 +738,11 @@ class MsgbusService(rpc.MsgbusServiceServicer):
             states = await self._read(read)
         except Exception as error:
             await self._fail(context, error)
-        response = pb.ListPeerSyncStatesResponse()
-        size = 0
-        for count, state in enumerate(states[:limit]):
-            entry = convert.sync_state_to_pb(state)
-            # The page stays below the 4 MiB default receive limit of gRPC clients.
-            size += entry.ByteSize() + 8
-            if count and size > PACK_BUDGET_BYTES:
-                break
-            response.states.append(entry)
-        if len(response.states) < len(states):
-            response.next_page_token = key_token(states[len(response.states) - 1].sort_key)
-        return response
+        # The page stays below the 4 MiB default receive limit of gRPC clients.
+        page, token = keyset_page(
+            states, limit, convert.sync_state_to_pb, lambda s: s.sort_key, PACK_BUDGET_BYTES
+        )
+        return pb.ListPeerSyncStatesResponse(states=page, next_page_token=token)
 
     async def DeleteRange(
         self,
