@@ -25,11 +25,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 
 from msgbus_core.errors import MsgbusError
+from msgbus_core.fifo_leases import is_dead_letter_queue
 from msgbus_core.model import NodeId, TopicHead
 from msgbus_core.store import DiskUsage, MsgbusStore
 from msgbus_server.clock import now_ms
@@ -37,6 +38,7 @@ from msgbus_server.disk_budget import DiskBudget
 from msgbus_server.health import Health
 from msgbus_server.notify import LogNotifier
 from msgbus_server.peers import PeerSpec
+from msgbus_server.push_stats import PushStats
 from msgbus_server.stream_stats import StreamStats
 from msgbus_server.sync import PeerSync
 
@@ -118,6 +120,10 @@ class StoreSurvey:
     usage: DiskUsage
     own_heads: Mapping[str, int] = field(default_factory=dict)
     """The head of each of this node's own logs, by topic (only when there are peers)."""
+    leased_messages: int = 0
+    """Messages a lease holds (or held until it ran out, not yet released), in every queue."""
+    dead_letters: int = 0
+    """Messages in the dead-letter queues (`QUEUE.dead`)."""
 
 
 _EMPTY_SURVEY = StoreSurvey(0, 0.0, 0, 0, 0, (), 0, 0, 0, (), DiskUsage(0, 0))
@@ -182,6 +188,10 @@ class DaemonStatus:
     delivered: Mapping[str, int]
     """Messages delivered since startup, by method (Fetch, Subscribe)."""
     max_logs: int
+    push_in: PushStats = field(default_factory=PushStats)
+    """What devices pushed to this daemon (Push streams open, batches, messages, refusals)."""
+    push_out: PushStats = field(default_factory=PushStats)
+    """What this daemon pushed to its upstreams, summed over them."""
 
     def to_json(self) -> dict[str, Any]:
         """The snapshot as `/status.json` serves it."""
@@ -300,7 +310,7 @@ def _survey(
         if len(page) < SURVEY_PAGE:
             break
         after = (page[-1].topic, page[-1].origin.key)
-    queues = queued = attempts = 0
+    queues = queued = attempts = leased = dead = 0
     deepest: list[tuple[int, int, QueueStatus]] = []
     queue_after: str | None = None
     while True:
@@ -309,6 +319,9 @@ def _survey(
             queues += 1
             queued += summary.depth
             attempts += summary.attempts
+            leased += summary.leased
+            if is_dead_letter_queue(summary.queue):
+                dead += summary.depth
             if max_logs:
                 status = QueueStatus(summary.queue, summary.depth, summary.attempts)
                 item = (summary.depth, -next(order), status)
@@ -351,6 +364,8 @@ def _survey(
         deepest=tuple(item[2] for item in sorted(deepest, reverse=True)),
         usage=usage,
         own_heads=own,
+        leased_messages=leased,
+        dead_letters=dead,
     )
 
 
@@ -373,8 +388,14 @@ class StatusSource:
         sync: Callable[[], PeerSync | None],
         budget: DiskBudget | None,
         max_logs: int,
+        push_in: PushStats | None = None,
     ) -> None:
-        """`sync` gives the daemon's peer sync once it has started (None before)."""
+        """A source of snapshots of the daemon's parts.
+
+        `sync` gives the daemon's peer sync once it has started (None before); `push_in` is
+        what the Push RPC counts (None without the push service).
+        """
+        self._push_in = push_in
         self._node = node
         self._storage = storage
         self._location = location
@@ -424,7 +445,20 @@ class StatusSource:
             behind_seconds=behind_ms / 1000,
             delivered=dict(self._streams.delivered),
             max_logs=self._max_logs,
+            push_in=replace(self._push_in) if self._push_in is not None else PushStats(),
+            push_out=self._push_out(),
         )
+
+    def _push_out(self) -> PushStats:
+        sync = self._sync()
+        total = PushStats()
+        for push in sync.pushes if sync is not None else ():
+            stats = push.stats
+            total.streams += stats.streams
+            total.batches_out += stats.batches_out
+            total.messages_out += stats.messages_out
+            total.refused += stats.refused
+        return total
 
     def _peer_statuses(self, survey: StoreSurvey) -> tuple[PeerStatus, ...]:
         sync = self._sync()

@@ -350,6 +350,34 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
         "sync",
     ),
     MetricSpec(
+        "msgbus_push_streams",
+        "gauge",
+        ("direction",),
+        'Push streams open: "in" from devices pushing here, "out" to this node\'s upstreams.',
+        "sync",
+    ),
+    MetricSpec(
+        "msgbus_push_batches_total",
+        "counter",
+        ("direction",),
+        'Push batches applied: "in" here from devices, "out" acknowledged by upstreams.',
+        "sync",
+    ),
+    MetricSpec(
+        "msgbus_push_messages_total",
+        "counter",
+        ("direction",),
+        'Messages of applied push batches: "in" stored here, "out" acknowledged by upstreams.',
+        "sync",
+    ),
+    MetricSpec(
+        "msgbus_push_refused_total",
+        "counter",
+        ("direction",),
+        'Pushed logs refused: "in" by this node, "out" by an upstream (once per new refusal).',
+        "sync",
+    ),
+    MetricSpec(
         "msgbus_sync_pulled_messages_total",
         "counter",
         ("peer",),
@@ -375,6 +403,20 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
         "msgbus_fifo_queues", "gauge", (), "FIFO queues holding at least one message.", "fifo"
     ),
     MetricSpec("msgbus_fifo_held_messages", "gauge", (), "Messages in all FIFO queues.", "fifo"),
+    MetricSpec(
+        "msgbus_fifo_leased_messages",
+        "gauge",
+        (),
+        "Messages a lease holds, in all queues (an expired lease counts until it is released).",
+        "fifo",
+    ),
+    MetricSpec(
+        "msgbus_fifo_dead_letter_messages",
+        "gauge",
+        (),
+        "Messages in all dead-letter queues (QUEUE.dead): those that reached max_attempts.",
+        "fifo",
+    ),
     MetricSpec(
         "msgbus_fifo_queue_depth_messages",
         "gauge",
@@ -601,6 +643,8 @@ class _StatusCollector(Collector):
             add("msgbus_delivered_messages_total", (method,), status.delivered.get(method, 0))
         add("msgbus_fifo_queues", (), survey.queues)
         add("msgbus_fifo_held_messages", (), survey.queued_messages)
+        add("msgbus_fifo_leased_messages", (), survey.leased_messages)
+        add("msgbus_fifo_dead_letter_messages", (), survey.dead_letters)
         for queue in survey.deepest:
             add("msgbus_fifo_queue_depth_messages", (queue.queue,), queue.depth)
             add("msgbus_fifo_queue_attempts", (queue.queue,), queue.attempts)
@@ -625,6 +669,16 @@ class _StatusCollector(Collector):
             add("msgbus_sync_pulled_messages_total", (p,), peer.pulled_messages)
             add("msgbus_sync_pulled_bytes_total", (p,), peer.pulled_bytes)
             add("msgbus_sync_last_success_timestamp_seconds", (p,), peer.last_success_at_ms / 1000)
+        for direction, push in (("in", status.push_in), ("out", status.push_out)):
+            add("msgbus_push_streams", (direction,), push.streams)
+            batches, messages = (
+                (push.batches_in, push.messages_in)
+                if direction == "in"
+                else (push.batches_out, push.messages_out)
+            )
+            add("msgbus_push_batches_total", (direction,), batches)
+            add("msgbus_push_messages_total", (direction,), messages)
+            add("msgbus_push_refused_total", (direction,), push.refused)
         return families.values()
 
 
