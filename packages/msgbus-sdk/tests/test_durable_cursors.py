@@ -219,3 +219,21 @@ def test_a_killed_consumer_sees_every_message_at_least_once_and_none_it_committe
     assert first == list(range(1, first[-1] + 1))
     assert second == list(range(committed + 1, total + 1))
     assert set(first) | set(second) == set(range(1, total + 1))
+
+
+def test_a_durable_subscription_goes_on_across_a_daemon_restart(fresh_daemon: Daemon) -> None:
+    topic = "sdk.durable.restart"
+    with MsgbusClient.connect(fresh_daemon.endpoint) as bus:
+        _publish(bus, topic, 6)
+        policy = CommitPolicy(every=1)
+        with bus.subscribe(topic, durable="restarted", auto_commit=policy) as subscription:
+            assert [next(subscription).head_id for _ in range(3)] == [1, 2, 3]
+            fresh_daemon.restart()
+            # The stream reopens after the restart; the commits made meanwhile are retried.
+            assert [next(subscription).head_id for _ in range(3)] == [4, 5, 6]
+        cursor = bus.get_cursor("restarted", topic)
+        assert cursor is not None
+        assert cursor.head_id == 6
+        with bus.subscribe(topic, durable="restarted") as again:
+            _publish(bus, topic, 1)
+            assert next(again).head_id == 7
