@@ -141,7 +141,7 @@ class CertificateAuthority:
         Valid for serving `hosts` and as a client certificate, so one file serves a daemon's
         listener (`--tls-cert`) and its peer and upstream connections (`--peer-tls-cert`).
         """
-        sans = [x509.UniformResourceIdentifier(f"msgbus://{identity}")]
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"msgbus://{identity}")]
         sans += [_san(host) for host in hosts]
         usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
         return self._issue(identity.replace("/", "-"), usages, sans)
