@@ -11,6 +11,7 @@ a publish committed just before the kill, whose answer was lost, was answered fr
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -89,7 +90,7 @@ def test_sigkill_rounds_leave_exactly_one_message_per_call(tmp_path: Path, backe
                 # Kill at a random point of the load: after 50 to 400 more acknowledgements.
                 target = ledger.count() + chooser.randrange(50, 400)
                 wait_until(
-                    lambda target=target: _acknowledged(ledger, target),
+                    functools.partial(_acknowledged, ledger, target),
                     message=f"round {round_number}: {target} publishes acknowledged",
                     timeout=120,
                 )

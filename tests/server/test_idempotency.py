@@ -9,27 +9,33 @@ field and the limit; the dedup worker forgets keys past --dedup-window and beyon
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from msgbus_proto import pb
+from msgbus_proto import pb, rpc
 from msgbus_server.cli import parse_config
 from msgbus_server.config import ConfigError
 from msgbus_server.testing import Daemon, run_msgbusd, wait_until
 from msgbus_testkit.metrics import Scrape, metrics_args
 
 
-def _publish(stub, topic: str, key: str, payload: bytes = b"p") -> pb.PublishResponse:
-    return stub.Publish(pb.PublishRequest(topic=topic, payload=payload, idempotency_key=key))
+def _publish(
+    stub: rpc.MsgbusServiceStub, topic: str, key: str, payload: bytes = b"p"
+) -> pb.PublishResponse:
+    request = pb.PublishRequest(topic=topic, payload=payload, idempotency_key=key)
+    response: pb.PublishResponse = stub.Publish(request)
+    return response
 
 
-def _head(stub, topic: str) -> int:
-    return stub.GetHead(pb.GetHeadRequest(topic=topic)).head_id
+def _head(stub: rpc.MsgbusServiceStub, topic: str) -> int:
+    return int(stub.GetHead(pb.GetHeadRequest(topic=topic)).head_id)
 
 
-def _refused(call, request) -> grpc.RpcError:
+def _refused(call: Callable[[Any], object], request: object) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as raised:
         call(request)
     return raised.value
@@ -87,17 +93,17 @@ def test_bad_keys_are_refused_naming_the_field_and_the_limit(tmp_path: Path) -> 
         long_key = "é" * 64 + "x"  # 129 UTF-8 bytes
         error = _refused(stub.Publish, pb.PublishRequest(topic="t", idempotency_key=long_key))
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert "idempotency_key is 129 bytes; the limit is 128 UTF-8 bytes" in error.details()
+        assert "idempotency_key is 129 bytes; the limit is 128 UTF-8 bytes" in str(error.details())
         error = _refused(stub.Publish, pb.PublishRequest(topic="t", idempotency_key="a\nb"))
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert "idempotency_key contains the control character U+000A" in error.details()
+        assert "idempotency_key contains the control character U+000A" in str(error.details())
         entries = [
             pb.PublishRequest(topic="t", idempotency_key="fine"),
             pb.PublishRequest(topic="t", idempotency_key="k" * 129),
         ]
         error = _refused(stub.PublishBatch, pb.PublishBatchRequest(entries=entries))
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert error.details().startswith("entries[1].idempotency_key is 129 bytes")
+        assert str(error.details()).startswith("entries[1].idempotency_key is 129 bytes")
         # Nothing was stored, and the key of the refused batch's valid entry is not taken.
         assert _head(stub, "t") == 0
         assert not _publish(stub, "t", "fine").duplicate
