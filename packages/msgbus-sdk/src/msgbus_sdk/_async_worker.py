@@ -32,8 +32,9 @@ class AsyncJob:
 
     ``async with job:`` acks it when the block succeeds and rejects it when the block raises
     (a failed attempt: the daemon redelivers it, or moves it to ``QUEUE.dead`` once it reached
-    the queue's max_attempts). The exception is logged and not raised further, so the worker
-    loop goes on with the next job. While the job runs, the worker extends its lease.
+    the queue's max_attempts). The exception is logged (one warning line; the traceback at
+    DEBUG) and not raised further, so the worker loop goes on with the next job. While the job
+    runs, the worker extends its lease.
     """
 
     def __init__(self, worker: AsyncWorker, lease: FifoLease, message: FifoMessage) -> None:
@@ -92,14 +93,16 @@ class AsyncJob:
                 )
             return False
         dead = await self.reject()
+        # One line a failure; the traceback at DEBUG, for whoever looks into it.
         _log.warning(
-            "job %s of %s failed (attempt %d)%s",
+            "job %s of %s failed (attempt %d): %r%s",
             self.message.id,
             self._worker.queue,
             self.attempts + 1,
+            exc,
             "; moved to the dead-letter queue" if dead else "",
-            exc_info=(exc_type, exc, tb) if exc_type is not None else None,
         )
+        _log.debug("job %s failed", self.message.id, exc_info=exc)
         # An ordinary exception is the job's failure, settled by the reject; a cancellation or
         # KeyboardInterrupt goes on.
         return isinstance(exc, Exception)
