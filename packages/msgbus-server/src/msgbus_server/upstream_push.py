@@ -96,8 +96,11 @@ class _Session:
             await self._call.write(request)
         except aio.AioRpcError as error:
             self._fail(_ended(error))
-        except asyncio.InvalidStateError:
-            self._fail(_SessionEnded("the Push stream is closed"))
+        except (asyncio.InvalidStateError, aio.UsageError) as error:
+            # The call already ended (the reader sees why): writing to it is refused.
+            self._fail(_SessionEnded(f"the Push stream is closed ({error})"))
+        if self._error is not None and not future.done():
+            future.set_exception(self._error)
         return future
 
     async def read_all(self) -> None:
@@ -116,6 +119,11 @@ class _Session:
             self._fail(_ended(error))
         except _SessionEnded as error:
             self._fail(error)
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the stream ended; None while it is open."""
+        return self._error
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
@@ -192,7 +200,10 @@ class UpstreamPush:
                 await self._flush()
                 await asyncio.sleep(UNSUPPORTED_RECHECK_S)
                 continue
-            except _SessionEnded as error:
+            except Exception as error:
+                if not isinstance(error, _SessionEnded):
+                    # A bug must not end this upstream's push for good: log it and go on.
+                    log.exception("upstream %s: unexpected error in push", self.endpoint)
                 failures = 1 if self._welcomed else failures + 1
                 # A pinned upstream whose certificate names another node: say that, not
                 # the closed connection gRPC saw (`peer_certificates`).
@@ -209,13 +220,20 @@ class UpstreamPush:
         call: aio.StreamStreamCall[pb.PushRequest, pb.PushResponse] = self._stub.Push()  # type: ignore[call-arg]  # written to as it goes
         session = _Session(call)
         reader = asyncio.create_task(session.read_all(), name=f"push-read {self.endpoint}")
+        pushing = asyncio.create_task(self._push(session), name=f"push {self.endpoint}")
         try:
-            await self._push(session)
+            # The reader ends only when the stream does: then the push stops too, wherever it
+            # waits (a write to a broken stream may never return).
+            await asyncio.wait({reader, pushing}, return_when=asyncio.FIRST_COMPLETED)
+            if pushing.done():
+                pushing.result()  # raises why the push stopped
+            raise session.error or _SessionEnded("the Push stream ended")
         finally:
             call.cancel()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            for task in (pushing, reader):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             self.stats.streams = 0
 
     async def _push(self, session: _Session) -> None:
