@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from msgbus_core.errors import StorageError
+from msgbus_core.fifo_leases import AckLeaseOp, LeaseOp, RejectLeaseOp, RejectLeaseResult
 from msgbus_core.model import Message, NodeId, TopicHead
 from msgbus_core.ops import AckOp, AppendOp, EnqueueOp, ReplicateOp, ReplicateResult
 from msgbus_core.testing import LOCAL, REMOTE, TARGET, remote_message, snapshot
@@ -337,3 +338,43 @@ def test_list_heads_orders_text_by_code_point_whatever_the_database_collation(
     assert [h.topic for h in heads] == sorted(topics)
     # Past ("a/b", ""): "a/b" itself (any origin key sorts after "") and the next one.
     assert [h.topic for h in store.list_heads(after=("a/b", ""), limit=2)] == sorted(topics)[2:4]
+
+
+def test_leases_hold_across_processes(open_store: Callable[[], PostgresStore]) -> None:
+    stores = [open_store() for _ in range(3)]
+    stores[0].write(
+        [EnqueueOp("jobs", "t", LOCAL, TARGET, b"j%d" % n, {}, f"job-{n}", n) for n in range(300)]
+    )
+    leased: list[str] = []
+    acked: list[str] = []
+    lock = threading.Lock()
+
+    def work(store: PostgresStore, worker: int) -> None:
+        for round_ in range(1_000):
+            [leases] = store.write([LeaseOp("jobs", 4, 600_000, 1_000, f"w{worker}-{round_}", 3)])
+            assert isinstance(leases, list)
+            if not leases:
+                return
+            with lock:
+                leased.extend(lease.message.id for lease in leases)
+            for lease in leases:
+                if lease.message.sequence % 7 == 0 and lease.message.attempts == 0:
+                    # A failed attempt: back in the queue, for any process to lease again.
+                    [result] = store.write([RejectLeaseOp("jobs", lease.lease_id, 1_000, 3)])
+                    assert isinstance(result, RejectLeaseResult)
+                    assert result.accepted
+                    continue
+                [accepted] = store.write([AckLeaseOp("jobs", lease.lease_id, 1_000)])
+                assert accepted is True
+                with lock:
+                    acked.append(lease.message.id)
+
+    with ThreadPoolExecutor(3) as pool:
+        for future in [pool.submit(work, store, n) for n, store in enumerate(stores)]:
+            future.result()
+    # The row locks serialize the processes: no message was leased twice at once (only the
+    # rejected ones came back, once each), and every message was acked exactly once.
+    rejected = [n for n in range(300) if (n + 1) % 7 == 0]
+    assert len(leased) == 300 + len(rejected)
+    assert sorted(acked) == sorted(f"job-{n}" for n in range(300))
+    assert stores[1].list_fifo("jobs", 0, 10) == []
