@@ -15,6 +15,7 @@
 //	msgbus-interop-go cursors -addr ... -topic T [-count 5 -names 7 -page-size 3]
 //	msgbus-interop-go idempotency -addr ... -topic T [-key K]
 //	msgbus-interop-go fifo-leases -addr ... -queue Q (a queue with max_attempts 2)
+//	msgbus-interop-go push -addr ... -topic T [-node tenant/default/go-device -count 10]
 package main
 
 import (
@@ -58,6 +59,8 @@ func main() {
 		runIdempotency(args)
 	case "fifo-leases":
 		runFifoLeases(args)
+	case "push":
+		runPush(args)
 	default:
 		fail("unknown command %q", command)
 	}
