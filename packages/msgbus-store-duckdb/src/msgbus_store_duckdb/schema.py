@@ -122,7 +122,8 @@ _TABLES: Final = (
 SCHEMA_VERSION: Final = 3
 """The schema this code writes. Older versions are migrated at open (`migrate`); newer ones are
 refused. Version 2 added `logs.first_head` (retention); version 3 added the `cursors` table
-(durable named cursors) and `publish_keys` (idempotency keys)."""
+(durable named cursors) and `publish_keys` (idempotency keys), and the lease columns of
+`fifo_messages` (`lease_id`, `leased_until_ms`, `dead_reason`: FIFO leases)."""
 
 _MIGRATIONS: Final = {
     # 1 -> 2: nothing was ever trimmed, so every log starts at 1.

@@ -16,8 +16,10 @@ from msgbus_core import sql_fifo_leases, sql_schema
 
 SCHEMA_VERSION: Final = 3
 """The schema this code writes; the same version numbers as the file stores (version 2 has
-`logs.first_head` and `logs.bytes`, version 3 the `cursors` and `publish_keys` tables). Older versions from
-FIRST_VERSION on are migrated at open (`migrate`); newer ones are refused."""
+`logs.first_head` and `logs.bytes`, version 3 the `cursors` and `publish_keys` tables
+and the lease columns of `fifo_messages`).
+Older versions from FIRST_VERSION on are migrated at open (`migrate`); newer ones are
+refused."""
 
 FIRST_VERSION: Final = 2
 """The first version a PostgreSQL store wrote; anything older was not made by msgbus."""

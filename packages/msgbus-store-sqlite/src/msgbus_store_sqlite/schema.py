@@ -15,7 +15,8 @@ from msgbus_core.errors import SchemaError
 SCHEMA_VERSION: Final = 3
 """The schema this code writes. Older versions are migrated at open (`migrate`); newer ones are
 refused. Version 2 added `logs.first_head` and `logs.bytes` (retention); version 3 added the
-`cursors` table (durable named cursors) and `publish_keys` (idempotency keys)."""
+`cursors` table (durable named cursors), `publish_keys` (idempotency keys) and the lease
+columns of `fifo_messages` (`lease_id`, `leased_until_ms`, `dead_reason`: FIFO leases)."""
 
 # Durable named cursors (`msgbus_core.cursors`), keyed as `Cursor.key`; never replicated.
 _CURSORS: Final = """CREATE TABLE cursors (
