@@ -46,6 +46,12 @@ RPCS = (
     "PeekFifo",
     "RejectFifo",
     "AckFifo",
+    "LeaseFifo",
+    "ExtendFifoLease",
+    "RejectFifoLease",
+    "AckFifoLease",
+    "ListFifo",
+    "RedriveFifo",
 )
 """Every RPC of msgbus.v1, in the order `every_rpc` makes them."""
 CALL_TIMEOUT_S = 10.0
@@ -203,6 +209,34 @@ def every_rpc(
             pb.AckFifoRequest(queue=queue, message_id=front_id),
             timeout=CALL_TIMEOUT_S,
             metadata=meta,
+        ),
+        # A lease that holds for a second: it changes nothing another call of the matrix sees
+        # for long. The lease RPCs by id answer accepted=false for an unknown lease (OK).
+        "LeaseFifo": lambda: stub.LeaseFifo(
+            pb.LeaseFifoRequest(queue=queue, visibility_ms=1_000),
+            timeout=CALL_TIMEOUT_S,
+            metadata=meta,
+        ),
+        "ExtendFifoLease": lambda: stub.ExtendFifoLease(
+            pb.ExtendFifoLeaseRequest(queue=queue, lease_id="1.matrix"),
+            timeout=CALL_TIMEOUT_S,
+            metadata=meta,
+        ),
+        "RejectFifoLease": lambda: stub.RejectFifoLease(
+            pb.RejectFifoLeaseRequest(queue=queue, lease_id="1.matrix"),
+            timeout=CALL_TIMEOUT_S,
+            metadata=meta,
+        ),
+        "AckFifoLease": lambda: stub.AckFifoLease(
+            pb.AckFifoLeaseRequest(queue=queue, lease_id="1.matrix"),
+            timeout=CALL_TIMEOUT_S,
+            metadata=meta,
+        ),
+        "ListFifo": lambda: stub.ListFifo(
+            pb.ListFifoRequest(queue=queue), timeout=CALL_TIMEOUT_S, metadata=meta
+        ),
+        "RedriveFifo": lambda: stub.RedriveFifo(
+            pb.RedriveFifoRequest(queue=queue), timeout=CALL_TIMEOUT_S, metadata=meta
         ),
     }
     assert tuple(calls) == RPCS
