@@ -4,7 +4,6 @@ line and exit 2. Real msgbusd processes, raw grpc stubs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,8 +21,7 @@ def hello() -> pb.PushRequest:
 
 
 def push(daemon: Daemon, requests: list[pb.PushRequest]) -> list[pb.PushResponse]:
-    responses: Iterator[pb.PushResponse] = daemon.stub().Push(iter(requests), timeout=30)
-    return list(responses)
+    return list(daemon.stub().Push(iter(requests), timeout=30))
 
 
 def envelope(head: int, payload: bytes) -> pb.MessageEnvelope:
