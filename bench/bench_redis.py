@@ -87,7 +87,12 @@ class RedisServer:
         return self.process.pid
 
     async def connect(self) -> redis.Redis:
-        client = redis.Redis(host="127.0.0.1", port=self.port)
+        # A blocking pool: (d)'s publishes wait for a connection when the server falls behind,
+        # instead of failing with "Too many connections" on a loaded machine.
+        pool = redis.BlockingConnectionPool(
+            host="127.0.0.1", port=self.port, max_connections=256, timeout=None
+        )
+        client = redis.Redis(connection_pool=pool)
         deadline = time.monotonic() + 20
         while True:
             try:
