@@ -416,17 +416,7 @@ class UpstreamPush:
                 return  # a batch after the one that failed: its failure is already recorded
             self._retry[log_id] = None
             name = _CODE_NAMES.get(ack.error_code, str(ack.error_code))
-            error = f"refused by upstream {self.endpoint}: {name} {ack.error_message}"
-            self._book.failure(error, log_id, heads)
-            if self._book.announce_failure(self._book.key(log_id), error):
-                self.stats.refused += 1
-                log.warning(
-                    "upstream %s: log topic=%s origin=%s not pushed: %s",
-                    self.endpoint,
-                    log_id[0],
-                    log_id[1].key,
-                    error,
-                )
+            self._refused(log_id, heads, f"{name} {ack.error_message}", count=True)
             return
         self.stats.batches_out += 1
         self.stats.messages_out += count
@@ -434,9 +424,21 @@ class UpstreamPush:
         if self._book.announce_recovery(self._book.key(log_id)):
             log.info("upstream %s: log %s/%s pushed again", self.endpoint, *_shown(log_id))
 
-    def _refused(self, log_id: LogId, heads: Heads) -> None:
-        error = f"refused by upstream {self.endpoint}: it does not take this log from this node"
-        self._book.failure(error, log_id, heads, count=False)
+    def _refused(
+        self,
+        log_id: LogId,
+        heads: Heads,
+        why: str = "it does not take this log from this node",
+        *,
+        count: bool = False,
+    ) -> None:
+        """Record (and log, when it is new) that the upstream refused the log.
+
+        A refused batch counts (the log backs off, then is offered again); a refusal in an
+        offer reply does not: the log is offered again when it changes or on a new session.
+        """
+        error = f"refused by upstream {self.endpoint}: {why}"
+        self._book.failure(error, log_id, heads, count=count)
         if self._book.announce_failure(self._book.key(log_id), error):
             self.stats.refused += 1
             log.warning(
