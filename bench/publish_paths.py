@@ -9,6 +9,8 @@ Run it with PYTHONPATH pointing at another build's packages to compare builds (t
 bench/README.md "Where the time goes" were taken that way). Prints one JSON line.
 """
 
+from __future__ import annotations
+
 import asyncio
 import json
 import os
@@ -18,8 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, "/work/main/bench")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import latency_from_payload, payload_with_timestamp
 from msgbus_sdk import AsyncMsgbusClient
 
@@ -27,33 +30,37 @@ STREAM = os.environ.get("AB_STREAM", "1") == "1"
 PAYLOAD = b"x" * 256
 
 
-def cpu_of(pid):
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) the process `pid` has used."""
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def connect(ep):
+async def connect(ep: str) -> AsyncMsgbusClient:
+    """A client on the path AB_STREAM chooses (an older build without the option: its default)."""
     try:
         return await AsyncMsgbusClient.connect(ep, publish_stream=STREAM)
     except TypeError:
         return await AsyncMsgbusClient.connect(ep)
 
 
-def pct(xs, p):
+def pct(xs: list[float], p: float) -> float:
+    """The `p` quantile of `xs` (seconds), in milliseconds."""
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))] * 1e3
 
 
-async def scenario(name, ep, pid):
+async def scenario(name: str, ep: str, pid: int) -> dict[str, Any]:
+    """Run scenario `name` (a, b or d) against the daemon at `ep` whose process is `pid`."""
     bus = await connect(ep)
     async with bus:
         for _ in range(50):
             await bus.publish("warm", PAYLOAD)
         c0, d0, t0 = time.process_time(), cpu_of(pid), time.perf_counter()
-        out = {}
+        out: dict[str, Any] = {}
         if name == "a":
             n = 1000
-            lat = []
+            lat: list[float] = []
             for _ in range(n):
                 t = time.perf_counter()
                 await bus.publish("a", PAYLOAD)
@@ -67,7 +74,7 @@ async def scenario(name, ep, pid):
             n = 20000
             left = n
 
-            async def w():
+            async def w() -> None:
                 nonlocal left
                 while left > 0:
                     left -= 1
@@ -79,7 +86,7 @@ async def scenario(name, ep, pid):
             n = 5000
             lat = []
 
-            async def consume():
+            async def consume() -> None:
                 async for m in bus.subscribe("d", from_head_id=1):
                     lat.append(latency_from_payload(m.payload))
                     if m.head_id >= n:
@@ -89,7 +96,7 @@ async def scenario(name, ep, pid):
             await asyncio.sleep(0.3)
             c0, d0 = time.process_time(), cpu_of(pid)
             began = time.perf_counter()
-            pend = set()
+            pend: set[asyncio.Future[Any]] = set()
             for i in range(n):
                 d = began + i / 1000 - time.perf_counter()
                 if d > 0:
@@ -104,8 +111,9 @@ async def scenario(name, ep, pid):
         return out
 
 
-def main():
-    res = {}
+def main() -> None:
+    """Run the scenarios named on the command line, each against a fresh daemon."""
+    res: dict[str, Any] = {}
     for name in sys.argv[1:]:
         d = tempfile.mkdtemp()
         s = socket.socket()
@@ -139,4 +147,5 @@ def main():
     print(json.dumps(res), flush=True)
 
 
-main()
+if __name__ == "__main__":
+    main()
