@@ -1,9 +1,10 @@
 """The Go client follows `telemetry` of several origins with one pattern Subscribe (issue 19).
 
 Three origin daemons publish different numbers of messages; a hub pulls them (--peer) and
-publishes its own. The Go client (tests/interop/go/pattern_subscribe.go) subscribes with
-topic_pattern, checks that each response carries one log and each log arrives in order with
-no gap and no duplicate, resumes every log with resume_after, and checks the refusals.
+publishes its own, also on a deeper topic. The Go client (tests/interop/go/pattern_subscribe.go)
+subscribes with topic_pattern `telemetry*` (`*` crosses dots, as in every msgbus glob), checks
+that each response carries one log and each log arrives in order with no gap and no duplicate,
+resumes every log with resume_after, and checks the refusals.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.timeout(2100)  # the first test of a run may wait for t
 
 COUNTS = {"dev0": 12, "dev1": 3, "dev2": 30}
 HUB_OWN = 5
+HUB_DEEP = 4  # on telemetry.cpu.load: `telemetry*` matches it, dots and all
 
 
 def _summary(output: str) -> dict[str, Any]:
@@ -49,10 +51,13 @@ def test_go_subscribes_to_a_topic_of_every_origin_in_per_log_order(
         )
         entries = [pb.PublishRequest(topic="telemetry", payload=b"hub")] * HUB_OWN
         hub.stub().PublishBatch(pb.PublishBatchRequest(entries=entries), timeout=30)
+        deep = [pb.PublishRequest(topic="telemetry.cpu.load", payload=b"hub")] * HUB_DEEP
+        hub.stub().PublishBatch(pb.PublishBatchRequest(entries=deep), timeout=30)
         wanted = {
             f"telemetry {d.node.key}": c for d, c in zip(devices, COUNTS.values(), strict=True)
         }
         wanted[f"telemetry {hub.node.key}"] = HUB_OWN
+        wanted[f"telemetry.cpu.load {hub.node.key}"] = HUB_DEEP
 
         def synced() -> bool:
             heads = hub.stub().ListHeads(pb.ListHeadsRequest(), timeout=10).heads
@@ -70,7 +75,7 @@ def test_go_subscribes_to_a_topic_of_every_origin_in_per_log_order(
                 "-addr",
                 hub.endpoint,
                 "-pattern",
-                "telemetry",
+                "telemetry*",
                 "-messages",
                 str(sum(wanted.values())),
                 "-logs",

@@ -1008,9 +1008,10 @@ class AsyncMsgbusClient:
     ) -> AsyncSubscription | AsyncDurableSubscription:
         """Follow every log whose topic matches ``topic_pattern``, of every origin.
 
-        ``topic_pattern`` is a glob over dot-separated segments: ``*`` matches within one
-        segment, a final ``>`` (or ``**``) the rest (``"telemetry.>"``); ``origin_pattern``,
-        a glob over ``"tenant_id/bl_name/device_id"`` (``"acme/*/*"``), narrows the origins.
+        ``topic_pattern`` is a topic glob with the rule of retention rules and policies:
+        ``*`` matches any text, dots included (``"telemetry.*"`` matches ``telemetry.cpu`` and
+        ``telemetry.cpu.load``), ``?`` one character, ``[...]`` a set; ``origin_pattern``, a
+        glob over ``"tenant_id/bl_name/device_id"`` (``"acme/*"``), narrows the origins.
         The logs are merged, each in its own head order with no gap and no duplicate, and logs
         that appear later are picked up live. Each message names its log (``topic`` and
         ``origin``). Logs start at ``from_head_id``, those in ``resume_after`` (``(topic,

@@ -139,7 +139,7 @@ def subscribe_pattern(
 ) -> pb.SubscribeRequest:
     """A pattern SubscribeRequest; ``resume_after`` maps (topic, origin key) to a last head."""
     if not topic_pattern:
-        raise ConfigurationError("topic_pattern must be a topic glob such as 'telemetry.>'")
+        raise ConfigurationError("topic_pattern must be a topic glob such as 'telemetry.*'")
     return pb.SubscribeRequest(
         topic_pattern=topic_pattern,
         origin_pattern=origin_pattern or "",

@@ -111,13 +111,13 @@ class DaemonConfig:
     """Where `--metrics-listen` serves /metrics, /status and /status.json; None: nowhere."""
     metrics_port: int = 0
     metrics_max_logs: int = DEFAULT_METRICS_MAX_LOGS
+    """The busiest logs (and deepest queues) that get metric series of their own."""
     max_cursors: int = DEFAULT_MAX_CURSORS
     """The most durable cursors this daemon keeps (`--max-cursors`); a commit of one more is
     RESOURCE_EXHAUSTED."""
     fifo_max_attempts: MaxAttempts = field(default_factory=MaxAttempts)
     """Failed attempts each FIFO queue allows before its dead-letter queue (`--fifo-max-attempts`,
     by queue glob); a queue no rule matches has no limit."""
-    """The busiest logs (and deepest queues) that get metric series of their own."""
 
     @property
     def listen(self) -> str:

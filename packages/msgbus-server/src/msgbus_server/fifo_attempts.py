@@ -2,8 +2,8 @@
 
 A rule is written `PATTERN=N`, as in `--fifo-max-attempts 'jobs.*=5'` (repeatable; in the
 configuration file `fifo-max-attempts = ["jobs.*=5"]` or a `[fifo-max-attempts]` table of
-`"jobs.*" = 5`). PATTERN is a queue glob with the retention rules' semantics
-(`retention_rules.glob_matches`) and the first matching pattern applies. A queue no rule
+`"jobs.*" = 5`). PATTERN is a queue glob (`msgbus_server.topic_globs`, the rule of every glob)
+and the first matching pattern applies. A queue no rule
 matches has no limit (0): its messages are redelivered forever, as the original's were.
 """
 
@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from msgbus_core.errors import InvalidArgumentError
 from msgbus_core.fifo_leases import MAX_ATTEMPTS
 from msgbus_core.limits import MAX_NAME_BYTES
-from msgbus_server.retention_rules import glob_matches
+from msgbus_server.topic_globs import glob_matches, validate_glob
 
 MAX_QUEUE_BYTES_WITH_DEAD: Final = MAX_NAME_BYTES - len(".dead")
 """The longest queue name whose dead-letter queue `QUEUE.dead` is itself a valid name."""
@@ -28,8 +29,7 @@ class MaxAttemptsRule:
     """`PATTERN=N`: the queues whose name matches the glob PATTERN allow N failed attempts."""
 
     pattern: str
-    """A queue glob with the semantics of retention rules (`fnmatch.fnmatchcase`: `*` matches
-    any text, dots included)."""
+    """A queue glob (`msgbus_server.topic_globs`: `*` matches any text, dots included)."""
     max_attempts: int
 
     def __str__(self) -> str:
@@ -70,6 +70,10 @@ def parse_max_attempts(text: str, where: str = "--fifo-max-attempts") -> MaxAtte
     pattern, number = pattern.strip(), number.strip()
     if not equals or not pattern:
         raise ValueError(f"{where} {text!r}: expected PATTERN=N, e.g. 'jobs.*=5'")
+    try:
+        validate_glob("the pattern", pattern)
+    except InvalidArgumentError as refused:
+        raise ValueError(f"{where} {text!r}: {refused}") from None
     digits = number.isascii() and number.isdigit() and len(number) <= 10
     if not digits or not 1 <= int(number) <= MAX_ATTEMPTS:
         raise ValueError(

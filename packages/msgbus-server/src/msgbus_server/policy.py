@@ -18,9 +18,9 @@ The policy is the `[policy]` table of a TOML file: msgbusd's `--config` file, or
     queues = ["jobs.*"]            # FIFO queue globs (fifo rules); default every queue
 
 A rule matches a request when one of its callers is the caller, one of its actions is the
-request's, and the request's log (topic and origin) or queue matches its globs. Globs are
-`fnmatch` patterns, as retention patterns are: `*` matches any text, dots and slashes
-included. `{tenant}`, `{bl}` and `{device}` in a glob stand for the parts of the caller's
+request's, and the request's log (topic and origin) or queue matches its globs. Globs follow
+the rule of every glob in msgbus (`msgbus_server.topic_globs`): `*` matches any text, dots and
+slashes included. `{tenant}`, `{bl}` and `{device}` in a glob stand for the parts of the caller's
 certificate identity, so a rule that uses them matches only callers with one.
 
 Actions: `publish` (Publish, PublishBatch), `read` (Fetch, Subscribe, GetHead, the heads
@@ -46,7 +46,6 @@ Every parse error is a `ConfigError` of one line naming the key (`policy.rule[2]
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import grp
 import pwd
 import re
@@ -56,11 +55,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from msgbus_core.errors import InvalidArgumentError
 from msgbus_core.model import NodeId
 from msgbus_server.config import ConfigError
 from msgbus_server.config_file import described
 from msgbus_server.identity import CERTIFICATE_IDENTITIES, Caller
 from msgbus_server.tokens import TokenFile, load_token_file
+from msgbus_server.topic_globs import TopicGlob, compile_glob, escape_glob, validate_glob
 
 ACTIONS: Final = ("publish", "read", "delete", "fifo", "admin", "pull", "push")
 """Every action a rule may allow or deny."""
@@ -79,7 +80,6 @@ DEFAULT_RULE: Final = "the policy default"
 
 _PLACEHOLDER: Final = re.compile(r"\{([^{}]*)\}")
 _PLACEHOLDERS: Final = ("tenant", "bl", "device")
-_GLOB_SPECIAL: Final = re.compile(r"([*?\[])")
 _POLICY_KEYS: Final = ("default", "tenant-isolation", "certificate-identity", "token-file", "rule")
 _RULE_KEYS: Final = ("name", "callers", "allow", "deny", "topics", "origins", "queues")
 _CALLER_FORMS: Final = (
@@ -121,18 +121,17 @@ class Decision:
     reason: str = ""
 
 
-def _escaped(value: str) -> str:
-    """`value` as a glob that matches exactly it (a device named `*` must not match all)."""
-    return _GLOB_SPECIAL.sub(r"[\1]", value)
-
-
 class _Glob:
     """One topic, origin or queue glob, compiled once; placeholders are filled per caller."""
 
-    __slots__ = ("_match", "text")
+    __slots__ = ("_glob", "text")
 
     def __init__(self, text: str, where: str) -> None:
         self.text = text
+        try:
+            validate_glob("the glob", text)
+        except InvalidArgumentError as refused:
+            raise ConfigError(f"{where}: {refused}") from None
         names = _PLACEHOLDER.findall(text)
         for name in names:
             if name not in _PLACEHOLDERS:
@@ -140,17 +139,17 @@ class _Glob:
                     f"{where}: unknown placeholder {{{name}}} in {text!r} "
                     "(use {tenant}, {bl} or {device}: the parts of the caller's identity)"
                 )
-        self._match = None if names else re.compile(fnmatch.translate(text)).match
+        self._glob = None if names else compile_glob(text)
 
     def matches(self, value: str, caller: Caller) -> bool:
-        if self._match is not None:
-            return self._match(value) is not None
+        if self._glob is not None:
+            return self._glob.matches(value)
         node = caller.node
         if node is None:
             return False
         parts = {"tenant": node.tenant_id, "bl": node.bl_name, "device": node.device_id}
-        pattern = _PLACEHOLDER.sub(lambda found: _escaped(parts[found.group(1)]), self.text)
-        return fnmatch.fnmatchcase(value, pattern)
+        pattern = _PLACEHOLDER.sub(lambda found: escape_glob(parts[found.group(1)]), self.text)
+        return compile_glob(pattern).matches(value)
 
 
 _EVERYTHING: Final = (_Glob("*", "policy"),)
@@ -165,7 +164,7 @@ class CallerPattern:
     """`anyone`, `anonymous`, `uid`, `gid`, `token` or `identity`."""
     number: int = -1
     """The uid or gid."""
-    glob: re.Pattern[str] | None = None
+    glob: TopicGlob | None = None
     """The token name or identity glob."""
 
     def matches(self, caller: Caller) -> bool:
@@ -185,7 +184,7 @@ class CallerPattern:
 
     def _glob_matches(self, value: str) -> bool:
         assert self.glob is not None
-        return self.glob.match(value) is not None
+        return self.glob.matches(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,15 +451,11 @@ def _caller(text: str, where: str, tokens: TokenFile | None) -> CallerPattern:
         if not any(char in value for char in "*?[") and (tokens is None or value not in tokens):
             held = "there is no token-file" if tokens is None else "the token-file has none"
             raise ConfigError(f"{where}: no token named {value!r}: {held}")
-        return CallerPattern(text, "token", glob=_compiled(value))
+        return CallerPattern(text, "token", glob=compile_glob(value))
     parts = text.split("/")
     if sep or len(parts) != 3 or not all(parts):
         raise ConfigError(f"{where}: {text!r} is not a caller ({_CALLER_FORMS})")
-    return CallerPattern(text, "identity", glob=_compiled(text))
-
-
-def _compiled(glob: str) -> re.Pattern[str]:
-    return re.compile(fnmatch.translate(glob))
+    return CallerPattern(text, "identity", glob=compile_glob(text))
 
 
 def _unix_id(kind: str, value: str, where: str) -> int:

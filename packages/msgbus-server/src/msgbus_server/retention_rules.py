@@ -1,7 +1,7 @@
 """Retention rules: how much of each log msgbusd keeps, chosen by topic pattern.
 
 A rule is written `PATTERN:RULES`, as in `--retention 'telemetry.*:max-age=7d,max-bytes=1GiB'`:
-PATTERN is a topic glob (`fnmatch.fnmatchcase`, so `*` crosses dots) and RULES are
+PATTERN is a topic glob (`msgbus_server.topic_globs`: `*` crosses dots) and RULES are
 comma-separated limits. A policy is an ordered list of rules in which the first matching pattern
 applies, to each log separately: `telemetry.a` and `telemetry.b` each keep up to the limits.
 
@@ -12,14 +12,15 @@ allowed; the file form (`[retention."telemetry.*"]` tables) reuses the same valu
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Final
 
+from msgbus_core.errors import InvalidArgumentError
 from msgbus_core.limits import MAX_STORED_INT
+from msgbus_server.topic_globs import compile_glob, validate_glob
 
 if TYPE_CHECKING:
     from msgbus_server.config import ConfigError
@@ -85,15 +86,6 @@ _RULES_ALLOWED: Final = "max-messages=N, max-age=DURATION, max-bytes=SIZE"
 _EXAMPLE: Final = "'telemetry.*:max-age=7d,max-bytes=1GiB'"
 
 
-def glob_matches(name: str, pattern: str) -> bool:
-    """The glob rule of retention patterns, also used for FIFO queue patterns.
-
-    `fnmatch.fnmatchcase`: case-sensitive, `*` matches any text (dots included), `?` one
-    character, `[...]` a set.
-    """
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def _config_error(message: str) -> ConfigError:
     # config.py imports this module for DaemonConfig's fields, so the error class is looked up
     # when an error is raised: a top-level import would be a cycle.
@@ -130,14 +122,14 @@ class RetentionRule:
     """
 
     pattern: str
-    """Topic glob with `fnmatch.fnmatchcase` semantics: `*` matches any text, dots included."""
+    """Topic glob (`msgbus_server.topic_globs`): `*` matches any text, dots included."""
     max_messages: int | None = None
     max_age_ms: int | None = None
     max_bytes: int | None = None
 
     def matches(self, topic: str) -> bool:
         """Whether this rule's pattern covers `topic` (case-sensitive, `*` crosses dots)."""
-        return glob_matches(topic, self.pattern)
+        return compile_glob(self.pattern).matches(topic)
 
     def __str__(self) -> str:
         """The canonical text, which `parse_retention` reads back to an equal rule."""
@@ -209,6 +201,7 @@ def parse_retention(text: str) -> RetentionRule:
         raise _config_error(
             f"{where}: the pattern is empty (use a topic glob such as telemetry.* or *)"
         )
+    _check_pattern(where, pattern)
     limits: dict[str, int] = {}
     for part in rules_text.split(","):
         name, equals, value = (piece.strip() for piece in part.partition("="))
@@ -243,6 +236,7 @@ def rule_from_table(pattern: str, table: Mapping[str, int | str], where: str) ->
         raise _config_error(
             f"{where}: the pattern is empty (use a topic glob such as telemetry.* or *)"
         )
+    _check_pattern(where, pattern)
     limits: dict[str, int] = {}
     for name, value in table.items():
         at = f"{where}.{name}"
@@ -262,6 +256,14 @@ def rule_from_table(pattern: str, table: Mapping[str, int | str], where: str) ->
     if not limits:
         raise _config_error(f"{where}: no rules (give one or more of {_RULES_ALLOWED})")
     return _rule(pattern, limits)
+
+
+def _check_pattern(where: str, pattern: str) -> None:
+    """Refuse, naming the setting, a pattern the glob rule refuses (`validate_glob`)."""
+    try:
+        validate_glob("the pattern", pattern)
+    except InvalidArgumentError as refused:
+        raise _config_error(f"{where}: {refused}") from None
 
 
 def _rule(pattern: str, limits: Mapping[str, int]) -> RetentionRule:

@@ -339,15 +339,19 @@ class SubscribeRequest(_message.Message):
     0 (the default, and what original clients send) means one message per response.
     """
     topic_pattern: _builtins.str
-    """Extension (pattern mode): a topic glob (`*` matches within a dot-separated segment, `>` or
-    a trailing `**` matches the rest; see the README). When set, `topic` and `origin` must be
+    """Extension (pattern mode): a topic glob, the same globs as retention rules and policies
+    (case-sensitive, whole topic: `*` matches any text, dots included, so `telemetry.*` matches
+    `telemetry.cpu.load`; `?` one character; `[...]` a set; see the README). A glob has a
+    topic's limits (not empty, at most 255 UTF-8 bytes, no control characters), and a `[` that
+    no `]` closes is INVALID_ARGUMENT. When set, `topic` and `origin` must be
     empty, and the subscription follows every log whose topic matches and whose origin matches
     origin_pattern: their messages are merged, each log in its own head order with no gap and
     no duplicate, and logs that appear later are picked up live. Every response carries
     messages of one log only, and each envelope names its log.
     """
     origin_pattern: _builtins.str
-    """Extension (pattern mode): a glob over the origin key "tenant_id/bl_name/device_id"; empty
+    """Extension (pattern mode): a glob over the origin key "tenant_id/bl_name/device_id", by the
+    rule of topic_pattern (`*` crosses `/`: "acme/*" is every origin of tenant acme); empty
     means every origin. Only with topic_pattern.
     """
     @_builtins.property

@@ -1755,8 +1755,11 @@ class SubscribeRequest(betterproto2.Message):
 
     topic_pattern: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
     """
-    Extension (pattern mode): a topic glob (`*` matches within a dot-separated segment, `>` or
-    a trailing `**` matches the rest; see the README). When set, `topic` and `origin` must be
+    Extension (pattern mode): a topic glob, the same globs as retention rules and policies
+    (case-sensitive, whole topic: `*` matches any text, dots included, so `telemetry.*` matches
+    `telemetry.cpu.load`; `?` one character; `[...]` a set; see the README). A glob has a
+    topic's limits (not empty, at most 255 UTF-8 bytes, no control characters), and a `[` that
+    no `]` closes is INVALID_ARGUMENT. When set, `topic` and `origin` must be
     empty, and the subscription follows every log whose topic matches and whose origin matches
     origin_pattern: their messages are merged, each log in its own head order with no gap and
     no duplicate, and logs that appear later are picked up live. Every response carries
@@ -1765,7 +1768,8 @@ class SubscribeRequest(betterproto2.Message):
 
     origin_pattern: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
-    Extension (pattern mode): a glob over the origin key "tenant_id/bl_name/device_id"; empty
+    Extension (pattern mode): a glob over the origin key "tenant_id/bl_name/device_id", by the
+    rule of topic_pattern (`*` crosses `/`: "acme/*" is every origin of tenant acme); empty
     means every origin. Only with topic_pattern.
     """
 
