@@ -29,11 +29,26 @@ def key_after(token: str, parts: int) -> tuple[str, ...]:
         key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
     except (ValueError, UnicodeError):
         key = None
-    if not (isinstance(key, list) and len(key) == parts and all(isinstance(k, str) for k in key)):
+    if not (isinstance(key, list) and len(key) == parts and all(key_part(k) for k in key)):
         raise InvalidArgumentError(
             "page_token is malformed: pass a next_page_token unchanged", field="page_token"
         )
     return tuple(key)
+
+
+def key_part(part: object) -> bool:
+    """Whether a decoded token part can be a key's string.
+
+    Keys are names, topics and origin keys, which are valid UTF-8 without NUL: a JSON escape of
+    a lone surrogate or of NUL in a forged token would otherwise fail only in the store.
+    """
+    if not isinstance(part, str) or "\x00" in part:
+        return False
+    try:
+        part.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def keyset_page(
@@ -60,4 +75,4 @@ def keyset_page(
     return page, token
 
 
-__all__ = ["key_after", "key_token", "keyset_page"]
+__all__ = ["key_after", "key_part", "key_token", "keyset_page"]

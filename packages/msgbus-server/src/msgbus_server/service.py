@@ -55,7 +55,7 @@ from msgbus_server.fifo_leases import FifoLeaseRpcs
 from msgbus_server.health import Health, Subsystem, storage_reason
 from msgbus_server.ids import new_id
 from msgbus_server.notify import LogNotifier, LogWatch
-from msgbus_server.page_tokens import key_after, keyset_page
+from msgbus_server.page_tokens import key_after, key_part, keyset_page
 from msgbus_server.pattern_subscription import (
     PatternRequest,
     follow_pattern,
@@ -218,8 +218,8 @@ def _heads_page_after(token: str) -> tuple[tuple[str, str], int, str]:
     valid = (
         isinstance(value, list)
         and len(value) == 4
-        and isinstance(value[0], str)
-        and isinstance(value[1], str)
+        and key_part(value[0])
+        and key_part(value[1])
         and isinstance(value[2], int)
         and not isinstance(value[2], bool)
         and isinstance(value[3], str)
