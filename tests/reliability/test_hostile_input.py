@@ -21,33 +21,39 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msgbus_core import MsgbusError, NodeId, TombstoneRange
+from msgbus_core import NodeId, TombstoneRange
 from msgbus_core.limits import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DELETE_TOPIC,
     MAX_HEADER_BYTES,
     MAX_HEADER_ENTRIES,
-    MAX_NAME_BYTES,
 )
 from msgbus_core.validation import (
     validate_headers,
-    validate_name,
-    validate_stored_int,
     validate_topic,
 )
 from msgbus_proto import SERVICE_NAME, pb, rpc
 from msgbus_server.testing import Daemon, wait_until
 from msgbus_testkit.backends import BACKENDS, require_backend
-from msgbus_testkit.calls import ALLOWED_REJECTIONS, status_of
+from msgbus_testkit.calls import status_of
+from msgbus_testkit.hostile import (
+    SEEDED_TOPIC,
+    broken_rule,
+    header_maps,
+    hostile_daemon,
+    nasty,
+    node_ids,
+    payloads,
+    refusal_changes_nothing,
+    try_call,
+    u32,
+    u64,
+    with_node,
+)
 from msgbus_testkit.logs import check_log_shape, fetch_log, heads, key_of, to_pb
-from msgbus_testkit.nodes import LOCAL
 from msgbus_testkit.peers import FakePeer
 
-MAX_PAYLOAD = 4096
-SEEDED_TOPIC = "seeded"
 SEEDED_QUEUE = "seeded-q"
-SUBSCRIBE_PROBE_S = 0.3
-"""How long a Subscribe may stay silent before it counts as accepted (a probe, not an assert)."""
 
 FUZZ = settings(
     max_examples=40,
@@ -60,85 +66,7 @@ peer_messages_checked = 0
 
 # -- strategies -----------------------------------------------------------------------------------
 
-control = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.sampled_from(
-    "\x7f\x85\u2028\u200b\ufeff"
-)
-plain = st.text(st.characters(codec="utf-8"), max_size=30)
-nasty = st.one_of(
-    plain,
-    st.text(control, min_size=1, max_size=4),
-    st.builds(lambda a, c, b: a + c + b, plain, control, plain),
-    st.sampled_from(
-        [
-            "",
-            " ",
-            " \t\n",
-            SEEDED_TOPIC,
-            "$msgbus.delete",
-            "$msgbus.anything",
-            "a/b",
-            "x" * MAX_NAME_BYTES,
-            "x" * (MAX_NAME_BYTES + 1),
-            "é" * 127 + "x",
-            "é" * 128,
-            "\x00",
-            "ok\x00",
-        ]
-    ),
-    st.integers(MAX_NAME_BYTES + 1, 100_000).map(lambda n: "y" * n),
-)
 names = st.one_of(st.just(SEEDED_TOPIC), st.just(SEEDED_QUEUE), nasty)
-parts = st.one_of(st.sampled_from(["tenant", "default", "device", "other"]), nasty)
-node_ids = st.one_of(
-    st.none(),
-    st.just(LOCAL),
-    st.builds(lambda t, b, d: pb.NodeId(tenant_id=t, bl_name=b, device_id=d), parts, parts, parts),
-    # Partial NodeIds: the local one with one part blanked.
-    st.sampled_from(
-        [
-            pb.NodeId(),
-            pb.NodeId(tenant_id="tenant"),
-            pb.NodeId(tenant_id="tenant", bl_name="default"),
-            pb.NodeId(bl_name="default", device_id="device"),
-            pb.NodeId(tenant_id="tenant", device_id="device"),
-        ]
-    ),
-)
-U64_EDGES = [
-    0,
-    1,
-    2,
-    2**31,
-    2**32 - 1,
-    2**53 + 1,
-    2**63 - 2,
-    2**63 - 1,
-    2**63,
-    2**64 - 2,
-    2**64 - 1,
-]
-u64 = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from(U64_EDGES))
-u32 = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 10_000, 10_001, 2**32 - 1]))
-small_text = st.text(st.characters(codec="utf-8"), max_size=20) | control
-header_maps = st.one_of(
-    st.dictionaries(small_text, small_text, max_size=5),
-    st.integers(MAX_HEADER_ENTRIES - 1, 300).map(lambda n: {f"k{i}": "v" for i in range(n)}),
-    st.integers(1, 64).map(lambda n: {"big": "v" * (n * 1024)}),
-    st.just({"k\x00": "v", "": "empty key", "v": "\x00"}),
-)
-payloads = st.one_of(
-    st.binary(max_size=64),
-    st.sampled_from([b"", b"\x00" * MAX_PAYLOAD, b"x" * (MAX_PAYLOAD + 1)]),
-    st.integers(MAX_PAYLOAD + 1, 300_000).map(lambda n: b"z" * n),
-)
-
-
-def with_node(message: Any, field_name: str, node: pb.NodeId | None) -> Any:
-    if node is not None:
-        getattr(message, field_name).CopyFrom(node)
-    return message
-
-
 # -- the daemon and what is stored ---------------------------------------------------------------
 
 
@@ -148,8 +76,7 @@ def daemon(
 ) -> Iterator[Daemon]:
     backend = require_backend(request.param)
     data_dir = tmp_path_factory.mktemp(f"hostile-{backend}")
-    args = ["--max-payload-bytes", str(MAX_PAYLOAD)]
-    with Daemon.start(data_dir, storage=backend, extra_args=args) as started:
+    with hostile_daemon(data_dir, backend) as started:
         stub = started.stub()
         for i in range(5):
             stub.Publish(
@@ -164,22 +91,11 @@ def daemon(
                 )
             )
         yield started
-        assert started.poll() is None, "the daemon died"
-        log = started.stderr_text()
-        assert "Traceback" not in log
-        assert "internal error" not in log
 
 
 @pytest.fixture(scope="module")
 def stub(daemon: Daemon) -> rpc.MsgbusServiceStub:
     return daemon.stub()
-
-
-def _try(call: Any) -> Any:
-    try:
-        return call()
-    except grpc.RpcError as error:
-        return status_of(error)
 
 
 def snapshot(
@@ -198,43 +114,12 @@ def snapshot(
     states = stub.ListPeerSyncStates(pb.ListPeerSyncStatesRequest(), timeout=30)
     return (
         sorted(heads(stub).items()),
-        _try(lambda: log(SEEDED_TOPIC, None)),
-        _try(lambda: log(topic, origin)),
-        _try(lambda: front(SEEDED_QUEUE)),
-        _try(lambda: front(queue)),
+        try_call(lambda: log(SEEDED_TOPIC, None)),
+        try_call(lambda: log(topic, origin)),
+        try_call(lambda: front(SEEDED_QUEUE)),
+        try_call(lambda: front(queue)),
         states.SerializeToString(deterministic=True),
     )
-
-
-def outcome(call: Any, *, streaming: str = "") -> grpc.StatusCode:
-    """Make the call; OK or the error code. A Subscribe that stays open counts as OK."""
-    try:
-        if streaming == "fetch":
-            list(call(timeout=30))
-        elif streaming == "bidi":
-            # One request, then the client half-closes; a stream still open at the probe's
-            # deadline is as good as an answer (Push may wait for more).
-            try:
-                list(call(timeout=SUBSCRIBE_PROBE_S * 10))
-            except grpc.RpcError as error:
-                if status_of(error) != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise
-        elif streaming == "subscribe":
-            stream = call(timeout=SUBSCRIBE_PROBE_S)
-            try:
-                next(stream)
-            except StopIteration:
-                pass
-            except grpc.RpcError as error:
-                if status_of(error) != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise
-            finally:
-                stream.cancel()
-        else:
-            call(timeout=30)
-    except grpc.RpcError as error:
-        return status_of(error)
-    return grpc.StatusCode.OK
 
 
 def check_request(
@@ -250,13 +135,9 @@ def check_request(
     """One hostile request: an allowed answer, and nothing stored when it is refused."""
     global inputs_tried
     inputs_tried += 1
-    before = snapshot(stub, topic, origin, queue)
-    code = outcome(call, streaming=streaming)
-    assert daemon.poll() is None, "the daemon died"
-    if code is not grpc.StatusCode.OK:
-        assert code in ALLOWED_REJECTIONS, f"answered {code}"
-        assert snapshot(stub, topic, origin, queue) == before, "a refused request changed the store"
-    return code
+    return refusal_changes_nothing(
+        daemon, call, lambda: snapshot(stub, topic, origin, queue), streaming=streaming
+    )
 
 
 # -- every RPC -----------------------------------------------------------------------------------
@@ -435,7 +316,7 @@ def test_fifo_reads_and_acks(
 ) -> None:
     if message_id == "front":
         # Sometimes the real front, so that some acks and rejects are accepted.
-        reply = _try(lambda: stub.PeekFifo(pb.PeekFifoRequest(queue=queue), timeout=30))
+        reply = try_call(lambda: stub.PeekFifo(pb.PeekFifoRequest(queue=queue), timeout=30))
         message_id = reply.message.id if isinstance(reply, pb.PeekFifoResponse) else ""
     if method == "PeekFifo":
         peek = pb.PeekFifoRequest(queue=queue)
@@ -721,39 +602,6 @@ def _spoil(draw: st.DrawFn, message: pb.MessageEnvelope, name: str) -> None:
         message.deleted = True
 
 
-def broken_rule(message: pb.MessageEnvelope) -> str | None:
-    """Which accept rule a served message breaks, or None when a daemon may store it.
-
-    Written out here with the core's field validators rather than through
-    `msgbus_core.replication`, so that a rule dropped from the daemon's path still fails here.
-    """
-    origin = NodeId(message.origin.tenant_id, message.origin.bl_name, message.origin.device_id)
-    try:
-        validate_name("message.id", message.id)
-        validate_topic(message.topic, "message.topic")
-        origin.validate("message.origin")
-        if message.head_id == 0:
-            return "head_id 0"
-        validate_stored_int("message.head_id", message.head_id)
-        validate_stored_int("message.created_at_ms", message.created_at_ms)
-        if len(message.payload) > PEER_MAX_PAYLOAD:
-            return f"a payload of {len(message.payload)} bytes, above --max-payload-bytes"
-        if message.deleted and message.topic == DELETE_TOPIC:
-            return "a delete marker sent deleted"
-        if message.deleted:
-            # Stored erased (its payload and headers are not kept), and only with a marker of
-            # its origin covering it: `check_stored_rules` checks that against the stored log.
-            return None
-        validate_headers(dict(message.headers), "message.headers")
-        if message.topic == DELETE_TOPIC:
-            tombstone = TombstoneRange.from_marker_payload(message.payload)
-            if tombstone.origin != origin:
-                return f"a marker of {origin.key} deleting the log of {tombstone.origin.key}"
-    except MsgbusError as error:
-        return str(error)
-    return None
-
-
 def served_copy(
     peer: FuzzPeer, topic: str, key: str, row: pb.MessageEnvelope
 ) -> pb.MessageEnvelope | None:
@@ -801,7 +649,7 @@ def check_stored_rules(
             # and timestamp are those of a copy served for this very head.
             copy = served_copy(peer, topic, key, row)
             assert copy is not None, f"{topic} from {key} head {row.head_id}: never served"
-            broken = broken_rule(copy)
+            broken = broken_rule(copy, PEER_MAX_PAYLOAD)
             assert broken is None, f"a spoiled message was stored ({broken}): {copy}"
             if row.headers:
                 validate_headers(dict(row.headers))
