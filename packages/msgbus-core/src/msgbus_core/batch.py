@@ -83,15 +83,20 @@ class BatchWriter(CursorWriter, PublishKeyWriter, FifoLeaseRows):
         # Invariant: an op raises its MsgbusError before its first change, so a failed op
         # has written nothing and the batch can go on without a savepoint per op.
         outcomes: list[Outcome] = []
-        for op in ops:
-            try:
-                # Appends are the hot path: skip the dispatch.
-                if type(op) is AppendOp and not op.idempotency_key:
-                    outcomes.append(self._append(op))
-                else:
-                    outcomes.append(self._apply(op))
-            except MsgbusError as error:
-                outcomes.append(error)
+        # Every key of the batch in one lookup per log, not one per append.
+        self._look_up_keys(op for op in ops if type(op) is AppendOp and op.idempotency_key)
+        try:
+            for op in ops:
+                try:
+                    # Appends are the hot path: skip the dispatch.
+                    if type(op) is AppendOp and not op.idempotency_key:
+                        outcomes.append(self._append(op))
+                    else:
+                        outcomes.append(self._apply(op))
+                except MsgbusError as error:
+                    outcomes.append(error)
+        finally:
+            self._forget_batch_keys()
         return outcomes
 
     def _apply(self, op: WriteOp) -> WriteResult:

@@ -74,6 +74,57 @@ class PublishKeyConformance:
         assert repeat == DuplicatePublish(first)
         assert store.get_head("events", _LOCAL) == 2
 
+    def test_a_batch_of_many_keys_answers_each_repeat_with_its_first_message(
+        self, store: MsgbusStore
+    ) -> None:
+        # More keys than one lookup query asks for (MAX_KEYS_PER_FIND), in two logs that share
+        # every key: each log's keys are its own, within a batch and across batches.
+        count = 1_200
+        first = store.write([_keyed(t, f"k{n}", n) for n in range(count) for t in ("a", "b")])
+        in_a = [m for m in first[::2] if isinstance(m, Message)]  # a's first publish of k<n>
+        assert len(in_a) == count
+        assert all(isinstance(outcome, Message) for outcome in first)
+        batch = [
+            *(_keyed("a", f"k{n}", count + n) for n in range(count)),
+            *(_keyed("a", f"new{n}", 2 * count + n) for n in range(300)),
+            *(_keyed("a", f"new{n}", 3 * count + n) for n in range(300)),
+            _keyed("c", "k0", 4 * count),
+        ]
+        outcomes = store.write(batch)
+        assert outcomes[:count] == [DuplicatePublish(message) for message in in_a]
+        new = [m for m in outcomes[count : count + 300] if isinstance(m, Message)]
+        assert [m.head_id for m in new] == [count + 1 + n for n in range(300)]
+        assert outcomes[count + 300 : count + 600] == [DuplicatePublish(m) for m in new]
+        assert isinstance(outcomes[-1], Message)
+        assert store.get_head("a", _LOCAL) == count + 300
+        assert store.get_head("b", _LOCAL) == count
+        assert store.get_head("c", _LOCAL) == 1
+
+    def test_a_key_pruned_within_a_batch_publishes_again_later_in_it(
+        self, store: MsgbusStore
+    ) -> None:
+        old = _one(store, _keyed("events", "old", 1, at=100))
+        outcomes = store.write(
+            [
+                _keyed("events", "old", 2, at=300),  # still remembered: a duplicate
+                _keyed("events", "k", 3, at=150),  # stored by this batch, then pruned in it
+                PruneKeysOp(200, 1_000),
+                _keyed("events", "old", 4, at=300),
+                _keyed("events", "k", 5, at=300),
+                _keyed("events", "k", 6, at=300),
+            ]
+        )
+        repeat, k, pruned, old_again, k_again, k_repeat = outcomes
+        assert repeat == DuplicatePublish(old)
+        assert isinstance(k, Message)
+        assert pruned == PrunedKeys(2, 2)
+        assert isinstance(old_again, Message)
+        assert isinstance(k_again, Message)
+        assert (old_again.head_id, k_again.head_id) == (3, 4)
+        assert k_repeat == DuplicatePublish(k_again)
+        assert store.get_head("events", _LOCAL) == 4
+        assert _one(store, PruneKeysOp(0, 1_000)) == PrunedKeys(0, 2)
+
     def test_a_repeat_of_a_deleted_message_answers_it_deleted(self, store: MsgbusStore) -> None:
         first = _one(store, _keyed("events", "k", 1))
         _one(store, DeleteRangeOp("events", _LOCAL, 1, 1, "marker-1", 2_000))

@@ -7,6 +7,12 @@ message back (`DuplicatePublish`) instead of storing a second copy. The key is l
 the writer holds the log (on a shared PostgreSQL database, after its row lock), and the table's
 primary key on (log, key) refuses a second row whatever a process believes.
 
+A write batch looks its keys up before its first op, once per log for all the keys its appends
+carry (`_find_keys`: one query, not one per append), and remembers what each append of the
+batch stored, so a key repeated within the batch answers its first envelope too. A store may
+buffer the key rows of a transaction and insert them in one statement before it commits, as
+the SQL stores do with message rows.
+
 Keys are forgotten by `PruneKeysOp`, which the daemon's dedup worker writes in bounded batches:
 those older than the dedup window, and the oldest beyond the key-count cap. A key is therefore
 remembered for at least the window unless the cap forced it out first.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -120,27 +127,61 @@ def remembered_message(
     )  # fmt: skip
 
 
+_BatchKey = tuple[str, NodeId, str]
+"""(topic, origin, key): a key of one log, as a batch remembers it."""
+
+
 class PublishKeyWriter(abc.ABC):
     """The rules of keyed appends and of pruning, written once; a store provides the rows."""
 
+    # What the current batch knows of its keys: the stored row, or None for a key known to be
+    # absent. A key missing here is unknown and is asked of the store (`_find_key`). Set by
+    # `_look_up_keys` at the start of every batch.
+    _batch_keys: dict[_BatchKey, RememberedPublish | None]
+
+    def _look_up_keys(self, appends: Iterable[AppendOp]) -> None:
+        """Before a batch's first op: find the keys of its keyed `appends`, one query per log.
+
+        Called after the writer holds the batch's logs (on a shared PostgreSQL database, after
+        their row locks), so a row another process committed for a key is seen.
+        """
+        wanted: dict[tuple[str, NodeId], dict[str, None]] = {}
+        for op in appends:
+            wanted.setdefault((op.topic, op.origin), {})[op.idempotency_key] = None
+        known: dict[_BatchKey, RememberedPublish | None] = {}
+        for (topic, origin), keys in wanted.items():
+            found = self._find_keys(topic, origin, list(keys))
+            for key in keys:
+                known[(topic, origin, key)] = found.get(key)
+        self._batch_keys = known
+
+    def _forget_batch_keys(self) -> None:
+        """After a batch: drop what it knew of its keys."""
+        self._batch_keys = {}
+
     def _append_once(self, op: AppendOp) -> Message | DuplicatePublish:
         """Append `op` unless its key is stored for the log; then answer the first message."""
-        remembered = self._find_key(op.topic, op.origin, op.idempotency_key)
+        entry = (op.topic, op.origin, op.idempotency_key)
+        known = self._batch_keys
+        if entry in known:
+            remembered = known[entry]
+        else:
+            remembered = self._find_key(op.topic, op.origin, op.idempotency_key)
         if remembered is not None:
             held = self._held(op.topic, op.origin, remembered.head_id, remembered.head_id)
             message = remembered_message(op.topic, op.origin, remembered, held[0] if held else None)
             return DuplicatePublish(message)
         message = self._append(op)
-        self._store_key(
-            op.topic,
-            op.origin,
-            op.idempotency_key,
-            RememberedPublish(message.head_id, message.id, message.created_at_ms),
-        )
+        remembered = RememberedPublish(message.head_id, message.id, message.created_at_ms)
+        self._store_key(op.topic, op.origin, op.idempotency_key, remembered)
+        # A repeat later in the batch finds it here, before the row reaches the table.
+        known[entry] = remembered
         return message
 
     def _prune_keys(self, op: PruneKeysOp) -> PrunedKeys:
         """Forget keys as `op` says, oldest first, at most `op.limit` of them."""
+        # Any key the batch looked up may go: later appends of the batch ask the store again.
+        self._forget_batch_keys()
         held = self._count_keys()
         removed = 0
         over = min(max(held - max(op.max_keys, 0), 0), op.limit)
@@ -160,11 +201,28 @@ class PublishKeyWriter(abc.ABC):
     def _find_key(self, topic: str, origin: NodeId, key: str) -> RememberedPublish | None:
         """The stored row of `key` in the log (topic, origin), in the writer's transaction."""
 
+    def _find_keys(
+        self, topic: str, origin: NodeId, keys: Sequence[str]
+    ) -> dict[str, RememberedPublish]:
+        """The stored rows of those of `keys` the log holds, in the writer's transaction.
+
+        The default asks `_find_key` for each; a SQL store answers in one query.
+        """
+        found = {}
+        for key in keys:
+            remembered = self._find_key(topic, origin, key)
+            if remembered is not None:
+                found[key] = remembered
+        return found
+
     @abc.abstractmethod
     def _store_key(
         self, topic: str, origin: NodeId, key: str, remembered: RememberedPublish
     ) -> None:
-        """Store a new key's row; a later `_find_key` of the same transaction finds it."""
+        """Store a new key's row in its message's transaction.
+
+        A later `_find_key` or `_find_keys` of the same transaction finds it.
+        """
 
     @abc.abstractmethod
     def _count_keys(self) -> int:

@@ -24,6 +24,8 @@ What a new backend (the PostgreSQL store) must provide:
   base sends `BEGIN`, `COMMIT` and `ROLLBACK` itself);
 - `_flush()`: insert the buffered `self._pending` rows (log id, then `MESSAGE_COLUMNS`) inside
   the transaction with the driver's bulk path (`executemany`, an appender, `COPY`);
+- `_insert_key_rows(rows)` (optional): the same for the buffered `publish_keys` rows (log id,
+  then `KEY_COLUMNS`), which go in once per transaction, before it commits;
 - `_open_reader()`: a connection for the calling thread that sees committed data only.
 
 The defaults fit a schema with `logs.head` whose database numbers new logs, as SQLite's does and
@@ -86,7 +88,7 @@ from msgbus_core.rows import (
     sync_state_from_row,
     sync_state_row,
 )
-from msgbus_core.sql_publish_keys import remembered_from_row
+from msgbus_core.sql_publish_keys import MAX_KEYS_PER_FIND, remembered_from_row
 from msgbus_core.sql_publish_keys import statements_for as publish_key_statements
 from msgbus_core.store import DiskUsage, MessageSummary
 from msgbus_core.validation import clamp_stored, validate_stored_int
@@ -127,6 +129,10 @@ class SqlDialect:
     blob_length: str = "length"
     """The function that gives a BLOB's length in bytes (`octet_length` where `length` of a
     BLOB is not its bytes)."""
+    keys_by_log: bool = True
+    """Whether a lookup of idempotency keys names the log in its filter. False for DuckDB,
+    which scans its index on the key only when the filter names no other column: the rows
+    found are then checked against the log by the writer."""
 
     def read_size(self, table: str = "") -> str:
         """SQL for a message row's `read_size`: payload bytes plus the stored header JSON text.
@@ -310,7 +316,9 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         self._writer = writer
         self._version = version
         self._sql = statements_of(self.dialect)
-        self._key_sql = publish_key_statements(self.dialect.log_column, self.dialect.placeholder)
+        self._key_sql = publish_key_statements(
+            self.dialect.log_column, self.dialect.placeholder, self.dialect.keys_by_log
+        )
         self._cursor_sql = sql_cursors.statements_for(self.dialect.render)
         self._lease_sql = sql_fifo_leases.statements_for(self.dialect.render)
         self._write_lock = threading.Lock()
@@ -319,6 +327,9 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         self._dirty: dict[int, LogState] = {}
         # Message rows of the current transaction not yet inserted: one bulk insert per batch.
         self._pending: list[tuple[object, ...]] = []
+        # Idempotency key rows of the current transaction not yet inserted (log id, then
+        # KEY_COLUMNS): one bulk insert before the commit, or before a key query.
+        self._pending_keys: list[tuple[object, ...]] = []
         self._local = threading.local()
         self._readers: list[ConnectionT] = []
         self._readers_lock = threading.Lock()
@@ -357,9 +368,11 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             try:
                 self._begin()
                 outcomes = self._apply_all(ops)
+                self._flush_keys()
                 self._commit()
             except BaseException as error:
                 self._compact_after_commit = False
+                self._pending_keys.clear()
                 self._abort()
                 if isinstance(error, self.driver_error):
                     raise self._storage_error(error, "writing") from None
@@ -407,28 +420,52 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
     # -- idempotency keys -----------------------------------------------------------------------
 
     def _find_key(self, topic: str, origin: NodeId, key: str) -> RememberedPublish | None:
+        return self._find_keys(topic, origin, (key,)).get(key)
+
+    def _find_keys(
+        self, topic: str, origin: NodeId, keys: Sequence[str]
+    ) -> dict[str, RememberedPublish]:
         # After the writer holds the log: on a shared database, after its row lock, so the
         # row another process committed for the same key is seen.
         log = self._find_log(topic, origin)
-        if log is None:
-            return None
-        # fetchall: DuckDB refuses the next statement while a result is not read to its end.
-        rows = self._execute(self._key_sql.find, (log.id, key)).fetchall()
-        return remembered_from_row(rows[0]) if rows else None
+        if log is None or not keys:
+            return {}
+        self._flush_keys()
+        found: dict[str, RememberedPublish] = {}
+        for start in range(0, len(keys), MAX_KEYS_PER_FIND):
+            chunk = keys[start : start + MAX_KEYS_PER_FIND]
+            sql, parameters = self._key_sql.find_many(log.id, chunk)
+            # fetchall: DuckDB refuses the next statement while a result is not read to its end.
+            for row in self._execute(sql, parameters).fetchall():
+                if row[0] == log.id:  # another log's row of the same key, where not filtered
+                    found[str(row[1])] = remembered_from_row(row[2:])
+        return found
 
     def _store_key(
         self, topic: str, origin: NodeId, key: str, remembered: RememberedPublish
     ) -> None:
         log = self._log(topic, origin)
-        self._execute(
-            self._key_sql.insert,
-            (log.id, key, remembered.head_id, remembered.message_id, remembered.created_at_ms),
+        self._pending_keys.append(
+            (log.id, key, remembered.head_id, remembered.message_id, remembered.created_at_ms)
         )
 
+    def _flush_keys(self) -> None:
+        """Insert the buffered key rows inside the transaction, before anything reads them."""
+        if self._pending_keys:
+            self._insert_key_rows(self._pending_keys)
+            self._pending_keys.clear()
+
+    def _insert_key_rows(self, rows: Sequence[tuple[object, ...]]) -> None:
+        """Insert `publish_keys` rows (log id, then `KEY_COLUMNS`); a backend's bulk path."""
+        for row in rows:
+            self._execute(self._key_sql.insert, row)
+
     def _count_keys(self) -> int:
+        self._flush_keys()
         return int(self._execute(self._key_sql.count).fetchall()[0][0])
 
     def _drop_oldest_keys(self, count: int, before_ms: int | None) -> int:
+        self._flush_keys()
         if before_ms is None:
             cursor = self._execute(self._key_sql.drop_oldest, (clamp_stored(count),))
         else:

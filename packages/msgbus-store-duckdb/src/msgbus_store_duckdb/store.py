@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
 import duckdb
@@ -36,7 +37,7 @@ CONFIG: Final = {
 }
 """DuckDB settings every connection of this store uses."""
 
-_DIALECT: Final = SqlDialect(log_column="log_id", blob_length="octet_length")
+_DIALECT: Final = SqlDialect(log_column="log_id", blob_length="octet_length", keys_by_log=False)
 
 _READ_SIZES: Final = (
     f"SELECT head_id, {_DIALECT.read_size()} FROM messages "
@@ -89,6 +90,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         """Use `DuckdbStore.open`; this takes over an already verified connection."""
         self._next_log_id = 1
         self._appender: Any = None
+        self._key_appender: Any = None
         self._in_transaction = False
         # What readers may see of every log, as of the last commit.
         self._committed: dict[LogKey, _Committed] = {}
@@ -163,7 +165,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         self._next_log_id = max(by_id, default=0) + 1
         self._pending.clear()
         self._dirty.clear()
-        self._appender = None
+        self._appender = self._key_appender = None
         with self._committed_lock:
             self._committed = {key: _view(log) for key, log in logs.items()}
 
@@ -173,9 +175,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         self._in_transaction = False
 
     def _execute(self, sql: str, parameters: Any = ()) -> Any:
-        if not self._in_transaction:
-            self._writer.begin()
-            self._in_transaction = True
+        self._hold_transaction()
         return self._writer.execute(sql, parameters)
 
     def _commit(self) -> None:
@@ -203,10 +203,23 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
 
     def _flush(self) -> None:
         """Write the buffered rows inside the transaction, before a statement that reads them."""
-        if self._pending and not self._in_transaction:
+        if self._pending:
+            self._hold_transaction()
+        self._flush_rows()
+
+    def _hold_transaction(self) -> None:
+        """Open the write transaction unless it is open."""
+        if not self._in_transaction:
             self._writer.begin()
             self._in_transaction = True
-        self._flush_rows()
+
+    def _insert_key_rows(self, rows: Sequence[tuple[object, ...]]) -> None:
+        # One appender flush for the batch's keys, in the transaction of their messages.
+        self._hold_transaction()
+        if self._key_appender is None:
+            self._key_appender = self._writer.appender("publish_keys")
+        self._key_appender.append_rows(rows)
+        self._key_appender.flush()
 
     def _flush_rows(self) -> None:
         """Write the buffered message rows with one appender flush (one statement)."""
@@ -350,7 +363,7 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
 
     def _release(self) -> None:
         # DuckDB checkpoints the WAL into the file when the last connection closes.
-        self._appender = None
+        self._appender = self._key_appender = None
         self._root.close()
         self._writer.close()
 

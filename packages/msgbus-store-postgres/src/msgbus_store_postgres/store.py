@@ -59,6 +59,7 @@ from msgbus_core.ops import (
     TrimOp,
     WriteOp,
 )
+from msgbus_core.sql_publish_keys import KEY_COLUMNS
 from msgbus_core.sql_store import MESSAGE_COLUMNS, LogState, SqlDialect, SqlStore, log_key
 from msgbus_core.store import DiskUsage
 from msgbus_core.validation import clamp_stored
@@ -202,6 +203,7 @@ class PostgresStore(SqlStore[Connection]):
             f"SELECT pg_notify('{CHANNEL}', ?) FROM (SELECT count(*) FROM moved) AS done"
         )
         self._copy: Final = f"COPY messages (log, {', '.join(MESSAGE_COLUMNS)}) FROM STDIN"
+        self._copy_keys: Final = f"COPY publish_keys (log, {KEY_COLUMNS}) FROM STDIN"
         columns = ", ".join(f"m.{name}" for name in MESSAGE_COLUMNS)
         size = self.dialect.read_size("m")
         # A page within max_bytes in one query: the running total of read_size in head order,
@@ -372,14 +374,21 @@ class PostgresStore(SqlStore[Connection]):
         pending = self._pending
         if not pending:
             return
-        if len(pending) < COPY_ROWS:
-            with self._writer.cursor() as cursor:
-                cursor.executemany(self._sql.insert_message, pending)
-        else:
-            with self._writer.cursor() as cursor, cursor.copy(self._copy) as copy:
-                for row in pending:
-                    copy.write_row(row)
+        self._insert_rows(self._sql.insert_message, self._copy, pending)
         pending.clear()
+
+    def _insert_key_rows(self, rows: Sequence[tuple[object, ...]]) -> None:
+        self._insert_rows(self._key_sql.insert, self._copy_keys, rows)
+
+    def _insert_rows(self, insert: str, copy_sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """Insert rows with COPY from `COPY_ROWS` rows on, else one INSERT each."""
+        if len(rows) < COPY_ROWS:
+            with self._writer.cursor() as cursor:
+                cursor.executemany(insert, rows)
+        else:
+            with self._writer.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
 
     def _commit(self) -> None:
         """Store the moved heads in one statement, announce them and commit."""

@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Final
 
 from msgbus_core.errors import StorageError
@@ -163,6 +164,9 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         if self._pending:
             self._writer.executemany(self._sql.insert_message, self._pending)
             self._pending.clear()
+
+    def _insert_key_rows(self, rows: Sequence[tuple[object, ...]]) -> None:
+        self._writer.executemany(self._key_sql.insert, rows)
 
     def _open_reader(self) -> sqlite3.Connection:
         # check_same_thread=False only so that `close` can close it from another thread;
