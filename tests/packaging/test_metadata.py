@@ -35,6 +35,10 @@ MEMBER_MODULES = {
 OPTIONAL_MODULES = {
     # module path inside the package -> the extra that provides what it imports
     "src/msgbus_core/testing.py": "testing",
+    # the conformance tests of idempotency keys, cursors and FIFO leases, part of the same suite
+    "src/msgbus_core/publish_key_testing.py": "testing",
+    "src/msgbus_core/cursor_testing.py": "testing",
+    "src/msgbus_core/fifo_lease_testing.py": "testing",
     "src/msgbus_sdk/_top.py": "top",  # msgbus top draws with rich
 }
 DECLARED_NOT_IMPORTED = {

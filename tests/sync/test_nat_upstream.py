@@ -172,7 +172,11 @@ def test_a_device_behind_nat_and_its_hub_converge_both_ways(tmp_path: Path) -> N
                     timeout=90,
                 )
                 assert f"hub.private {hub_id.key}" not in held, "--pull-topics config.* only"
-                pushed = [s for s in sync_states(hub_stub) if s.direction == "pushed"]
+                # The hub writes push records behind the acks (at most once a second).
+                pushed = wait_until(
+                    lambda: [s for s in sync_states(hub_stub) if s.direction == "pushed"],
+                    message="the hub's sync state records the device's push",
+                )
                 assert {s.peer for s in pushed} == {device_id.key}
                 assert all(not s.last_error for s in pushed if not s.topic)
                 assert not can_connect(device_host, int(device_port))
