@@ -29,11 +29,11 @@ _CURSORS: Final = """CREATE TABLE cursors (
 # transaction of that message; the primary key refuses a second row for a key. DuckDB scans
 # only single-column ART indexes, and only while the filter names no other column: the index on
 # the key serves the writer's lookups (`idempotency_key IN (...)`, the log checked on the rows
-# found), which the composite primary key never does (measured with 1,000,000 keys: 256 keys
-# in 3 ms by the index, 22-60 ms by a scan). There is no index on created_at_ms, on purpose:
-# DuckDB would not use a composite one for the dedup worker's oldest-first ORDER BY ... LIMIT
-# either, and it cost every insert and delete (removing 10,000 of 1,000,000 keys: 142 ms with
-# it, 35 ms without); rows are appended in created_at_ms order, so zone maps bound that scan.
+# found), which the composite primary key never does (bench/publish_keys_duckdb.py, 1,000,000
+# keys: 256 keys in 5 ms by the index, 14-37 ms by a scan). There is no index on created_at_ms,
+# on purpose: DuckDB does not use a composite one for the dedup worker's oldest-first ORDER BY
+# ... LIMIT either (removing the 10,000 oldest took 35 ms with it, 23 ms without), and it cost
+# every insert (256 rows: 2.7 ms with it, 1.9 ms without).
 _PUBLISH_KEYS: Final = (
     """CREATE TABLE publish_keys (
         log_id BIGINT NOT NULL,
