@@ -178,9 +178,7 @@ def migrate(con: psycopg.Connection[Any], version: int) -> None:
     for step in range(version, SCHEMA_VERSION):
         for statement in _MIGRATIONS[step]:
             con.execute(statement)
-    con.execute(
-        "UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-    )
+    con.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 def create(con: psycopg.Connection[Any]) -> None:
