@@ -18,21 +18,36 @@ from msgbus_core.errors import InvalidArgumentError
 T = TypeVar("T")
 
 
+def encode(parts: Sequence[object]) -> str:
+    """The opaque token of JSON-serialisable `parts`: JSON in URL-safe base64."""
+    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode()
+
+
+def decoded(token: str) -> Any:
+    """What an `encode` token holds (any JSON value: the caller checks its shape), or None."""
+    try:
+        return json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, UnicodeError):
+        return None
+
+
+def malformed() -> InvalidArgumentError:
+    """The one error for a page token this daemon did not hand out."""
+    return InvalidArgumentError(
+        "page_token is malformed: pass a next_page_token unchanged", field="page_token"
+    )
+
+
 def key_token(key: tuple[str, ...]) -> str:
     """The opaque token of the page after the entry with key `key`."""
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+    return encode(key)
 
 
 def key_after(token: str, parts: int) -> tuple[str, ...]:
     """The key of `parts` strings a `key_token` names; INVALID_ARGUMENT naming page_token if not."""
-    try:
-        key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, UnicodeError):
-        key = None
+    key = decoded(token)
     if not (isinstance(key, list) and len(key) == parts and all(key_part(k) for k in key)):
-        raise InvalidArgumentError(
-            "page_token is malformed: pass a next_page_token unchanged", field="page_token"
-        )
+        raise malformed()
     return tuple(key)
 
 
@@ -75,4 +90,4 @@ def keyset_page(
     return page, token
 
 
-__all__ = ["key_after", "key_part", "key_token", "keyset_page"]
+__all__ = ["decoded", "encode", "key_after", "key_part", "key_token", "keyset_page", "malformed"]

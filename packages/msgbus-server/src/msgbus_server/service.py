@@ -8,9 +8,7 @@ code (see `status.py`); anything else is a bug and is answered INTERNAL and logg
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -46,7 +44,7 @@ from msgbus_core.validation import (
     validate_topic,
 )
 from msgbus_proto import pb, rpc
-from msgbus_server import convert
+from msgbus_server import convert, page_tokens
 from msgbus_server.clock import now_ms
 from msgbus_server.cursors import CursorRpcs
 from msgbus_server.disk_budget import DiskBudget
@@ -206,15 +204,12 @@ def _fill_heads(
 
 def _heads_page_token(key: tuple[str, str], seq: int, epoch: str) -> str:
     """The token of the page after log `key`, in a listing at change `seq` of run `epoch`."""
-    return base64.urlsafe_b64encode(json.dumps([key[0], key[1], seq, epoch]).encode()).decode()
+    return page_tokens.encode([key[0], key[1], seq, epoch])
 
 
 def _heads_page_after(token: str) -> tuple[tuple[str, str], int, str]:
     """The log key, change sequence and run of a `_heads_page_token`; else INVALID_ARGUMENT."""
-    try:
-        value = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, UnicodeError):
-        value = None
+    value = page_tokens.decoded(token)
     valid = (
         isinstance(value, list)
         and len(value) == 4
@@ -225,9 +220,7 @@ def _heads_page_after(token: str) -> tuple[tuple[str, str], int, str]:
         and isinstance(value[3], str)
     )
     if not valid:
-        raise InvalidArgumentError(
-            "page_token is malformed: pass a next_page_token unchanged", field="page_token"
-        )
+        raise page_tokens.malformed()
     return (value[0], value[1]), value[2], value[3]
 
 
