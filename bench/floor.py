@@ -210,6 +210,10 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, flo
                         "p99_ms": percentile(samples, 0.99) * 1e3,
                         "count": len(samples),
                         "other_cores": watch.stop(),
+                        # CPU per operation on each side: what grpc's Python layer costs per
+                        # message before msgbus does anything (the echo server does nothing).
+                        "client_us": watch.client_s / len(samples) * 1e6,
+                        "server_us": watch.daemon_s / len(samples) * 1e6,
                     }
                     print(
                         f"{case} {pace_name(pace)}: {results[case][pace_name(pace)]}",
@@ -243,6 +247,16 @@ def markdown(results: dict[str, dict[str, dict[str, float]]], run: dict[str, str
         cells = [f"{by_pace[p]['p50_ms']:.3f} / {by_pace[p]['p99_ms']:.3f}" for p in paces]
         busiest = max(by_pace[p].get("other_cores", 0.0) for p in paces)
         lines.append(f"| {case} [{busiest:.2f}] | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "CPU per operation back to back, client / echo server, in µs: "
+        + ", ".join(
+            f"{case} {by_pace[paces[0]].get('client_us', 0.0):.0f} / "
+            f"{by_pace[paces[0]].get('server_us', 0.0):.0f}"
+            for case, by_pace in results.items()
+            if case.startswith(("unary", "stream"))
+        ),
+    ]
     lines += ["", "Floor of one durable round trip (stream p50 + fdatasync p50):", ""]
     for transport in ("tcp", "unix"):
         cells = [
