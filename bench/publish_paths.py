@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,20 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))] * 1e3
 
 
-async def scenario(name: str, ep: str, pid: int) -> dict[str, Any]:
-    """Run scenario `name` (a, b or d) against the daemon at `ep` whose process is `pid`."""
+async def scenario(
+    name: str, ep: str, pid: int, mark: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Run scenario `name` (a, b or d) against the daemon at `ep` whose process is `pid`.
+
+    `mark`, when given, is called where the measured interval starts and again where it ends
+    (`daemon_budget.py` samples the daemon's threads and counters there).
+    """
     bus = await connect(ep)
     async with bus:
         for _ in range(50):
             await bus.publish("warm", PAYLOAD)
+        if mark is not None:
+            mark()
         c0, d0, t0 = time.process_time(), cpu_of(pid), time.perf_counter()
         out: dict[str, Any] = {}
         if name == "a":
@@ -94,6 +103,8 @@ async def scenario(name: str, ep: str, pid: int) -> dict[str, Any]:
 
             task = asyncio.create_task(consume())
             await asyncio.sleep(0.3)
+            if mark is not None:
+                mark()
             c0, d0 = time.process_time(), cpu_of(pid)
             began = time.perf_counter()
             pend: set[asyncio.Future[Any]] = set()
@@ -106,6 +117,8 @@ async def scenario(name: str, ep: str, pid: int) -> dict[str, Any]:
                 f.add_done_callback(pend.discard)
             await asyncio.wait_for(task, 60)
             out = {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+        if mark is not None:
+            mark()
         out["client_us"] = (time.process_time() - c0) / n * 1e6
         out["daemon_us"] = (cpu_of(pid) - d0) / n * 1e6
         return out

@@ -36,10 +36,10 @@ class _Stream:
 
     _END = object()
 
-    def __init__(self, stub: rpc.MsgbusServiceStub) -> None:
+    def __init__(self, stub: rpc.MsgbusServiceStub, timeout: float | None = None) -> None:
         self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
         requests = cast("Iterator[pb.PublishStreamRequest]", iter(self._requests.get, self._END))
-        self.call = stub.PublishStream(requests)
+        self.call = stub.PublishStream(requests, timeout=timeout)
 
     def send(self, request: pb.PublishStreamRequest) -> None:
         self._requests.put(request)
@@ -87,6 +87,31 @@ def test_requests_are_answered_in_order_and_refusals_keep_the_stream(
     assert _head(stub, topic) == 4
     fetched = stub.Fetch(pb.FetchRequest(topic=topic, limit=10))
     assert [m.message.payload for m in fetched] == [b"first", b"b1", b"", b"last"]
+
+
+def test_requests_sent_one_at_a_time_are_each_answered(
+    stub: rpc.MsgbusServiceStub, name: Callable[[str], str]
+) -> None:
+    """Lock step: the handler waits with nothing to answer before every request, and is woken
+    by a commit (which resolves its wait directly), by a refusal, and by the end of the stream."""
+    topic = name("lockstep")
+    stream = _Stream(stub, timeout=30)  # a handler left waiting fails the call, not the run
+    stream.send(_publish(1, topic, b"one"))
+    first = stream.next()
+    assert (first.request_id, first.error_code, first.messages[0].head_id) == (1, 0, 1)
+    stream.send(_publish(2, ""))
+    refused = stream.next()
+    assert (refused.request_id, refused.error_code) == (2, INVALID_ARGUMENT)
+    assert not refused.messages
+    stream.send(pb.PublishStreamRequest(request_id=3, entries=[pb.PublishRequest(topic=topic)] * 2))
+    batched = stream.next()
+    assert (batched.request_id, [m.head_id for m in batched.messages]) == (3, [2, 3])
+    stream.send(_publish(4, topic, b"four"))
+    assert stream.next().messages[0].payload == b"four"
+    stream.close()
+    assert list(stream.call) == []  # the stream ends cleanly once the client ends its side
+    assert stream.call.code() is grpc.StatusCode.OK
+    assert _head(stub, topic) == 4
 
 
 def test_an_empty_batch_is_refused_like_publish_batch(

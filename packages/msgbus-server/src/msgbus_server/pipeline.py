@@ -13,13 +13,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from msgbus_core.errors import MsgbusError, StorageError
 from msgbus_core.limits import DELETE_TOPIC
-from msgbus_core.model import Message
+from msgbus_core.model import Message, NodeId
 from msgbus_core.ops import (
     DeleteResult,
     Outcome,
@@ -67,6 +67,28 @@ class _Pending:
 
 
 _STOP = object()
+
+
+def _replicated_heads(changed: Sequence[Message]) -> Iterator[tuple[str, NodeId, int]]:
+    """Each log a replicate changed, once per run of its messages, with the highest head.
+
+    A replicate is one log's sync batch of up to thousands of messages: one notify per log
+    does what one per message would (a notify without the message drops the log's kept copies
+    either way, and its waiters wake to read the store), at a fraction of catch-up's cost.
+    """
+    current: Message | None = None
+    top = 0
+    for message in changed:
+        if current is not None and (
+            message.topic != current.topic
+            or (message.origin is not current.origin and message.origin != current.origin)
+        ):
+            yield current.topic, current.origin, top
+            top = 0
+        current = message
+        top = max(top, message.head_id)
+    if current is not None:
+        yield current.topic, current.origin, top
 
 
 class CommitPipeline:
@@ -139,20 +161,28 @@ class CommitPipeline:
             return []
         return await self._enqueue(ops)
 
-    def begin(self, ops: Sequence[WriteOp]) -> asyncio.Future[list[Outcome]]:
+    def begin(
+        self, ops: Sequence[WriteOp], future: asyncio.Future[list[Outcome]] | None = None
+    ) -> asyncio.Future[list[Outcome]]:
         """Queue `ops` for one transaction now, and return the future of their outcomes.
 
         For a caller that must queue in order and await later (a PublishStream keeps several
         requests in flight, answered in order); `submit_many` is this, awaited at once.
+        `future`, a pending future of the loop, is resolved instead of a new one: a task that
+        already waits on it wakes once, when the commit is durable. Nothing uses it when this
+        raises.
         """
         if not ops:
             raise ValueError("begin needs at least one op")
-        return self._enqueue(ops)
+        return self._enqueue(ops, future)
 
-    def _enqueue(self, ops: Sequence[WriteOp]) -> asyncio.Future[list[Outcome]]:
+    def _enqueue(
+        self, ops: Sequence[WriteOp], future: asyncio.Future[list[Outcome]] | None = None
+    ) -> asyncio.Future[list[Outcome]]:
         if not self._accepting or self._loop is None:
             raise StorageError("msgbusd is shutting down; writes are no longer accepted")
-        future: asyncio.Future[list[Outcome]] = self._loop.create_future()
+        if future is None:
+            future = self._loop.create_future()
         self._queue.put(_Pending(ops, future))
         return future
 
@@ -238,8 +268,8 @@ class CommitPipeline:
                 if outcome.marker is not None:
                     notify(DELETE_TOPIC, outcome.marker.origin, outcome.marker.head_id)
             elif isinstance(outcome, ReplicateResult):
-                for message in outcome.changed:
-                    notify(message.topic, message.origin, message.head_id)
+                for topic, origin, head_id in _replicated_heads(outcome.changed):
+                    notify(topic, origin, head_id)
             elif isinstance(outcome, TrimResult) and outcome.removed:
                 notifier.forget_recent()
         start = 0

@@ -89,7 +89,9 @@ class PublishStreamSession:
         self._answers: deque[_Answer] = deque()
         self._in_flight_bytes = 0
         self._changed = asyncio.Event()
-        """Set when an answer is queued, one is sent, or reading ended."""
+        """Set when an answer is sent (the reader waits for room on it)."""
+        self._idle: asyncio.Future[list[Outcome]] | None = None
+        """What the handler waits on while nothing is left to answer (`_wait_for_answer`)."""
         self._reading_done = False
         self._read_error: BaseException | None = None
         self.shut_down = False
@@ -109,8 +111,7 @@ class PublishStreamSession:
                         if self._read_error is not None:
                             raise self._read_error
                         return
-                    self._changed.clear()
-                    await self._changed.wait()
+                    await self._wait_for_answer()
                 answer = self._answers[0]
                 response = await self._respond(answer)
                 self._answers.popleft()
@@ -122,6 +123,41 @@ class PublishStreamSession:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+    async def _wait_for_answer(self) -> None:
+        """Wait until the reader queued an answer (or stopped), with nothing left to answer.
+
+        The reader passes the future waited on here to the pipeline as the commit's own future
+        when it queues the next publish (`_commit`), so the handler wakes once per publish,
+        when its commit is durable, instead of once when it is read and again when it is
+        durable. A refusal or the end of reading resolves it at once (`_wake_idle`).
+        """
+        idle = self._idle = asyncio.get_running_loop().create_future()
+        try:
+            await idle
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            pass  # the commit failed: answering it (`_respond`) raises it again
+        finally:
+            self._idle = None
+
+    def _wake_idle(self) -> None:
+        """Wake the handler if it still waits for an answer: a refusal, or reading ended."""
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():
+                idle.set_result([])
+
+    def _commit(self, ops: list[AppendOp]) -> asyncio.Future[list[Outcome]]:
+        """Queue the ops of a request; the handler's idle future is theirs when it waits."""
+        idle = self._idle
+        commit = self._publishing.begin(ops, idle)
+        if commit is idle:
+            # Resolved by the pipeline once durable; `_wake_idle` must not resolve it now.
+            self._idle = None
+        return commit
 
     def _stop_reading(self, closing: asyncio.Future[None], reader: asyncio.Task[None]) -> None:
         """The notifier closed (daemon shutdown): read no more requests."""
@@ -138,7 +174,7 @@ class PublishStreamSession:
                 await self._room_for(size)
                 self._answers.append(await self._begin(request, size))
                 self._in_flight_bytes += size
-                self._changed.set()
+                self._wake_idle()  # unless its commit took the idle future
         except asyncio.CancelledError:
             pass  # shutdown, or the call ended
         except BaseException as error:
@@ -147,7 +183,7 @@ class PublishStreamSession:
             self._read_error = error
         finally:
             self._reading_done = True
-            self._changed.set()
+            self._wake_idle()
 
     async def _room_for(self, size: int) -> None:
         """Wait until the request fits the stream's bounds (or nothing else is in flight)."""
@@ -174,7 +210,7 @@ class PublishStreamSession:
             ops = (
                 publishing.batch(request.entries) if batched else publishing.single(request.publish)
             )
-            return _Answer(request_id, size, ops, publishing.begin(ops))
+            return _Answer(request_id, size, ops, self._commit(ops))
         except asyncio.CancelledError:
             raise
         except Exception as error:

@@ -134,9 +134,14 @@ class PublishPath:
         self._admit(sum(len(op.payload) for op in ops))
         return ops
 
-    def begin(self, ops: Sequence[AppendOp]) -> asyncio.Future[list[Outcome]]:
-        """Queue validated ops for one transaction now; pass what it gives to `stored`."""
-        return self._pipeline.begin(ops)
+    def begin(
+        self, ops: Sequence[AppendOp], future: asyncio.Future[list[Outcome]] | None = None
+    ) -> asyncio.Future[list[Outcome]]:
+        """Queue validated ops for one transaction now; pass what it gives to `stored`.
+
+        `future`: resolve this pending future instead of a new one (`CommitPipeline.begin`).
+        """
+        return self._pipeline.begin(ops, future)
 
     async def publish(self, request: pb.PublishRequest) -> tuple[Message, bool]:
         """One Publish, answered once durable: its message and whether it was a duplicate."""
