@@ -41,6 +41,13 @@ def _validated_origin(origin: NodeId) -> NodeId:
     return origin.validate("message.origin")
 
 
+@functools.lru_cache(maxsize=1024)
+def _validated_topic(topic: str) -> str:
+    # Likewise the topic: a batch is one log, so its topic is checked once, not per message
+    # (a str caches its hash, so the lookup costs less than the check).
+    return validate_topic(topic, "message.topic")
+
+
 def check_replicated(message: Message) -> Message:
     """Validate a message received from a peer and return it in stored form.
 
@@ -52,7 +59,7 @@ def check_replicated(message: Message) -> Message:
         PermissionDeniedError: a delete marker sent deleted, or one naming another origin's log.
     """
     validate_name("message.id", message.id)
-    validate_topic(message.topic, "message.topic")
+    _validated_topic(message.topic)
     _validated_origin(message.origin)
     if message.head_id == 0:
         raise InvalidArgumentError("message.head_id must be greater than zero")

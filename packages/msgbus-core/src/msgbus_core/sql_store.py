@@ -613,10 +613,15 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
         # Stored rows this op has looked at or written, by (log id, head): one range query
         # serves a whole batch of re-sent messages instead of one query per message.
         seen: dict[tuple[int, int], Message] = {}
+        # An op is one log (of a sync batch: thousands of messages): it is looked up once, not
+        # twice per message, which saves hashing its key. The LogState stays the one in
+        # `_logs` for the whole transaction, so holding it is the same as looking it up.
+        last: LogState | None = None
         for raw in op.messages:
             try:
                 incoming = check_replicated(raw)
-                log = self._find_log(incoming.topic, incoming.origin)
+                key = (incoming.topic, incoming.origin)
+                log = last if last is not None and last.key == key else self._find_log(*key)
                 head, start = (0, 1) if log is None else (log.head, log.first)
                 tombstones = None if log is None else log.tombstones
                 incoming = replicated_copy(incoming, tombstones, start)
@@ -629,7 +634,9 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
             if decision is Decision.UNCHANGED:
                 unchanged += 1
                 continue
-            log = self._log(incoming.topic, incoming.origin)
+            if log is None:
+                log = self._log(*key)
+            last = log
             if decision is Decision.INSERT:
                 self._insert(log, incoming)
                 if incoming.topic == DELETE_TOPIC and not incoming.deleted:

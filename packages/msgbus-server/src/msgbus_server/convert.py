@@ -100,15 +100,21 @@ def _node(tenant_id: str, bl_name: str, device_id: str) -> NodeId:
 
 def message_from_envelope(value: pb.MessageEnvelope) -> Message:
     """A core message from a wire envelope (used by peer sync; validated by the store)."""
+    # Catch-up converts every replicated message here, so it does the least per envelope: the
+    # origin sub-message is fetched once, headers are copied only when there are any (copying
+    # an empty protobuf map costs more than the rest of the envelope), and the arguments are
+    # positional (Message's field order).
+    origin = value.origin
+    headers = value.headers
     return Message(
-        id=value.id,
-        topic=value.topic,
-        origin=_node(value.origin.tenant_id, value.origin.bl_name, value.origin.device_id),
-        head_id=value.head_id,
-        payload=value.payload,
-        headers=dict(value.headers),
-        created_at_ms=value.created_at_ms,
-        deleted=value.deleted,
+        value.id,
+        value.topic,
+        _node(origin.tenant_id, origin.bl_name, origin.device_id),
+        value.head_id,
+        value.payload,
+        dict(headers) if headers else {},
+        value.created_at_ms,
+        value.deleted,
     )
 
 
