@@ -4,10 +4,11 @@ One unary RPC per message caps a Python daemon at a few thousand publishes per s
 PublishBatch of many entries costs the daemon about as much as one Publish. So concurrent
 publishes of one client are gathered into batches, without a timed linger:
 
-- a publish joins a queue, and the queue is flushed at the end of the current event-loop pass
-  (``call_soon``): a lone publish goes out at once, as a plain Publish, while the publishes that
-  became runnable in the same pass (a ``gather``, or waiters woken by the previous batch) share
-  one batch;
+- a publish on an idle coalescer (nothing queued, nothing in flight) goes out at once, as a
+  plain Publish, from the caller's own task;
+- otherwise it joins a queue, and the queue is flushed at the end of the current event-loop pass
+  (``call_soon``): the publishes that became runnable in the same pass (a ``gather``, or waiters
+  woken by the previous batch) share one batch;
 - at most :data:`MAX_IN_FLIGHT` RPCs are outstanding; what arrives while they are in flight
   accumulates and goes out as the next batch when one completes. So batches grow with load
   and stay at one entry when the client is idle;
@@ -99,6 +100,19 @@ class PublishCoalescer:
         if not self.batching:
             return published(await self._publish(request))
         loop = asyncio.get_running_loop()
+        if not self._in_flight and self._flush_handle is None and not self._closed:
+            # The lone publish of an idle client goes out from the caller's own task: no
+            # flush callback, no task and no gather, which cost four event-loop passes and two
+            # tasks per sequential publish. It counts as in flight, so what arrives meanwhile
+            # queues and goes out behind it, as behind a batch. Idle means nothing is queued
+            # either: a queue is only left over while a flush is scheduled or an RPC is out.
+            self._in_flight += 1
+            try:
+                return published(await self._publish(request))
+            finally:
+                self._in_flight -= 1
+                if self._queue:
+                    self._schedule(loop)
         future: asyncio.Future[MessageEnvelope] = loop.create_future()
         self._queue.append(_Pending(request, request.ByteSize(), future))
         self._schedule(loop)
@@ -225,21 +239,28 @@ class PublishCoalescer:
     async def _publish_each(self, entries: list[_Pending]) -> None:
         if not entries:
             return
+        if len(entries) == 1:
+            # One entry needs neither the bound nor a task of its own.
+            await self._publish_one(entries[0])
+            return
         # Bounded, so that falling back from a batch of thousands does not turn into thousands
         # of simultaneous calls.
         limit = asyncio.Semaphore(SINGLE_CONCURRENCY)
 
         async def one(pending: _Pending) -> None:
             async with limit:
-                if pending.future.done():
-                    return
-                try:
-                    envelope = published(await self._publish(pending.request))
-                except MsgbusError as error:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                    return
-                if not pending.future.done():
-                    pending.future.set_result(envelope)
+                await self._publish_one(pending)
 
         await asyncio.gather(*(one(pending) for pending in entries))
+
+    async def _publish_one(self, pending: _Pending) -> None:
+        if pending.future.done():
+            return
+        try:
+            envelope = published(await self._publish(pending.request))
+        except MsgbusError as error:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+            return
+        if not pending.future.done():
+            pending.future.set_result(envelope)
