@@ -9,12 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 from msgbus_core import SchemaError
-from msgbus_core.testing import StoreFixtures, append_op
+from msgbus_core.testing import LOCAL, StoreFixtures, append_op
 from msgbus_store_duckdb import DuckdbStore
 
 
@@ -70,3 +71,30 @@ class TestDuckdbFile(StoreFixtures):
         )
         assert "Filters" in plan
         assert "head_id" in plan
+
+    def test_queries_run_without_worker_threads(self, store: DuckdbStore) -> None:
+        # The store's statements are small; worker threads only cost each one a hand-off.
+        setting = store._reader().execute("SELECT current_setting('threads')").fetchone()
+        assert setting == (1,)
+
+    def test_a_reader_is_answered_while_the_writer_holds_a_transaction(
+        self, store: DuckdbStore
+    ) -> None:
+        # Without worker threads every query runs on its caller's thread: a reader must still
+        # run beside a writer that is in the middle of a transaction, and see committed data.
+        store.write([append_op("events", b"p1", 1)])
+        writer = store._writer
+        writer.begin()
+        writer.execute("INSERT INTO messages VALUES (1, 2, 'm2', 'p2'::BLOB, NULL, 2, false)")
+        seen: list[object] = []
+
+        def read() -> None:
+            seen.append([m.payload for m in store.fetch("events", LOCAL, 1, 10)])
+            seen.append(store._query("SELECT count(*) FROM messages"))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=30)
+        writer.rollback()
+        assert not reader.is_alive()
+        assert seen == [[b"p1"], [(1,)]]

@@ -34,6 +34,13 @@ CONFIG: Final = {
     # otherwise try to download its sqlite extension when handed an SQLite file.
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
+    # Every query runs on the thread that asks it, with no worker threads. The store's
+    # statements are small (one commit's rows, one log's closed range of heads: a scan that a
+    # worker could not split anyway), and with workers each statement wakes them through a
+    # futex and hands its tasks across: a third of a keyed single-message commit's CPU
+    # (bench/README.md "DuckDB's single-message commit"). Readers on other threads still run
+    # in parallel, each on its own thread.
+    "threads": 1,
 }
 """DuckDB settings every connection of this store uses."""
 
