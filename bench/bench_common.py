@@ -23,6 +23,18 @@ def free_port() -> int:
         return port
 
 
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    """Poll until a server accepts connections on 127.0.0.1:`port`; RuntimeError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing accepted connections on port {port} within {timeout:.0f} s")
+
+
 def stop_process(process: subprocess.Popen[bytes]) -> None:
     """Stop a server the benchmark started (resumed first, in case it is suspended)."""
     if process.poll() is not None:
