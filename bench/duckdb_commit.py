@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import duckdb
 
-from bench_common import free_port, stop_process
+from bench_common import free_port, stop_process, wait_for_port
 from msgbus_core.model import NodeId
 from msgbus_core.ops import AppendOp
 from msgbus_store_duckdb.store import CONFIG, DuckdbStore
@@ -195,13 +194,7 @@ def daemon(names: list[str]) -> dict[str, Any]:
         command += ["--storage", "duckdb", "--data", f"{directory}/db.duckdb"]
         proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_for_port(port)
             res[name] = asyncio.run(scenario(name, f"127.0.0.1:{port}", proc.pid))
         finally:
             stop_process(proc)

@@ -467,12 +467,13 @@ class SqlStore(BatchWriter, Generic[ConnectionT]):
     def _drop_oldest_keys(self, count: int, before_ms: int | None) -> int:
         self._flush_keys()
         if before_ms is None:
-            cursor = self._execute(self._key_sql.drop_oldest, (clamp_stored(count),))
-        else:
-            cursor = self._execute(
-                self._key_sql.drop_oldest_before, (clamp_stored(before_ms), clamp_stored(count))
-            )
-        return int(cursor.rowcount)
+            return self._delete_keys(self._key_sql.drop_oldest, (clamp_stored(count),))
+        parameters = (clamp_stored(before_ms), clamp_stored(count))
+        return self._delete_keys(self._key_sql.drop_oldest_before, parameters)
+
+    def _delete_keys(self, sql: str, parameters: Sequence[object]) -> int:
+        """Run a statement that deletes `publish_keys` rows; how many it deleted."""
+        return int(self._execute(sql, parameters).rowcount)
 
     def _record_sync_state(self, state: PeerSyncState) -> None:
         self._execute(self._sql.record_sync_state, sync_state_row(state))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, NamedTuple
 
 import duckdb
@@ -23,11 +23,13 @@ from msgbus_core.errors import SchemaError
 from msgbus_core.intervals import TombstoneSet
 from msgbus_core.limits import MAX_STORED_INT
 from msgbus_core.model import Message, NodeId, TopicHead, first_held
+from msgbus_core.publish_keys import RememberedPublish
 from msgbus_core.sql_store import LogKey, LogState, SqlDialect, SqlStore, log_key
 from msgbus_core.store import DiskUsage, MessageSummary
 from msgbus_core.validation import clamp_stored
 from msgbus_store_duckdb import schema
 from msgbus_store_duckdb.errors import storage_error
+from msgbus_store_duckdb.key_filter import KeyFilter
 
 CONFIG: Final = {
     # Never reach for the network or load code because of what a file looks like: DuckDB would
@@ -51,10 +53,16 @@ _READ_SIZES: Final = (
     "WHERE log_id = ? AND head_id BETWEEN ? AND ? ORDER BY head_id"
 )
 """Each message's `read_size` (payload bytes and header JSON characters), in head order."""
+_KEY_PAGE: Final = 10_000
+"""Key rows read at a time while the key filter is filled at open."""
 _SUMMARIES: Final = (
     f"SELECT head_id, {_DIALECT.read_size()}, created_at_ms FROM messages "
     "WHERE log_id = ? AND head_id BETWEEN ? AND ? ORDER BY head_id"
 )
+
+
+class _Closing(Exception):
+    """The store closes while its keys are being counted."""
 
 
 class _Committed(NamedTuple):
@@ -105,8 +113,22 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         # Cursors are made from a connection nobody queries, under a lock, never from the
         # writer while it works.
         self._root = writer.cursor()
+        # Every stored key is counted, so a new key's lookup is skipped (`key_filter`).
+        self._key_filter = KeyFilter()
+        # Keys the open transaction deleted: uncounted only once it has committed.
+        self._deleted_keys: list[tuple[int, str]] = []
         super().__init__(path, writer, version)
         self._load()
+        # The keys already stored are counted beside the writer, so opening a file with many
+        # keys does not wait for them; until then every key is looked up.
+        self._stop_counting = threading.Event()
+        self._key_counter = threading.Thread(
+            target=self._count_stored_keys,
+            args=(self._root.cursor(), self._key_filter),
+            name="msgbus-duckdb-key-filter",
+            daemon=True,
+        )
+        self._key_counter.start()
 
     @classmethod
     def open(cls, path: str) -> DuckdbStore:
@@ -176,6 +198,24 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         with self._committed_lock:
             self._committed = {key: _view(log) for key, log in logs.items()}
 
+    def _count_stored_keys(self, con: duckdb.DuckDBPyConnection, keys: KeyFilter) -> None:
+        """Count every committed key row in `keys`, a page at a time, on a cursor of its own."""
+
+        def pages() -> Iterator[list[Any]]:
+            cursor = con.execute("SELECT log_id, idempotency_key FROM publish_keys")
+            while rows := cursor.fetchmany(_KEY_PAGE):
+                if self._stop_counting.is_set():
+                    raise _Closing
+                yield rows
+
+        try:
+            with con:
+                keys.fill(pages())
+        except (duckdb.Error, _Closing):
+            # The filter stays incomplete: every key is looked up, as without it. A fault of
+            # the file reaches the writer's next statement too, which reports it.
+            return
+
     # -- the write transaction: opened only when a statement needs one --------------------------
 
     def _begin(self) -> None:
@@ -191,11 +231,15 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
         self._flush_rows()
         if self._in_transaction:
             self._writer.commit()
+        for log_id, key in self._deleted_keys:
+            self._key_filter.remove(log_id, key)
+        self._deleted_keys.clear()
         with self._committed_lock:
             for log in self._dirty.values():
                 self._committed[log.key] = _view(log)
 
     def _abort(self) -> None:
+        self._deleted_keys.clear()  # rolled back: the rows are still there, and still counted
         if self._in_transaction:
             with contextlib.suppress(duckdb.Error):
                 self._writer.rollback()
@@ -227,6 +271,32 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
             self._key_appender = self._writer.appender("publish_keys")
         self._key_appender.append_rows(rows)
         self._key_appender.flush()
+
+    def _find_keys(
+        self, topic: str, origin: NodeId, keys: Sequence[str]
+    ) -> dict[str, RememberedPublish]:
+        # Only the keys the filter may hold are asked of the table: a publish whose key is new
+        # (nearly every one: the SDK draws a random key) commits without the lookup statement.
+        log = self._logs.get((topic, origin))
+        if log is None:
+            return {}
+        maybe = [key for key in keys if self._key_filter.may_hold(log.id, key)]
+        return super()._find_keys(topic, origin, maybe) if maybe else {}
+
+    def _store_key(
+        self, topic: str, origin: NodeId, key: str, remembered: RememberedPublish
+    ) -> None:
+        super()._store_key(topic, origin, key, remembered)
+        # Counted before the row reaches the table; a rollback leaves it counted, which only
+        # costs a lookup.
+        self._key_filter.add(self._logs[(topic, origin)].id, key)
+
+    def _delete_keys(self, sql: str, parameters: Sequence[object]) -> int:
+        # Which rows went, to uncount them once the transaction commits. At most one prune
+        # batch of keys (`PruneKeysOp.limit`) per statement.
+        rows = self._execute(f"{sql} RETURNING log_id, idempotency_key", parameters).fetchall()
+        self._deleted_keys.extend(rows)
+        return len(rows)
 
     def _flush_rows(self) -> None:
         """Write the buffered message rows with one appender flush (one statement)."""
@@ -369,6 +439,8 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
     # -- lifecycle ------------------------------------------------------------------------------
 
     def _release(self) -> None:
+        self._stop_counting.set()
+        self._key_counter.join()
         # DuckDB checkpoints the WAL into the file when the last connection closes.
         self._appender = self._key_appender = None
         self._root.close()
