@@ -28,6 +28,7 @@ from msgbus_sdk import (
     PublishEntry,
     UnimplementedError,
 )
+from msgbus_sdk._idempotency import BatchAnswer
 from msgbus_server.testing import Daemon
 from msgbus_testkit.peers import in_process_server
 
@@ -53,10 +54,10 @@ class BatchSpy:
         coalescer = client._coalescer
         assert coalescer is not None
         self.sizes: list[int] = []
-        real: Callable[[pb.PublishBatchRequest], Awaitable[pb.PublishBatchResponse]]
+        real: Callable[[pb.PublishBatchRequest], Awaitable[BatchAnswer]]
         real = coalescer._publish_batch
 
-        async def counting(request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+        async def counting(request: pb.PublishBatchRequest) -> BatchAnswer:
             self.sizes.append(len(request.entries))
             return await real(request)
 

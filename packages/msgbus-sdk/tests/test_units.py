@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -30,6 +32,7 @@ from msgbus_sdk import (
 from msgbus_sdk import _convert as convert
 from msgbus_sdk import _render as render
 from msgbus_sdk._errors import translate_rpc_error
+from msgbus_sdk._idempotency import new_key
 from msgbus_sdk._subscription import Cursor, _GapError
 from msgbus_sdk.cli import main
 
@@ -315,3 +318,31 @@ def test_public_names_are_exported() -> None:
         assert hasattr(msgbus_sdk, name), name
     for name in ("AsyncMsgbusClient", "MsgbusClient", "MessageEnvelope", "FifoMessage"):
         assert getattr(msgbus_sdk, name).__doc__
+
+
+def test_idempotency_keys_never_share_random_bits_across_threads_or_a_fork() -> None:
+    # The random parts are sliced from a pool: every slice must go out once, in every thread,
+    # and a forked child must not hand out again what its parent had left in the pool.
+    new_key()  # fills the pool the child inherits
+    with ThreadPoolExecutor(8) as pool:
+        keys = [
+            k
+            for batch in pool.map(lambda _: [new_key() for _ in range(500)], range(8))
+            for k in batch
+        ]
+    assert all(len(key) == 32 and int(key, 16) >= 0 for key in keys)
+    randoms = {key[12:] for key in keys}
+    assert len(randoms) == len(keys)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, "".join(new_key()[12:] for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    from_child = {text[i : i + 20] for i in range(0, len(text), 20)}
+    assert len(from_child) == 100
+    from_parent = {new_key()[12:] for _ in range(100)}
+    assert not from_child & from_parent

@@ -72,6 +72,7 @@ from ._idempotency import (
     DEFAULT_PUBLISH_RETRY_DEADLINE,
     RETRY_ON,
     RETRY_WAIT,
+    BatchAnswer,
     keyed,
     new_key,
     published,
@@ -653,7 +654,7 @@ class AsyncMsgbusClient:
         """One Publish; resent until the retry deadline when it carries a key."""
         return await self._exactly_once([request], lambda: self._publish_rpc(request))
 
-    async def _send_publish_batch(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+    async def _send_publish_batch(self, request: pb.PublishBatchRequest) -> BatchAnswer:
         """One PublishBatch; resent until the retry deadline when every entry carries a key."""
         return await self._exactly_once(request.entries, lambda: self._publish_batch_rpc(request))
 
@@ -719,11 +720,11 @@ class AsyncMsgbusClient:
             duplicate=bool(answer.duplicates) and answer.duplicates[0],
         )
 
-    async def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+    async def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> BatchAnswer:
         answer = await self._stream_write(pb.PublishStreamRequest(entries=request.entries))
         if answer is None:
             return await self._write(lambda stub: stub.PublishBatch, request)
-        return pb.PublishBatchResponse(messages=answer.messages, duplicates=answer.duplicates)
+        return answer
 
     async def _stream_write(
         self, request: pb.PublishStreamRequest

@@ -46,7 +46,7 @@ from ._errors import (
     UnimplementedError,
 )
 from ._generated.msgbus.v1 import MessageEnvelope
-from ._idempotency import published, published_batch
+from ._idempotency import BatchAnswer, published, published_batch
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_ENTRIES", "MAX_IN_FLIGHT", "PublishCoalescer"]
 
@@ -64,7 +64,7 @@ SINGLE_CONCURRENCY: Final = 256
 """Plain Publish calls in flight at once when a batch has to be re-sent entry by entry."""
 
 PublishFn = Callable[[pb.PublishRequest], Awaitable[pb.PublishResponse]]
-PublishBatchFn = Callable[[pb.PublishBatchRequest], Awaitable[pb.PublishBatchResponse]]
+PublishBatchFn = Callable[[pb.PublishBatchRequest], Awaitable[BatchAnswer]]
 
 
 @dataclass(slots=True)
@@ -224,7 +224,7 @@ class PublishCoalescer:
                 pending.future.set_exception(_copy(error))
 
     @staticmethod
-    def _resolve(batch: list[_Pending], response: pb.PublishBatchResponse) -> None:
+    def _resolve(batch: list[_Pending], response: BatchAnswer) -> None:
         messages = response.messages
         if len(messages) != len(batch):
             error = ProtocolError(

@@ -103,6 +103,7 @@ def _optional_node(parent: object, field: str) -> NodeId | None:
 def envelope(p: pb.MessageEnvelope) -> MessageEnvelope:
     """Convert a decoded MessageEnvelope."""
     o = p.origin
+    headers = p.headers
     return MessageEnvelope(
         id=p.id,
         topic=p.topic,
@@ -113,7 +114,8 @@ def envelope(p: pb.MessageEnvelope) -> MessageEnvelope:
         ),
         head_id=p.head_id,
         payload=p.payload,
-        headers=dict(p.headers),
+        # dict() of an empty upb map costs about 1 µs, a quarter of the whole conversion.
+        headers=dict(headers) if headers else {},
         created_at_ms=p.created_at_ms,
         deleted=p.deleted,
     )

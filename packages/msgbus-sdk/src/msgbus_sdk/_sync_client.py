@@ -63,6 +63,7 @@ from ._idempotency import (
     DEFAULT_PUBLISH_RETRY_DEADLINE,
     RETRY_ON,
     RETRY_WAIT,
+    BatchAnswer,
     keyed,
     new_key,
     published,
@@ -612,7 +613,7 @@ class MsgbusClient:
         """One Publish; resent until the retry deadline when it carries a key."""
         return self._exactly_once([request], lambda: self._publish_rpc(request))
 
-    def _send_publish_batch(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+    def _send_publish_batch(self, request: pb.PublishBatchRequest) -> BatchAnswer:
         """One PublishBatch; resent until the retry deadline when every entry carries a key."""
         return self._exactly_once(request.entries, lambda: self._publish_batch_rpc(request))
 
@@ -678,11 +679,11 @@ class MsgbusClient:
             duplicate=bool(answer.duplicates) and answer.duplicates[0],
         )
 
-    def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+    def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> BatchAnswer:
         answer = self._stream_write(pb.PublishStreamRequest(entries=request.entries))
         if answer is None:
             return self._write(lambda stub: stub.PublishBatch, request)
-        return pb.PublishBatchResponse(messages=answer.messages, duplicates=answer.duplicates)
+        return answer
 
     def _stream_write(self, request: pb.PublishStreamRequest) -> pb.PublishStreamResponse | None:
         """A publish on the PublishStream of the endpoint in use; failover as in :meth:`_unary`.
