@@ -370,15 +370,9 @@ class BatchFetcher:
                     break  # the end of the stream (grpc.aio.EOF)
                 if not messages and response.first_head_id:
                     first_head_id = response.first_head_id
-                for envelope in envelopes(response):
-                    if not envelope.HasField("origin"):
-                        raise SyncFailure(FailureKind.LOG, "message origin is required")
-                    if len(envelope.payload) > self._max_payload:
-                        problem = self._oversized(envelope.head_id, len(envelope.payload))
-                        refused = True
-                        break
-                    messages.append(message_from_envelope(envelope))
-                    size += read_size(messages[-1])
+                added, problem = self._decode(response, messages)
+                size += added
+                refused = problem is not None
                 # A peer that ignores the limit or sends more than the budget does not get to
                 # fill our memory: the rest is fetched with the next batch.
                 if problem or len(messages) >= limit or size >= budget:
@@ -405,6 +399,25 @@ class BatchFetcher:
             self._adaptive.note(time.monotonic() - began, full=full and problem is None)
         self._adapt(messages, size, deadline=deadline, complete=problem is None)
         return ServedBatch(messages, problem, first_head_id, refused)
+
+    def _decode(self, response: pb.FetchResponse, into: list[Message]) -> tuple[int, str | None]:
+        """Append a response's messages to `into`: their read size, and the refusal that ended it.
+
+        Every caught-up message passes this loop, so what it uses is bound once per response.
+        """
+        max_payload = self._max_payload
+        append = into.append
+        size = 0
+        for envelope in envelopes(response):
+            if not envelope.HasField("origin"):
+                raise SyncFailure(FailureKind.LOG, "message origin is required")
+            payload_bytes = len(envelope.payload)
+            if payload_bytes > max_payload:
+                return size, self._oversized(envelope.head_id, payload_bytes)
+            message = message_from_envelope(envelope)
+            append(message)
+            size += read_size(message)
+        return size, None
 
     def _adapt(self, messages: list[Message], size: int, *, deadline: bool, complete: bool) -> None:
         """Size the next batch after one Fetch.
@@ -472,9 +485,15 @@ class BatchFetcher:
         """
         topic, origin = self._topic, self._origin
         batch = served.messages
+        if batch and batch[0].origin == origin:
+            # Converted messages share one NodeId per origin (`convert.message_from_envelope`):
+            # compared by identity first, the check skips a dataclass __eq__ per message.
+            origin = batch[0].origin
         previous = 0
         for index, message in enumerate(batch):
-            if message.topic != topic or message.origin != origin:
+            if message.topic != topic or (
+                message.origin is not origin and message.origin != origin
+            ):
                 return ServedBatch(
                     batch[:index],
                     first_head_id=served.first_head_id,
