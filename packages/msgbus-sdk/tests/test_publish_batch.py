@@ -28,7 +28,7 @@ from msgbus_sdk import (
     PublishEntry,
     UnimplementedError,
 )
-from msgbus_sdk._idempotency import BatchAnswer
+from msgbus_sdk._idempotency import BatchAnswer, BatchRequest
 from msgbus_server.testing import Daemon
 from msgbus_testkit.peers import in_process_server
 
@@ -54,10 +54,10 @@ class BatchSpy:
         coalescer = client._coalescer
         assert coalescer is not None
         self.sizes: list[int] = []
-        real: Callable[[pb.PublishBatchRequest], Awaitable[BatchAnswer]]
+        real: Callable[[BatchRequest], Awaitable[BatchAnswer]]
         real = coalescer._publish_batch
 
-        async def counting(request: pb.PublishBatchRequest) -> BatchAnswer:
+        async def counting(request: BatchRequest) -> BatchAnswer:
             self.sizes.append(len(request.entries))
             return await real(request)
 

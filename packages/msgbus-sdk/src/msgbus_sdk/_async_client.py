@@ -73,6 +73,7 @@ from ._idempotency import (
     RETRY_ON,
     RETRY_WAIT,
     BatchAnswer,
+    BatchRequest,
     keyed,
     new_key,
     published,
@@ -654,7 +655,7 @@ class AsyncMsgbusClient:
         """One Publish; resent until the retry deadline when it carries a key."""
         return await self._exactly_once([request], lambda: self._publish_rpc(request))
 
-    async def _send_publish_batch(self, request: pb.PublishBatchRequest) -> BatchAnswer:
+    async def _send_publish_batch(self, request: BatchRequest) -> BatchAnswer:
         """One PublishBatch; resent until the retry deadline when every entry carries a key."""
         return await self._exactly_once(request.entries, lambda: self._publish_batch_rpc(request))
 
@@ -720,11 +721,21 @@ class AsyncMsgbusClient:
             duplicate=bool(answer.duplicates) and answer.duplicates[0],
         )
 
-    async def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> BatchAnswer:
-        answer = await self._stream_write(pb.PublishStreamRequest(entries=request.entries))
-        if answer is None:
-            return await self._write(lambda stub: stub.PublishBatch, request)
-        return answer
+    async def _publish_batch_rpc(self, request: BatchRequest) -> BatchAnswer:
+        on_stream = (
+            request
+            if isinstance(request, pb.PublishStreamRequest)
+            else pb.PublishStreamRequest(entries=request.entries)
+        )
+        answer = await self._stream_write(on_stream)
+        if answer is not None:
+            return answer
+        unary = (
+            request
+            if isinstance(request, pb.PublishBatchRequest)
+            else pb.PublishBatchRequest(entries=request.entries)
+        )
+        return await self._write(lambda stub: stub.PublishBatch, unary)
 
     async def _stream_write(
         self, request: pb.PublishStreamRequest

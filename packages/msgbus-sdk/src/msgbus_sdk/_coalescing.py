@@ -46,7 +46,7 @@ from ._errors import (
     UnimplementedError,
 )
 from ._generated.msgbus.v1 import MessageEnvelope
-from ._idempotency import BatchAnswer, published, published_batch
+from ._idempotency import BatchAnswer, BatchRequest, published, published_batch
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_ENTRIES", "MAX_IN_FLIGHT", "PublishCoalescer"]
 
@@ -64,7 +64,7 @@ SINGLE_CONCURRENCY: Final = 256
 """Plain Publish calls in flight at once when a batch has to be re-sent entry by entry."""
 
 PublishFn = Callable[[pb.PublishRequest], Awaitable[pb.PublishResponse]]
-PublishBatchFn = Callable[[pb.PublishBatchRequest], Awaitable[BatchAnswer]]
+PublishBatchFn = Callable[[BatchRequest], Awaitable[BatchAnswer]]
 
 
 @dataclass(slots=True)
@@ -190,7 +190,7 @@ class PublishCoalescer:
             batch = [pending for pending in batch if not pending.future.done()]
             if len(batch) <= 1:
                 break
-            request = pb.PublishBatchRequest(entries=[pending.request for pending in batch])
+            request = pb.PublishStreamRequest(entries=[pending.request for pending in batch])
             try:
                 response = await self._publish_batch(request)
             except UnimplementedError:

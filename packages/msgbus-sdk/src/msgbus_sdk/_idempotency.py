@@ -29,6 +29,7 @@ from ._generated.msgbus.v1 import MessageEnvelope
 __all__ = [
     "DEFAULT_PUBLISH_RETRY_DEADLINE",
     "BatchAnswer",
+    "BatchRequest",
     "RETRY_ON",
     "RETRY_WAIT",
     "is_duplicate",
@@ -133,6 +134,9 @@ def published(response: pb.PublishResponse) -> MessageEnvelope:
     return _marked(convert.require_envelope(response), response.duplicate)
 
 
+BatchRequest = pb.PublishBatchRequest | pb.PublishStreamRequest
+"""What carries a batch: the coalescer builds the PublishStream request it is sent as, so that
+its entries are not copied from a PublishBatchRequest (about 1.8 µs a message)."""
 BatchAnswer = pb.PublishBatchResponse | pb.PublishStreamResponse
 """What answers a batch: a PublishBatch response, or a PublishStream response as it came (not
 copied into a PublishBatchResponse: that copy cost about 2 µs a message)."""

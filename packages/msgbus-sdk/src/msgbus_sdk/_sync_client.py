@@ -64,6 +64,7 @@ from ._idempotency import (
     RETRY_ON,
     RETRY_WAIT,
     BatchAnswer,
+    BatchRequest,
     keyed,
     new_key,
     published,
@@ -613,7 +614,7 @@ class MsgbusClient:
         """One Publish; resent until the retry deadline when it carries a key."""
         return self._exactly_once([request], lambda: self._publish_rpc(request))
 
-    def _send_publish_batch(self, request: pb.PublishBatchRequest) -> BatchAnswer:
+    def _send_publish_batch(self, request: BatchRequest) -> BatchAnswer:
         """One PublishBatch; resent until the retry deadline when every entry carries a key."""
         return self._exactly_once(request.entries, lambda: self._publish_batch_rpc(request))
 
@@ -679,11 +680,21 @@ class MsgbusClient:
             duplicate=bool(answer.duplicates) and answer.duplicates[0],
         )
 
-    def _publish_batch_rpc(self, request: pb.PublishBatchRequest) -> BatchAnswer:
-        answer = self._stream_write(pb.PublishStreamRequest(entries=request.entries))
-        if answer is None:
-            return self._write(lambda stub: stub.PublishBatch, request)
-        return answer
+    def _publish_batch_rpc(self, request: BatchRequest) -> BatchAnswer:
+        on_stream = (
+            request
+            if isinstance(request, pb.PublishStreamRequest)
+            else pb.PublishStreamRequest(entries=request.entries)
+        )
+        answer = self._stream_write(on_stream)
+        if answer is not None:
+            return answer
+        unary = (
+            request
+            if isinstance(request, pb.PublishBatchRequest)
+            else pb.PublishBatchRequest(entries=request.entries)
+        )
+        return self._write(lambda stub: stub.PublishBatch, unary)
 
     def _stream_write(self, request: pb.PublishStreamRequest) -> pb.PublishStreamResponse | None:
         """A publish on the PublishStream of the endpoint in use; failover as in :meth:`_unary`.
