@@ -16,6 +16,7 @@
 //	msgbus-interop-go idempotency -addr ... -topic T [-key K]
 //	msgbus-interop-go fifo-leases -addr ... -queue Q (a queue with max_attempts 2)
 //	msgbus-interop-go push -addr ... -topic T [-node tenant/default/go-device -count 10]
+//	msgbus-interop-go publish-latency -addr ... -topic T [-count 1000 -warm 50 -size 256]
 package main
 
 import (
@@ -61,6 +62,8 @@ func main() {
 		runFifoLeases(args)
 	case "push":
 		runPush(args)
+	case "publish-latency":
+		runPublishLatency(args)
 	default:
 		fail("unknown command %q", command)
 	}
