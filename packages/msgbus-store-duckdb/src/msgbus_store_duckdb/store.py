@@ -199,7 +199,12 @@ class DuckdbStore(SqlStore[duckdb.DuckDBPyConnection]):
             self._committed = {key: _view(log) for key, log in logs.items()}
 
     def _count_stored_keys(self, con: duckdb.DuckDBPyConnection, keys: KeyFilter) -> None:
-        """Count every committed key row in `keys`, a page at a time, on a cursor of its own."""
+        """Count every committed key row in `keys`, a page at a time, on a cursor of its own.
+
+        One query for all pages: DuckDB answers it from the snapshot taken when it started, so
+        every row stored then is counted exactly once, even one the writer deletes (and
+        uncounts) while the pages are read. That is what keeps `KeyFilter`'s rule.
+        """
 
         def pages() -> Iterator[list[Any]]:
             cursor = con.execute("SELECT log_id, idempotency_key FROM publish_keys")
